@@ -1,0 +1,418 @@
+//! `ferry`: the operator CLI. Talks to the node's services over NATS request/reply and reads
+//! runs and the audit trail straight from their JetStream streams. Every command takes `--json`.
+//!
+//! Exit codes: 0 success; 1 the command failed (rejected configuration, failed run, unreachable
+//! service); 2 usage errors (from clap).
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use uuid::Uuid;
+
+use ferry_service::Settings;
+use ferry_wire::{
+    ApplyRequest, ApplyResponse, AuditRecord, ConfigDocument, FailoverStatus, RunFinished, RunStatus,
+    RunTaskRequest, RunTaskResponse, SchedulerStatus, subjects, topology,
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about = "Operate a Ferry managed-file-transfer node")]
+struct Cli {
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Node settings file (the same the services read); `FERRY_*` variables override it.
+    #[arg(long, global = true, env = "FERRY_CONFIG")]
+    config: Option<PathBuf>,
+    /// NATS URL (default: from settings).
+    #[arg(long, global = true)]
+    nats_url: Option<String>,
+    /// Node to talk to (default: from settings).
+    #[arg(long, global = true)]
+    node: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a configuration file and store it, all or nothing.
+    Apply {
+        /// The TOML file with [[host]] and [[task]] tables.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Only validate; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List tasks.
+    Tasks {
+        #[command(subcommand)]
+        command: TasksCommand,
+    },
+    /// Show or run one task.
+    Task {
+        #[command(subcommand)]
+        command: TaskCommand,
+    },
+    /// Finished runs.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
+    /// The audit trail of file movements.
+    Audit {
+        /// Only this task.
+        #[arg(long)]
+        task: Option<String>,
+        /// Only this run.
+        #[arg(long)]
+        run: Option<Uuid>,
+        /// How far back, e.g. 1h, 2d (default: everything).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        /// At most this many records, newest last.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Start or stop firing schedules on this node.
+    Scheduler {
+        #[command(subcommand)]
+        command: SchedulerCommand,
+    },
+    /// Failover role and lease.
+    Failover {
+        #[command(subcommand)]
+        command: FailoverCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TasksCommand {
+    /// Every task with its schedule and next run.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum TaskCommand {
+    /// A task's full configuration.
+    Show { name: String },
+    /// Run a task now.
+    Run {
+        name: String,
+        /// Wait for the run to finish; exit non-zero unless it succeeded.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// Finished runs, oldest first.
+    List {
+        #[arg(long)]
+        task: Option<String>,
+        /// How far back, e.g. 1h, 2d (default: everything).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        /// At most this many runs (the newest).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One run with its per-file outcomes.
+    Show { run_id: Uuid },
+}
+
+#[derive(Debug, Subcommand)]
+enum SchedulerCommand {
+    Start,
+    Stop,
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+enum FailoverCommand {
+    /// This node's role, epoch and the lease holder.
+    Status,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("build the tokio runtime");
+    match runtime.block_on(execute(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Ctx {
+    json: bool,
+    node: String,
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+}
+
+impl Ctx {
+    /// Call a service endpoint on this node; a service error becomes an `Err` with its text.
+    async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        service: &str,
+        endpoint: &str,
+        body: &Req,
+    ) -> anyhow::Result<Resp> {
+        let subject = subjects::api(&self.node, service, endpoint);
+        let reply = tokio::time::timeout(
+            Duration::from_secs(30),
+            self.client.request(subject.clone(), ferry_wire::encode(body)),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("ferry-{service} on node {} did not answer within 30 s", self.node))?
+        .map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => anyhow::anyhow!(
+                "ferry-{service} is not running on node {} (no responders on {subject})",
+                self.node
+            ),
+            _ => anyhow::anyhow!("request {subject}: {e}"),
+        })?;
+        if let Some(headers) = &reply.headers {
+            if let Some(error) = headers.get(async_nats::service::NATS_SERVICE_ERROR) {
+                bail!("{}", error.as_str());
+            }
+        }
+        Ok(ferry_wire::decode(&reply.payload)?)
+    }
+}
+
+async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    let nats_url = cli.nats_url.unwrap_or(settings.nats_url);
+    let node = cli.node.unwrap_or(settings.node_id);
+    ferry_service::nats::install_crypto_provider();
+    let client = async_nats::ConnectOptions::new()
+        .name("ferry-cli")
+        .connection_timeout(Duration::from_secs(5))
+        .connect(nats_url.as_str())
+        .await
+        .with_context(|| {
+            format!("connect to NATS at {nats_url} (is the node running? `make run` starts one)")
+        })?;
+    let js = async_nats::jetstream::new(client.clone());
+    let ctx = Ctx {
+        json: cli.json,
+        node,
+        client,
+        js,
+    };
+
+    match cli.command {
+        Command::Apply { file, dry_run } => apply(&ctx, &file, dry_run).await,
+        Command::Tasks {
+            command: TasksCommand::List,
+        } => tasks_list(&ctx).await,
+        Command::Task {
+            command: TaskCommand::Show { name },
+        } => task_show(&ctx, &name).await,
+        Command::Task {
+            command: TaskCommand::Run { name, wait, timeout },
+        } => task_run(&ctx, &name, wait, timeout).await,
+        Command::Runs {
+            command: RunsCommand::List { task, since, limit },
+        } => runs_list(&ctx, task.as_deref(), since, limit).await,
+        Command::Runs {
+            command: RunsCommand::Show { run_id },
+        } => runs_show(&ctx, run_id).await,
+        Command::Audit {
+            task,
+            run,
+            since,
+            limit,
+        } => audit(&ctx, task.as_deref(), run, since, limit).await,
+        Command::Scheduler { command } => {
+            let endpoint = match command {
+                SchedulerCommand::Start => subjects::api::START,
+                SchedulerCommand::Stop => subjects::api::STOP,
+                SchedulerCommand::Status => subjects::api::STATUS,
+            };
+            let status: SchedulerStatus = ctx.call(subjects::service::SCHEDULER, endpoint, &()).await?;
+            output::scheduler_status(ctx.json, &status);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Failover {
+            command: FailoverCommand::Status,
+        } => {
+            let status: FailoverStatus = ctx
+                .call(
+                    subjects::service::FAILOVER_COORDINATOR,
+                    subjects::api::STATUS,
+                    &(),
+                )
+                .await?;
+            output::failover_status(ctx.json, &status);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn apply(ctx: &Ctx, file: &std::path::Path, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+    let mut raw = match ferry_config::parse_toml(&text) {
+        Ok(raw) => raw,
+        Err(errors) => {
+            output::rejected(ctx.json, &file.display().to_string(), &errors.0);
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    raw.resolve_relative_paths(&std::env::current_dir().context("working directory")?);
+    let applied_by = format!(
+        "{}@{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default()
+    );
+    let request = ApplyRequest {
+        config: raw,
+        source_name: file.display().to_string(),
+        applied_by,
+        dry_run,
+    };
+    let response: ApplyResponse = ctx
+        .call(subjects::service::SCHEDULER, subjects::api::APPLY, &request)
+        .await?;
+    let ok = !matches!(response, ApplyResponse::Rejected { .. });
+    output::applied(ctx.json, &file.display().to_string(), &response);
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn current_config(ctx: &Ctx) -> anyhow::Result<Option<ConfigDocument>> {
+    let kv = ctx
+        .js
+        .get_key_value(topology::KV_CONFIG)
+        .await
+        .context("open configuration bucket")?;
+    match kv.get(topology::CONFIG_KEY).await.context("read configuration")? {
+        Some(bytes) => Ok(Some(ferry_wire::decode(&bytes)?)),
+        None => Ok(None),
+    }
+}
+
+async fn tasks_list(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let doc = current_config(ctx).await?;
+    let status: Option<SchedulerStatus> = ctx
+        .call(subjects::service::SCHEDULER, subjects::api::STATUS, &())
+        .await
+        .ok();
+    output::tasks(ctx.json, doc.as_ref(), status.as_ref());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn task_show(ctx: &Ctx, name: &str) -> anyhow::Result<ExitCode> {
+    let doc = current_config(ctx).await?;
+    let Some(task) = doc.as_ref().and_then(|d| d.config.tasks.get(name)) else {
+        bail!("unknown task {name:?} (see `ferry tasks list`)");
+    };
+    output::task(ctx.json, task);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn task_run(ctx: &Ctx, name: &str, wait: bool, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let by = std::env::var("USER").unwrap_or_else(|_| "ferry-cli".into());
+    let response: RunTaskResponse = ctx
+        .call(
+            subjects::service::SCHEDULER,
+            subjects::api::RUN,
+            &RunTaskRequest {
+                task: name.to_string(),
+                by,
+            },
+        )
+        .await?;
+    if !wait {
+        output::run_requested(ctx.json, name, response.run_id);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !ctx.json {
+        eprintln!(
+            "run {} of task {name} requested; waiting for it to finish",
+            response.run_id
+        );
+    }
+    let finished: RunFinished =
+        ferry_service::streams::wait_for_run(&ctx.js, name, response.run_id, timeout).await?;
+    output::run(ctx.json, &finished, false);
+    Ok(if finished.status == RunStatus::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn runs_list(
+    ctx: &Ctx,
+    task: Option<&str>,
+    since: Option<Duration>,
+    limit: usize,
+) -> anyhow::Result<ExitCode> {
+    let mut runs: Vec<RunFinished> = ferry_service::streams::read(
+        &ctx.js,
+        topology::STREAM_EVENTS,
+        &subjects::run_finished_filter(task),
+        since,
+    )
+    .await?;
+    if runs.len() > limit {
+        runs.drain(..runs.len() - limit);
+    }
+    output::runs(ctx.json, &runs);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn runs_show(ctx: &Ctx, run_id: Uuid) -> anyhow::Result<ExitCode> {
+    let runs: Vec<RunFinished> = ferry_service::streams::read(
+        &ctx.js,
+        topology::STREAM_EVENTS,
+        &subjects::run_finished_by_id(run_id),
+        None,
+    )
+    .await?;
+    let Some(run) = runs.into_iter().next() else {
+        bail!("no finished run {run_id} (still running, or older than the events stream keeps)");
+    };
+    output::run(ctx.json, &run, true);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn audit(
+    ctx: &Ctx,
+    task: Option<&str>,
+    run: Option<Uuid>,
+    since: Option<Duration>,
+    limit: usize,
+) -> anyhow::Result<ExitCode> {
+    let mut records: Vec<AuditRecord> = ferry_service::streams::read(
+        &ctx.js,
+        topology::STREAM_AUDIT,
+        &subjects::audit_filter(task),
+        since,
+    )
+    .await?;
+    if let Some(run) = run {
+        records.retain(|r| r.run_id == run);
+    }
+    if records.len() > limit {
+        records.drain(..records.len() - limit);
+    }
+    output::audit(ctx.json, &records);
+    Ok(ExitCode::SUCCESS)
+}

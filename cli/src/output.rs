@@ -1,0 +1,332 @@
+//! Human and JSON rendering of command results. JSON goes to stdout, one document per command.
+
+use chrono::{DateTime, Local, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use ferry_config::{ConfigError, Task};
+use ferry_wire::{
+    ApplyResponse, AuditRecord, ConfigDocument, FailoverStatus, Outcome, RunFinished, SchedulerStatus,
+};
+
+fn json<T: Serialize + ?Sized>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("output types serialize")
+    );
+}
+
+fn local(t: &DateTime<Utc>) -> String {
+    t.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+fn outcome(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Delivered => "delivered",
+        Outcome::Skipped => "skipped",
+        Outcome::Failed => "FAILED",
+    }
+}
+
+pub fn rejected(as_json: bool, file: &str, errors: &[ConfigError]) {
+    applied(
+        as_json,
+        file,
+        &ApplyResponse::Rejected {
+            errors: errors.to_vec(),
+        },
+    );
+}
+
+pub fn applied(as_json: bool, file: &str, response: &ApplyResponse) {
+    if as_json {
+        return json(response);
+    }
+    match response {
+        ApplyResponse::Applied {
+            revision,
+            tasks,
+            hosts,
+            unchanged,
+        } => {
+            if *unchanged {
+                println!("{file}: unchanged (revision {revision})");
+            } else {
+                println!(
+                    "{file}: applied as revision {revision}: {} task(s), {} host(s)",
+                    tasks.len(),
+                    hosts.len()
+                );
+            }
+        }
+        ApplyResponse::Valid { tasks, hosts } => {
+            println!(
+                "{file}: valid: {} task(s), {} host(s); nothing changed (--dry-run)",
+                tasks.len(),
+                hosts.len()
+            );
+        }
+        ApplyResponse::Rejected { errors } => {
+            eprint!("{file}: {}", ferry_config::ConfigErrors(errors.clone()));
+        }
+    }
+}
+
+pub fn tasks(as_json: bool, doc: Option<&ConfigDocument>, status: Option<&SchedulerStatus>) {
+    #[derive(Serialize)]
+    struct Row<'a> {
+        name: &'a str,
+        enabled: bool,
+        schedules: Vec<String>,
+        next_run: Option<DateTime<Utc>>,
+        sources: usize,
+        destinations: usize,
+    }
+    let rows: Vec<Row> = doc
+        .map(|d| {
+            d.config
+                .tasks
+                .values()
+                .map(|t| Row {
+                    name: &t.name,
+                    enabled: t.enabled,
+                    schedules: t.compiled_schedules().iter().map(|s| s.describe()).collect(),
+                    next_run: status
+                        .and_then(|s| s.tasks.iter().find(|x| x.task == t.name))
+                        .and_then(|x| x.next_fire),
+                    sources: t.sources.len(),
+                    destinations: t.destinations.len(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if as_json {
+        return json(&rows);
+    }
+    if rows.is_empty() {
+        println!("no tasks (apply a configuration with `ferry apply -f FILE`)");
+        return;
+    }
+    println!("{:<24} {:<8} {:<20} SCHEDULE", "TASK", "ENABLED", "NEXT RUN");
+    for r in rows {
+        let next = r.next_run.map(|t| local(&t)).unwrap_or_else(|| "-".into());
+        let schedule = if r.schedules.is_empty() {
+            "manual".to_string()
+        } else {
+            r.schedules.join("; ")
+        };
+        println!(
+            "{:<24} {:<8} {:<20} {}",
+            r.name,
+            if r.enabled { "yes" } else { "no" },
+            next,
+            schedule
+        );
+    }
+}
+
+pub fn task(as_json: bool, task: &Task) {
+    if as_json {
+        return json(task);
+    }
+    println!(
+        "task {}{}",
+        task.name,
+        if task.enabled { "" } else { " (disabled)" }
+    );
+    if !task.description.is_empty() {
+        println!("  {}", task.description);
+    }
+    for (i, s) in task.sources.iter().enumerate() {
+        println!(
+            "  source[{i}]      {}:{}  masks {:?}{}{}{}{}",
+            s.host,
+            s.folder,
+            s.masks.as_str(),
+            s.exclude
+                .as_ref()
+                .map(|x| format!(" exclude {:?}", x.as_str()))
+                .unwrap_or_default(),
+            if s.subdirectories { " +subdirectories" } else { "" },
+            if s.new_files_only { " new-files-only" } else { "" },
+            if s.delete_after { " delete-after" } else { "" },
+        );
+    }
+    for (i, d) in task.destinations.iter().enumerate() {
+        println!(
+            "  destination[{i}] {}:{}/{}  overwrite={:?}{}",
+            d.host,
+            d.folder.as_str(),
+            d.file_name.as_str(),
+            d.overwrite,
+            if d.relative_subdirs {
+                " +relative-subdirs"
+            } else {
+                ""
+            },
+        );
+    }
+    for s in task.compiled_schedules() {
+        println!("  schedule       {}", s.describe());
+    }
+}
+
+pub fn run_requested(as_json: bool, task: &str, run_id: Uuid) {
+    if as_json {
+        return json(&serde_json::json!({ "task": task, "run_id": run_id }));
+    }
+    println!("run {run_id} of task {task} requested (follow it with `ferry runs show {run_id}`)");
+}
+
+fn status_word(run: &RunFinished) -> String {
+    format!("{:?}", run.status).to_lowercase()
+}
+
+pub fn runs(as_json: bool, runs: &[RunFinished]) {
+    if as_json {
+        #[derive(Serialize)]
+        struct Summary<'a> {
+            #[serde(flatten)]
+            run: &'a RunFinished,
+        }
+        // Lists carry summaries without per-file detail; `ferry runs show` has the files.
+        let summaries: Vec<serde_json::Value> = runs
+            .iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(Summary { run: r }).expect("serializes");
+                v.as_object_mut().expect("object").remove("files");
+                v
+            })
+            .collect();
+        return json(&summaries);
+    }
+    if runs.is_empty() {
+        println!("no finished runs");
+        return;
+    }
+    println!(
+        "{:<36} {:<20} {:<19} {:<9} {:>5} {:>5} {:>5}",
+        "RUN", "TASK", "FINISHED", "STATUS", "OK", "SKIP", "FAIL"
+    );
+    for r in runs {
+        println!(
+            "{:<36} {:<20} {:<19} {:<9} {:>5} {:>5} {:>5}",
+            r.run_id,
+            r.task,
+            local(&r.finished_at),
+            status_word(r),
+            r.files_delivered,
+            r.files_skipped,
+            r.files_failed
+        );
+    }
+}
+
+pub fn run(as_json: bool, run: &RunFinished, with_files: bool) {
+    if as_json {
+        return json(run);
+    }
+    println!(
+        "run {} of task {}: {} ({} delivered, {} skipped, {} failed, {} bytes) on node {} epoch {}",
+        run.run_id,
+        run.task,
+        status_word(run),
+        run.files_delivered,
+        run.files_skipped,
+        run.files_failed,
+        run.bytes,
+        run.node,
+        run.epoch
+    );
+    println!(
+        "  started {}  finished {}",
+        local(&run.started_at),
+        local(&run.finished_at)
+    );
+    if let Some(e) = &run.error {
+        println!("  error: {e}");
+    }
+    let failed_only = !with_files;
+    for f in run
+        .files
+        .iter()
+        .filter(|f| !failed_only || f.outcome == Outcome::Failed)
+    {
+        let dest = f
+            .destinations
+            .iter()
+            .map(|d| d.path.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!(
+            "  {:<9} {} -> {}{}",
+            outcome(f.outcome),
+            f.source_path,
+            dest,
+            f.error.as_ref().map(|e| format!("  ({e})")).unwrap_or_default()
+        );
+    }
+}
+
+pub fn audit(as_json: bool, records: &[AuditRecord]) {
+    if as_json {
+        return json(records);
+    }
+    if records.is_empty() {
+        println!("no audit records");
+        return;
+    }
+    for r in records {
+        println!(
+            "{} {:<9} {:<13} task={} run={} node={} epoch={} {} -> {} size={} sha256={}{}",
+            local(&r.finished_at),
+            outcome(r.outcome),
+            r.action,
+            r.task,
+            r.run_id,
+            r.node,
+            r.epoch,
+            r.source_path,
+            r.dest_path.as_deref().unwrap_or("-"),
+            r.size,
+            r.sha256.as_deref().unwrap_or("-"),
+            r.error
+                .as_ref()
+                .map(|e| format!(" error={e:?}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+pub fn scheduler_status(as_json: bool, s: &SchedulerStatus) {
+    if as_json {
+        return json(s);
+    }
+    println!(
+        "scheduler on node {}: {} (epoch {})",
+        s.node,
+        if s.enabled { "running" } else { "stopped" },
+        s.epoch
+    );
+    for t in &s.tasks {
+        println!(
+            "  {:<24} next {}",
+            t.task,
+            t.next_fire.map(|t| local(&t)).unwrap_or_else(|| "-".into())
+        );
+    }
+}
+
+pub fn failover_status(as_json: bool, s: &FailoverStatus) {
+    if as_json {
+        return json(s);
+    }
+    println!("node:         {}", s.node);
+    println!("role:         {}", s.role);
+    println!("mode:         {}", s.mode);
+    println!("epoch:        {}", s.epoch);
+    println!("lease holder: {}", s.lease_holder.as_deref().unwrap_or("-"));
+    if let Some(t) = s.lease_acquired_at {
+        println!("acquired:     {}", local(&t));
+    }
+}

@@ -1,0 +1,76 @@
+//! Request/reply API of a service, registered as a NATS micro service (`$SRV.PING`, `$SRV.INFO`
+//! and `$SRV.STATS` answer for it, so `nats micro ls` finds every Ferry service).
+
+use std::future::Future;
+
+use async_nats::service::{self, ServiceExt};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{Serialize, de::DeserializeOwned};
+use tokio_util::sync::CancellationToken;
+
+/// Register `ferry-<service>` on this node. Endpoints live under `ferry.api.<node>.<service>`.
+pub async fn register(
+    client: &async_nats::Client,
+    node: &str,
+    service: &str,
+    description: &str,
+) -> anyhow::Result<(service::Service, service::Group)> {
+    let svc = client
+        .service_builder()
+        .description(description)
+        .metadata([("node".to_string(), node.to_string())].into())
+        .start(format!("ferry-{service}"), crate::VERSION)
+        .await
+        .map_err(|e| anyhow::anyhow!("register NATS micro service ferry-{service}: {e}"))?;
+    let group = svc.group(ferry_wire::subjects::api_group(node, service));
+    Ok((svc, group))
+}
+
+/// Serve one JSON endpoint until `shutdown`: decode the request, call `handler`, encode the
+/// reply; an `Err` becomes a NATS service error whose status text is the message.
+pub async fn serve_json<Req, Resp, F, Fut>(
+    group: &service::Group,
+    name: &str,
+    shutdown: CancellationToken,
+    handler: F,
+) -> anyhow::Result<tokio::task::JoinHandle<()>>
+where
+    Req: DeserializeOwned + Send + 'static,
+    Resp: Serialize + Send + 'static,
+    F: Fn(Req) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Resp, String>> + Send,
+{
+    let mut endpoint = group
+        .endpoint(name)
+        .await
+        .map_err(|e| anyhow::anyhow!("add endpoint {name}: {e}"))?;
+    let name = name.to_string();
+    Ok(tokio::spawn(async move {
+        loop {
+            let request = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = endpoint.next() => match r { Some(r) => r, None => break },
+            };
+            let payload = if request.message.payload.is_empty() {
+                Bytes::from_static(b"null")
+            } else {
+                request.message.payload.clone()
+            };
+            let reply = match ferry_wire::decode::<Req>(&payload) {
+                Ok(req) => handler(req).await,
+                Err(e) => Err(format!("bad request: {e}")),
+            };
+            let response = match reply {
+                Ok(resp) => Ok(ferry_wire::encode(&resp)),
+                Err(message) => Err(service::error::Error {
+                    status: message,
+                    code: 400,
+                }),
+            };
+            if let Err(e) = request.respond(response).await {
+                tracing::warn!(endpoint = %name, error = %e, "reply failed");
+            }
+        }
+    }))
+}

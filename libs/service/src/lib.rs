@@ -1,0 +1,20 @@
+//! What every Ferry service shares: settings, the NATS connection and topology, the
+//! `/metrics` + `/healthz` endpoint, NATS micro-service registration, epoch fencing, and the
+//! `main` scaffolding (signals, ordered shutdown).
+//!
+//! Invariant: a service's `main.rs` only calls [`main_scaffold::run_service`]; everything that
+//! differs between services lives in that service's `lib.rs::run(settings, shutdown)`.
+
+pub mod api;
+pub mod epoch;
+pub mod http;
+pub mod main_scaffold;
+pub mod nats;
+pub mod settings;
+pub mod streams;
+
+pub use epoch::{EpochGate, LeaseView};
+pub use settings::Settings;
+
+/// The version every service reports in its NATS micro-service registration.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

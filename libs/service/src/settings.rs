@@ -1,0 +1,255 @@
+//! Node and service settings: a TOML file plus `FERRY_*` environment variables
+//! (`FERRY_NODE_ID`, `FERRY_NATS_URL`, `FERRY_TRANSFER__CONCURRENCY`, …; `__` separates levels).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// Settings of one node; every service of the node reads the same file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// This node's id: letters, digits, `-`, `_`. Used in subjects and in the failover lease.
+    #[serde(default = "default_node_id")]
+    pub node_id: String,
+    /// NATS server URL(s), comma-separated.
+    #[serde(default = "default_nats_url")]
+    pub nats_url: String,
+    /// Allow a plain-text, unauthenticated NATS connection to a non-loopback address (dev only).
+    #[serde(default)]
+    pub allow_insecure_nats: bool,
+    /// Where services keep local scratch data.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub scheduler: SchedulerSettings,
+    #[serde(default)]
+    pub file_collector: CollectorSettings,
+    #[serde(default)]
+    pub transfer: TransferSettings,
+    #[serde(default)]
+    pub cert_handler: PlainServiceSettings,
+    #[serde(default)]
+    pub failover_coordinator: PlainServiceSettings,
+}
+
+/// What to do on start-up about schedule slots that passed while the scheduler was down.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissedRuns {
+    /// Do not run missed slots; the next run is the next slot (as the reference product does).
+    #[default]
+    Skip,
+    /// Run a task once if at least one of its slots was missed within `missed_runs_window_secs`.
+    RunOnce,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerSettings {
+    /// Address of `/metrics` and `/healthz` (port 0 picks a free port).
+    pub metrics_addr: SocketAddr,
+    /// Start with schedules not firing (manual and event runs still work); `ferry scheduler start`.
+    pub start_with_scheduler_disabled: bool,
+    /// Policy for slots missed while the scheduler was down.
+    pub missed_runs: MissedRuns,
+    /// How far back `run_once` looks for missed slots.
+    pub missed_runs_window_secs: u64,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        Self {
+            metrics_addr: "127.0.0.1:9181".parse().expect("literal address"),
+            start_with_scheduler_disabled: false,
+            missed_runs: MissedRuns::Skip,
+            missed_runs_window_secs: 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorSettings {
+    /// Address of `/metrics` and `/healthz`.
+    pub metrics_addr: SocketAddr,
+    /// Node-wide maximum of task runs in progress; further runs queue in arrival order.
+    pub max_running_tasks: u32,
+}
+
+impl Default for CollectorSettings {
+    fn default() -> Self {
+        Self {
+            metrics_addr: "127.0.0.1:9182".parse().expect("literal address"),
+            max_running_tasks: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferSettings {
+    /// Address of `/metrics` and `/healthz`.
+    pub metrics_addr: SocketAddr,
+    /// Files moved concurrently by this instance.
+    pub concurrency: u32,
+    /// A file not acknowledged within this time is handed to another instance; in-flight files
+    /// send progress well within it.
+    pub ack_wait_secs: u64,
+    /// Copy buffer size.
+    pub buffer_bytes: usize,
+}
+
+impl Default for TransferSettings {
+    fn default() -> Self {
+        Self {
+            metrics_addr: "127.0.0.1:9183".parse().expect("literal address"),
+            concurrency: 16,
+            ack_wait_secs: 15,
+            buffer_bytes: 1 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlainServiceSettings {
+    /// Address of `/metrics` and `/healthz`.
+    #[serde(default = "default_plain_addr")]
+    pub metrics_addr: SocketAddr,
+}
+
+impl Default for PlainServiceSettings {
+    fn default() -> Self {
+        Self {
+            metrics_addr: default_plain_addr(),
+        }
+    }
+}
+
+fn default_plain_addr() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("literal address")
+}
+fn default_node_id() -> String {
+    "node1".to_string()
+}
+fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".to_string()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(".ferry/data")
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            node_id: default_node_id(),
+            nats_url: default_nats_url(),
+            allow_insecure_nats: false,
+            data_dir: default_data_dir(),
+            scheduler: SchedulerSettings::default(),
+            file_collector: CollectorSettings::default(),
+            transfer: TransferSettings::default(),
+            cert_handler: PlainServiceSettings::default(),
+            failover_coordinator: PlainServiceSettings::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// Load from an optional TOML file, then `FERRY_*` environment variables, then validate.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
+        }
+        let settings: Settings = builder
+            .add_source(
+                config::Environment::with_prefix("FERRY")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .context("read settings")?
+            .try_deserialize()
+            .context("settings")?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Fail fast on settings that cannot work or are insecure without the explicit dev flag.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !ferry_config::is_valid_name(&self.node_id) {
+            bail!(
+                "node_id: {:?} is not a valid name: use 1-64 letters, digits, '-' or '_'",
+                self.node_id
+            );
+        }
+        for url in self.nats_url.split(',') {
+            let url = url.trim();
+            let plain = !url.starts_with("tls://");
+            let host = url
+                .split("://")
+                .last()
+                .unwrap_or(url)
+                .rsplit('@')
+                .next()
+                .unwrap_or(url)
+                .split(':')
+                .next()
+                .unwrap_or("");
+            let loopback =
+                matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1") || host.starts_with("127.");
+            if plain && !loopback && !self.allow_insecure_nats {
+                bail!(
+                    "nats_url: {url:?} is plain text to a non-loopback host; use tls:// or set allow_insecure_nats = true (development only)"
+                );
+            }
+        }
+        if self.transfer.concurrency == 0 {
+            bail!("transfer.concurrency: 0 must be at least 1");
+        }
+        if self.file_collector.max_running_tasks == 0 {
+            bail!("file_collector.max_running_tasks: 0 must be at least 1");
+        }
+        if self.transfer.ack_wait_secs < 3 {
+            bail!(
+                "transfer.ack_wait_secs: {} must be at least 3",
+                self.transfer.ack_wait_secs
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_plain_nats_to_a_remote_host() {
+        let mut s = Settings {
+            nats_url: "nats://10.1.2.3:4222".into(),
+            ..Settings::default()
+        };
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("10.1.2.3"), "{err}");
+        s.allow_insecure_nats = true;
+        s.validate().expect("allowed with the dev flag");
+        s.nats_url = "tls://nats.example:4222".into();
+        s.allow_insecure_nats = false;
+        s.validate().expect("tls is fine");
+    }
+
+    #[test]
+    fn refuses_a_bad_node_id() {
+        let s = Settings {
+            node_id: "node.1".into(),
+            ..Settings::default()
+        };
+        assert!(s.validate().unwrap_err().to_string().contains("node.1"));
+    }
+}

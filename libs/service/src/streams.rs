@@ -1,0 +1,92 @@
+//! Reading runs and audit records straight from their streams (the CLI and tests use these).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream::{
+    self,
+    consumer::{DeliverPolicy, pull},
+};
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use ferry_wire::{RunFinished, subjects, topology};
+
+/// Every message on `filter` (optionally only the last `since`), oldest first.
+pub async fn read<T: DeserializeOwned>(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: &str,
+    since: Option<Duration>,
+) -> anyhow::Result<Vec<T>> {
+    let stream = js
+        .get_stream(stream)
+        .await
+        .with_context(|| format!("open stream {stream}"))?;
+    let deliver_policy = match since {
+        Some(since) => DeliverPolicy::ByStartTime {
+            start_time: chrono::Utc::now()
+                - chrono::Duration::from_std(since).context("--since is too large")?,
+        },
+        None => DeliverPolicy::All,
+    };
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: filter.to_string(),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .context("create reader")?;
+    let pending = consumer.cached_info().num_pending;
+    let mut out = Vec::with_capacity(pending as usize);
+    if pending == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer.messages().await.context("read stream")?;
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(10), messages.next())
+        .await
+        .context("stream read timed out")?
+    {
+        let message = message.context("read message")?;
+        out.push(ferry_wire::decode(&message.payload)?);
+        if message.info().map(|i| i.pending).unwrap_or(0) == 0 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Wait for the `RunFinished` of one run.
+pub async fn wait_for_run(
+    js: &jetstream::Context,
+    task: &str,
+    run_id: Uuid,
+    timeout: Duration,
+) -> anyhow::Result<RunFinished> {
+    let stream = js
+        .get_stream(topology::STREAM_EVENTS)
+        .await
+        .context("open events stream")?;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: subjects::run_finished(task, run_id),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .context("create reader")?;
+    let mut messages = consumer.messages().await.context("read events")?;
+    let message = tokio::time::timeout(timeout, messages.next())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "run {run_id} did not finish within {}",
+                humantime::format_duration(timeout)
+            )
+        })?
+        .context("events stream ended")?
+        .context("read event")?;
+    Ok(ferry_wire::decode(&message.payload)?)
+}

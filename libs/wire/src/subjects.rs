@@ -1,0 +1,101 @@
+//! Every NATS subject Ferry publishes or subscribes to.
+//!
+//! Task and node names are validated (`ferry_config::is_valid_name`) before they reach a subject,
+//! so each is exactly one subject token.
+
+use uuid::Uuid;
+
+/// Run requests: `ferry.work.run.<task>` (stream [`crate::topology::STREAM_RUNQ`]).
+pub fn run_request(task: &str) -> String {
+    format!("ferry.work.run.{task}")
+}
+pub const RUN_REQUESTS: &str = "ferry.work.run.*";
+
+/// Per-file work items of one run: `ferry.work.file.<run_id>` (stream [`crate::topology::STREAM_FILEQ`]).
+pub fn file_item(run_id: Uuid) -> String {
+    format!("ferry.work.file.{run_id}")
+}
+pub const FILE_ITEMS: &str = "ferry.work.file.*";
+
+/// Per-file results of one run: `ferry.work.result.<run_id>` (stream [`crate::topology::STREAM_RESULTS`]).
+pub fn file_result(run_id: Uuid) -> String {
+    format!("ferry.work.result.{run_id}")
+}
+pub const FILE_RESULTS: &str = "ferry.work.result.*";
+
+/// Run lifecycle events (stream [`crate::topology::STREAM_EVENTS`]).
+pub fn run_started(task: &str, run_id: Uuid) -> String {
+    format!("ferry.event.run.started.{task}.{run_id}")
+}
+pub fn run_finished(task: &str, run_id: Uuid) -> String {
+    format!("ferry.event.run.finished.{task}.{run_id}")
+}
+/// Filter for finished runs, of one task or all.
+pub fn run_finished_filter(task: Option<&str>) -> String {
+    match task {
+        Some(task) => format!("ferry.event.run.finished.{task}.*"),
+        None => "ferry.event.run.finished.*.*".to_string(),
+    }
+}
+/// Filter for the finished event of one run whose task is not known.
+pub fn run_finished_by_id(run_id: Uuid) -> String {
+    format!("ferry.event.run.finished.*.{run_id}")
+}
+/// Role changes of a node: `ferry.event.role.<node>`.
+pub fn role_changed(node: &str) -> String {
+    format!("ferry.event.role.{node}")
+}
+pub const EVENTS: &str = "ferry.event.>";
+
+/// Audit trail of file movements: `ferry.audit.file.<task>` (stream [`crate::topology::STREAM_AUDIT`]).
+pub fn audit_file(task: &str) -> String {
+    format!("ferry.audit.file.{task}")
+}
+pub fn audit_filter(task: Option<&str>) -> String {
+    match task {
+        Some(task) => format!("ferry.audit.*.{task}"),
+        None => AUDIT.to_string(),
+    }
+}
+pub const AUDIT: &str = "ferry.audit.>";
+
+/// NATS-event trigger of a task: any publish on `ferry.trigger.<task>` starts a run.
+pub fn trigger(task: &str) -> String {
+    format!("ferry.trigger.{task}")
+}
+pub const TRIGGERS: &str = "ferry.trigger.*";
+/// The task name in a trigger subject.
+pub fn task_of_trigger(subject: &str) -> Option<&str> {
+    subject.strip_prefix("ferry.trigger.")
+}
+
+/// Request/reply API of one service on one node: `ferry.api.<node>.<service>` is the
+/// NATS micro-service group; endpoints are the constants in [`api`].
+pub fn api_group(node: &str, service: &str) -> String {
+    format!("ferry.api.{node}.{service}")
+}
+pub fn api(node: &str, service: &str, endpoint: &str) -> String {
+    format!("{}.{endpoint}", api_group(node, service))
+}
+
+/// Service names (also the NATS micro-service names, prefixed with `ferry-`).
+pub mod service {
+    pub const SCHEDULER: &str = "scheduler";
+    pub const FILE_COLLECTOR: &str = "file-collector";
+    pub const TRANSFER: &str = "transfer";
+    pub const CERT_HANDLER: &str = "cert-handler";
+    pub const FAILOVER_COORDINATOR: &str = "failover-coordinator";
+}
+
+/// Endpoint names of the request/reply API.
+pub mod api {
+    /// scheduler: validate and store a configuration ([`crate::ApplyRequest`]).
+    pub const APPLY: &str = "apply";
+    /// scheduler: start a run now ([`crate::RunTaskRequest`]).
+    pub const RUN: &str = "run";
+    /// scheduler: start / stop firing schedules on this node.
+    pub const START: &str = "start";
+    pub const STOP: &str = "stop";
+    /// any service: its status document.
+    pub const STATUS: &str = "status";
+}

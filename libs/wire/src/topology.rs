@@ -1,0 +1,107 @@
+//! Streams and KV buckets, and the idempotent set-up every service runs at start.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+
+/// Run requests, one message per run; work-queue retention (a run is consumed once).
+pub const STREAM_RUNQ: &str = "FERRY_RUNQ";
+/// Per-file work items; work-queue retention, shared by all transfer instances.
+pub const STREAM_FILEQ: &str = "FERRY_FILEQ";
+/// Per-file results, read back by the file-collector to finish a run.
+pub const STREAM_RESULTS: &str = "FERRY_RESULTS";
+/// Run started/finished and role-change events.
+pub const STREAM_EVENTS: &str = "FERRY_EVENTS";
+/// The audit trail: one record per file movement.
+pub const STREAM_AUDIT: &str = "FERRY_AUDIT";
+
+/// Durable consumer names.
+pub const CONSUMER_COLLECTOR: &str = "file-collector";
+pub const CONSUMER_TRANSFER: &str = "transfer";
+
+/// The applied configuration document, a single key so an apply is one atomic write.
+pub const KV_CONFIG: &str = "ferry_config";
+pub const CONFIG_KEY: &str = "current";
+/// New-files-only state: `nfo.<source key>.<file key>`.
+pub const KV_STATE: &str = "ferry_state";
+/// Run bookkeeping: `lock.<task>` (a task never overlaps itself), `run.<run id>`, `item.<item id>`.
+pub const KV_RUNS: &str = "ferry_runs";
+/// Scheduler bookkeeping: `last.<task>` (last fired slot), `enabled.<node>`.
+pub const KV_SCHED: &str = "ferry_sched";
+/// The failover lease: key [`LEASE_KEY`].
+pub const KV_LEASE: &str = "ferry_lease";
+pub const LEASE_KEY: &str = "active";
+
+/// How long JetStream remembers a message id: a slot fired again within this window is dropped.
+/// The scheduler's `last.<task>` record covers restarts longer than this.
+pub const DEDUPE_WINDOW: Duration = Duration::from_secs(30 * 60);
+
+/// Create or update every stream and bucket. Safe to run concurrently from every service.
+pub async fn ensure(js: &jetstream::Context) -> Result<(), async_nats::Error> {
+    let day = Duration::from_secs(24 * 3600);
+    let streams = [
+        (
+            STREAM_RUNQ,
+            crate::subjects::RUN_REQUESTS,
+            stream::RetentionPolicy::WorkQueue,
+            7 * day,
+        ),
+        (
+            STREAM_FILEQ,
+            crate::subjects::FILE_ITEMS,
+            stream::RetentionPolicy::WorkQueue,
+            7 * day,
+        ),
+        (
+            STREAM_RESULTS,
+            crate::subjects::FILE_RESULTS,
+            stream::RetentionPolicy::Limits,
+            7 * day,
+        ),
+        (
+            STREAM_EVENTS,
+            crate::subjects::EVENTS,
+            stream::RetentionPolicy::Limits,
+            90 * day,
+        ),
+        (
+            STREAM_AUDIT,
+            crate::subjects::AUDIT,
+            stream::RetentionPolicy::Limits,
+            365 * day,
+        ),
+    ];
+    for (name, subject, retention, max_age) in streams {
+        js.get_or_create_stream(stream::Config {
+            name: name.to_string(),
+            subjects: vec![subject.to_string()],
+            retention,
+            max_age,
+            duplicate_window: DEDUPE_WINDOW,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    }
+    let buckets = [
+        (KV_CONFIG, 20, Duration::ZERO),
+        (KV_STATE, 1, Duration::ZERO),
+        (KV_RUNS, 1, 7 * day),
+        (KV_SCHED, 1, Duration::ZERO),
+        (KV_LEASE, 1, Duration::ZERO),
+    ];
+    for (bucket, history, max_age) in buckets {
+        if js.get_key_value(bucket).await.is_ok() {
+            continue;
+        }
+        js.create_key_value(kv::Config {
+            bucket: bucket.to_string(),
+            history,
+            max_age,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    }
+    Ok(())
+}

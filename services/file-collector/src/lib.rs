@@ -1,0 +1,492 @@
+//! file-collector: turns a `RunRequested` into per-file work and finishes the run.
+//!
+//! For each run it lists every source (masks, excludes, subdirectories, minimum age, size
+//! stability, new-files-only state, max files), publishes one `FileItem` per file, waits for
+//! every item's `FileResult`, and publishes exactly one `RunFinished`. It never copies bytes.
+//!
+//! Invariants:
+//! - At most `max_running_tasks` runs are in progress on the node: the durable consumer's
+//!   `max_ack_pending` holds further requests back, in arrival order.
+//! - A task never overlaps itself: a run holds `ferry_runs/lock.<task>` (created, never
+//!   overwritten) from listing to `RunFinished`; a request for a running task finishes as skipped.
+//! - A restarted collector resumes a run from `ferry_runs/run.<run id>` instead of listing again;
+//!   item ids are stable message ids, so a repeated publish is dropped by JetStream.
+//! - Requests stamped with an epoch older than the highest seen are refused.
+
+mod listing;
+mod metrics;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream::{
+    self, AckKind,
+    consumer::{self, DeliverPolicy, pull},
+    kv,
+    message::PublishMessage,
+};
+use chrono::Utc;
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use ferry_service::{EpochGate, Settings, epoch, http, nats};
+use ferry_wire::{
+    ConfigDocument, FileResult, Outcome, RunFinished, RunRecord, RunRequested, RunStarted, RunStatus,
+    subjects, topology,
+};
+
+pub use metrics::Metrics;
+
+pub const SERVICE: &str = subjects::service::FILE_COLLECTOR;
+
+/// How long a run request may go unacknowledged before JetStream redelivers it; a run in
+/// progress sends progress well within it.
+const RUN_ACK_WAIT: Duration = Duration::from_secs(30);
+
+struct Collector {
+    node: String,
+    js: jetstream::Context,
+    config_kv: kv::Store,
+    state_kv: kv::Store,
+    runs_kv: kv::Store,
+    gate: EpochGate,
+    metrics: Metrics,
+}
+
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (client, js) = nats::connect(&settings, SERVICE, &shutdown).await?;
+    let metrics = Metrics::new()?;
+    http::serve(
+        settings.file_collector.metrics_addr,
+        metrics.registry.clone(),
+        http::nats_health(&client),
+        shutdown.child_token(),
+    )
+    .await?;
+    let gate = EpochGate::default();
+    let _lease = epoch::watch_lease(&js, gate.clone(), shutdown.child_token()).await?;
+    let collector = Arc::new(Collector {
+        node: settings.node_id.clone(),
+        config_kv: js
+            .get_key_value(topology::KV_CONFIG)
+            .await
+            .context("open config bucket")?,
+        state_kv: js
+            .get_key_value(topology::KV_STATE)
+            .await
+            .context("open state bucket")?,
+        runs_kv: js
+            .get_key_value(topology::KV_RUNS)
+            .await
+            .context("open runs bucket")?,
+        js: js.clone(),
+        gate,
+        metrics,
+    });
+    let (service, group) =
+        ferry_service::api::register(&client, &settings.node_id, SERVICE, "Ferry file collector").await?;
+    let running = collector.metrics.running.clone();
+    let status = ferry_service::api::serve_json(
+        &group,
+        subjects::api::STATUS,
+        shutdown.child_token(),
+        move |(): ()| {
+            let running = running.get();
+            async move { Ok(serde_json::json!({ "running_runs": running })) }
+        },
+    )
+    .await?;
+
+    let max_running = settings.file_collector.max_running_tasks as usize;
+    let stream = js
+        .get_stream(topology::STREAM_RUNQ)
+        .await
+        .context("open run queue")?;
+    let consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            topology::CONSUMER_COLLECTOR,
+            pull::Config {
+                durable_name: Some(topology::CONSUMER_COLLECTOR.to_string()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: RUN_ACK_WAIT,
+                max_ack_pending: max_running as i64,
+                filter_subject: subjects::RUN_REQUESTS.to_string(),
+                ..Default::default()
+            },
+        )
+        .await
+        .context("create run-queue consumer")?;
+    let slots = Arc::new(Semaphore::new(max_running));
+    let mut runs = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let batch = consumer
+            .batch()
+            .max_messages(1)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "pull run requests");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = batch.next() => m,
+        };
+        match message {
+            Some(Ok(message)) => {
+                let collector = collector.clone();
+                let shutdown = shutdown.clone();
+                runs.spawn(async move {
+                    collector.handle(message, shutdown).await;
+                    drop(permit);
+                });
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "run request"),
+            None => {}
+        }
+        while runs.try_join_next().is_some() {}
+    }
+    // Runs in progress stop waiting; their requests are redelivered and resumed after restart.
+    runs.shutdown().await;
+    let _ = status.await;
+    let _ = service.stop().await;
+    Ok(())
+}
+
+impl Collector {
+    async fn handle(&self, message: jetstream::Message, shutdown: CancellationToken) {
+        let request: RunRequested = match ferry_wire::decode(&message.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "dropping unreadable run request");
+                let _ = message.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        // Keep the request ours while the run lasts.
+        let progress = {
+            let message = message.clone();
+            let stop = CancellationToken::new();
+            let guard = stop.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(RUN_ACK_WAIT / 3) => {
+                            let _ = message.ack_with(AckKind::Progress).await;
+                        }
+                    }
+                }
+            });
+            guard.drop_guard()
+        };
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            o = self.execute(&request) => o,
+        };
+        drop(progress);
+        match outcome {
+            Ok(()) => {
+                if let Err(e) = message.double_ack().await {
+                    tracing::warn!(run_id = %request.run_id, error = %e, "ack run request");
+                }
+            }
+            Err(e) => {
+                // Infrastructure trouble (NATS unavailable): let JetStream redeliver; the run resumes.
+                tracing::error!(task = %request.task, run_id = %request.run_id, error = format!("{e:#}"), "run interrupted; will resume");
+                let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
+            }
+        }
+    }
+
+    /// Carry out one run. `Err` only for infrastructure failures worth retrying; every other
+    /// outcome (including task problems) ends in a published `RunFinished`.
+    async fn execute(&self, request: &RunRequested) -> anyhow::Result<()> {
+        let started_at = Utc::now();
+        if !self.gate.admit(request.epoch) {
+            let why = format!(
+                "refused: stamped with epoch {} but epoch {} is current",
+                request.epoch,
+                self.gate.highest()
+            );
+            return self
+                .finish(request, started_at, RunStatus::Skipped, Some(why), Vec::new())
+                .await;
+        }
+        let lock_key = format!("lock.{}", request.task);
+        let run_id = request.run_id.to_string();
+        match self.runs_kv.create(&lock_key, run_id.clone().into()).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let holder = self.runs_kv.get(&lock_key).await.context("read task lock")?;
+                let holder = holder
+                    .map(|h| String::from_utf8_lossy(&h).into_owned())
+                    .unwrap_or_default();
+                if holder != run_id {
+                    let why = format!("task is already running (run {holder})");
+                    tracing::info!(task = %request.task, run_id = %request.run_id, %holder, "skipped: already running");
+                    return self
+                        .finish(request, started_at, RunStatus::Skipped, Some(why), Vec::new())
+                        .await;
+                }
+                // Our own lock: a redelivery after a collector restart. Resume.
+            }
+            Err(e) => return Err(e).context("take task lock"),
+        }
+        self.metrics.running.inc();
+        let result = self.collect(request).await;
+        self.metrics.running.dec();
+        let (status, error, files, started_at) = match result {
+            Ok((files, started_at)) => {
+                let failed = files.iter().any(|f| f.outcome == Outcome::Failed);
+                let status = if failed {
+                    RunStatus::Failed
+                } else {
+                    RunStatus::Succeeded
+                };
+                (status, None, files, started_at)
+            }
+            Err(RunError::Task(message)) => (RunStatus::Failed, Some(message), Vec::new(), started_at),
+            Err(RunError::Infra(e)) => return Err(e),
+        };
+        self.finish(request, started_at, status, error, files).await?;
+        self.release_lock(&lock_key, &run_id).await;
+        Ok(())
+    }
+
+    async fn release_lock(&self, lock_key: &str, run_id: &str) {
+        match self.runs_kv.entry(lock_key).await {
+            Ok(Some(entry)) if entry.value == run_id.as_bytes() => {
+                if let Err(e) = self
+                    .runs_kv
+                    .delete_expect_revision(lock_key, Some(entry.revision))
+                    .await
+                {
+                    tracing::warn!(%lock_key, error = %e, "release task lock");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%lock_key, error = %e, "read task lock"),
+        }
+    }
+
+    /// List (or resume), publish items, collect results.
+    async fn collect(
+        &self,
+        request: &RunRequested,
+    ) -> Result<(Vec<FileResult>, chrono::DateTime<Utc>), RunError> {
+        let record_key = format!("run.{}", request.run_id);
+        let existing = self.runs_kv.get(&record_key).await.context("read run record")?;
+        let record = match existing {
+            Some(bytes) => {
+                let record: RunRecord = ferry_wire::decode(&bytes).context("decode run record")?;
+                tracing::info!(run_id = %request.run_id, items = record.item_ids.len(), "resuming run");
+                record
+            }
+            None => {
+                let started_at = Utc::now();
+                let config = self
+                    .config_kv
+                    .get(topology::CONFIG_KEY)
+                    .await
+                    .context("read configuration")?;
+                let config = match config {
+                    Some(bytes) => {
+                        ferry_wire::decode::<ConfigDocument>(&bytes)
+                            .context("decode configuration")?
+                            .config
+                    }
+                    None => return Err(RunError::Task("no configuration has been applied".into())),
+                };
+                let task = config.tasks.get(&request.task).ok_or_else(|| {
+                    RunError::Task(format!("task {:?} is not in the configuration", request.task))
+                })?;
+                let items = listing::list_task(task, &config, request, started_at, &self.state_kv)
+                    .await
+                    .map_err(RunError::Task)?;
+                let mut acks = Vec::with_capacity(items.len());
+                for item in &items {
+                    let ack = self
+                        .js
+                        .send_publish(
+                            subjects::file_item(request.run_id),
+                            PublishMessage::build()
+                                .payload(ferry_wire::encode(item))
+                                .message_id(&item.item_id)
+                                .header(ferry_wire::HEADER_EPOCH, request.epoch.to_string().as_str()),
+                        )
+                        .await
+                        .context("publish file item")?;
+                    acks.push(ack);
+                }
+                for ack in acks {
+                    ack.await.context("file item not stored")?;
+                }
+                let record = RunRecord {
+                    started_at,
+                    item_ids: items.iter().map(|i| i.item_id.clone()).collect(),
+                };
+                self.runs_kv
+                    .put(&record_key, ferry_wire::encode(&record))
+                    .await
+                    .context("write run record")?;
+                self.metrics
+                    .files_listed
+                    .with_label_values(&[&request.task])
+                    .inc_by(items.len() as u64);
+                let started = RunStarted {
+                    task: request.task.clone(),
+                    run_id: request.run_id,
+                    epoch: request.epoch,
+                    node: self.node.clone(),
+                    trigger: request.trigger.clone(),
+                    started_at,
+                    files: items.len() as u64,
+                };
+                self.js
+                    .send_publish(
+                        subjects::run_started(&request.task, request.run_id),
+                        PublishMessage::build()
+                            .payload(ferry_wire::encode(&started))
+                            .message_id(format!("started:{}", request.run_id)),
+                    )
+                    .await
+                    .context("publish run started")?
+                    .await
+                    .context("run started not stored")?;
+                tracing::info!(task = %request.task, run_id = %request.run_id, files = items.len(), "run started");
+                record
+            }
+        };
+        let results = self.await_results(request, &record.item_ids).await?;
+        Ok((results, record.started_at))
+    }
+
+    /// Read the run's results (from the beginning, so a resumed run sees earlier ones too)
+    /// until every item has one.
+    async fn await_results(
+        &self,
+        request: &RunRequested,
+        item_ids: &[String],
+    ) -> anyhow::Result<Vec<FileResult>> {
+        if item_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let stream = self
+            .js
+            .get_stream(topology::STREAM_RESULTS)
+            .await
+            .context("open results stream")?;
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: subjects::file_result(request.run_id),
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .context("read run results")?;
+        let mut messages = consumer.messages().await.context("read run results")?;
+        let wanted: std::collections::HashSet<&str> = item_ids.iter().map(String::as_str).collect();
+        let mut results: HashMap<String, FileResult> = HashMap::with_capacity(item_ids.len());
+        while results.len() < wanted.len() {
+            let message = match messages.next().await {
+                Some(m) => m.context("read run result")?,
+                None => anyhow::bail!("results stream ended"),
+            };
+            let result: FileResult = ferry_wire::decode(&message.payload)?;
+            if wanted.contains(result.item_id.as_str()) {
+                results.insert(result.item_id.clone(), result);
+            }
+        }
+        // Keep the listing order.
+        Ok(item_ids.iter().filter_map(|id| results.remove(id)).collect())
+    }
+
+    async fn finish(
+        &self,
+        request: &RunRequested,
+        started_at: chrono::DateTime<Utc>,
+        status: RunStatus,
+        error: Option<String>,
+        files: Vec<FileResult>,
+    ) -> anyhow::Result<()> {
+        let count = |o: Outcome| files.iter().filter(|f| f.outcome == o).count() as u64;
+        let finished = RunFinished {
+            task: request.task.clone(),
+            run_id: request.run_id,
+            epoch: request.epoch,
+            node: self.node.clone(),
+            trigger: request.trigger.clone(),
+            status,
+            started_at,
+            finished_at: Utc::now(),
+            files_delivered: count(Outcome::Delivered),
+            files_skipped: count(Outcome::Skipped),
+            files_failed: count(Outcome::Failed),
+            bytes: files
+                .iter()
+                .filter(|f| f.outcome == Outcome::Delivered)
+                .map(|f| f.size)
+                .sum(),
+            error,
+            files,
+        };
+        self.js
+            .send_publish(
+                subjects::run_finished(&request.task, request.run_id),
+                PublishMessage::build()
+                    .payload(ferry_wire::encode(&finished))
+                    .message_id(format!("finished:{}", request.run_id)),
+            )
+            .await
+            .context("publish run finished")?
+            .await
+            .context("run finished not stored")?;
+        let status_label = match status {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Skipped => "skipped",
+        };
+        self.metrics
+            .runs
+            .with_label_values(&[&request.task, status_label])
+            .inc();
+        tracing::info!(
+            task = %request.task,
+            run_id = %request.run_id,
+            status = status_label,
+            delivered = finished.files_delivered,
+            failed = finished.files_failed,
+            skipped = finished.files_skipped,
+            error = finished.error.as_deref().unwrap_or(""),
+            "run finished"
+        );
+        Ok(())
+    }
+}
+
+/// Why a run could not complete.
+enum RunError {
+    /// The task itself is the problem (missing folder, unknown task): the run fails.
+    Task(String),
+    /// NATS trouble: retry the whole request later.
+    Infra(anyhow::Error),
+}
+
+impl From<anyhow::Error> for RunError {
+    fn from(e: anyhow::Error) -> Self {
+        RunError::Infra(e)
+    }
+}

@@ -1,0 +1,260 @@
+//! Listing a task's sources into work items.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+
+use ferry_config::{Config, HostKind, Source, Task};
+use ferry_wire::{FileItem, FileState, RunRequested, SourceFile};
+
+/// A file found in a source folder.
+#[derive(Debug, Clone, PartialEq)]
+struct Found {
+    rel_path: String,
+    size: u64,
+    mtime_ns: i128,
+}
+
+/// Gets of new-files-only state in flight at once.
+const STATE_LOOKUPS_IN_FLIGHT: usize = 64;
+
+/// List every source of `task` and build the run's work items, in source order then path order.
+/// Errors are task problems (a missing folder, an unreadable directory), written for operators.
+pub async fn list_task(
+    task: &Task,
+    config: &Config,
+    request: &RunRequested,
+    started_at: DateTime<Utc>,
+    state_kv: &kv::Store,
+) -> Result<Vec<FileItem>, String> {
+    let dest_hosts = task
+        .destinations
+        .iter()
+        .map(|d| {
+            config
+                .hosts
+                .get(&d.host)
+                .cloned()
+                .ok_or_else(|| format!("unknown host {:?}", d.host))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut items = Vec::new();
+    for (index, source) in task.sources.iter().enumerate() {
+        let host = config
+            .hosts
+            .get(&source.host)
+            .ok_or_else(|| format!("source[{index}]: unknown host {:?}", source.host))?;
+        let found = match host.kind {
+            HostKind::Local => list_local(source)
+                .await
+                .map_err(|e| format!("source[{index}]: {e}"))?,
+        };
+        let source_key = state_source_key(&task.name, &source.host, &source.folder);
+        let with_keys: Vec<(Found, Option<String>)> = found
+            .into_iter()
+            .map(|f| {
+                let key = source
+                    .new_files_only
+                    .then(|| format!("nfo.{source_key}.{}", short_hash(f.rel_path.as_bytes())));
+                (f, key)
+            })
+            .collect();
+        // New-files-only: drop files whose size and modification time match their last delivery.
+        let checked: Vec<Option<(Found, Option<String>)>> = futures::stream::iter(with_keys)
+            .map(|(f, key)| async move {
+                let Some(k) = &key else { return Ok(Some((f, key))) };
+                match state_kv.get(k.as_str()).await {
+                    Ok(Some(bytes)) => match ferry_wire::decode::<FileState>(&bytes) {
+                        Ok(state) if state.size == f.size && state.mtime_ns == f.mtime_ns => Ok(None),
+                        _ => Ok(Some((f, key))),
+                    },
+                    Ok(None) => Ok(Some((f, key))),
+                    Err(e) => Err(format!("read new-files-only state: {e}")),
+                }
+            })
+            .buffered(STATE_LOOKUPS_IN_FLIGHT)
+            .collect::<Vec<Result<_, String>>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        let mut fresh: Vec<(Found, Option<String>)> = checked.into_iter().flatten().collect();
+        if source.max_files > 0 {
+            fresh.truncate(source.max_files as usize);
+        }
+        for (f, state_key) in fresh {
+            let item_id = short_hash(format!("{}\0{index}\0{}", request.run_id, f.rel_path).as_bytes());
+            items.push(FileItem {
+                run_id: request.run_id,
+                task: task.name.clone(),
+                epoch: request.epoch,
+                item_id,
+                source: SourceFile {
+                    source_index: index,
+                    host: host.clone(),
+                    folder: source.folder.clone(),
+                    rel_path: f.rel_path,
+                    size: f.size,
+                    mtime_ns: f.mtime_ns,
+                    state_key,
+                    delete_after: source.delete_after,
+                },
+                destinations: task.destinations.clone(),
+                dest_hosts: dest_hosts.clone(),
+                run_started_at: started_at,
+            });
+        }
+    }
+    Ok(items)
+}
+
+/// New-files-only state is keyed by task, host and folder — not by mask — so editing a mask
+/// never re-sends files already delivered.
+fn state_source_key(task: &str, host: &str, folder: &str) -> String {
+    short_hash(format!("{task}\0{host}\0{}", folder.trim_end_matches('/')).as_bytes())
+}
+
+/// 128 bits of SHA-256 in hex: a KV-key-safe, collision-free-in-practice name.
+fn short_hash(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..16])
+}
+
+/// Whether `name` is a transfer's temporary file (`.<name>.ferry-<id>.part`), which no source
+/// may ever pick up.
+pub fn is_transfer_temp(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".part") && name.contains(".ferry-")
+}
+
+async fn list_local(source: &Source) -> Result<Vec<Found>, String> {
+    let source = source.clone();
+    let found = tokio::task::spawn_blocking(move || walk_local(&source))
+        .await
+        .map_err(|e| format!("listing panicked: {e}"))??;
+    Ok(found)
+}
+
+fn walk_local(source: &Source) -> Result<Vec<Found>, String> {
+    let root = Path::new(&source.folder);
+    let meta = std::fs::metadata(root).map_err(|e| format!("folder {:?}: {e}", source.folder))?;
+    if !meta.is_dir() {
+        return Err(format!("folder {:?} is not a directory", source.folder));
+    }
+    let now_ns = Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX) as i128;
+    let min_age_ns = source.min_age_secs as i128 * 1_000_000_000;
+    let walker = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .max_depth(if source.subdirectories { usize::MAX } else { 1 })
+        .sort_by_file_name();
+    let mut found = Vec::new();
+    for entry in walker {
+        let entry = entry.map_err(|e| format!("list {:?}: {e}", source.folder))?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy();
+        if is_transfer_temp(&name)
+            || !source.masks.matches(&name)
+            || source.exclude.as_ref().is_some_and(|x| x.matches(&name))
+        {
+            continue;
+        }
+        let meta = entry
+            .metadata()
+            .map_err(|e| format!("stat {:?}: {e}", entry.path()))?;
+        let mtime_ns = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
+        if min_age_ns > 0 && now_ns - mtime_ns < min_age_ns {
+            continue;
+        }
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .expect("walkdir yields paths under its root")
+            .to_string_lossy()
+            .into_owned();
+        found.push(Found {
+            rel_path: rel,
+            size: meta.len(),
+            mtime_ns,
+        });
+    }
+    if source.size_stable_ms > 0 && !found.is_empty() {
+        std::thread::sleep(Duration::from_millis(source.size_stable_ms));
+        found.retain(|f| {
+            std::fs::metadata(root.join(&f.rel_path)).is_ok_and(|m| {
+                m.len() == f.size && m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128 == f.mtime_ns
+            })
+        });
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_config::MaskList;
+
+    fn source(folder: &Path) -> Source {
+        Source {
+            host: "local".into(),
+            folder: folder.to_string_lossy().into_owned(),
+            masks: MaskList::parse("*.csv;*.txt").expect("valid"),
+            exclude: Some(MaskList::parse("skip*").expect("valid")),
+            subdirectories: false,
+            new_files_only: true,
+            min_age_secs: 0,
+            size_stable_ms: 0,
+            delete_after: false,
+            max_files: 0,
+        }
+    }
+
+    #[test]
+    fn masks_excludes_subdirectories_and_temp_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in [
+            "a.csv",
+            "b.txt",
+            "c.bin",
+            "skip.csv",
+            ".x.csv.ferry-1.part",
+            "sub/d.csv",
+        ] {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, name).expect("write");
+        }
+        let mut s = source(dir.path());
+        let names: Vec<String> = walk_local(&s)
+            .expect("lists")
+            .into_iter()
+            .map(|f| f.rel_path)
+            .collect();
+        assert_eq!(names, ["a.csv", "b.txt"]);
+        s.subdirectories = true;
+        let names: Vec<String> = walk_local(&s)
+            .expect("lists")
+            .into_iter()
+            .map(|f| f.rel_path)
+            .collect();
+        assert_eq!(names, ["a.csv", "b.txt", "sub/d.csv"]);
+    }
+
+    #[test]
+    fn minimum_age_holds_back_fresh_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("new.csv"), "x").expect("write");
+        let mut s = source(dir.path());
+        s.min_age_secs = 3600;
+        assert!(walk_local(&s).expect("lists").is_empty());
+    }
+
+    #[test]
+    fn a_missing_folder_is_named() {
+        let s = source(Path::new("/nonexistent/ferry"));
+        assert!(walk_local(&s).unwrap_err().contains("/nonexistent/ferry"));
+    }
+}

@@ -1,0 +1,553 @@
+//! scheduler: owns the configuration API and decides when tasks run.
+//!
+//! It fires schedule slots, manual runs (`ferry task run`) and NATS-event triggers
+//! (`ferry.trigger.<task>`) as `RunRequested` messages into the run queue, stamped with the
+//! epoch of the lease this node holds.
+//!
+//! Invariants:
+//! - A slot is published with message id `slot:<task>:<unix seconds>` (JetStream drops a repeat
+//!   within the dedupe window) and recorded in `ferry_sched/last.<task>` afterwards; a slot at or
+//!   before the recorded one is never published again, so a restart never fires a slot twice.
+//! - Only the lease holder fires anything; it stamps its epoch on every request.
+//! - `apply` stores the whole configuration as one document with compare-and-swap: all or nothing.
+
+mod metrics;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream::{self, context::PublishErrorKind, kv, message::PublishMessage};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use ferry_config::Config;
+use ferry_service::settings::MissedRuns;
+use ferry_service::{EpochGate, LeaseView, Settings, api, epoch, http, nats};
+use ferry_wire::{
+    ApplyRequest, ApplyResponse, ConfigDocument, RunRequested, RunTaskRequest, RunTaskResponse,
+    ScheduledTask, SchedulerStatus, Trigger, subjects, topology,
+};
+
+pub use metrics::Metrics;
+
+pub const SERVICE: &str = subjects::service::SCHEDULER;
+
+/// Shared state of one scheduler instance.
+struct Scheduler {
+    node: String,
+    js: jetstream::Context,
+    config_kv: kv::Store,
+    sched_kv: kv::Store,
+    config: watch::Receiver<Arc<Config>>,
+    lease: watch::Receiver<LeaseView>,
+    enabled: AtomicBool,
+    /// Wakes the slot loop when the configuration or the enabled flag changes.
+    changed: Notify,
+    metrics: Metrics,
+    missed_runs: MissedRuns,
+    missed_runs_window: chrono::Duration,
+}
+
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (client, js) = nats::connect(&settings, SERVICE, &shutdown).await?;
+    let metrics = Metrics::new()?;
+    http::serve(
+        settings.scheduler.metrics_addr,
+        metrics.registry.clone(),
+        http::nats_health(&client),
+        shutdown.child_token(),
+    )
+    .await?;
+    let config_kv = js
+        .get_key_value(topology::KV_CONFIG)
+        .await
+        .context("open config bucket")?;
+    let sched_kv = js
+        .get_key_value(topology::KV_SCHED)
+        .await
+        .context("open scheduler bucket")?;
+    let lease = epoch::watch_lease(&js, EpochGate::default(), shutdown.child_token()).await?;
+    let config = watch_config(&config_kv, shutdown.child_token()).await?;
+
+    let enabled = !settings.scheduler.start_with_scheduler_disabled;
+    if !enabled {
+        tracing::info!(
+            "scheduler starts disabled (start_with_scheduler_disabled); `ferry scheduler start` enables it"
+        );
+    }
+    metrics.enabled.set(enabled as i64);
+    let scheduler = Arc::new(Scheduler {
+        node: settings.node_id.clone(),
+        js: js.clone(),
+        config_kv,
+        sched_kv,
+        config,
+        lease,
+        enabled: AtomicBool::new(enabled),
+        changed: Notify::new(),
+        metrics,
+        missed_runs: settings.scheduler.missed_runs,
+        missed_runs_window: chrono::Duration::seconds(settings.scheduler.missed_runs_window_secs as i64),
+    });
+
+    let (service, group) = api::register(
+        &client,
+        &settings.node_id,
+        SERVICE,
+        "Ferry scheduler and configuration API",
+    )
+    .await?;
+    let mut endpoints = Vec::new();
+    let s = scheduler.clone();
+    endpoints.push(
+        api::serve_json(
+            &group,
+            subjects::api::APPLY,
+            shutdown.child_token(),
+            move |req: ApplyRequest| {
+                let s = s.clone();
+                async move { s.apply(req).await.map_err(|e| format!("{e:#}")) }
+            },
+        )
+        .await?,
+    );
+    let s = scheduler.clone();
+    endpoints.push(
+        api::serve_json(
+            &group,
+            subjects::api::RUN,
+            shutdown.child_token(),
+            move |req: RunTaskRequest| {
+                let s = s.clone();
+                async move {
+                    s.run_now(&req.task, Trigger::Manual { by: req.by })
+                        .await
+                        .map(|run_id| RunTaskResponse { run_id })
+                        .map_err(|e| format!("{e:#}"))
+                }
+            },
+        )
+        .await?,
+    );
+    for (endpoint, on) in [(subjects::api::START, true), (subjects::api::STOP, false)] {
+        let s = scheduler.clone();
+        endpoints.push(
+            api::serve_json(&group, endpoint, shutdown.child_token(), move |(): ()| {
+                let s = s.clone();
+                async move {
+                    s.set_enabled(on);
+                    Ok(s.status().await)
+                }
+            })
+            .await?,
+        );
+    }
+    let s = scheduler.clone();
+    endpoints.push(
+        api::serve_json(
+            &group,
+            subjects::api::STATUS,
+            shutdown.child_token(),
+            move |(): ()| {
+                let s = s.clone();
+                async move { Ok(s.status().await) }
+            },
+        )
+        .await?,
+    );
+
+    let triggers = tokio::spawn(
+        scheduler
+            .clone()
+            .serve_triggers(client.clone(), shutdown.child_token()),
+    );
+    let slots = tokio::spawn(scheduler.clone().fire_slots(shutdown.child_token()));
+
+    shutdown.cancelled().await;
+    for e in endpoints {
+        let _ = e.await;
+    }
+    let _ = triggers.await;
+    let _ = slots.await;
+    let _ = service.stop().await;
+    Ok(())
+}
+
+/// Follow the stored configuration document.
+async fn watch_config(
+    config_kv: &kv::Store,
+    shutdown: CancellationToken,
+) -> anyhow::Result<watch::Receiver<Arc<Config>>> {
+    let initial = match config_kv
+        .get(topology::CONFIG_KEY)
+        .await
+        .context("read configuration")?
+    {
+        Some(bytes) => ferry_wire::decode::<ConfigDocument>(&bytes)?.config,
+        None => Config::default(),
+    };
+    let (tx, rx) = watch::channel(Arc::new(initial));
+    let mut updates = config_kv
+        .watch(topology::CONFIG_KEY)
+        .await
+        .context("watch configuration")?;
+    tokio::spawn(async move {
+        loop {
+            let entry = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                e = updates.next() => e,
+            };
+            match entry {
+                Some(Ok(entry)) => match ferry_wire::decode::<ConfigDocument>(&entry.value) {
+                    Ok(doc) => {
+                        tracing::info!(
+                            revision = entry.revision,
+                            tasks = doc.config.tasks.len(),
+                            "configuration changed"
+                        );
+                        tx.send_replace(Arc::new(doc.config));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "stored configuration unreadable; keeping the previous one")
+                    }
+                },
+                Some(Err(e)) => tracing::warn!(error = %e, "configuration watch error"),
+                None => break,
+            }
+        }
+    });
+    Ok(rx)
+}
+
+impl Scheduler {
+    /// Validate and store a configuration, all or nothing.
+    async fn apply(&self, req: ApplyRequest) -> anyhow::Result<ApplyResponse> {
+        let config = match req.config.validate() {
+            Ok(c) => c,
+            Err(errors) => {
+                tracing::info!(source = %req.source_name, problems = errors.0.len(), "configuration rejected");
+                return Ok(ApplyResponse::Rejected { errors: errors.0 });
+            }
+        };
+        let tasks: Vec<String> = config.tasks.keys().cloned().collect();
+        let hosts: Vec<String> = config.hosts.keys().cloned().collect();
+        if req.dry_run {
+            return Ok(ApplyResponse::Valid { tasks, hosts });
+        }
+        let current = self
+            .config_kv
+            .entry(topology::CONFIG_KEY)
+            .await
+            .context("read configuration")?;
+        if let Some(entry) = &current {
+            if let Ok(doc) = ferry_wire::decode::<ConfigDocument>(&entry.value) {
+                if doc.config == config {
+                    return Ok(ApplyResponse::Applied {
+                        revision: entry.revision,
+                        tasks,
+                        hosts,
+                        unchanged: true,
+                    });
+                }
+            }
+        }
+        let doc = ConfigDocument {
+            applied_at: Utc::now(),
+            applied_by: req.applied_by,
+            source_name: req.source_name,
+            config,
+        };
+        let payload = ferry_wire::encode(&doc);
+        let revision = match current {
+            Some(entry) => self
+                .config_kv
+                .update(topology::CONFIG_KEY, payload, entry.revision)
+                .await
+                .context("store configuration (changed concurrently? apply again)")?,
+            None => self
+                .config_kv
+                .create(topology::CONFIG_KEY, payload)
+                .await
+                .context("store configuration (changed concurrently? apply again)")?,
+        };
+        tracing::info!(revision, by = %doc.applied_by, source = %doc.source_name, "configuration applied");
+        self.metrics.applies.inc();
+        Ok(ApplyResponse::Applied {
+            revision,
+            tasks,
+            hosts,
+            unchanged: false,
+        })
+    }
+
+    fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::SeqCst);
+        self.metrics.enabled.set(on as i64);
+        self.changed.notify_one();
+        tracing::info!(
+            enabled = on,
+            "scheduler {}",
+            if on { "started" } else { "stopped" }
+        );
+    }
+
+    /// The epoch this node may stamp on work, or why it may not fire.
+    fn active_epoch(&self) -> anyhow::Result<u64> {
+        let lease = self.lease.borrow().clone();
+        match lease.holder {
+            Some(holder) if holder == self.node => Ok(lease.epoch),
+            Some(holder) => anyhow::bail!("node {} is not active: node {holder} holds the lease", self.node),
+            None => anyhow::bail!("node {} is not active: no node holds the lease", self.node),
+        }
+    }
+
+    /// Request a run outside the schedule (manual or event).
+    async fn run_now(&self, task: &str, trigger: Trigger) -> anyhow::Result<Uuid> {
+        if !self.config.borrow().tasks.contains_key(task) {
+            anyhow::bail!("unknown task {task:?}");
+        }
+        let run_id = Uuid::now_v7();
+        self.request(task, run_id, trigger, &format!("run:{run_id}"))
+            .await?;
+        Ok(run_id)
+    }
+
+    /// Publish a `RunRequested` and wait for JetStream's ack. Returns false for a duplicate.
+    async fn request(
+        &self,
+        task: &str,
+        run_id: Uuid,
+        trigger: Trigger,
+        message_id: &str,
+    ) -> anyhow::Result<bool> {
+        let epoch = self.active_epoch()?;
+        let kind = match &trigger {
+            Trigger::Schedule { .. } => "schedule",
+            Trigger::Manual { .. } => "manual",
+            Trigger::Event { .. } => "event",
+        };
+        let request = RunRequested {
+            task: task.to_string(),
+            run_id,
+            epoch,
+            node: self.node.clone(),
+            trigger,
+            requested_at: Utc::now(),
+        };
+        let ack = self
+            .js
+            .send_publish(
+                subjects::run_request(task),
+                PublishMessage::build()
+                    .payload(ferry_wire::encode(&request))
+                    .message_id(message_id)
+                    .header(ferry_wire::HEADER_EPOCH, epoch.to_string().as_str()),
+            )
+            .await
+            .context("publish run request")?
+            .await
+            .map_err(|e| match e.kind() {
+                PublishErrorKind::TimedOut => {
+                    anyhow::anyhow!("run request not acknowledged by JetStream in time")
+                }
+                _ => anyhow::anyhow!("run request: {e}"),
+            })?;
+        if ack.duplicate {
+            tracing::info!(task, %message_id, "run request was a duplicate; not fired again");
+            return Ok(false);
+        }
+        self.metrics.fired.with_label_values(&[task, kind]).inc();
+        tracing::info!(task, %run_id, epoch, trigger = kind, "run requested");
+        Ok(true)
+    }
+
+    /// Fire one schedule slot at most once.
+    async fn fire_slot(&self, task: &str, slot: DateTime<Utc>) -> anyhow::Result<()> {
+        let key = format!("last.{task}");
+        if let Some(last) = self.last_fired(task).await? {
+            if last >= slot {
+                return Ok(());
+            }
+        }
+        let message_id = format!("slot:{task}:{}", slot.timestamp());
+        self.request(task, Uuid::now_v7(), Trigger::Schedule { slot }, &message_id)
+            .await?;
+        self.sched_kv
+            .put(&key, slot.to_rfc3339().into())
+            .await
+            .context("record fired slot")?;
+        Ok(())
+    }
+
+    async fn last_fired(&self, task: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
+        let value = self
+            .sched_kv
+            .get(format!("last.{task}"))
+            .await
+            .context("read last fired slot")?;
+        Ok(value
+            .and_then(|v| String::from_utf8(v.to_vec()).ok())
+            .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+            .map(|t| t.with_timezone(&Utc)))
+    }
+
+    /// The slot loop: sleep until the earliest next slot of any enabled task, fire what is due.
+    async fn fire_slots(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut config_rx = self.config.clone();
+        let mut lease_rx = self.lease.clone();
+        // Slots strictly after this instant are candidates; it starts at "now" (missed slots are
+        // handled once, by policy) and advances as slots are fired.
+        let mut horizon = Utc::now();
+        self.catch_up(horizon).await;
+        loop {
+            let config = self.config.borrow().clone();
+            let mut next: BTreeMap<DateTime<Utc>, Vec<String>> = BTreeMap::new();
+            for task in config.tasks.values().filter(|t| t.enabled) {
+                if let Some(at) = task
+                    .compiled_schedules()
+                    .iter()
+                    .filter_map(|s| s.next_after(horizon))
+                    .min()
+                {
+                    next.entry(at).or_default().push(task.name.clone());
+                }
+            }
+            let earliest = next.first_key_value().map(|(at, _)| *at);
+            let sleep = earliest
+                .map(|at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = config_rx.changed() => continue,
+                _ = lease_rx.changed() => continue,
+                _ = self.changed.notified() => continue,
+                _ = tokio::time::sleep(sleep) => {}
+            }
+            let Some(at) = earliest else { continue };
+            if Utc::now() < at {
+                continue;
+            }
+            if self.enabled.load(Ordering::SeqCst) && self.active_epoch().is_ok() {
+                for task in &next[&at] {
+                    if let Err(e) = self.fire_slot(task, at).await {
+                        tracing::error!(task, slot = %at, error = format!("{e:#}"), "could not fire slot");
+                        self.metrics.fire_errors.inc();
+                    }
+                }
+            } else {
+                tracing::debug!(slot = %at, "slot not fired: scheduler stopped or node not active");
+            }
+            horizon = at;
+        }
+    }
+
+    /// Apply the missed-run policy once at start-up.
+    async fn catch_up(&self, now: DateTime<Utc>) {
+        if self.missed_runs != MissedRuns::RunOnce
+            || !self.enabled.load(Ordering::SeqCst)
+            || self.active_epoch().is_err()
+        {
+            return;
+        }
+        let config = self.config.borrow().clone();
+        for task in config.tasks.values().filter(|t| t.enabled) {
+            let last = match self.last_fired(&task.name).await {
+                Ok(last) => last,
+                Err(e) => {
+                    tracing::warn!(task = %task.name, error = format!("{e:#}"), "missed-run check failed");
+                    continue;
+                }
+            };
+            let since = last
+                .into_iter()
+                .chain([now - self.missed_runs_window])
+                .max()
+                .expect("one element");
+            let missed = task
+                .compiled_schedules()
+                .iter()
+                .filter_map(|s| s.last_between(since, now))
+                .max();
+            if let Some(slot) = missed {
+                tracing::info!(task = %task.name, %slot, "running missed slot once (missed_runs = run_once)");
+                if let Err(e) = self.fire_slot(&task.name, slot).await {
+                    tracing::error!(task = %task.name, error = format!("{e:#}"), "could not fire missed slot");
+                }
+            }
+        }
+    }
+
+    /// Any message on `ferry.trigger.<task>` starts a run of that task.
+    async fn serve_triggers(self: Arc<Self>, client: async_nats::Client, shutdown: CancellationToken) {
+        let mut sub = match client
+            .queue_subscribe(subjects::TRIGGERS, format!("ferry-scheduler-{}", self.node))
+            .await
+        {
+            Ok(sub) => sub,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot subscribe to triggers");
+                return;
+            }
+        };
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = sub.next() => match m { Some(m) => m, None => return },
+            };
+            let Some(task) = subjects::task_of_trigger(msg.subject.as_str()) else {
+                continue;
+            };
+            let result = self
+                .run_now(
+                    task,
+                    Trigger::Event {
+                        subject: msg.subject.to_string(),
+                    },
+                )
+                .await;
+            let reply = match &result {
+                Ok(run_id) => serde_json::json!({ "run_id": run_id }),
+                Err(e) => {
+                    tracing::warn!(task, error = format!("{e:#}"), "trigger not run");
+                    serde_json::json!({ "error": format!("{e:#}") })
+                }
+            };
+            if let Some(reply_to) = msg.reply {
+                let _ = client.publish(reply_to, ferry_wire::encode(&reply)).await;
+            }
+        }
+    }
+
+    async fn status(&self) -> SchedulerStatus {
+        let config = self.config.borrow().clone();
+        let now = Utc::now();
+        let mut tasks = Vec::new();
+        for task in config.tasks.values() {
+            let next_fire = if task.enabled {
+                task.compiled_schedules()
+                    .iter()
+                    .filter_map(|s| s.next_after(now))
+                    .min()
+            } else {
+                None
+            };
+            tasks.push(ScheduledTask {
+                task: task.name.clone(),
+                next_fire,
+                last_fired_slot: self.last_fired(&task.name).await.ok().flatten(),
+            });
+        }
+        SchedulerStatus {
+            node: self.node.clone(),
+            enabled: self.enabled.load(Ordering::SeqCst),
+            epoch: self.lease.borrow().epoch,
+            tasks,
+        }
+    }
+}

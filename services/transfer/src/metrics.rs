@@ -1,0 +1,47 @@
+//! Transfer metrics (`ferry_transfer_*`).
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub files: IntCounterVec,
+    pub bytes: IntCounterVec,
+    pub in_flight: IntGauge,
+    pub duration: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> anyhow::Result<Self> {
+        let registry = Registry::new();
+        let files = IntCounterVec::new(
+            Opts::new("ferry_transfer_files_total", "Files handled, by task and outcome"),
+            &["task", "outcome"],
+        )?;
+        let bytes = IntCounterVec::new(
+            Opts::new("ferry_transfer_bytes_total", "Bytes delivered, by task"),
+            &["task"],
+        )?;
+        let in_flight = IntGauge::new(
+            "ferry_transfer_in_flight_files",
+            "Files being moved by this instance",
+        )?;
+        let duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "ferry_transfer_file_duration_seconds",
+                "Time to move one file to all its destinations",
+            )
+            .buckets(prometheus::exponential_buckets(0.001, 4.0, 10)?),
+        )?;
+        registry.register(Box::new(files.clone()))?;
+        registry.register(Box::new(bytes.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        Ok(Self {
+            registry,
+            files,
+            bytes,
+            in_flight,
+            duration,
+        })
+    }
+}

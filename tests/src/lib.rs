@@ -1,0 +1,375 @@
+//! Shared helpers for Ferry's end-to-end tests: a whole node (the five services) either inside
+//! the test process (`Node`, through each service's `run(settings, shutdown)`) or as separate
+//! processes (`ProcNode`, the real binaries), against a real `nats-server`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use ferry_service::Settings;
+pub use ferry_testkit::{NatsServer, bin_path, eventually, workspace_root};
+use ferry_wire::{ApplyRequest, ApplyResponse, RunFinished, RunTaskRequest, RunTaskResponse, subjects};
+
+pub const NODE: &str = "node1";
+
+/// Settings for a test node: random metrics ports, short ack wait.
+pub fn settings(nats_url: &str) -> Settings {
+    let mut s = Settings {
+        node_id: NODE.to_string(),
+        nats_url: nats_url.to_string(),
+        ..Settings::default()
+    };
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("literal");
+    s.scheduler.metrics_addr = any;
+    s.file_collector.metrics_addr = any;
+    s.transfer.metrics_addr = any;
+    s.transfer.ack_wait_secs = 5;
+    s.cert_handler.metrics_addr = any;
+    s.failover_coordinator.metrics_addr = any;
+    s
+}
+
+/// Which services a node runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Services {
+    pub scheduler: bool,
+    pub collector: bool,
+    pub transfer: bool,
+}
+
+impl Services {
+    pub const ALL: Services = Services {
+        scheduler: true,
+        collector: true,
+        transfer: true,
+    };
+}
+
+/// A node whose services run inside the test process.
+pub struct Node {
+    pub settings: Settings,
+    pub client: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    handles: Vec<(&'static str, CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl Node {
+    pub async fn start(settings: Settings) -> anyhow::Result<Self> {
+        Self::start_with(settings, Services::ALL).await
+    }
+
+    pub async fn start_with(settings: Settings, services: Services) -> anyhow::Result<Self> {
+        ferry_service::main_scaffold::init_logging();
+        let client = async_nats::connect(settings.nats_url.as_str()).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        let mut node = Node {
+            settings,
+            client,
+            js,
+            handles: Vec::new(),
+        };
+        node.spawn("failover-coordinator", |s, t| {
+            Box::pin(ferry_failover_coordinator::run(s, t))
+        });
+        node.spawn("cert-handler", |s, t| Box::pin(ferry_cert_handler::run(s, t)));
+        if services.scheduler {
+            node.spawn("scheduler", |s, t| Box::pin(ferry_scheduler::run(s, t)));
+        }
+        if services.collector {
+            node.spawn("file-collector", |s, t| Box::pin(ferry_file_collector::run(s, t)));
+        }
+        if services.transfer {
+            node.spawn("transfer", |s, t| Box::pin(ferry_transfer::run(s, t)));
+        }
+        node.wait_ready(services).await?;
+        Ok(node)
+    }
+
+    pub fn spawn(
+        &mut self,
+        name: &'static str,
+        run: impl FnOnce(
+            Settings,
+            CancellationToken,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>,
+    ) {
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(run(self.settings.clone(), token.clone()));
+        self.handles.push((name, token, handle));
+    }
+
+    /// Stop one service (gracefully) and wait for it.
+    pub async fn stop(&mut self, name: &str) -> anyhow::Result<()> {
+        let i = self
+            .handles
+            .iter()
+            .position(|(n, _, _)| *n == name)
+            .with_context(|| format!("{name} is not running"))?;
+        let (_, token, handle) = self.handles.remove(i);
+        token.cancel();
+        tokio::time::timeout(Duration::from_secs(30), handle).await???;
+        Ok(())
+    }
+
+    pub async fn wait_ready(&self, services: Services) -> anyhow::Result<()> {
+        let mut wanted = vec![
+            subjects::service::FAILOVER_COORDINATOR,
+            subjects::service::CERT_HANDLER,
+        ];
+        if services.scheduler {
+            wanted.push(subjects::service::SCHEDULER);
+        }
+        if services.collector {
+            wanted.push(subjects::service::FILE_COLLECTOR);
+        }
+        if services.transfer {
+            wanted.push(subjects::service::TRANSFER);
+        }
+        for service in wanted {
+            let subject = subjects::api(&self.settings.node_id, service, subjects::api::STATUS);
+            eventually(
+                Duration::from_secs(30),
+                &format!("{service} to answer"),
+                || async { self.client.request(subject.clone(), "null".into()).await.ok() },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Apply a configuration through the scheduler API (relative paths must not be used).
+    pub async fn apply(&self, toml_text: &str) -> anyhow::Result<ApplyResponse> {
+        let raw = ferry_config::parse_toml(toml_text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let request = ApplyRequest {
+            config: raw,
+            source_name: "test".into(),
+            applied_by: "test".into(),
+            dry_run: false,
+        };
+        self.call(subjects::service::SCHEDULER, subjects::api::APPLY, &request)
+            .await
+    }
+
+    pub async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        service: &str,
+        endpoint: &str,
+        body: &Req,
+    ) -> anyhow::Result<Resp> {
+        let subject = subjects::api(&self.settings.node_id, service, endpoint);
+        let reply = self.client.request(subject, ferry_wire::encode(body)).await?;
+        if let Some(e) = reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::service::NATS_SERVICE_ERROR))
+        {
+            anyhow::bail!("{}", e.as_str());
+        }
+        Ok(ferry_wire::decode(&reply.payload)?)
+    }
+
+    /// Request a run of `task` and wait for its `RunFinished`.
+    pub async fn run_task(&self, task: &str, timeout: Duration) -> anyhow::Result<RunFinished> {
+        let run_id = self.request_run(task).await?;
+        ferry_service::streams::wait_for_run(&self.js, task, run_id, timeout).await
+    }
+
+    pub async fn request_run(&self, task: &str) -> anyhow::Result<Uuid> {
+        let response: RunTaskResponse = self
+            .call(
+                subjects::service::SCHEDULER,
+                subjects::api::RUN,
+                &RunTaskRequest {
+                    task: task.into(),
+                    by: "test".into(),
+                },
+            )
+            .await?;
+        Ok(response.run_id)
+    }
+
+    /// Every finished run so far, oldest first.
+    pub async fn finished_runs(&self, task: Option<&str>) -> anyhow::Result<Vec<RunFinished>> {
+        ferry_service::streams::read(
+            &self.js,
+            ferry_wire::topology::STREAM_EVENTS,
+            &subjects::run_finished_filter(task),
+            None,
+        )
+        .await
+    }
+
+    pub async fn shutdown(mut self) {
+        for (_, token, _) in &self.handles {
+            token.cancel();
+        }
+        for (name, _, handle) in self.handles.drain(..) {
+            match tokio::time::timeout(Duration::from_secs(30), handle).await {
+                Ok(Ok(Ok(()))) => {}
+                other => eprintln!("{name} did not stop cleanly: {other:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for (_, token, _) in &self.handles {
+            token.cancel();
+        }
+    }
+}
+
+/// One service running as its real binary, killed on drop.
+pub struct ServiceProcess {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl ServiceProcess {
+    /// Start `ferry-<service>` with `env` (`FERRY_*` settings), logging to `log_dir`.
+    pub fn start(service: &str, env: &BTreeMap<String, String>, log_dir: &Path) -> anyhow::Result<Self> {
+        let log = log_dir.join(format!("{service}-{}.log", Uuid::now_v7()));
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(bin_path(&format!("ferry-{service}")))
+            .envs(env)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("start ferry-{service}"))?;
+        Ok(Self {
+            name: service.to_string(),
+            child: Some(child),
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(child) = &self.child {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal);
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait up to `timeout` for a clean exit.
+    pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("not running")?;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                anyhow::bail!("ferry-{} did not exit within {timeout:?} of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `FERRY_*` environment for a service process of `node` on `nats_url`, random metrics ports.
+pub fn process_env(nats_url: &str, node: &str) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    env.insert("FERRY_NATS_URL".into(), nats_url.into());
+    env.insert("FERRY_NODE_ID".into(), node.into());
+    for service in [
+        "SCHEDULER",
+        "FILE_COLLECTOR",
+        "TRANSFER",
+        "CERT_HANDLER",
+        "FAILOVER_COORDINATOR",
+    ] {
+        env.insert(format!("FERRY_{service}__METRICS_ADDR"), "127.0.0.1:0".into());
+    }
+    env.insert("FERRY_TRANSFER__ACK_WAIT_SECS".into(), "5".into());
+    env
+}
+
+/// Run the `ferry` CLI against `nats_url`.
+pub fn ferry_cli(nats_url: &str, args: &[&str], cwd: &Path) -> Output {
+    Command::new(bin_path("ferry"))
+        .args(args)
+        .current_dir(cwd)
+        .env("FERRY_NATS_URL", nats_url)
+        .env("FERRY_NODE_ID", NODE)
+        .output()
+        .expect("run the ferry CLI")
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Every regular file under `root`, relative path → SHA-256, skipping transfer temp files.
+pub fn tree_hashes(root: &Path) -> BTreeMap<String, String> {
+    walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .filter(|e| !e.file_name().to_string_lossy().ends_with(".part"))
+        .map(|e| {
+            let rel = e
+                .path()
+                .strip_prefix(root)
+                .expect("under root")
+                .to_string_lossy()
+                .into_owned();
+            (rel, sha256_file(e.path()))
+        })
+        .collect()
+}
+
+/// A local → local task, as TOML.
+pub fn local_task(name: &str, from: &Path, to: &Path, extra_source: &str, extra_destination: &str) -> String {
+    format!(
+        r#"
+[[task]]
+name = "{name}"
+
+[[task.source]]
+host = "local"
+folder = "{}"
+{extra_source}
+
+[[task.destination]]
+host = "local"
+folder = "{}"
+{extra_destination}
+"#,
+        from.display(),
+        to.display()
+    )
+}
