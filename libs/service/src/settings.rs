@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 /// Settings of one node; every service of the node reads the same file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// This node's id: letters, digits, `-`, `_`. Used in subjects and in the failover lease.
@@ -46,7 +46,7 @@ pub enum MissedRuns {
     RunOnce,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulerSettings {
     /// Address of `/metrics` and `/healthz` (port 0 picks a free port).
@@ -70,7 +70,7 @@ impl Default for SchedulerSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectorSettings {
     /// Address of `/metrics` and `/healthz`.
@@ -88,7 +88,7 @@ impl Default for CollectorSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransferSettings {
     /// Address of `/metrics` and `/healthz`.
@@ -113,7 +113,7 @@ impl Default for TransferSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlainServiceSettings {
     /// Address of `/metrics` and `/healthz`.
@@ -158,6 +158,31 @@ impl Default for Settings {
     }
 }
 
+/// Top-level setting names. Only `FERRY_<NAME>` and `FERRY_<NAME>__…` variables are settings;
+/// other `FERRY_*` variables (`FERRY_CONFIG`, `FERRY_LOG_FORMAT`, test knobs) are not.
+const SETTING_NAMES: &[&str] = &[
+    "node_id",
+    "nats_url",
+    "allow_insecure_nats",
+    "data_dir",
+    "scheduler",
+    "file_collector",
+    "transfer",
+    "cert_handler",
+    "failover_coordinator",
+];
+
+fn setting_env_vars() -> config::Map<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| {
+            k.strip_prefix("FERRY_").is_some_and(|rest| {
+                let first = rest.split("__").next().unwrap_or("").to_ascii_lowercase();
+                SETTING_NAMES.contains(&first.as_str())
+            })
+        })
+        .collect()
+}
+
 impl Settings {
     /// Load from an optional TOML file, then `FERRY_*` environment variables, then validate.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
@@ -170,7 +195,8 @@ impl Settings {
                 config::Environment::with_prefix("FERRY")
                     .prefix_separator("_")
                     .separator("__")
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    .source(Some(setting_env_vars())),
             )
             .build()
             .context("read settings")?
@@ -242,6 +268,21 @@ mod tests {
         s.nats_url = "tls://nats.example:4222".into();
         s.allow_insecure_nats = false;
         s.validate().expect("tls is fine");
+    }
+
+    #[test]
+    fn setting_names_match_the_struct() {
+        let value = serde_json::to_value(Settings::default()).expect("serializes");
+        let mut keys: Vec<&str> = value
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut names = SETTING_NAMES.to_vec();
+        keys.sort();
+        names.sort();
+        assert_eq!(keys, names);
     }
 
     #[test]

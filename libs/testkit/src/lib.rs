@@ -18,13 +18,17 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Path of a binary built from this workspace (same profile as the running test).
+/// Path of a binary built from this workspace (same profile as the running test, or as the
+/// running binary itself, e.g. `target/release/ferry-bench`).
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current test executable");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executables live in target/<profile>/deps");
+    let parent = exe.parent().expect("an executable lives in a directory");
+    // Test executables live in target/<profile>/deps, binaries in target/<profile>.
+    let dir = if parent.ends_with("deps") {
+        parent.parent().expect("target/<profile>/deps has a parent")
+    } else {
+        parent
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),

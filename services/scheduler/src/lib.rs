@@ -44,7 +44,9 @@ struct Scheduler {
     js: jetstream::Context,
     config_kv: kv::Store,
     sched_kv: kv::Store,
-    config: watch::Receiver<Arc<Config>>,
+    /// The configuration in force; written by the KV watch and by `apply` (so a run requested
+    /// right after an apply sees it), whichever has the newer revision.
+    config: watch::Sender<Arc<Loaded>>,
     lease: watch::Receiver<LeaseView>,
     enabled: AtomicBool,
     /// Wakes the slot loop when the configuration or the enabled flag changes.
@@ -180,23 +182,47 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 }
 
 /// Follow the stored configuration document.
+/// A stored configuration and its KV revision.
+#[derive(Debug, Default)]
+struct Loaded {
+    revision: u64,
+    config: Config,
+}
+
+/// Replace the configuration in force if `revision` is newer.
+fn install(tx: &watch::Sender<Arc<Loaded>>, revision: u64, config: Config) {
+    tx.send_if_modified(|current| {
+        if revision > current.revision {
+            *current = Arc::new(Loaded { revision, config });
+            true
+        } else {
+            false
+        }
+    });
+}
+
+/// Follow the stored configuration document.
 async fn watch_config(
     config_kv: &kv::Store,
     shutdown: CancellationToken,
-) -> anyhow::Result<watch::Receiver<Arc<Config>>> {
-    let initial = match config_kv
-        .get(topology::CONFIG_KEY)
+) -> anyhow::Result<watch::Sender<Arc<Loaded>>> {
+    let (tx, _) = watch::channel(Arc::new(Loaded::default()));
+    if let Some(entry) = config_kv
+        .entry(topology::CONFIG_KEY)
         .await
         .context("read configuration")?
     {
-        Some(bytes) => ferry_wire::decode::<ConfigDocument>(&bytes)?.config,
-        None => Config::default(),
-    };
-    let (tx, rx) = watch::channel(Arc::new(initial));
+        install(
+            &tx,
+            entry.revision,
+            ferry_wire::decode::<ConfigDocument>(&entry.value)?.config,
+        );
+    }
     let mut updates = config_kv
         .watch(topology::CONFIG_KEY)
         .await
         .context("watch configuration")?;
+    let watcher_tx = tx.clone();
     tokio::spawn(async move {
         loop {
             let entry = tokio::select! {
@@ -211,7 +237,7 @@ async fn watch_config(
                             tasks = doc.config.tasks.len(),
                             "configuration changed"
                         );
-                        tx.send_replace(Arc::new(doc.config));
+                        install(&watcher_tx, entry.revision, doc.config);
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "stored configuration unreadable; keeping the previous one")
@@ -222,7 +248,7 @@ async fn watch_config(
             }
         }
     });
-    Ok(rx)
+    Ok(tx)
 }
 
 impl Scheduler {
@@ -261,7 +287,7 @@ impl Scheduler {
             applied_at: Utc::now(),
             applied_by: req.applied_by,
             source_name: req.source_name,
-            config,
+            config: config.clone(),
         };
         let payload = ferry_wire::encode(&doc);
         let revision = match current {
@@ -277,6 +303,7 @@ impl Scheduler {
                 .context("store configuration (changed concurrently? apply again)")?,
         };
         tracing::info!(revision, by = %doc.applied_by, source = %doc.source_name, "configuration applied");
+        install(&self.config, revision, config);
         self.metrics.applies.inc();
         Ok(ApplyResponse::Applied {
             revision,
@@ -309,7 +336,7 @@ impl Scheduler {
 
     /// Request a run outside the schedule (manual or event).
     async fn run_now(&self, task: &str, trigger: Trigger) -> anyhow::Result<Uuid> {
-        if !self.config.borrow().tasks.contains_key(task) {
+        if !self.config.borrow().config.tasks.contains_key(task) {
             anyhow::bail!("unknown task {task:?}");
         }
         let run_id = Uuid::now_v7();
@@ -399,14 +426,15 @@ impl Scheduler {
 
     /// The slot loop: sleep until the earliest next slot of any enabled task, fire what is due.
     async fn fire_slots(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut config_rx = self.config.clone();
+        let mut config_rx = self.config.subscribe();
         let mut lease_rx = self.lease.clone();
         // Slots strictly after this instant are candidates; it starts at "now" (missed slots are
         // handled once, by policy) and advances as slots are fired.
         let mut horizon = Utc::now();
         self.catch_up(horizon).await;
         loop {
-            let config = self.config.borrow().clone();
+            let loaded = self.config.borrow().clone();
+            let config = &loaded.config;
             let mut next: BTreeMap<DateTime<Utc>, Vec<String>> = BTreeMap::new();
             for task in config.tasks.values().filter(|t| t.enabled) {
                 if let Some(at) = task
@@ -455,7 +483,8 @@ impl Scheduler {
         {
             return;
         }
-        let config = self.config.borrow().clone();
+        let loaded = self.config.borrow().clone();
+        let config = &loaded.config;
         for task in config.tasks.values().filter(|t| t.enabled) {
             let last = match self.last_fired(&task.name).await {
                 Ok(last) => last,
@@ -525,7 +554,8 @@ impl Scheduler {
     }
 
     async fn status(&self) -> SchedulerStatus {
-        let config = self.config.borrow().clone();
+        let loaded = self.config.borrow().clone();
+        let config = &loaded.config;
         let now = Utc::now();
         let mut tasks = Vec::new();
         for task in config.tasks.values() {

@@ -335,7 +335,7 @@ impl Transfer {
         &self,
         item: &FileItem,
         key: &str,
-        mut revision: u64,
+        revision: u64,
         previously_committing: &[Option<String>],
         started_at: chrono::DateTime<Utc>,
     ) -> anyhow::Result<FileResult> {
@@ -465,7 +465,7 @@ impl Transfer {
         }
 
         // Commit: re-check the epoch and the claim (recording the final paths), then rename.
-        if let Some(c) = &copied {
+        if copied.is_some() {
             let mut committing: Vec<Option<String>> = vec![None; n];
             for &i in &open {
                 committing[i] = Some(
@@ -490,15 +490,11 @@ impl Transfer {
                     .update(key, ferry_wire::encode(&claim), revision)
                     .await
                 {
-                    Ok(rev) => {
-                        revision = rev;
-                        true
-                    }
+                    Ok(_) => true,
                     Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => false,
                     Err(e) => return Err(e).context("record commit intent"),
                 }
             };
-            let _ = revision;
             for &i in &open {
                 let p = plans[i].as_ref().expect("open");
                 if !still_ours {
@@ -516,7 +512,6 @@ impl Transfer {
                 }
                 outcomes[i] = Some(commit(p));
             }
-            let _ = c;
         }
 
         let destinations: Vec<DestOutcome> = outcomes
