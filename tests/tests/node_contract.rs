@@ -1,0 +1,189 @@
+//! Node-level contract: epoch fencing in every consuming service, NATS micro-service discovery,
+//! and event triggers.
+
+use std::time::Duration;
+
+use async_nats::jetstream::message::PublishMessage;
+use chrono::Utc;
+use ferry_tests::{NatsServer, Node, eventually, local_task, settings};
+use ferry_wire::{
+    FileItem, FileResult, Lease, Outcome, RunRequested, RunStatus, SourceFile, Trigger, subjects, topology,
+};
+use futures::StreamExt;
+use uuid::Uuid;
+
+/// Another activation happens (a newer lease revision): work stamped with the old epoch is refused
+/// by the file-collector and by transfer, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn work_stamped_with_an_older_epoch_is_refused() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let node = Node::start(settings(&nats.url())).await?;
+    let work = tempfile::tempdir()?;
+    let (src, dst) = (work.path().join("in"), work.path().join("out"));
+    std::fs::create_dir_all(&src)?;
+    std::fs::write(src.join("a.txt"), "payload")?;
+    node.apply(&local_task("fenced", &src, &dst, "", "")).await?;
+
+    let lease_kv = node.js.get_key_value(topology::KV_LEASE).await?;
+    let old = lease_kv
+        .entry(topology::LEASE_KEY)
+        .await?
+        .expect("the coordinator holds the lease");
+    let newer = Lease {
+        node: "node2".into(),
+        acquired_at: Utc::now(),
+    };
+    let new_epoch = lease_kv
+        .update(topology::LEASE_KEY, ferry_wire::encode(&newer), old.revision)
+        .await?;
+    assert!(new_epoch > old.revision);
+
+    // The scheduler no longer holds the lease: it refuses to request runs, naming the holder.
+    let err = node.request_run("fenced").await.unwrap_err().to_string();
+    assert!(err.contains("node2"), "{err}");
+
+    // A run request stamped with the old epoch is refused by the collector.
+    let run_id = Uuid::now_v7();
+    let request = RunRequested {
+        task: "fenced".into(),
+        run_id,
+        epoch: old.revision,
+        node: "node1".into(),
+        trigger: Trigger::Manual { by: "test".into() },
+        requested_at: Utc::now(),
+    };
+    // Give the services a moment to see the new lease revision.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    node.js
+        .send_publish(
+            subjects::run_request("fenced"),
+            PublishMessage::build().payload(ferry_wire::encode(&request)),
+        )
+        .await?
+        .await?;
+    let finished =
+        ferry_service::streams::wait_for_run(&node.js, "fenced", run_id, Duration::from_secs(30)).await?;
+    assert_eq!(finished.status, RunStatus::Skipped);
+    assert!(
+        finished.error.as_deref().unwrap_or("").contains("epoch"),
+        "{:?}",
+        finished.error
+    );
+
+    // A file item stamped with the old epoch is refused by transfer.
+    let config = ferry_config::parse_toml(&local_task("fenced", &src, &dst, "", ""))
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let task = &config.tasks["fenced"];
+    let item_run = Uuid::now_v7();
+    let item = FileItem {
+        run_id: item_run,
+        task: "fenced".into(),
+        epoch: old.revision,
+        item_id: format!("{:032x}", 7),
+        source: SourceFile {
+            source_index: 0,
+            host: config.hosts["local"].clone(),
+            folder: src.to_string_lossy().into_owned(),
+            rel_path: "a.txt".into(),
+            size: 7,
+            mtime_ns: 0,
+            state_key: None,
+            delete_after: false,
+        },
+        destinations: task.destinations.clone(),
+        dest_hosts: vec![config.hosts["local"].clone()],
+        run_started_at: Utc::now(),
+    };
+    let results = node.js.get_stream(topology::STREAM_RESULTS).await?;
+    let reader = results
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: subjects::file_result(item_run),
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = reader.messages().await?;
+    node.js
+        .publish(subjects::file_item(item_run), ferry_wire::encode(&item))
+        .await?
+        .await?;
+    let message = tokio::time::timeout(Duration::from_secs(30), messages.next())
+        .await?
+        .expect("a result")?;
+    let result: FileResult = ferry_wire::decode(&message.payload)?;
+    assert_eq!(result.outcome, Outcome::Failed);
+    assert!(
+        result.error.as_deref().unwrap_or("").contains("fenced"),
+        "{:?}",
+        result.error
+    );
+    assert!(!dst.join("a.txt").exists(), "a fenced item writes nothing");
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Standard NATS tooling finds every service: `$SRV.PING` answers for all five.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_service_registers_as_a_nats_micro_service() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let node = Node::start(settings(&nats.url())).await?;
+    let inbox = node.client.new_inbox();
+    let mut replies = node.client.subscribe(inbox.clone()).await?;
+    node.client
+        .publish_with_reply("$SRV.PING", inbox, "".into())
+        .await?;
+    let mut names = std::collections::BTreeSet::new();
+    while let Ok(Some(reply)) = tokio::time::timeout(Duration::from_secs(1), replies.next()).await {
+        let v: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+        names.insert(v["name"].as_str().unwrap_or_default().to_string());
+        assert_eq!(v["metadata"]["node"], "node1");
+    }
+    let expected: std::collections::BTreeSet<String> = [
+        "ferry-scheduler",
+        "ferry-file-collector",
+        "ferry-transfer",
+        "ferry-cert-handler",
+        "ferry-failover-coordinator",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(names, expected);
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Any message on `ferry.trigger.<task>` runs the task; the run records the trigger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nats_event_triggers_a_run() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let node = Node::start(settings(&nats.url())).await?;
+    let work = tempfile::tempdir()?;
+    let (src, dst) = (work.path().join("in"), work.path().join("out"));
+    std::fs::create_dir_all(&src)?;
+    std::fs::write(src.join("event.csv"), "x")?;
+    node.apply(&local_task("on-event", &src, &dst, "", "")).await?;
+    let reply = node
+        .client
+        .request(subjects::trigger("on-event"), "{}".into())
+        .await?;
+    let v: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+    let run_id: Uuid = v["run_id"].as_str().expect("run id").parse()?;
+    let finished =
+        ferry_service::streams::wait_for_run(&node.js, "on-event", run_id, Duration::from_secs(30)).await?;
+    assert_eq!(finished.status, RunStatus::Succeeded);
+    assert!(matches!(finished.trigger, Trigger::Event { .. }));
+    eventually(Duration::from_secs(5), "the file", || async {
+        dst.join("event.csv").exists().then_some(())
+    })
+    .await?;
+    // Unknown tasks are answered with an error, not silence.
+    let reply = node
+        .client
+        .request(subjects::trigger("nope"), "{}".into())
+        .await?;
+    assert!(String::from_utf8_lossy(&reply.payload).contains("unknown task"));
+    node.shutdown().await;
+    Ok(())
+}
