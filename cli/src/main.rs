@@ -185,10 +185,10 @@ impl Ctx {
             ),
             _ => anyhow::anyhow!("request {subject}: {e}"),
         })?;
-        if let Some(headers) = &reply.headers {
-            if let Some(error) = headers.get(async_nats::service::NATS_SERVICE_ERROR) {
-                bail!("{}", error.as_str());
-            }
+        if let Some(headers) = &reply.headers
+            && let Some(error) = headers.get(async_nats::service::NATS_SERVICE_ERROR)
+        {
+            bail!("{}", error.as_str());
         }
         Ok(ferry_wire::decode(&reply.payload)?)
     }

@@ -52,10 +52,10 @@ fn watch(dir: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Str
                         continue;
                     }
                     // Size through the open handle: a file renamed into place is already whole.
-                    if let Ok(meta) = e.metadata() {
-                        if meta.len() != SIZE as u64 {
-                            violations.push(format!("{name}: {} bytes under its final name", meta.len()));
-                        }
+                    if let Ok(meta) = e.metadata()
+                        && meta.len() != SIZE as u64
+                    {
+                        violations.push(format!("{name}: {} bytes under its final name", meta.len()));
                     }
                 }
             }

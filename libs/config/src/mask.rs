@@ -15,18 +15,35 @@ pub struct MaskList {
 impl MaskList {
     /// Parse `*.csv;report?.txt`. Errors say what is wrong with which item.
     pub fn parse(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Err("is empty; write at least one mask, e.g. *.* for every file".to_string());
+        }
         let mut patterns = Vec::new();
         for (i, item) in text.split(';').enumerate() {
             let item = item.trim();
             if item.is_empty() {
-                return Err(format!("has an empty mask at position {}", i + 1));
+                return Err(format!(
+                    "has an empty mask at position {}; separate masks with a single ';'",
+                    i + 1
+                ));
+            }
+            if let Some(c) = item.chars().find(|c| matches!(c, '/' | '\\')) {
+                return Err(format!(
+                    "mask {item:?} contains {c:?}: a mask matches file names, not folders; \
+                     put the folder in `folder` (and set `subdirectories` to look below it)"
+                ));
+            }
+            if item.contains('|') {
+                return Err(format!(
+                    "mask {item:?} contains '|'; separate masks with ';', e.g. *.csv;*.txt"
+                ));
             }
             if let Some(c) = item
                 .chars()
-                .find(|c| matches!(c, '/' | '\\' | '[' | ']' | '<' | '>' | '|' | '"') || c.is_control())
+                .find(|c| matches!(c, '[' | ']' | '<' | '>' | '"') || c.is_control())
             {
                 return Err(format!(
-                    "mask {item:?} contains {c:?}; masks match file names and allow only `*` and `?` as wildcards"
+                    "mask {item:?} contains {c:?}; masks allow only `*` and `?` as wildcards"
                 ));
             }
             let pattern = if item == "*.*" {
@@ -119,6 +136,7 @@ mod tests {
         );
         assert!(MaskList::parse("in/*.csv").unwrap_err().contains("in/*.csv"));
         assert!(MaskList::parse("[ab].txt").is_err());
-        assert!(MaskList::parse("").is_err());
+        assert!(MaskList::parse("").unwrap_err().contains("is empty"));
+        assert!(MaskList::parse(" ; ").unwrap_err().contains("position 1"));
     }
 }

@@ -47,15 +47,16 @@ struct RawTask {
     /// A disabled task is never scheduled, but can still be run by hand.
     #[serde(default = "default_true")]
     enabled: bool,
-    /// Where files come from, in order.
+    /// Where files come from, in order: [`RawSource`] tables. Each is read on its own, so a
+    /// mistake in one does not hide the mistakes in the others.
     #[serde(default)]
-    source: Vec<RawSource>,
-    /// Where files go; each file is delivered to every destination.
+    source: Vec<toml::Value>,
+    /// Where files go, [`RawDestination`] tables; each file is delivered to every destination.
     #[serde(default)]
-    destination: Vec<RawDestination>,
-    /// When the task runs by itself.
+    destination: Vec<toml::Value>,
+    /// When the task runs by itself: [`ScheduleSpec`] tables.
     #[serde(default)]
-    schedule: Vec<ScheduleSpec>,
+    schedule: Vec<toml::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -209,22 +210,33 @@ impl Task {
 // Parsing and validation.
 // ---------------------------------------------------------------------------------------------
 
-/// Parse TOML text into the raw model. Syntax errors and unknown top-level keys are reported here;
-/// everything else is reported by [`RawConfig::validate`].
+/// Parse TOML text into the raw model. Syntax errors and unknown top-level keys are reported here,
+/// with the line, column and text of the offending line; everything else is reported by
+/// [`RawConfig::validate`].
 pub fn parse_toml(text: &str) -> Result<RawConfig, ConfigErrors> {
     toml::from_str(text).map_err(|e| {
-        let span = e
+        let (field, value) = e
             .span()
-            .map(|s| {
-                let line = text[..s.start].matches('\n').count() + 1;
-                format!("line {line}")
+            .and_then(|span| {
+                let before = text.get(..span.start)?;
+                let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                let line = before.matches('\n').count() + 1;
+                let column = before[line_start..].chars().count() + 1;
+                let line_text = text[line_start..].lines().next().unwrap_or_default().trim();
+                Some((format!("line {line}, column {column}"), line_text.to_string()))
             })
             .unwrap_or_default();
+        let message = e.message().trim_end();
+        // An unknown top-level key (`[[tasks]]`) is named, since the line shown may hold more.
+        let message = match message.strip_prefix("unknown field ").map(backticked) {
+            Some(names) if !names.is_empty() => format!("`{}` {}", names[0], explain_serde_error(message)),
+            _ => message.to_string(),
+        };
         ConfigErrors(vec![ConfigError {
             scope: String::new(),
-            field: span,
-            value: String::new(),
-            message: e.message().to_string(),
+            field,
+            value,
+            message,
         }])
     })
 }
@@ -236,56 +248,216 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// `value` is the offending value as written. [`ConfigError`]'s display leaves out an empty
+    /// value, which would read as if the field were missing, so an empty one is shown as `""` at
+    /// the start of the message.
     fn error(&mut self, field: impl Into<String>, value: impl Into<String>, message: impl Into<String>) {
+        let (value, message) = (value.into(), message.into());
+        let message = if value.is_empty() {
+            format!("\"\" {message}")
+        } else {
+            message
+        };
+        self.push(field.into(), value, message);
+    }
+
+    /// A problem with no value to show: a missing field, a list or table.
+    fn absent(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.push(field.into(), String::new(), message.into());
+    }
+
+    fn push(&mut self, field: String, value: String, message: String) {
         self.errors.push(ConfigError {
             scope: self.scope.clone(),
-            field: field.into(),
-            value: value.into(),
-            message: message.into(),
+            field,
+            value,
+            message,
         });
     }
 }
 
-/// Deserialize one table, reporting the failing field path and its value.
+/// Deserialize the table `value` that stands at `path` in its task or host (`source[0]`, or ""
+/// for the task or host itself), reporting the path and value of every field serde refuses.
+///
+/// Every refused field is reported, not only the first: it is reported, dropped, and the rest read
+/// again. So the result is `Some` whenever the table can still be read without the refused fields,
+/// and the caller checks what is left; errors were reported if so. `None` means a required field
+/// is missing (or was refused) or `value` is not a table.
 fn deserialize_table<T: serde::de::DeserializeOwned>(
     value: &toml::Value,
+    path: &str,
     check: &mut Checker<'_>,
 ) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(value.clone()) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let path = e.path().to_string();
-            let field = if path == "." { String::new() } else { path };
-            let shown = lookup(value, &field).map(render_value).unwrap_or_default();
-            let message = e.into_inner().message().to_string();
-            check.error(field, shown, message);
-            None
+    let mut table = value.clone();
+    // Keys refused so far, and the fields suggested for misspelt ones: a required field that is
+    // "missing" because it was refused or misspelt is not reported a second time.
+    let mut dropped: Vec<String> = Vec::new();
+    // Every round drops one key of a finite table, so this ends.
+    loop {
+        let error = match serde_path_to_error::deserialize::<_, T>(table.clone()) {
+            Ok(v) => return Some(v),
+            Err(e) => e,
+        };
+        let inner = error.path().to_string();
+        let inner = if inner == "." { String::new() } else { inner };
+        let message = error.into_inner().message().to_string();
+        if let Some(name) = missing_field(&message) {
+            if !dropped.iter().any(|d| d == name) {
+                check.absent(join_path(path, &join_path(&inner, name)), "is missing (required)");
+            }
+            return None;
         }
+        let field = join_path(path, &inner);
+        if let Some(guess) = message
+            .strip_prefix("unknown field ")
+            .and_then(suggest_field)
+            .map(str::to_string)
+        {
+            dropped.push(guess);
+        }
+        let message = explain_serde_error(&message);
+        match lookup(&table, &inner) {
+            Some(toml::Value::String(s)) => check.error(field, s.as_str(), message),
+            // A table is not shown: it is the field's own [[...]] block, or several lines long.
+            Some(toml::Value::Table(_)) | None => check.absent(field, message),
+            Some(v) if !inner.is_empty() => check.error(field, v.to_string(), message),
+            _ => check.absent(field, message),
+        }
+        let key = inner.split(['.', '[']).next().unwrap_or_default().to_string();
+        if key.is_empty() || table.as_table_mut().and_then(|t| t.remove(&key)).is_none() {
+            return None;
+        }
+        dropped.push(key);
     }
 }
 
-/// Find the value at a serde_path_to_error path such as `source[0].folder`.
+/// `a` and `b` joined as a field path: `source[0]` + `folder` = `source[0].folder`.
+fn join_path(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_string(),
+        (_, true) => a.to_string(),
+        _ if b.starts_with('[') => format!("{a}{b}"),
+        _ => format!("{a}.{b}"),
+    }
+}
+
+/// The field named by serde's "missing field `name`".
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
+}
+
+/// The names serde quotes in backticks, in order.
+fn backticked(text: &str) -> Vec<&str> {
+    text.split('`').skip(1).step_by(2).collect()
+}
+
+/// Serde's message in an operator's words; the field path and the value are shown beside it.
+fn explain_serde_error(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("unknown field ") {
+        let names = backticked(rest);
+        let known = names.get(1..).unwrap_or_default().join(", ");
+        return match suggest_field(rest) {
+            Some(guess) => format!("is not a known field; did you mean `{guess}`? (known: {known})"),
+            None => format!("is not a known field (known: {known})"),
+        };
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant ") {
+        let names = backticked(rest);
+        return format!("is not one of: {}", names.get(1..).unwrap_or_default().join(", "));
+    }
+    if let Some((found, expected)) = message
+        .strip_prefix("invalid type: ")
+        .and_then(|rest| rest.split_once(", expected "))
+    {
+        return format!("is {}, expected {}", kind_of(found), expectation(expected));
+    }
+    if let Some((_, expected)) = message
+        .strip_prefix("invalid value: ")
+        .and_then(|rest| rest.split_once(", expected "))
+    {
+        return format!("is not valid, expected {}", expectation(expected));
+    }
+    message.to_string()
+}
+
+/// Serde's `string "yes"`, `integer `5`` … as a kind with its article.
+fn kind_of(found: &str) -> String {
+    let kinds = [
+        ("string", "a string"),
+        ("integer", "an integer"),
+        ("floating point", "a decimal number"),
+        ("boolean", "a boolean"),
+        ("sequence", "an array"),
+        ("map", "a table"),
+    ];
+    kinds
+        .iter()
+        .find(|(prefix, _)| found.starts_with(prefix))
+        .map_or_else(|| found.to_string(), |(_, kind)| kind.to_string())
+}
+
+/// For serde's "unknown field `x`, expected one of `a`, `b`" (after "unknown field "): the known
+/// field that `x` is probably a typo of.
+fn suggest_field(rest: &str) -> Option<&str> {
+    let names = backticked(rest);
+    let (unknown, known) = names.split_first()?;
+    closest(unknown, known.iter().copied())
+}
+
+/// Serde's and Rust's names for what was expected, as TOML calls them.
+fn expectation(expected: &str) -> String {
+    match expected {
+        "a boolean" => "true or false".to_string(),
+        "a sequence" => "an array".to_string(),
+        "a map" => "a table".to_string(),
+        "u32" => format!("a whole number from 0 to {}", u32::MAX),
+        "u64" => format!("a whole number from 0 to {}", u64::MAX),
+        other if other.starts_with("struct ") => "a table".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The candidate closest to `word` (ignoring case), if it is close enough to be a typo.
+pub(crate) fn closest<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+    let word = word.to_ascii_lowercase();
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(&word, &c.to_ascii_lowercase()), c))
+        .filter(|(d, c)| *d < c.len() && *d <= if c.len() < 5 { 1 } else { 2.max(c.len() / 4) })
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// Find the value at a serde_path_to_error path such as `source[0].folder` ("" is `value`).
 fn lookup<'v>(value: &'v toml::Value, path: &str) -> Option<&'v toml::Value> {
     let mut v = value;
     for part in path.split('.').filter(|p| !p.is_empty()) {
-        let (key, index) = match part.split_once('[') {
-            Some((k, i)) => (k, i.trim_end_matches(']').parse::<usize>().ok()),
-            None => (part, None),
-        };
-        v = v.get(key)?;
-        if let Some(i) = index {
-            v = v.get(i)?;
+        let mut pieces = part.split('[');
+        let key = pieces.next().unwrap_or_default();
+        if !key.is_empty() {
+            v = v.get(key)?;
+        }
+        for index in pieces {
+            v = v.get(index.trim_end_matches(']').parse::<usize>().ok()?)?;
         }
     }
     Some(v)
-}
-
-fn render_value(v: &toml::Value) -> String {
-    match v {
-        toml::Value::String(s) => s.clone(),
-        toml::Value::Table(_) | toml::Value::Array(_) => String::new(),
-        other => other.to_string(),
-    }
 }
 
 fn name_of(value: &toml::Value) -> Option<&str> {
@@ -294,6 +466,7 @@ fn name_of(value: &toml::Value) -> Option<&str> {
 
 impl RawConfig {
     /// Resolve relative local folders against `base` (the directory `ferry apply` runs in).
+    /// Empty and blank folders stay as written, so validation reports them.
     pub fn resolve_relative_paths(&mut self, base: &Path) {
         let locals: BTreeSet<String> = std::iter::once(LOCAL_HOST.to_string())
             .chain(self.host.iter().filter_map(|h| {
@@ -315,7 +488,7 @@ impl RawConfig {
                     let Some(toml::Value::String(folder)) = item.get_mut("folder") else {
                         continue;
                     };
-                    if is_local && !folder.is_empty() && Path::new(folder.as_str()).is_relative() {
+                    if is_local && !folder.trim().is_empty() && Path::new(folder.as_str()).is_relative() {
                         let joined: PathBuf = base.join(folder.trim_start_matches("./"));
                         *folder = joined.to_string_lossy().into_owned();
                     }
@@ -336,6 +509,11 @@ impl RawConfig {
             },
         );
 
+        // Every declared host name with its kind (None when the kind could not be read), so a
+        // task naming a host whose table has a mistake is not also told the host is unknown.
+        let mut host_kinds: BTreeMap<String, Option<HostKind>> =
+            BTreeMap::from([(LOCAL_HOST.to_string(), Some(HostKind::Local))]);
+        let mut host_index = BTreeMap::new();
         for (i, value) in self.host.iter().enumerate() {
             let scope = match name_of(value) {
                 Some(n) => format!("host {n:?}"),
@@ -345,7 +523,10 @@ impl RawConfig {
                 scope,
                 errors: &mut errors,
             };
-            let Some(raw) = deserialize_table::<RawHost>(value, &mut check) else {
+            let Some(raw) = deserialize_table::<RawHost>(value, "", &mut check) else {
+                if let Some(name) = name_of(value) {
+                    host_kinds.entry(name.to_string()).or_insert(None);
+                }
                 continue;
             };
             if !is_valid_name(&raw.name) {
@@ -356,9 +537,15 @@ impl RawConfig {
                     &raw.name,
                     "is built in (the node's own file system); choose another name",
                 );
-            } else if config.hosts.contains_key(&raw.name) {
-                check.error("name", &raw.name, "is declared twice");
+            } else if let Some(first) = host_index.get(&raw.name) {
+                check.error(
+                    "name",
+                    &raw.name,
+                    format!("is declared more than once (host[{first}] and host[{i}])"),
+                );
             } else {
+                host_index.insert(raw.name.clone(), i);
+                host_kinds.insert(raw.name.clone(), Some(raw.kind));
                 config.hosts.insert(
                     raw.name.clone(),
                     Host {
@@ -369,7 +556,7 @@ impl RawConfig {
             }
         }
 
-        let mut seen = BTreeSet::new();
+        let mut task_index = BTreeMap::new();
         for (i, value) in self.task.iter().enumerate() {
             let scope = match name_of(value) {
                 Some(n) => format!("task {n:?}"),
@@ -379,18 +566,22 @@ impl RawConfig {
                 scope,
                 errors: &mut errors,
             };
-            let Some(raw) = deserialize_table::<RawTask>(value, &mut check) else {
+            let Some(raw) = deserialize_table::<RawTask>(value, "", &mut check) else {
                 continue;
             };
+            // A task with a bad or taken name is still checked, so every problem shows at once.
             if !is_valid_name(&raw.name) {
                 check.error("name", &raw.name, NAME_RULE);
-                continue;
+            } else if let Some(first) = task_index.get(&raw.name) {
+                check.error(
+                    "name",
+                    &raw.name,
+                    format!("is used by more than one task (task[{first}] and task[{i}])"),
+                );
+            } else {
+                task_index.insert(raw.name.clone(), i);
             }
-            if !seen.insert(raw.name.clone()) {
-                check.error("name", &raw.name, "is used by more than one task");
-                continue;
-            }
-            if let Some(task) = validate_task(raw, &config.hosts, &mut check) {
+            if let Some(task) = validate_task(raw, &host_kinds, &mut check) {
                 config.tasks.insert(task.name.clone(), task);
             }
         }
@@ -403,137 +594,182 @@ impl RawConfig {
     }
 }
 
+/// Declared host names and their kinds; see [`RawConfig::validate`].
+type HostKinds = BTreeMap<String, Option<HostKind>>;
+
 const NAME_RULE: &str = "is not a valid name: use 1-64 letters, digits, '-' or '_'";
 
-fn validate_task(raw: RawTask, hosts: &BTreeMap<String, Host>, check: &mut Checker<'_>) -> Option<Task> {
+/// Check one task's body. Returns the task only if it (and everything before it) added no error.
+fn validate_task(raw: RawTask, hosts: &HostKinds, check: &mut Checker<'_>) -> Option<Task> {
     let before = check.errors.len();
     if raw.source.is_empty() {
-        check.error(
-            "source",
-            "",
-            "is missing: a task needs at least one [[task.source]]",
-        );
+        check.absent("source", "is missing: a task needs at least one [[task.source]]");
     }
     if raw.destination.is_empty() {
-        check.error(
+        check.absent(
             "destination",
-            "",
             "is missing: a task needs at least one [[task.destination]]",
         );
     }
-    let host_exists = |field: String, name: &str, check: &mut Checker<'_>| {
-        if !hosts.contains_key(name) {
-            let known: Vec<&str> = hosts.keys().map(String::as_str).collect();
-            check.error(
-                field,
-                name,
-                format!("is not a known host (known: {})", known.join(", ")),
-            );
-        }
-    };
 
     let mut sources = Vec::new();
-    for (i, s) in raw.source.into_iter().enumerate() {
-        host_exists(format!("source[{i}].host"), &s.host, check);
-        if s.folder.trim().is_empty() {
-            check.error(format!("source[{i}].folder"), &s.folder, "is empty");
-        } else if hosts.get(&s.host).is_some_and(|h| h.kind == HostKind::Local)
-            && Path::new(&s.folder).is_relative()
-        {
-            check.error(
-                format!("source[{i}].folder"),
-                &s.folder,
-                "must be an absolute path on a local host",
-            );
-        }
-        let masks = MaskList::parse(&s.masks)
-            .map_err(|m| check.error(format!("source[{i}].masks"), &s.masks, m))
-            .ok();
-        let exclude = match &s.exclude {
-            Some(text) => MaskList::parse(text)
-                .map(Some)
-                .map_err(|m| check.error(format!("source[{i}].exclude"), text, m))
-                .ok(),
-            None => Some(None),
-        };
-        if let (Some(masks), Some(exclude)) = (masks, exclude) {
-            sources.push(Source {
-                host: s.host,
-                folder: s.folder,
-                masks,
-                exclude,
-                subdirectories: s.subdirectories,
-                new_files_only: s.new_files_only,
-                min_age_secs: s.min_age_secs,
-                size_stable_ms: s.size_stable_ms,
-                delete_after: s.delete_after,
-                max_files: s.max_files,
-            });
+    for (i, value) in raw.source.iter().enumerate() {
+        if let Some(source) = validate_source(value, &format!("source[{i}]"), hosts, check) {
+            sources.push(source);
         }
     }
-
     let mut destinations = Vec::new();
-    for (i, d) in raw.destination.into_iter().enumerate() {
-        host_exists(format!("destination[{i}].host"), &d.host, check);
-        if d.folder.trim().is_empty() {
-            check.error(format!("destination[{i}].folder"), &d.folder, "is empty");
-        } else if hosts.get(&d.host).is_some_and(|h| h.kind == HostKind::Local)
-            && Path::new(&d.folder).is_relative()
-            && !d.folder.starts_with('[')
-        {
-            check.error(
-                format!("destination[{i}].folder"),
-                &d.folder,
-                "must be an absolute path on a local host",
-            );
+    for (i, value) in raw.destination.iter().enumerate() {
+        if let Some(destination) = validate_destination(value, &format!("destination[{i}]"), hosts, check) {
+            destinations.push(destination);
         }
-        let folder = Template::parse(&d.folder)
-            .map_err(|m| check.error(format!("destination[{i}].folder"), &d.folder, m))
-            .ok();
-        let file_name = match Template::parse(&d.file_name) {
-            Ok(_) if d.file_name.trim().is_empty() => {
-                check.error(format!("destination[{i}].file_name"), &d.file_name, "is empty");
-                None
-            }
-            Ok(_) if d.file_name.contains('/') || d.file_name.contains('\\') => {
-                check.error(
-                    format!("destination[{i}].file_name"),
-                    &d.file_name,
-                    "contains a path separator; put folders in destination.folder",
-                );
-                None
-            }
-            Ok(t) => Some(t),
-            Err(m) => {
-                check.error(format!("destination[{i}].file_name"), &d.file_name, m);
-                None
-            }
+    }
+    let mut schedules = Vec::new();
+    for (i, value) in raw.schedule.iter().enumerate() {
+        let path = format!("schedule[{i}]");
+        let Some(spec) = deserialize_table::<ScheduleSpec>(value, &path, check) else {
+            continue;
         };
-        if let (Some(folder), Some(file_name)) = (folder, file_name) {
-            destinations.push(Destination {
-                host: d.host,
-                folder,
-                file_name,
-                relative_subdirs: d.relative_subdirs,
-                create_dirs: d.create_dirs,
-                overwrite: d.overwrite,
-            });
+        match Schedule::compile(&spec) {
+            Ok(_) => schedules.push(spec),
+            Err(e) if e.value.is_empty() => check.absent(format!("{path}.{}", e.field), e.message),
+            Err(e) => check.error(format!("{path}.{}", e.field), e.value, e.message),
         }
     }
 
-    for (i, spec) in raw.schedule.iter().enumerate() {
-        if let Err(e) = Schedule::compile(spec) {
-            check.error(format!("schedule[{i}].{}", e.field), e.value, e.message);
-        }
-    }
-
-    (check.errors.len() == before).then(|| Task {
+    (check.errors.len() == before).then_some(Task {
         name: raw.name,
         description: raw.description,
         enabled: raw.enabled,
         sources,
         destinations,
-        schedules: raw.schedule,
+        schedules,
+    })
+}
+
+/// `host` at `path` must be declared (or be `local`).
+fn check_host(path: &str, name: &str, hosts: &HostKinds, check: &mut Checker<'_>) {
+    if hosts.contains_key(name) {
+        return;
+    }
+    let known: Vec<&str> = hosts.keys().map(String::as_str).collect();
+    let message = match closest(name, known.iter().copied()) {
+        Some(guess) => format!(
+            "is not a known host; did you mean {guess:?}? (known: {})",
+            known.join(", ")
+        ),
+        None => format!(
+            "is not a known host (known: {}); declare it in a [[host]] table",
+            known.join(", ")
+        ),
+    };
+    check.error(format!("{path}.host"), name, message);
+}
+
+/// `folder` at `path` must not be blank, and must be absolute on a local host. `may_start_with_macro`
+/// lets a destination folder start with a macro (a template such as `[TaskName]/out`).
+fn check_folder(
+    path: &str,
+    host: &str,
+    folder: &str,
+    hosts: &HostKinds,
+    may_start_with_macro: bool,
+    check: &mut Checker<'_>,
+) -> bool {
+    let field = format!("{path}.folder");
+    if folder.trim().is_empty() {
+        check.error(field, folder, "is empty; write the folder's absolute path");
+        return false;
+    }
+    if hosts.get(host) == Some(&Some(HostKind::Local))
+        && Path::new(folder).is_relative()
+        && !(may_start_with_macro && folder.starts_with('['))
+    {
+        check.error(field, folder, "must be an absolute path on a local host");
+        return false;
+    }
+    true
+}
+
+fn validate_source(
+    value: &toml::Value,
+    path: &str,
+    hosts: &HostKinds,
+    check: &mut Checker<'_>,
+) -> Option<Source> {
+    let s = deserialize_table::<RawSource>(value, path, check)?;
+    check_host(path, &s.host, hosts, check);
+    check_folder(path, &s.host, &s.folder, hosts, false, check);
+    let masks = MaskList::parse(&s.masks)
+        .map_err(|m| check.error(format!("{path}.masks"), s.masks.as_str(), m))
+        .ok();
+    let exclude = match &s.exclude {
+        Some(text) => MaskList::parse(text)
+            .map(Some)
+            .map_err(|m| check.error(format!("{path}.exclude"), text.as_str(), m))
+            .ok(),
+        None => Some(None),
+    };
+    Some(Source {
+        host: s.host,
+        folder: s.folder,
+        masks: masks?,
+        exclude: exclude?,
+        subdirectories: s.subdirectories,
+        new_files_only: s.new_files_only,
+        min_age_secs: s.min_age_secs,
+        size_stable_ms: s.size_stable_ms,
+        delete_after: s.delete_after,
+        max_files: s.max_files,
+    })
+}
+
+fn validate_destination(
+    value: &toml::Value,
+    path: &str,
+    hosts: &HostKinds,
+    check: &mut Checker<'_>,
+) -> Option<Destination> {
+    let d = deserialize_table::<RawDestination>(value, path, check)?;
+    check_host(path, &d.host, hosts, check);
+    let folder = if check_folder(path, &d.host, &d.folder, hosts, true, check) {
+        Template::parse(&d.folder)
+            .map_err(|m| check.error(format!("{path}.folder"), d.folder.as_str(), m))
+            .ok()
+    } else {
+        None
+    };
+    let field = format!("{path}.file_name");
+    let file_name = match Template::parse(&d.file_name) {
+        Ok(_) if d.file_name.trim().is_empty() => {
+            check.error(field, d.file_name.as_str(), "is empty; the default is [OrigName]");
+            None
+        }
+        Ok(_) if d.file_name.contains(['/', '\\']) => {
+            check.error(
+                field,
+                d.file_name.as_str(),
+                "contains a path separator; put folders in destination.folder",
+            );
+            None
+        }
+        Ok(_) if matches!(d.file_name.trim(), "." | "..") => {
+            check.error(field, d.file_name.as_str(), "is not a file name");
+            None
+        }
+        Ok(t) => Some(t),
+        Err(m) => {
+            check.error(field, d.file_name.as_str(), m);
+            None
+        }
+    };
+    Some(Destination {
+        host: d.host,
+        folder: folder?,
+        file_name: file_name?,
+        relative_subdirs: d.relative_subdirs,
+        create_dirs: d.create_dirs,
+        overwrite: d.overwrite,
     })
 }
 
@@ -575,5 +811,97 @@ every_minutes = 5
         raw.resolve_relative_paths(Path::new("/work"));
         let config = raw.validate().expect("valid");
         assert_eq!(config.tasks["payroll"].sources[0].folder, "/work/in");
+    }
+
+    /// `(field, value, message)` of every error of `text`, which must be rejected.
+    fn rejected(text: &str) -> Vec<(String, String, String)> {
+        let errors = match parse_toml(text) {
+            Ok(raw) => raw.validate().expect_err("the configuration is invalid").0,
+            Err(errors) => errors.0,
+        };
+        errors
+            .into_iter()
+            .map(|e| (e.field, e.value, e.message))
+            .collect()
+    }
+
+    #[test]
+    fn every_mistake_of_a_task_is_reported_at_once() {
+        let text = GOOD
+            .replace("masks = ", "subdirectories = \"yes\"\nmaskss = ")
+            .replace("overwrite = \"unique\"", "overwrite = \"replace\"")
+            .replace("every_minutes = 5", "every_minutes = 0");
+        // Fields of one table come in key order, not line order.
+        let errors = rejected(&text);
+        let fields: Vec<&str> = errors.iter().map(|(f, _, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "source[0].maskss",
+                "source[0].subdirectories",
+                "destination[0].overwrite",
+                "schedule[0].every_minutes"
+            ],
+            "{errors:#?}"
+        );
+        assert!(errors[0].2.contains("did you mean `masks`?"), "{}", errors[0].2);
+        assert_eq!(errors[1].1, "yes");
+        assert_eq!(errors[1].2, "is a string, expected true or false");
+        assert_eq!(errors[2].2, "is not one of: overwrite, skip, fail, unique");
+    }
+
+    #[test]
+    fn missing_fields_are_named_by_their_path() {
+        let errors = rejected(&GOOD.replace("folder = \"/data/in\"\n", ""));
+        assert_eq!(
+            errors,
+            [(
+                "source[0].folder".to_string(),
+                String::new(),
+                "is missing (required)".to_string()
+            )]
+        );
+        // A misspelt required field is reported once, as the typo.
+        let errors = rejected(&GOOD.replace("folder = \"/data/in\"", "folderr = \"/data/in\""));
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!(errors[0].0, "source[0].folderr");
+        assert_eq!(errors[0].1, "/data/in");
+    }
+
+    #[test]
+    fn empty_values_are_shown_as_empty_strings() {
+        let text = GOOD.replace("folder = \"/data/in\"", "folder = \"  \"");
+        let mut raw = parse_toml(&text).expect("parses");
+        raw.resolve_relative_paths(Path::new("/work"));
+        let error = &raw.validate().expect_err("blank folder").0[0];
+        assert_eq!(
+            error.to_string(),
+            r#"task "payroll": source[0].folder: "  " is empty; write the folder's absolute path"#
+        );
+        let error = &parse_toml(&text.replace("\"  \"", "\"\""))
+            .expect("parses")
+            .validate()
+            .expect_err("empty folder")
+            .0[0];
+        assert_eq!(
+            error.to_string(),
+            r#"task "payroll": source[0].folder: "" is empty; write the folder's absolute path"#
+        );
+    }
+
+    #[test]
+    fn duplicate_names_and_syntax_errors_say_where() {
+        let errors = rejected(&format!("{GOOD}\n{GOOD}"));
+        assert_eq!(
+            errors,
+            [(
+                "name".to_string(),
+                "payroll".to_string(),
+                "is used by more than one task (task[0] and task[1])".to_string()
+            )]
+        );
+        let errors = rejected(&GOOD.replace("[[task.source]]", "[[task.source]"));
+        assert_eq!(errors[0].0, "line 4, column 15");
+        assert_eq!(errors[0].1, "[[task.source]");
     }
 }

@@ -37,6 +37,11 @@ const MACROS: &[(&str, Macro)] = &[
     ("runid", Macro::RunId),
 ];
 
+/// The macro names as the documentation writes them (matching is case-insensitive).
+const MACRO_NAMES: &[&str] = &[
+    "OrigName", "OrigBase", "OrigExt", "yyyy", "yy", "mm", "dd", "HH", "nn", "ss", "TaskName", "RunID",
+];
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
     Text(String),
@@ -70,24 +75,38 @@ impl Template {
                 segments.push(Segment::Text(rest[..open].to_string()));
             }
             let after = &rest[open + 1..];
-            let close = after
-                .find(']')
-                .ok_or_else(|| format!("has an unclosed `[` at {:?}", &rest[open..]))?;
+            let unclosed = || {
+                format!(
+                    "has an unclosed `[` at {:?}; macros are written like [OrigName]",
+                    &rest[open..]
+                )
+            };
+            let close = after.find(']').ok_or_else(unclosed)?;
             let name = &after[..close];
+            if name.contains('[') {
+                return Err(unclosed());
+            }
             let found = MACROS
                 .iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
                 .map(|(_, m)| *m)
                 .ok_or_else(|| {
+                    let guess = crate::model::closest(name, MACRO_NAMES.iter().copied())
+                        .map(|g| format!("did you mean [{g}]? "))
+                        .unwrap_or_default();
                     format!(
-                        "uses unknown macro [{name}]; known: [OrigName] [OrigBase] [OrigExt] [yyyy] [yy] [mm] [dd] [HH] [nn] [ss] [TaskName] [RunID]"
+                        "uses unknown macro [{name}]; {guess}known: [{}]",
+                        MACRO_NAMES.join("] [")
                     )
                 })?;
             segments.push(Segment::Macro(found));
             rest = &after[close + 1..];
         }
-        if rest.contains(']') {
-            return Err("has a `]` without a matching `[`".to_string());
+        if let Some(close) = rest.find(']') {
+            return Err(format!(
+                "has a `]` without a matching `[` at {:?}",
+                &rest[close..]
+            ));
         }
         if !rest.is_empty() {
             segments.push(Segment::Text(rest.to_string()));
@@ -179,7 +198,17 @@ mod tests {
     #[test]
     fn unknown_and_unbalanced_macros_are_refused() {
         assert!(Template::parse("[Orig]").unwrap_err().contains("[Orig]"));
+        assert!(
+            Template::parse("[OrigNam].csv")
+                .unwrap_err()
+                .contains("did you mean [OrigName]?")
+        );
         assert!(Template::parse("a[OrigName").is_err());
+        assert!(
+            Template::parse("[yyyy-[mm]")
+                .unwrap_err()
+                .contains("unclosed `[` at \"[yyyy-[mm]\"")
+        );
         assert!(Template::parse("a]b").is_err());
         assert!(Template::parse("[OrigName]").expect("valid").is_orig_name());
     }

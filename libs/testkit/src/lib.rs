@@ -126,11 +126,11 @@ impl NatsServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(port) = read_ports_file(&ports_dir) {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    self.port = port;
-                    return Ok(());
-                }
+            if let Some(port) = read_ports_file(&ports_dir)
+                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            {
+                self.port = port;
+                return Ok(());
             }
             if Instant::now() > deadline {
                 let log = std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default();
@@ -142,13 +142,12 @@ impl NatsServer {
 }
 
 fn read_ports_file(dir: &Path) -> Option<u16> {
-    for entry in std::fs::read_dir(dir).ok()? {
-        let text = std::fs::read_to_string(entry.ok()?.path()).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        let url = v.get("nats")?.as_array()?.first()?.as_str()?;
-        return url.rsplit(':').next()?.parse().ok();
-    }
-    None
+    // nats-server writes one `<name>_<pid>.ports` file; the directory is emptied before each start.
+    let entry = std::fs::read_dir(dir).ok()?.next()?;
+    let text = std::fs::read_to_string(entry.ok()?.path()).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let url = v.get("nats")?.as_array()?.first()?.as_str()?;
+    url.rsplit(':').next()?.parse().ok()
 }
 
 impl Drop for NatsServer {

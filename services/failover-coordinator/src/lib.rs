@@ -118,10 +118,10 @@ async fn declare_active(kv: &kv::Store, node: &str) -> anyhow::Result<(u64, Leas
         };
         match kv.entry(topology::LEASE_KEY).await.context("read lease")? {
             Some(entry) if entry.operation == kv::Operation::Put => {
-                if let Ok(current) = ferry_wire::decode::<Lease>(&entry.value) {
-                    if current.node == node {
-                        return Ok((entry.revision, current));
-                    }
+                if let Ok(current) = ferry_wire::decode::<Lease>(&entry.value)
+                    && current.node == node
+                {
+                    return Ok((entry.revision, current));
                 }
                 match kv
                     .update(topology::LEASE_KEY, ferry_wire::encode(&lease), entry.revision)

@@ -227,23 +227,34 @@ impl Collector {
         }
         let lock_key = format!("lock.{}", request.task);
         let run_id = request.run_id.to_string();
-        match self.runs_kv.create(&lock_key, run_id.clone().into()).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                let holder = self.runs_kv.get(&lock_key).await.context("read task lock")?;
-                let holder = holder
-                    .map(|h| String::from_utf8_lossy(&h).into_owned())
-                    .unwrap_or_default();
-                if holder != run_id {
-                    let why = format!("task is already running (run {holder})");
-                    tracing::info!(task = %request.task, run_id = %request.run_id, %holder, "skipped: already running");
-                    return self
-                        .finish(request, started_at, RunStatus::Skipped, Some(why), Vec::new())
-                        .await;
+        // A run whose listing is already recorded was started under the lock: resume it. (Its
+        // lock may already be released — that happens only once every result is in.)
+        let resumed = self
+            .runs_kv
+            .get(format!("run.{}", request.run_id))
+            .await
+            .context("read run record")?
+            .is_some();
+        if !resumed {
+            match self.runs_kv.create(&lock_key, run_id.clone().into()).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    let holder = self.runs_kv.get(&lock_key).await.context("read task lock")?;
+                    let holder = holder
+                        .map(|h| String::from_utf8_lossy(&h).into_owned())
+                        .unwrap_or_default();
+                    if holder != run_id {
+                        let why = format!("task is already running (run {holder})");
+                        tracing::info!(task = %request.task, run_id = %request.run_id, %holder, "skipped: already running");
+                        return self
+                            .finish(request, started_at, RunStatus::Skipped, Some(why), Vec::new())
+                            .await;
+                    }
+                    // Our own lock: a redelivery after a collector restart before the listing
+                    // was recorded. List again.
                 }
-                // Our own lock: a redelivery after a collector restart. Resume.
+                Err(e) => return Err(e).context("take task lock"),
             }
-            Err(e) => return Err(e).context("take task lock"),
         }
         self.metrics.running.inc();
         let result = self.collect(request).await;
@@ -261,9 +272,10 @@ impl Collector {
             Err(RunError::Task(message)) => (RunStatus::Failed, Some(message), Vec::new(), started_at),
             Err(RunError::Infra(e)) => return Err(e),
         };
-        self.finish(request, started_at, status, error, files).await?;
+        // Release before announcing the end, so a run requested on seeing `RunFinished` is not
+        // refused as overlapping.
         self.release_lock(&lock_key, &run_id).await;
-        Ok(())
+        self.finish(request, started_at, status, error, files).await
     }
 
     async fn release_lock(&self, lock_key: &str, run_id: &str) {

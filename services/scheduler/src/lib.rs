@@ -271,17 +271,16 @@ impl Scheduler {
             .entry(topology::CONFIG_KEY)
             .await
             .context("read configuration")?;
-        if let Some(entry) = &current {
-            if let Ok(doc) = ferry_wire::decode::<ConfigDocument>(&entry.value) {
-                if doc.config == config {
-                    return Ok(ApplyResponse::Applied {
-                        revision: entry.revision,
-                        tasks,
-                        hosts,
-                        unchanged: true,
-                    });
-                }
-            }
+        if let Some(entry) = &current
+            && let Ok(doc) = ferry_wire::decode::<ConfigDocument>(&entry.value)
+            && doc.config == config
+        {
+            return Ok(ApplyResponse::Applied {
+                revision: entry.revision,
+                tasks,
+                hosts,
+                unchanged: true,
+            });
         }
         let doc = ConfigDocument {
             applied_at: Utc::now(),
@@ -397,10 +396,10 @@ impl Scheduler {
     /// Fire one schedule slot at most once.
     async fn fire_slot(&self, task: &str, slot: DateTime<Utc>) -> anyhow::Result<()> {
         let key = format!("last.{task}");
-        if let Some(last) = self.last_fired(task).await? {
-            if last >= slot {
-                return Ok(());
-            }
+        if let Some(last) = self.last_fired(task).await?
+            && last >= slot
+        {
+            return Ok(());
         }
         let message_id = format!("slot:{task}:{}", slot.timestamp());
         self.request(task, Uuid::now_v7(), Trigger::Schedule { slot }, &message_id)

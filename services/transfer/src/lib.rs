@@ -547,15 +547,15 @@ impl Transfer {
                     .await
                     .context("record new-files-only state")?;
             }
-            if item.source.delete_after && all_delivered {
-                if let Err(e) = std::fs::remove_file(&source) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        error = Some(format!(
-                            "delivered, but deleting the source {} failed: {e}",
-                            source.display()
-                        ));
-                    }
-                }
+            if item.source.delete_after
+                && all_delivered
+                && let Err(e) = std::fs::remove_file(&source)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                error = Some(format!(
+                    "delivered, but deleting the source {} failed: {e}",
+                    source.display()
+                ));
             }
         }
         let outcome = if any_failed || error.is_some() {

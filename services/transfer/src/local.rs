@@ -50,10 +50,10 @@ pub fn plan(item: &FileItem, dest: &Destination) -> Result<Planned, String> {
         time: item.run_started_at.with_timezone(&chrono::Local),
     };
     let mut dir = PathBuf::from(dest.folder.render(&ctx));
-    if dest.relative_subdirs {
-        if let Some(parent) = Path::new(&item.source.rel_path).parent() {
-            dir.push(parent);
-        }
+    if dest.relative_subdirs
+        && let Some(parent) = Path::new(&item.source.rel_path).parent()
+    {
+        dir.push(parent);
     }
     let name = dest.file_name.render(&ctx);
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {

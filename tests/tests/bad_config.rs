@@ -1,0 +1,220 @@
+//! Bad input is rejected clearly and changes nothing: every file in `tests/bad-configs` goes
+//! through `ferry apply -f` against a real node that holds a valid configuration. Each must exit
+//! non-zero, name its task, field and value (the substrings on the file's `# expect:` line), and
+//! leave the stored configuration byte-for-byte unchanged, in text and in `--json` output.
+//!
+//! A file's first line is `# expect: <substring> | <substring> | ...`; an optional second line
+//! `# problems: N` says how many errors it must produce (default 1: one mistake, one error).
+//! Adding a file adds a case.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use ferry_tests::{NatsServer, Node, ferry_cli, local_task, settings};
+use ferry_wire::{ApplyResponse, topology};
+
+/// What a bad configuration file says about itself.
+struct Case {
+    path: PathBuf,
+    expect: Vec<String>,
+    problems: usize,
+}
+
+fn cases() -> anyhow::Result<Vec<Case>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bad-configs");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    paths.retain(|p| p.extension().is_some_and(|e| e == "toml"));
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path)?;
+            let mut lines = text.lines();
+            let expect: Vec<String> = lines
+                .next()
+                .and_then(|l| l.strip_prefix("# expect: "))
+                .ok_or_else(|| anyhow::anyhow!("{}: first line is not `# expect: ...`", path.display()))?
+                .split(" | ")
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            anyhow::ensure!(
+                expect.len() >= 2,
+                "{}: `# expect:` must list at least the field and the value",
+                path.display()
+            );
+            let problems = match lines.next().and_then(|l| l.strip_prefix("# problems: ")) {
+                Some(n) => n.trim().parse()?,
+                None => 1,
+            };
+            Ok(Case {
+                path,
+                expect,
+                problems,
+            })
+        })
+        .collect()
+}
+
+/// The stored configuration: (revision, bytes).
+async fn stored(node: &Node) -> anyhow::Result<(u64, Vec<u8>)> {
+    let kv = node.js.get_key_value(topology::KV_CONFIG).await?;
+    let entry = kv
+        .entry(topology::CONFIG_KEY)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no configuration stored"))?;
+    Ok((entry.revision, entry.value.to_vec()))
+}
+
+async fn ferry(url: &str, args: &[&str], cwd: &Path) -> Output {
+    let (url, cwd) = (url.to_string(), cwd.to_path_buf());
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ferry_cli(&url, &args, &cwd)
+    })
+    .await
+    .expect("the ferry CLI thread does not panic")
+}
+
+/// Every way `case` was handled wrongly by one `ferry apply` (text output).
+fn text_problems(case: &Case, out: &Output) -> Vec<String> {
+    let mut problems = Vec::new();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        problems.push(format!(
+            "exited successfully: {}",
+            String::from_utf8_lossy(&out.stdout)
+        ));
+    }
+    for expected in &case.expect {
+        if !stderr.contains(expected.as_str()) {
+            problems.push(format!("stderr lacks {expected:?}"));
+        }
+    }
+    let count = format!(
+        "configuration rejected ({} problem{}); nothing was changed",
+        case.problems,
+        if case.problems == 1 { "" } else { "s" }
+    );
+    if !stderr.contains(&count) {
+        problems.push(format!("stderr lacks {count:?}"));
+    }
+    if !problems.is_empty() {
+        problems.push(format!("stderr was:\n{stderr}"));
+    }
+    problems
+}
+
+/// Every way `case` was handled wrongly by one `ferry apply --json`.
+fn json_problems(case: &Case, out: &Output) -> Vec<String> {
+    let mut problems = Vec::new();
+    if out.status.success() {
+        problems.push("--json: exited successfully".to_string());
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match serde_json::from_str::<ApplyResponse>(&stdout) {
+        Ok(ApplyResponse::Rejected { errors }) => {
+            if errors.len() != case.problems {
+                problems.push(format!(
+                    "--json: {} errors, expected {}: {errors:#?}",
+                    errors.len(),
+                    case.problems
+                ));
+            }
+            let shown = ferry_config::ConfigErrors(errors).to_string();
+            for expected in &case.expect {
+                // The count is only in the text summary; the JSON has the list itself.
+                if !shown.contains(expected.as_str()) && !expected.contains(" problem") {
+                    problems.push(format!("--json: errors lack {expected:?}: {shown}"));
+                }
+            }
+        }
+        Ok(other) => problems.push(format!("--json: not rejected: {other:?}")),
+        Err(e) => problems.push(format!("--json: stdout is not an apply response ({e}): {stdout}")),
+    }
+    problems
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_bad_configuration_is_rejected_clearly_and_changes_nothing() -> anyhow::Result<()> {
+    let cases = cases()?;
+    assert!(
+        cases.len() >= 15,
+        "at least 15 bad configurations, found {}",
+        cases.len()
+    );
+    assert!(
+        cases.iter().any(|c| c.problems >= 3),
+        "one file has several mistakes, reported at once"
+    );
+
+    let nats = NatsServer::start()?;
+    let url = nats.url();
+    let node = Node::start(settings(&url)).await?;
+    let dir = tempfile::tempdir()?;
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "{}\n[[task.schedule]]\ndaily_at = [\"06:30\"]\ntimezone = \"Europe/Berlin\"\n",
+            local_task(
+                "payroll",
+                &dir.path().join("in"),
+                &dir.path().join("out/[yyyy]"),
+                "masks = \"*.csv\"",
+                "overwrite = \"unique\""
+            )
+        ),
+    )?;
+    let good = good.to_string_lossy().into_owned();
+    let applied = ferry(&url, &["apply", "-f", &good], dir.path()).await;
+    assert!(
+        applied.status.success(),
+        "the valid configuration applies: {}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let first = stored(&node).await?;
+    let mut before = first.clone();
+
+    let mut failures = Vec::new();
+    for case in &cases {
+        let file = case.path.to_string_lossy().into_owned();
+        let name = case.path.file_name().expect("a file").to_string_lossy();
+        let mut problems = text_problems(case, &ferry(&url, &["apply", "-f", &file], dir.path()).await);
+        if stored(&node).await? != before {
+            problems.push("the stored configuration changed".into());
+        }
+        problems.extend(json_problems(
+            case,
+            &ferry(&url, &["--json", "apply", "-f", &file], dir.path()).await,
+        ));
+        if stored(&node).await? != before {
+            problems.push("--json: the stored configuration changed".into());
+        }
+        // Judge the next file on its own, even after this one changed something.
+        before = stored(&node).await?;
+        if !problems.is_empty() {
+            failures.push(format!("{name}:\n  {}", problems.join("\n  ")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} bad configurations were mishandled:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+
+    // The node still holds, and answers with, the valid configuration.
+    let again = ferry(&url, &["apply", "-f", &good], dir.path()).await;
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains(&format!("unchanged (revision {})", first.0)),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+    node.shutdown().await;
+    Ok(())
+}
