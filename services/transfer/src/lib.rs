@@ -224,42 +224,35 @@ impl Transfer {
         let started_at = Utc::now();
         let started = Instant::now();
 
-        // Take the claim (or learn that the item is already done).
+        // Take the claim (or learn that the item is already done). Create first: on the normal
+        // path the item is new and this is the only round trip.
+        let mine = ferry_wire::encode(&Claim::Claimed {
+            owner: self.instance.clone(),
+            committing: Vec::new(),
+        });
         let (previous, revision) = loop {
-            match self.runs_kv.entry(&key).await.context("read item claim")? {
-                Some(entry) if entry.operation == kv::Operation::Put => {
-                    let claim: Claim = ferry_wire::decode(&entry.value)?;
-                    if let Claim::Done { result } = claim {
-                        self.report(item, &result).await?;
-                        return Ok(Processed::Reported);
-                    }
-                    let mine = Claim::Claimed {
-                        owner: self.instance.clone(),
-                        committing: Vec::new(),
-                    };
-                    match self
-                        .runs_kv
-                        .update(&key, ferry_wire::encode(&mine), entry.revision)
-                        .await
-                    {
-                        Ok(rev) => break (Some(claim), rev),
-                        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                            return Ok(Processed::ClaimedElsewhere);
-                        }
-                        Err(e) => return Err(e).context("take over item claim"),
-                    }
+            match self.runs_kv.create(&key, mine.clone()).await {
+                Ok(rev) => break (None, rev),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e).context("claim item"),
+            }
+            let Some(entry) = self.runs_kv.entry(&key).await.context("read item claim")? else {
+                continue;
+            };
+            if entry.operation != kv::Operation::Put {
+                continue;
+            }
+            let claim: Claim = ferry_wire::decode(&entry.value)?;
+            if let Claim::Done { result } = claim {
+                self.report(item, &result).await?;
+                return Ok(Processed::Reported);
+            }
+            match self.runs_kv.update(&key, mine.clone(), entry.revision).await {
+                Ok(rev) => break (Some(claim), rev),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    return Ok(Processed::ClaimedElsewhere);
                 }
-                _ => {
-                    let mine = Claim::Claimed {
-                        owner: self.instance.clone(),
-                        committing: Vec::new(),
-                    };
-                    match self.runs_kv.create(&key, ferry_wire::encode(&mine)).await {
-                        Ok(rev) => break (None, rev),
-                        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
-                        Err(e) => return Err(e).context("claim item"),
-                    }
-                }
+                Err(e) => return Err(e).context("take over item claim"),
             }
         };
         let previously_committing = match previous {
@@ -283,18 +276,16 @@ impl Transfer {
         };
         result.finished_at = Utc::now();
 
-        // Audit every destination, then mark done, then report.
+        // Audit every destination, then mark done and report. Every write is idempotent (message
+        // ids, same values), so a retry after a crash anywhere here repeats them harmlessly; only
+        // `Done` must follow the audit (a redelivered `Done` item is only re-reported).
         self.audit(item, &result).await?;
-        self.runs_kv
-            .put(
-                &key,
-                ferry_wire::encode(&Claim::Done {
-                    result: result.clone(),
-                }),
-            )
-            .await
-            .context("mark item done")?;
-        self.report(item, &result).await?;
+        let done = ferry_wire::encode(&Claim::Done {
+            result: result.clone(),
+        });
+        let (marked, reported) = tokio::join!(self.runs_kv.put(&key, done), self.report(item, &result));
+        marked.context("mark item done")?;
+        reported?;
         let outcome = match result.outcome {
             Outcome::Delivered => "delivered",
             Outcome::Skipped => "skipped",
