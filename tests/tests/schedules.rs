@@ -152,3 +152,78 @@ async fn scheduler_stop_and_start_with_disabled_setting() -> anyhow::Result<()> 
     node.shutdown().await;
     Ok(())
 }
+
+/// Sleep until `offset` after the next multiple of `period_secs` (UTC).
+async fn at_period_offset(period_secs: i64, offset: Duration) {
+    let now = Utc::now();
+    let into_ms = (now.timestamp() % period_secs) * 1000 + now.timestamp_subsec_millis() as i64;
+    let to_next = Duration::from_millis((period_secs * 1000 - into_ms) as u64);
+    tokio::time::sleep(to_next + offset).await;
+}
+
+/// Missed slots: with `skip` (the default) slots that passed while the scheduler was down are not
+/// run afterwards; with `run_once` exactly one run makes up for them, at start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn missed_slots_follow_the_documented_policy() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let node = Node::start_with(
+        settings(&nats.url()),
+        Services {
+            scheduler: false,
+            collector: true,
+            transfer: true,
+        },
+    )
+    .await?;
+    let work = tempfile::tempdir()?;
+    let (src, dst) = (work.path().join("in"), work.path().join("out"));
+    std::fs::create_dir_all(&src)?;
+    let all = Services {
+        scheduler: true,
+        collector: true,
+        transfer: true,
+    };
+    // The configuration API lives in the scheduler: start one to apply, then stop it.
+    let mut applier = ServiceProcess::start(
+        "scheduler",
+        &process_env(&nats.url(), ferry_tests::NODE),
+        work.path(),
+    )?;
+    node.wait_ready(all).await?;
+    node.apply(&(local_task("ten", &src, &dst, "", "") + "\n[[task.schedule]]\ncron = \"*/10 * * * * *\"\n"))
+        .await?;
+    applier.terminate(Duration::from_secs(20))?;
+    for (policy, expected_makeups) in [("skip", 0usize), ("run_once", 1)] {
+        let mut env = process_env(&nats.url(), ferry_tests::NODE);
+        env.insert("FERRY_SCHEDULER__MISSED_RUNS".into(), policy.into());
+        // Down from just after one slot until 1 s after the second next: two slots are missed.
+        at_period_offset(10, Duration::from_millis(500)).await;
+        let down_from = Utc::now();
+        at_period_offset(10, Duration::ZERO).await;
+        at_period_offset(10, Duration::from_secs(1)).await;
+        let up_at = Utc::now();
+        let mut scheduler = ServiceProcess::start("scheduler", &env, work.path())?;
+        node.wait_ready(all).await?;
+        // Long enough for a make-up run, short of the next regular slot (9 s away).
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        scheduler.terminate(Duration::from_secs(20))?;
+        let made_up: Vec<DateTime<Utc>> = slots_fired(&node, "ten")
+            .await?
+            .into_keys()
+            .filter(|slot| *slot > down_from && *slot <= up_at)
+            .collect();
+        assert_eq!(
+            made_up.len(),
+            expected_makeups,
+            "missed_runs = {policy}: {made_up:?}"
+        );
+        if let Some(slot) = made_up.first() {
+            assert!(
+                *slot > up_at - chrono::Duration::seconds(10),
+                "run_once makes up the latest slot: {slot}"
+            );
+        }
+    }
+    node.shutdown().await;
+    Ok(())
+}
