@@ -80,3 +80,34 @@ async fn thousand_nested_files_move_once_and_changed_ones_again() -> anyhow::Res
     node.shutdown().await;
     Ok(())
 }
+
+/// A run larger than the JetStream client's window of unacknowledged publishes (5,000) completes:
+/// the collector awaits its item acks in windows instead of all at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_of_more_than_five_thousand_files_completes() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let mut s = settings(&nats.url());
+    s.transfer.concurrency = 32;
+    let node = Node::start(s).await?;
+    let dir = tempfile::tempdir()?;
+    let (src, dst) = (dir.path().join("in"), dir.path().join("out"));
+    for i in 0..5200 {
+        let sub = src.join(format!("d{}", i % 20));
+        std::fs::create_dir_all(&sub)?;
+        std::fs::write(sub.join(format!("{i}.txt")), i.to_string())?;
+    }
+    node.apply(&local_task(
+        "many",
+        &src,
+        &dst,
+        "subdirectories = true",
+        "relative_subdirs = true",
+    ))
+    .await?;
+    let run = node.run_task("many", Duration::from_secs(300)).await?;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+    assert_eq!(run.files_delivered, 5200);
+    assert_eq!(tree_hashes(&dst).len(), 5200);
+    node.shutdown().await;
+    Ok(())
+}

@@ -46,6 +46,10 @@ pub const SERVICE: &str = subjects::service::FILE_COLLECTOR;
 /// progress sends progress well within it.
 const RUN_ACK_WAIT: Duration = Duration::from_secs(30);
 
+/// File items published before their acks are awaited; below async-nats' limit of acks in
+/// flight per JetStream context (5,000), which would otherwise stall a larger run for good.
+const PUBLISH_WINDOW: usize = 1000;
+
 struct Collector {
     node: String,
     js: jetstream::Context,
@@ -328,8 +332,16 @@ impl Collector {
                 let items = listing::list_task(task, &config, request, started_at, &self.state_kv)
                     .await
                     .map_err(RunError::Task)?;
-                let mut acks = Vec::with_capacity(items.len());
+                // Acks are awaited in windows: async-nats holds one permit per ack not yet
+                // awaited (5,000 by default) and blocks the next publish when they run out.
+                let mut acks: Vec<jetstream::context::PublishAckFuture> =
+                    Vec::with_capacity(PUBLISH_WINDOW.min(items.len()));
                 for item in &items {
+                    if acks.len() == PUBLISH_WINDOW {
+                        for ack in acks.drain(..) {
+                            ack.await.context("file item not stored")?;
+                        }
+                    }
                     let ack = self
                         .js
                         .send_publish(

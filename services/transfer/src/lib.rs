@@ -132,24 +132,40 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         )
         .await
         .context("create file-queue consumer")?;
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..settings.transfer.concurrency {
-        workers.spawn(transfer.clone().work(consumer.clone(), shutdown.clone()));
-    }
-    while workers.join_next().await.is_some() {}
+    transfer
+        .clone()
+        .dispatch(consumer, settings.transfer.concurrency as usize, shutdown.clone())
+        .await;
     let _ = status.await;
     let _ = service.stop().await;
     Ok(())
 }
 
 impl Transfer {
-    /// One worker: pull an item, move it, repeat until shutdown. An item in progress finishes.
-    async fn work(self: Arc<Self>, consumer: consumer::PullConsumer, shutdown: CancellationToken) {
+    /// Pull as many items as there are idle workers (never more, so nothing waits in a local
+    /// buffer while its ack timer runs) and move each on its own task. On shutdown, stop pulling
+    /// and let the items in progress finish.
+    async fn dispatch(
+        self: Arc<Self>,
+        consumer: consumer::PullConsumer,
+        workers: usize,
+        shutdown: CancellationToken,
+    ) {
+        let idle = Arc::new(tokio::sync::Semaphore::new(workers));
+        let mut running = tokio::task::JoinSet::new();
         while !shutdown.is_cancelled() {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = idle.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            };
+            let mut permits = vec![first];
+            while let Ok(p) = idle.clone().try_acquire_owned() {
+                permits.push(p);
+            }
             let batch = consumer
                 .batch()
-                .max_messages(1)
-                .expires(Duration::from_secs(2))
+                .max_messages(permits.len())
+                .expires(Duration::from_millis(500))
                 .messages()
                 .await;
             let mut batch = match batch {
@@ -160,18 +176,27 @@ impl Transfer {
                     continue;
                 }
             };
-            let message = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                m = batch.next() => m,
-            };
-            match message {
-                Some(Ok(message)) => self.handle(message).await,
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "file item pull");
+            loop {
+                let message = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    m = batch.next() => m,
+                };
+                match message {
+                    Some(Ok(message)) => {
+                        let permit = permits.pop().expect("a batch never exceeds its permits");
+                        let transfer = self.clone();
+                        running.spawn(async move {
+                            transfer.handle(message).await;
+                            drop(permit);
+                        });
+                    }
+                    Some(Err(e)) => tracing::debug!(error = %e, "file item pull"),
+                    None => break,
                 }
-                None => {}
             }
+            while running.try_join_next().is_some() {}
         }
+        while running.join_next().await.is_some() {}
     }
 
     async fn handle(&self, message: jetstream::Message) {
@@ -204,7 +229,8 @@ impl Transfer {
         self.metrics.in_flight.dec();
         match outcome {
             Ok(Processed::Reported) => {
-                if let Err(e) = message.double_ack().await {
+                // A lost ack only means a redelivery, which finds the item done and re-reports it.
+                if let Err(e) = message.ack().await {
                     tracing::warn!(item = %item.item_id, error = %e, "ack file item");
                 }
             }
@@ -333,10 +359,24 @@ impl Transfer {
         let source = local::source_path(item);
         let buffer = self.buffer_bytes;
         let n = item.destinations.len();
+        // File-system calls run on the blocking pool: a directory fsync or a slow disk must never
+        // stall the async workers that carry every other transfer's NATS traffic.
+        let for_planning = item.clone();
+        let planned: Vec<Result<local::Planned, String>> = tokio::task::spawn_blocking(move || {
+            for_planning
+                .destinations
+                .iter()
+                .map(|dest| {
+                    local::plan(&for_planning, dest)
+                        .and_then(|p| local::prepare_dir(&p, dest.create_dirs).map(|()| p))
+                })
+                .collect()
+        })
+        .await?;
         let mut outcomes: Vec<Option<DestOutcome>> = vec![None; n];
         let mut plans = Vec::with_capacity(n);
-        for (i, dest) in item.destinations.iter().enumerate() {
-            match local::plan(item, dest).and_then(|p| local::prepare_dir(&p, dest.create_dirs).map(|()| p)) {
+        for (i, p) in planned.into_iter().enumerate() {
+            match p {
                 Ok(p) => plans.push(Some(p)),
                 Err(e) => {
                     outcomes[i] = Some(DestOutcome {
@@ -426,10 +466,7 @@ impl Transfer {
             let temps_for_copy = temps.clone();
             let result = tokio::task::spawn_blocking(move || {
                 let stop = || gate.highest() > epoch;
-                let copied = local::copy(&src, &temps_for_copy, buffer, &stop)?;
-                for t in &temps_for_copy {
-                    local::verify(t, &copied, buffer)?;
-                }
+                let copied = local::copy_verified(&src, &temps_for_copy, buffer, &stop)?;
                 Ok::<_, String>(copied)
             })
             .await?;
@@ -486,22 +523,35 @@ impl Transfer {
                     Err(e) => return Err(e).context("record commit intent"),
                 }
             };
-            for &i in &open {
-                let p = plans[i].as_ref().expect("open");
-                if !still_ours {
-                    let _ = std::fs::remove_file(&p.temp_path);
-                    outcomes[i] = Some(DestOutcome {
-                        path: p.final_path.to_string_lossy().into_owned(),
-                        outcome: Outcome::Failed,
-                        error: Some(if fenced {
-                            "not committed: this node's epoch was superseded (fenced)".into()
+            let to_commit: Vec<(usize, local::Planned)> = open
+                .iter()
+                .map(|&i| (i, plans[i].clone().expect("open destinations have a plan")))
+                .collect();
+            let committed = tokio::task::spawn_blocking(move || {
+                to_commit
+                    .into_iter()
+                    .map(|(i, p)| {
+                        if still_ours {
+                            return (i, commit(&p));
+                        }
+                        let _ = std::fs::remove_file(&p.temp_path);
+                        let why = if fenced {
+                            "not committed: this node's epoch was superseded (fenced)"
                         } else {
-                            "not committed: another transfer instance took the item over".into()
-                        }),
-                    });
-                    continue;
-                }
-                outcomes[i] = Some(commit(p));
+                            "not committed: another transfer instance took the item over"
+                        };
+                        let outcome = DestOutcome {
+                            path: p.final_path.to_string_lossy().into_owned(),
+                            outcome: Outcome::Failed,
+                            error: Some(why.into()),
+                        };
+                        (i, outcome)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await?;
+            for (i, outcome) in committed {
+                outcomes[i] = Some(outcome);
             }
         }
 
