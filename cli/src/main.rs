@@ -164,33 +164,14 @@ struct Ctx {
 }
 
 impl Ctx {
-    /// Call a service endpoint on this node; a service error becomes an `Err` with its text.
+    /// Call a service endpoint on this node.
     async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
         &self,
         service: &str,
         endpoint: &str,
         body: &Req,
     ) -> anyhow::Result<Resp> {
-        let subject = subjects::api(&self.node, service, endpoint);
-        let reply = tokio::time::timeout(
-            Duration::from_secs(30),
-            self.client.request(subject.clone(), ferry_wire::encode(body)),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("ferry-{service} on node {} did not answer within 30 s", self.node))?
-        .map_err(|e| match e.kind() {
-            async_nats::RequestErrorKind::NoResponders => anyhow::anyhow!(
-                "ferry-{service} is not running on node {} (no responders on {subject})",
-                self.node
-            ),
-            _ => anyhow::anyhow!("request {subject}: {e}"),
-        })?;
-        if let Some(headers) = &reply.headers
-            && let Some(error) = headers.get(async_nats::service::NATS_SERVICE_ERROR)
-        {
-            bail!("{}", error.as_str());
-        }
-        Ok(ferry_wire::decode(&reply.payload)?)
+        ferry_service::api::call(&self.client, &self.node, service, endpoint, body).await
     }
 }
 

@@ -49,6 +49,16 @@ impl Services {
         collector: true,
         transfer: true,
     };
+    /// For tests that run the scheduler as a process of its own.
+    pub const NO_SCHEDULER: Services = Services {
+        scheduler: false,
+        ..Services::ALL
+    };
+    /// For tests that run transfer instances as processes of their own.
+    pub const NO_TRANSFER: Services = Services {
+        transfer: false,
+        ..Services::ALL
+    };
 }
 
 /// A node whose services run inside the test process.
@@ -163,16 +173,7 @@ impl Node {
         endpoint: &str,
         body: &Req,
     ) -> anyhow::Result<Resp> {
-        let subject = subjects::api(&self.settings.node_id, service, endpoint);
-        let reply = self.client.request(subject, ferry_wire::encode(body)).await?;
-        if let Some(e) = reply
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(async_nats::service::NATS_SERVICE_ERROR))
-        {
-            anyhow::bail!("{}", e.as_str());
-        }
-        Ok(ferry_wire::decode(&reply.payload)?)
+        ferry_service::api::call(&self.client, &self.settings.node_id, service, endpoint, body).await
     }
 
     /// Request a run of `task` and wait for its `RunFinished`.

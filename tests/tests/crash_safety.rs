@@ -80,15 +80,7 @@ fn count_final(dir: &Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_of_transfer_mid_run_loses_and_duplicates_nothing() -> anyhow::Result<()> {
     let nats = NatsServer::start()?;
-    let node = Node::start_with(
-        settings(&nats.url()),
-        Services {
-            scheduler: true,
-            collector: true,
-            transfer: false,
-        },
-    )
-    .await?;
+    let node = Node::start_with(settings(&nats.url()), Services::NO_TRANSFER).await?;
     let work = tempfile::tempdir()?;
     let src = work.path().join("in");
     std::fs::create_dir_all(&src)?;

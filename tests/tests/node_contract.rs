@@ -38,6 +38,22 @@ async fn work_stamped_with_an_older_epoch_is_refused() -> anyhow::Result<()> {
         .await?;
     assert!(new_epoch > old.revision);
 
+    // Every service learns the new epoch from the lease watch.
+    for service in [
+        subjects::service::SCHEDULER,
+        subjects::service::FILE_COLLECTOR,
+        subjects::service::TRANSFER,
+    ] {
+        eventually(
+            Duration::from_secs(10),
+            &format!("{service} to see epoch {new_epoch}"),
+            || async {
+                let status: serde_json::Value = node.call(service, subjects::api::STATUS, &()).await.ok()?;
+                (status["epoch"].as_u64() == Some(new_epoch)).then_some(())
+            },
+        )
+        .await?;
+    }
     // The scheduler no longer holds the lease: it refuses to request runs, naming the holder.
     let err = node.request_run("fenced").await.unwrap_err().to_string();
     assert!(err.contains("node2"), "{err}");
@@ -52,8 +68,6 @@ async fn work_stamped_with_an_older_epoch_is_refused() -> anyhow::Result<()> {
         trigger: Trigger::Manual { by: "test".into() },
         requested_at: Utc::now(),
     };
-    // Give the services a moment to see the new lease revision.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     node.js
         .send_publish(
             subjects::run_request("fenced"),

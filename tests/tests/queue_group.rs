@@ -14,15 +14,7 @@ const FILES: usize = 400;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_transfer_instances_share_a_run_without_duplicates() -> anyhow::Result<()> {
     let nats = NatsServer::start()?;
-    let node = Node::start_with(
-        settings(&nats.url()),
-        Services {
-            scheduler: true,
-            collector: true,
-            transfer: false,
-        },
-    )
-    .await?;
+    let node = Node::start_with(settings(&nats.url()), Services::NO_TRANSFER).await?;
     let work = tempfile::tempdir()?;
     let (src, dst) = (work.path().join("in"), work.path().join("out"));
     std::fs::create_dir_all(&src)?;

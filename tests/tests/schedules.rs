@@ -4,16 +4,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Timelike, Utc};
+use chrono::{DateTime, Utc};
 use ferry_tests::{NatsServer, Node, ServiceProcess, Services, local_task, process_env, settings};
 use ferry_wire::Trigger;
 
-/// Sleep until `offset` after the next even second (the task fires every 2 s).
-async fn at_slot_offset(offset: Duration) {
+/// Sleep until `offset` after the next multiple of `period_secs` (UTC).
+async fn at_period_offset(period_secs: i64, offset: Duration) {
     let now = Utc::now();
-    let into = Duration::from_nanos(now.nanosecond() as u64 % 1_000_000_000)
-        + Duration::from_secs(now.second() as u64 % 2);
-    let to_next = Duration::from_secs(2).saturating_sub(into);
+    let into_ms = (now.timestamp() % period_secs) * 1000 + now.timestamp_subsec_millis() as i64;
+    let to_next = Duration::from_millis((period_secs * 1000 - into_ms) as u64);
     tokio::time::sleep(to_next + offset).await;
 }
 
@@ -29,15 +28,7 @@ async fn slots_fired(node: &Node, task: &str) -> anyhow::Result<BTreeMap<DateTim
 
 async fn restarts_never_double_fire(missed_runs: &str) -> anyhow::Result<()> {
     let nats = NatsServer::start()?;
-    let node = Node::start_with(
-        settings(&nats.url()),
-        Services {
-            scheduler: false,
-            collector: true,
-            transfer: true,
-        },
-    )
-    .await?;
+    let node = Node::start_with(settings(&nats.url()), Services::NO_SCHEDULER).await?;
     let work = tempfile::tempdir()?;
     let (src, dst) = (work.path().join("in"), work.path().join("out"));
     std::fs::create_dir_all(&src)?;
@@ -45,30 +36,20 @@ async fn restarts_never_double_fire(missed_runs: &str) -> anyhow::Result<()> {
     let mut env = process_env(&nats.url(), ferry_tests::NODE);
     env.insert("FERRY_SCHEDULER__MISSED_RUNS".into(), missed_runs.into());
     let mut scheduler = ServiceProcess::start("scheduler", &env, work.path())?;
-    node.wait_ready(Services {
-        scheduler: true,
-        collector: true,
-        transfer: true,
-    })
-    .await?;
+    node.wait_ready(Services::ALL).await?;
     node.apply(&toml).await?;
 
     // Kill or stop the scheduler at and just after slot boundaries, restarting at once.
     let offsets_ms = [0u64, 3, 10, 30, 100, 400, 1, 50];
     for (i, ms) in offsets_ms.iter().enumerate() {
-        at_slot_offset(Duration::from_millis(*ms)).await;
+        at_period_offset(2, Duration::from_millis(*ms)).await;
         if i % 2 == 0 {
             scheduler.kill();
         } else {
             scheduler.terminate(Duration::from_secs(20))?;
         }
         scheduler = ServiceProcess::start("scheduler", &env, work.path())?;
-        node.wait_ready(Services {
-            scheduler: true,
-            collector: true,
-            transfer: true,
-        })
-        .await?;
+        node.wait_ready(Services::ALL).await?;
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     scheduler.terminate(Duration::from_secs(20))?;
@@ -153,36 +134,16 @@ async fn scheduler_stop_and_start_with_disabled_setting() -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Sleep until `offset` after the next multiple of `period_secs` (UTC).
-async fn at_period_offset(period_secs: i64, offset: Duration) {
-    let now = Utc::now();
-    let into_ms = (now.timestamp() % period_secs) * 1000 + now.timestamp_subsec_millis() as i64;
-    let to_next = Duration::from_millis((period_secs * 1000 - into_ms) as u64);
-    tokio::time::sleep(to_next + offset).await;
-}
-
 /// Missed slots: with `skip` (the default) slots that passed while the scheduler was down are not
 /// run afterwards; with `run_once` exactly one run makes up for them, at start-up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn missed_slots_follow_the_documented_policy() -> anyhow::Result<()> {
     let nats = NatsServer::start()?;
-    let node = Node::start_with(
-        settings(&nats.url()),
-        Services {
-            scheduler: false,
-            collector: true,
-            transfer: true,
-        },
-    )
-    .await?;
+    let node = Node::start_with(settings(&nats.url()), Services::NO_SCHEDULER).await?;
     let work = tempfile::tempdir()?;
     let (src, dst) = (work.path().join("in"), work.path().join("out"));
     std::fs::create_dir_all(&src)?;
-    let all = Services {
-        scheduler: true,
-        collector: true,
-        transfer: true,
-    };
+    let all = Services::ALL;
     // The configuration API lives in the scheduler: start one to apply, then stop it.
     let mut applier = ServiceProcess::start(
         "scheduler",

@@ -74,3 +74,35 @@ where
         }
     }))
 }
+
+/// Call `endpoint` of `service` on `node` and decode the JSON reply. A service error becomes an
+/// `Err` with the service's text; a missing service or a silent one gets a message naming it.
+pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+    client: &async_nats::Client,
+    node: &str,
+    service: &str,
+    endpoint: &str,
+    body: &Req,
+) -> anyhow::Result<Resp> {
+    let subject = ferry_wire::subjects::api(node, service, endpoint);
+    let reply = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        client.request(subject.clone(), ferry_wire::encode(body)),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("ferry-{service} on node {node} did not answer within 30 s"))?
+    .map_err(|e| match e.kind() {
+        async_nats::RequestErrorKind::NoResponders => {
+            anyhow::anyhow!("ferry-{service} is not running on node {node} (no responders on {subject})")
+        }
+        _ => anyhow::anyhow!("request {subject}: {e}"),
+    })?;
+    if let Some(error) = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(async_nats::service::NATS_SERVICE_ERROR))
+    {
+        anyhow::bail!("{}", error.as_str());
+    }
+    Ok(ferry_wire::decode(&reply.payload)?)
+}

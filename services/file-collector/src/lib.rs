@@ -93,13 +93,14 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let (service, group) =
         ferry_service::api::register(&client, &settings.node_id, SERVICE, "Ferry file collector").await?;
     let running = collector.metrics.running.clone();
+    let status_gate = collector.gate.clone();
     let status = ferry_service::api::serve_json(
         &group,
         subjects::api::STATUS,
         shutdown.child_token(),
         move |(): ()| {
-            let running = running.get();
-            async move { Ok(serde_json::json!({ "running_runs": running })) }
+            let body = serde_json::json!({ "running_runs": running.get(), "epoch": status_gate.highest() });
+            async move { Ok(body) }
         },
     )
     .await?;

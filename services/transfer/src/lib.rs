@@ -103,12 +103,17 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         ferry_service::api::register(&client, &settings.node_id, SERVICE, "Ferry transfer").await?;
     let in_flight = transfer.metrics.in_flight.clone();
     let instance = transfer.instance.clone();
+    let status_gate = transfer.gate.clone();
     let status = ferry_service::api::serve_json(
         &group,
         subjects::api::STATUS,
         shutdown.child_token(),
         move |(): ()| {
-            let body = serde_json::json!({ "instance": instance, "in_flight": in_flight.get() });
+            let body = serde_json::json!({
+                "instance": instance,
+                "in_flight": in_flight.get(),
+                "epoch": status_gate.highest(),
+            });
             async move { Ok(body) }
         },
     )

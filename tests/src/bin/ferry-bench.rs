@@ -207,17 +207,34 @@ fn main() -> ExitCode {
 // ---------------------------------------------------------------------------------------------
 
 async fn bench(args: Args, work: PathBuf) -> anyhow::Result<()> {
+    // One bench at a time on this machine: two would measure each other.
+    let lock = File::create(work.join(".lock")).context("create the bench lock file")?;
+    if lock.try_lock().is_err() {
+        say("another ferry-bench is running here; waiting for it to finish");
+        lock.lock().context("wait for the bench lock")?;
+    }
     let stamp = Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     let root = work.join(format!("run-{stamp}"));
     let data = root.join("data");
     let logs = root.join("logs");
     fs::create_dir_all(&data)?;
     fs::create_dir_all(&logs)?;
-    let mut machine = Machine::probe(&work)?;
+    let result = measure(&args, &work, &data, &logs).await;
+    if args.keep {
+        say(&format!("kept {}", root.display()));
+    } else {
+        fs::remove_dir_all(&data).with_context(|| format!("remove {}", data.display()))?;
+    }
+    say(&format!("service and peer logs are in {}", logs.display()));
+    result
+}
+
+async fn measure(args: &Args, work: &Path, data: &Path, logs: &Path) -> anyhow::Result<()> {
+    let mut machine = Machine::probe(work)?;
     let cache = Cache::probe();
     say(&format!(
         "ferry-bench: working in {} ({} {}), page cache {}",
-        root.display(),
+        data.display(),
         machine.fs_type,
         machine.fs_device,
         if cache.cold {
@@ -310,7 +327,7 @@ async fn bench(args: Args, work: PathBuf) -> anyhow::Result<()> {
             .expect("a binary lives in a folder")
             .display()
     ));
-    let mut node = FerryNode::start(&logs, &args.env).await?;
+    let mut node = FerryNode::start(logs, &args.env).await?;
     node.apply(&tasks).await?;
     machine.load_at_start = loadavg();
 
@@ -326,14 +343,14 @@ async fn bench(args: Args, work: PathBuf) -> anyhow::Result<()> {
     };
 
     if let Some((_, file, sha)) = &big {
-        report.big = Some(bench_big(&args, &node, &report.cache, file, sha, &out, &logs).await?);
+        report.big = Some(bench_big(args, &node, &report.cache, file, sha, &out, logs).await?);
     }
     if let Some(dir) = &small {
-        report.small = Some(bench_small(&args, &node, &report.cache, dir, &out, &logs).await?);
+        report.small = Some(bench_small(args, &node, &report.cache, dir, &out, logs).await?);
     }
     if let Some((_, file, sha)) = &rss {
         report.transfer_hwm_before_rss = proc_status_kib(node.pid("transfer"), "VmHWM");
-        report.rss = Some(bench_rss(&args, &mut node, &report.cache, file, sha, &out).await?);
+        report.rss = Some(bench_rss(args, &mut node, &report.cache, file, sha, &out).await?);
     }
     node.stop();
 
@@ -346,12 +363,6 @@ async fn bench(args: Args, work: PathBuf) -> anyhow::Result<()> {
         None => print!("{text}"),
     }
     println!("\n{}", report.summary());
-    if args.keep {
-        say(&format!("kept {}", root.display()));
-    } else {
-        fs::remove_dir_all(&data).with_context(|| format!("remove {}", data.display()))?;
-        say(&format!("service logs are in {}", logs.display()));
-    }
     Ok(())
 }
 
@@ -873,16 +884,7 @@ impl FerryNode {
         endpoint: &str,
         body: &Req,
     ) -> anyhow::Result<Resp> {
-        let subject = subjects::api(NODE, service, endpoint);
-        let reply = self.client.request(subject, ferry_wire::encode(body)).await?;
-        if let Some(e) = reply
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(async_nats::service::NATS_SERVICE_ERROR))
-        {
-            bail!("{service} {endpoint}: {}", e.as_str());
-        }
-        Ok(ferry_wire::decode(&reply.payload)?)
+        ferry_service::api::call(&self.client, NODE, service, endpoint, body).await
     }
 
     /// Apply the benchmark tasks and wait until the scheduler is active and knows them all.
