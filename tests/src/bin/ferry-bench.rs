@@ -53,7 +53,7 @@ const SERVICES: [&str; 5] = [
 
 const USAGE: &str = "\
 usage: ferry-bench [--out FILE] [--reps N] [--only big,small,rss] [--big-mib N] [--small-files N]
-                   [--small-kib N] [--rss-mib N] [--set FERRY_KEY=VALUE]... [--keep]
+                   [--small-kib N] [--rss-mib N] [--set FERRY_KEY=VALUE]... [--warm] [--keep]
 
   --out FILE        write the report (Markdown) to FILE; without it, print it
   --reps N          repetitions of each timed measurement, median reported (default 3)
@@ -62,6 +62,7 @@ usage: ferry-bench [--out FILE] [--reps N] [--only big,small,rss] [--big-mib N] 
   --small-files N   number of small files (default 10000), --small-kib N their size (default 4)
   --rss-mib N       size of the file moved while the transfer's RSS is watched (default 2048)
   --set K=V         extra FERRY_* environment for the services (e.g. FERRY_TRANSFER__CONCURRENCY=32)
+  --warm            start every measurement from a warm page cache (default: drop it when permitted)
   --keep            keep the generated files under target/bench-tmp
 ";
 
@@ -78,6 +79,7 @@ struct Args {
     rss_bytes: u64,
     env: Vec<(String, String)>,
     keep: bool,
+    warm: bool,
     /// The command line as given, for the report.
     command: String,
 }
@@ -97,6 +99,7 @@ impl Args {
             rss_bytes: 2 * GIB,
             env: Vec::new(),
             keep: false,
+            warm: false,
             command: std::iter::once(program_name())
                 .chain(raw.iter().cloned())
                 .collect::<Vec<_>>()
@@ -135,6 +138,7 @@ impl Args {
                     args.env.push((k.to_string(), v.to_string()));
                 }
                 "--keep" => args.keep = true,
+                "--warm" => args.warm = true,
                 "-h" | "--help" => {
                     print!("{USAGE}");
                     std::process::exit(0);
@@ -231,7 +235,11 @@ async fn bench(args: Args, work: PathBuf) -> anyhow::Result<()> {
 
 async fn measure(args: &Args, work: &Path, data: &Path, logs: &Path) -> anyhow::Result<()> {
     let mut machine = Machine::probe(work)?;
-    let cache = Cache::probe();
+    let cache = if args.warm {
+        Cache { cold: false }
+    } else {
+        Cache::probe()
+    };
     say(&format!(
         "ferry-bench: working in {} ({} {}), page cache {}",
         data.display(),
@@ -1405,7 +1413,11 @@ impl Report {
             if self.cache.cold {
                 "cold: `sync` then `echo 3 > /proc/sys/vm/drop_caches` before every measurement"
             } else {
-                "warm: dropping caches is not permitted, so `sync` and then every input is read through once before every measurement"
+                if self.args.warm {
+                    "warm (`--warm`): `sync`, then every input is read through once before every measurement"
+                } else {
+                    "warm: dropping caches is not permitted, so `sync` and then every input is read through once before every measurement"
+                }
             }
         );
 
@@ -1505,6 +1517,13 @@ impl Report {
             cp_sync.as_secs_f64() / e2e.as_secs_f64(),
             cp.as_secs_f64() / span.as_secs_f64()
         );
+        render_spread(
+            o,
+            &[
+                ("`cp`", b.reps.iter().map(|r| r.cp).collect()),
+                ("Ferry", b.reps.iter().map(|r| r.ferry.e2e).collect()),
+            ],
+        );
         render_phases(o, b.reps.iter().map(|r| &r.ferry));
         render_cpu(o, "`cp`", b.reps.iter().map(|r| (r.cp_cpu, &r.ferry)));
     }
@@ -1569,6 +1588,13 @@ impl Report {
              Against `rclone copy` followed by `sync -f` (rclone 1.60 writes in place and does not fsync) the ratio is {:.2}×.",
             rclone.as_secs_f64() / e2e.as_secs_f64(),
             rclone_sync.as_secs_f64() / e2e.as_secs_f64()
+        );
+        render_spread(
+            o,
+            &[
+                ("`rclone copy`", s.reps.iter().map(|r| r.rclone).collect()),
+                ("Ferry", s.reps.iter().map(|r| r.ferry.e2e).collect()),
+            ],
         );
         render_phases(o, s.reps.iter().map(|r| &r.ferry));
         render_cpu(
@@ -1636,8 +1662,8 @@ impl Report {
         let _ = writeln!(
             o,
             "- **Peers**: timed from spawn to exit. `cp` is GNU coreutils with its defaults (`copy_file_range`); \
-             `rclone copy` is Debian's, local to local, default flags (4 transfers, 8 checkers, size and MD5 compared \
-             after each copy)."
+             `rclone copy` is Debian's, local to local, default flags (4 transfers, 8 checkers); like `cp` it writes \
+             straight to the final name and never calls fsync (checked with `strace`)."
         );
         let _ = writeln!(
             o,
@@ -1741,5 +1767,25 @@ fn render_stored<'a>(o: &mut String, files: usize, runs: impl Iterator<Item = &'
     let _ = writeln!(o, "| Stream | Messages | Per file |\n|---|---|---|");
     for (name, n) in &run.stored {
         let _ = writeln!(o, "| `{name}` | {n} | {:.2} |", *n as f64 / files as f64);
+    }
+}
+
+/// A warning when repetitions of one measurement differ a lot (slowest ÷ fastest above 1.25).
+fn render_spread(o: &mut String, series: &[(&str, Vec<Duration>)]) {
+    let spreads: Vec<String> = series
+        .iter()
+        .filter_map(|(name, v)| {
+            let min = v.iter().min()?.as_secs_f64();
+            let max = v.iter().max()?.as_secs_f64();
+            (min > 0.0 && max / min > 1.25).then(|| format!("{name} {:.1}×", max / min))
+        })
+        .collect();
+    if !spreads.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n> Noisy: the slowest repetition took longer than the fastest by {} — read the medians with \
+             that in mind (see the load averages above).",
+            spreads.join(", ")
+        );
     }
 }
