@@ -17,7 +17,7 @@ use uuid::Uuid;
 use ferry_service::Settings;
 use ferry_wire::{
     ApplyRequest, ApplyResponse, AuditRecord, ConfigDocument, FailoverStatus, RunFinished, RunStatus,
-    RunTaskRequest, RunTaskResponse, SchedulerStatus, subjects, topology,
+    SchedulerStatus, subjects, topology,
 };
 
 #[derive(Debug, Parser)]
@@ -309,28 +309,18 @@ async fn task_show(ctx: &Ctx, name: &str) -> anyhow::Result<ExitCode> {
 
 async fn task_run(ctx: &Ctx, name: &str, wait: bool, timeout: Duration) -> anyhow::Result<ExitCode> {
     let by = std::env::var("USER").unwrap_or_else(|_| "ferry-cli".into());
-    let response: RunTaskResponse = ctx
-        .call(
-            subjects::service::SCHEDULER,
-            subjects::api::RUN,
-            &RunTaskRequest {
-                task: name.to_string(),
-                by,
-            },
-        )
-        .await?;
+    let run_id = ferry_service::api::request_run(&ctx.client, &ctx.node, name, &by).await?;
     if !wait {
-        output::run_requested(ctx.json, name, response.run_id);
+        output::run_requested(ctx.json, name, run_id);
         return Ok(ExitCode::SUCCESS);
     }
     if !ctx.json {
         eprintln!(
             "run {} of task {name} requested; waiting for it to finish",
-            response.run_id
+            run_id
         );
     }
-    let finished: RunFinished =
-        ferry_service::streams::wait_for_run(&ctx.js, name, response.run_id, timeout).await?;
+    let finished: RunFinished = ferry_service::streams::wait_for_run(&ctx.js, name, run_id, timeout).await?;
     output::run(ctx.json, &finished, false);
     Ok(if finished.status == RunStatus::Succeeded {
         ExitCode::SUCCESS

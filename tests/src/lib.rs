@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use ferry_service::Settings;
 pub use ferry_testkit::{NatsServer, bin_path, eventually, workspace_root};
-use ferry_wire::{ApplyRequest, ApplyResponse, RunFinished, RunTaskRequest, RunTaskResponse, subjects};
+use ferry_wire::{ApplyRequest, ApplyResponse, RunFinished, subjects};
 
 pub const NODE: &str = "node1";
 
@@ -183,17 +183,7 @@ impl Node {
     }
 
     pub async fn request_run(&self, task: &str) -> anyhow::Result<Uuid> {
-        let response: RunTaskResponse = self
-            .call(
-                subjects::service::SCHEDULER,
-                subjects::api::RUN,
-                &RunTaskRequest {
-                    task: task.into(),
-                    by: "test".into(),
-                },
-            )
-            .await?;
-        Ok(response.run_id)
+        ferry_service::api::request_run(&self.client, &self.settings.node_id, task, "test").await
     }
 
     /// Every finished run so far, oldest first.

@@ -106,3 +106,25 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     }
     Ok(ferry_wire::decode(&reply.payload)?)
 }
+
+/// Ask the scheduler on `node` to run `task` now; returns the run id.
+pub async fn request_run(
+    client: &async_nats::Client,
+    node: &str,
+    task: &str,
+    by: &str,
+) -> anyhow::Result<uuid::Uuid> {
+    let request = ferry_wire::RunTaskRequest {
+        task: task.to_string(),
+        by: by.to_string(),
+    };
+    let response: ferry_wire::RunTaskResponse = call(
+        client,
+        node,
+        ferry_wire::subjects::service::SCHEDULER,
+        ferry_wire::subjects::api::RUN,
+        &request,
+    )
+    .await?;
+    Ok(response.run_id)
+}

@@ -123,7 +123,15 @@ pub fn copy_verified(
     let (size, sha256, written) = if before.len() as usize > buffer_bytes {
         pipelined(&mut input, source, &mut outputs, temps, buffer_bytes, should_stop)?
     } else {
-        let (size, sha256) = sequential(&mut input, source, &mut outputs, temps, buffer_bytes, should_stop)?;
+        let (size, sha256) = sequential(
+            &mut input,
+            source,
+            before.len(),
+            &mut outputs,
+            temps,
+            buffer_bytes,
+            should_stop,
+        )?;
         (size, sha256, Vec::new())
     };
     for (out, path) in outputs.iter().zip(temps) {
@@ -158,9 +166,11 @@ pub fn copy_verified(
 
 const FENCED: &str = "stopped: this node's epoch was superseded (fenced)";
 
+#[allow(clippy::too_many_arguments)]
 fn sequential(
     input: &mut File,
     source: &Path,
+    expected: u64,
     outputs: &mut [File],
     temps: &[PathBuf],
     buffer_bytes: usize,
@@ -169,27 +179,41 @@ fn sequential(
     let mut hasher = Sha256::new();
     // Small files are the common case: a buffer just large enough saves allocating (and, for
     // large allocations, mapping and unmapping) a full-sized one per file.
-    let expected = input.metadata().map(|m| m.len() as usize).unwrap_or(buffer_bytes);
-    let mut buf = vec![0u8; buffer_bytes.min(expected + 1).max(4096)];
+    let mut buf = vec![0u8; buffer_bytes.min(expected as usize + 1).max(4096)];
     let mut size = 0u64;
     loop {
         if should_stop() {
             return Err(FENCED.into());
         }
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("read source {}: {e}", source.display())),
-        };
-        hasher.update(&buf[..n]);
-        for (out, path) in outputs.iter_mut().zip(temps) {
-            out.write_all(&buf[..n])
-                .map_err(|e| format!("write {}: {e}", path.display()))?;
+        let n = read_chunk(input, &mut buf, source)?;
+        if n == 0 {
+            break;
         }
+        hasher.update(&buf[..n]);
+        write_to_all(outputs, temps, &buf[..n])?;
         size += n as u64;
     }
     Ok((size, hex::encode(hasher.finalize())))
+}
+
+/// Read the next chunk of the source (0 at its end), retrying interrupted reads.
+fn read_chunk(input: &mut File, buf: &mut [u8], source: &Path) -> Result<usize, String> {
+    loop {
+        match input.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("read source {}: {e}", source.display())),
+        }
+    }
+}
+
+/// Append `data` to every temp file.
+fn write_to_all(outputs: &mut [File], temps: &[PathBuf], data: &[u8]) -> Result<(), String> {
+    for (out, path) in outputs.iter_mut().zip(temps) {
+        out.write_all(data)
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Size and hex SHA-256 of a byte stream.
@@ -237,13 +261,7 @@ fn pipelined(
                 let Ok(mut buf) = free_rx.recv() else {
                     return Ok(());
                 };
-                let n = loop {
-                    match input.read(&mut buf) {
-                        Ok(n) => break n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(format!("read source {}: {e}", source.display())),
-                    }
-                };
+                let n = read_chunk(input, &mut buf, source)?;
                 if n == 0 || full_tx.send((buf, n)).is_err() {
                     return Ok(());
                 }
@@ -276,10 +294,7 @@ fn pipelined(
             let mut flushed = 0u64;
             while let Ok((buf, n)) = full_rx.recv() {
                 hasher.update(&buf[..n]);
-                for (out, path) in outputs.iter_mut().zip(temps) {
-                    out.write_all(&buf[..n])
-                        .map_err(|e| format!("write {}: {e}", path.display()))?;
-                }
+                write_to_all(outputs, temps, &buf[..n])?;
                 let _ = written_tx.send((offset, n));
                 offset += n as u64;
                 if offset - flushed >= WRITEBACK_EVERY {

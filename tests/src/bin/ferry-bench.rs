@@ -29,10 +29,7 @@ use sha2::{Digest, Sha256};
 use ferry_tests::{
     NODE, NatsServer, ServiceProcess, bin_path, eventually, local_task, process_env, workspace_root,
 };
-use ferry_wire::{
-    ApplyRequest, ApplyResponse, RunFinished, RunStatus, RunTaskRequest, RunTaskResponse, SchedulerStatus,
-    subjects,
-};
+use ferry_wire::{ApplyRequest, ApplyResponse, RunFinished, RunStatus, SchedulerStatus, subjects};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -936,17 +933,8 @@ impl FerryNode {
             .collect();
         let requested_at = Utc::now();
         let started = Instant::now();
-        let response: RunTaskResponse = self
-            .call(
-                subjects::service::SCHEDULER,
-                subjects::api::RUN,
-                &RunTaskRequest {
-                    task: task.into(),
-                    by: "ferry-bench".into(),
-                },
-            )
-            .await?;
-        let finished = ferry_service::streams::wait_for_run(&self.js, task, response.run_id, timeout).await?;
+        let run_id = ferry_service::api::request_run(&self.client, NODE, task, "ferry-bench").await?;
+        let finished = ferry_service::streams::wait_for_run(&self.js, task, run_id, timeout).await?;
         let e2e = started.elapsed();
         ensure!(
             finished.status == RunStatus::Succeeded && finished.files_delivered == files,
