@@ -16,8 +16,8 @@ use uuid::Uuid;
 
 use ferry_service::Settings;
 use ferry_wire::{
-    ApplyRequest, ApplyResponse, AuditRecord, ConfigDocument, FailoverStatus, RunFinished, RunStatus,
-    SchedulerStatus, subjects, topology,
+    ApplyRequest, ApplyResponse, AuditRecord, ConfigDocument, FailoverStatus, PromoteRequest, RoleChanged,
+    RoleRequest, RunFinished, RunStatus, SchedulerStatus, subjects, topology,
 };
 
 #[derive(Debug, Parser)]
@@ -90,6 +90,20 @@ enum Command {
         #[command(subcommand)]
         command: FailoverCommand,
     },
+    /// "Shut Down Service": stop taking runs, let runs in flight finish (up to the drain
+    /// timeout), release the lease, and stop every service of the node.
+    Shutdown {
+        #[command(flatten)]
+        drain: Drain,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct Drain {
+    /// How long runs in flight may take to finish before the lease is released anyway (their
+    /// files stop before the commit point).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,8 +154,40 @@ enum SchedulerCommand {
 
 #[derive(Debug, Subcommand)]
 enum FailoverCommand {
-    /// This node's role, epoch and the lease holder.
+    /// This node's role, mode, epoch, the lease holder and age, the scheduler, other nodes.
     Status,
+    /// Make this node active. Refused while another node holds a live lease.
+    Promote {
+        /// Wait for another node's lease to lapse instead of refusing.
+        #[arg(long)]
+        after_expiry: bool,
+        /// How long --after-expiry waits.
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
+    /// Make this active node a standby: drain, then release the lease.
+    Demote {
+        #[command(flatten)]
+        drain: Drain,
+    },
+    /// Never become active, not even after a restart, until enabled (drains first if active).
+    Disable {
+        #[command(flatten)]
+        drain: Drain,
+    },
+    /// Make a disabled node a standby again.
+    Enable,
+    /// The same as `ferry shutdown`.
+    Shutdown {
+        #[command(flatten)]
+        drain: Drain,
+    },
+    /// Role changes of every node, from the audit trail.
+    History {
+        /// How far back, e.g. 1h, 2d (default: everything).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -183,7 +229,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = async_nats::ConnectOptions::new()
         .name("ferry-cli")
         .connection_timeout(Duration::from_secs(5))
-        .connect(nats_url.as_str())
+        .connect(ferry_service::nats::server_addrs(&nats_url)?)
         .await
         .with_context(|| {
             format!("connect to NATS at {nats_url} (is the node running? `make run` starts one)")
@@ -229,20 +275,96 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             output::scheduler_status(ctx.json, &status);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Failover {
-            command: FailoverCommand::Status,
-        } => {
-            let status: FailoverStatus = ctx
-                .call(
-                    subjects::service::FAILOVER_COORDINATOR,
-                    subjects::api::STATUS,
-                    &(),
-                )
-                .await?;
-            output::failover_status(ctx.json, &status);
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Failover { command } => failover(&ctx, command).await,
+        Command::Shutdown { drain } => failover(&ctx, FailoverCommand::Shutdown { drain }).await,
     }
+}
+
+async fn failover(ctx: &Ctx, command: FailoverCommand) -> anyhow::Result<ExitCode> {
+    const COORDINATOR: &str = subjects::service::FAILOVER_COORDINATOR;
+    let by = operator();
+    let role_change = |drain: Option<Drain>| RoleRequest {
+        drain_timeout_ms: drain.map(|d| d.drain_timeout.as_millis() as u64).unwrap_or(0),
+        by: by.clone(),
+    };
+    // Long enough for the drain and the release (which waits at most one lease TTL).
+    let within = |drain: &Option<Drain>| {
+        drain.as_ref().map(|d| d.drain_timeout).unwrap_or_default() + Duration::from_secs(90)
+    };
+    let (endpoint, body, limit) = match command {
+        FailoverCommand::Status => (
+            subjects::api::STATUS,
+            serde_json::Value::Null,
+            Duration::from_secs(30),
+        ),
+        FailoverCommand::History { since } => {
+            let changes: Vec<RoleChanged> = ferry_service::streams::read(
+                &ctx.js,
+                topology::STREAM_AUDIT,
+                &subjects::audit_role("*"),
+                since,
+            )
+            .await?;
+            output::role_history(ctx.json, &changes);
+            return Ok(ExitCode::SUCCESS);
+        }
+        FailoverCommand::Promote { after_expiry, wait } => {
+            let request = PromoteRequest {
+                after_expiry,
+                wait_ms: if after_expiry { wait.as_millis() as u64 } else { 0 },
+                by: by.clone(),
+            };
+            let limit = if after_expiry { wait } else { Duration::ZERO } + Duration::from_secs(30);
+            (subjects::api::PROMOTE, serde_json::to_value(request)?, limit)
+        }
+        FailoverCommand::Demote { drain } => {
+            let drain = Some(drain);
+            let limit = within(&drain);
+            (
+                subjects::api::DEMOTE,
+                serde_json::to_value(role_change(drain))?,
+                limit,
+            )
+        }
+        FailoverCommand::Disable { drain } => {
+            let drain = Some(drain);
+            let limit = within(&drain);
+            (
+                subjects::api::DISABLE,
+                serde_json::to_value(role_change(drain))?,
+                limit,
+            )
+        }
+        FailoverCommand::Enable => (
+            subjects::api::ENABLE,
+            serde_json::to_value(role_change(None))?,
+            Duration::from_secs(30),
+        ),
+        FailoverCommand::Shutdown { drain } => {
+            let drain = Some(drain);
+            let limit = within(&drain);
+            (
+                subjects::api::SHUTDOWN,
+                serde_json::to_value(role_change(drain))?,
+                limit,
+            )
+        }
+    };
+    let status: FailoverStatus =
+        ferry_service::api::call_within(&ctx.client, &ctx.node, COORDINATOR, endpoint, &body, limit).await?;
+    output::failover_status(ctx.json, &status);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Who runs this command, for audit records.
+fn operator() -> String {
+    format!(
+        "{}@{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default()
+    )
 }
 
 async fn apply(ctx: &Ctx, file: &std::path::Path, dry_run: bool) -> anyhow::Result<ExitCode> {
@@ -255,17 +377,10 @@ async fn apply(ctx: &Ctx, file: &std::path::Path, dry_run: bool) -> anyhow::Resu
         }
     };
     raw.resolve_relative_paths(&std::env::current_dir().context("working directory")?);
-    let applied_by = format!(
-        "{}@{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
-        std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default()
-    );
     let request = ApplyRequest {
         config: raw,
         source_name: file.display().to_string(),
-        applied_by,
+        applied_by: operator(),
         dry_run,
     };
     let response: ApplyResponse = ctx

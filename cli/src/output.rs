@@ -6,7 +6,8 @@ use uuid::Uuid;
 
 use ferry_config::{ConfigError, Task};
 use ferry_wire::{
-    ApplyResponse, AuditRecord, ConfigDocument, FailoverStatus, Outcome, RunFinished, SchedulerStatus,
+    ApplyResponse, AuditRecord, ConfigDocument, FailoverStatus, Outcome, RoleChanged, RunFinished,
+    SchedulerStatus,
 };
 
 fn json<T: Serialize + ?Sized>(value: &T) {
@@ -321,12 +322,67 @@ pub fn failover_status(as_json: bool, s: &FailoverStatus) {
     if as_json {
         return json(s);
     }
-    println!("node:         {}", s.node);
-    println!("role:         {}", s.role);
-    println!("mode:         {}", s.mode);
-    println!("epoch:        {}", s.epoch);
-    println!("lease holder: {}", s.lease_holder.as_deref().unwrap_or("-"));
-    if let Some(t) = s.lease_acquired_at {
-        println!("acquired:     {}", local(&t));
+    let row = |label: &str, value: String| println!("{:<14}{value}", format!("{label}:"));
+    let lease = if s.lease_valid {
+        "holds the lease, renewed in time"
+    } else if s.epoch > 0 {
+        "FENCED: holds a lease it did not renew in time"
+    } else {
+        "does not hold the lease"
+    };
+    row("node", s.node.clone());
+    row("role", s.role.to_string());
+    row("mode", s.mode.as_str().to_string());
+    row("epoch", s.epoch.to_string());
+    row("this node", lease.to_string());
+    match &s.lease_holder {
+        Some(holder) => {
+            row("lease holder", format!("{holder} (epoch {})", s.lease_epoch));
+            if let (Some(t), Some(age)) = (s.lease_acquired_at, s.lease_age_secs) {
+                row("lease age", format!("{age:.1} s (acquired {})", local(&t)));
+            }
+        }
+        None => row("lease holder", "none (lapsed or released)".into()),
+    }
+    row(
+        "last renewal",
+        s.last_renewal.map(|t| local(&t)).unwrap_or_else(|| "-".into()),
+    );
+    row("lease TTL", format!("{:.1} s", s.lease_ttl_ms as f64 / 1000.0));
+    row("scheduler", s.scheduler.clone());
+    if s.other_nodes.is_empty() {
+        row("other nodes", "none seen".into());
+    }
+    for n in &s.other_nodes {
+        row(
+            "other node",
+            format!(
+                "{} {} ({} mode, seen {})",
+                n.node,
+                n.role,
+                n.mode.as_str(),
+                local(&n.seen_at)
+            ),
+        );
+    }
+}
+
+pub fn role_history(as_json: bool, changes: &[RoleChanged]) {
+    if as_json {
+        return json(&changes);
+    }
+    if changes.is_empty() {
+        println!("no role changes recorded");
+    }
+    for c in changes {
+        println!(
+            "{}  {:<12} {:>8} -> {:<8} epoch {:<6} {}",
+            local(&c.at),
+            c.node,
+            c.from.as_str(),
+            c.to.as_str(),
+            c.epoch,
+            c.reason
+        );
     }
 }

@@ -23,6 +23,7 @@ pub fn settings(nats_url: &str) -> Settings {
     let mut s = Settings {
         node_id: NODE.to_string(),
         nats_url: nats_url.to_string(),
+        data_dir: fresh_data_dir(),
         ..Settings::default()
     };
     let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("literal");
@@ -33,6 +34,14 @@ pub fn settings(nats_url: &str) -> Settings {
     s.cert_handler.metrics_addr = any;
     s.failover_coordinator.metrics_addr = any;
     s
+}
+
+/// A data dir of its own for each test node (the failover role lives there), under the system
+/// temp dir.
+pub fn fresh_data_dir() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    std::env::temp_dir().join(format!("ferry-test-data-{}-{n}", std::process::id()))
 }
 
 /// Which services a node runs.
@@ -293,6 +302,10 @@ pub fn process_env(nats_url: &str, node: &str) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     env.insert("FERRY_NATS_URL".into(), nats_url.into());
     env.insert("FERRY_NODE_ID".into(), node.into());
+    env.insert(
+        "FERRY_DATA_DIR".into(),
+        fresh_data_dir().to_string_lossy().into_owned(),
+    );
     for service in [
         "SCHEDULER",
         "FILE_COLLECTOR",

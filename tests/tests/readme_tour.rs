@@ -393,7 +393,7 @@ fn readme_tour_moves_a_dropped_file_on_schedule_and_the_cli_shows_it() {
             "file-collector" => "ferry_file_collector_runs_total",
             "transfer" => "ferry_transfer_files_total{outcome=\"delivered\",task=\"quickstart\"} 2",
             "cert-handler" => "ferry_cert_handler_up 1",
-            "failover-coordinator" => "ferry_failover_active 1",
+            "failover-coordinator" => "ferry_failover_lease_valid 1",
             other => unreachable!("unknown service {other}"),
         };
         assert!(

@@ -84,17 +84,51 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     endpoint: &str,
     body: &Req,
 ) -> anyhow::Result<Resp> {
-    let subject = ferry_wire::subjects::api(node, service, endpoint);
-    let reply = tokio::time::timeout(
+    call_within(
+        client,
+        node,
+        service,
+        endpoint,
+        body,
         std::time::Duration::from_secs(30),
-        client.request(subject.clone(), ferry_wire::encode(body)),
     )
     .await
-    .map_err(|_| anyhow::anyhow!("ferry-{service} on node {node} did not answer within 30 s"))?
+}
+
+/// [`call`] with its own time limit (for requests that wait: a drain, a promotion after expiry).
+pub async fn call_within<Req: Serialize, Resp: DeserializeOwned>(
+    client: &async_nats::Client,
+    node: &str,
+    service: &str,
+    endpoint: &str,
+    body: &Req,
+    limit: std::time::Duration,
+) -> anyhow::Result<Resp> {
+    let subject = ferry_wire::subjects::api(node, service, endpoint);
+    let reply = tokio::time::timeout(
+        limit,
+        client.send_request(
+            subject.clone(),
+            async_nats::Request::new()
+                .payload(ferry_wire::encode(body))
+                .timeout(Some(limit)),
+        ),
+    )
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "ferry-{service} on node {node} did not answer within {} s",
+            limit.as_secs()
+        )
+    })?
     .map_err(|e| match e.kind() {
         async_nats::RequestErrorKind::NoResponders => {
             anyhow::anyhow!("ferry-{service} is not running on node {node} (no responders on {subject})")
         }
+        async_nats::RequestErrorKind::TimedOut => anyhow::anyhow!(
+            "ferry-{service} on node {node} did not answer within {} s",
+            limit.as_secs()
+        ),
         _ => anyhow::anyhow!("request {subject}: {e}"),
     })?;
     if let Some(error) = reply

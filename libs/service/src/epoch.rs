@@ -1,5 +1,6 @@
 //! Epoch fencing: each service keeps the highest epoch it has seen and refuses work stamped with
-//! a lower one. The epoch is the revision of the lease write that made a node active.
+//! a lower one. The epoch is the revision of the lease `create` that made a node active
+//! (renewals keep it: see [`ferry_wire::Lease::epoch_at`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,8 +78,8 @@ fn view_of(entry: &kv::Entry) -> LeaseView {
     match entry.operation {
         kv::Operation::Put => match ferry_wire::decode::<Lease>(&entry.value) {
             Ok(lease) => LeaseView {
+                epoch: lease.epoch_at(entry.revision),
                 holder: Some(lease.node),
-                epoch: entry.revision,
                 acquired_at: Some(lease.acquired_at),
             },
             Err(e) => {

@@ -8,12 +8,15 @@
 pub mod api;
 pub mod epoch;
 pub mod http;
+pub mod lease;
+pub mod ledger;
 pub mod main_scaffold;
 pub mod nats;
 pub mod settings;
 pub mod streams;
 
 pub use epoch::{EpochGate, LeaseView};
+pub use lease::NodeLease;
 pub use settings::Settings;
 
 /// The version every service reports in its NATS micro-service registration.

@@ -8,7 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Settings;
 
-/// Connect (retrying until `shutdown`), named `ferry-<service>@<node>`, and ensure the topology.
+/// Connect (retrying until `shutdown`), named `ferry-<service>@<node>`, ensure the topology, and
+/// cancel `shutdown` when the node is told to stop (`ferry shutdown`, on `ferry.node.<node>.stop`).
 pub async fn connect(
     settings: &Settings,
     service: &str,
@@ -16,13 +17,14 @@ pub async fn connect(
 ) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
     install_crypto_provider();
     let name = format!("ferry-{service}@{}", settings.node_id);
+    let servers = server_addrs(&settings.nats_url)?;
     let mut delay = Duration::from_millis(100);
     let client = loop {
         let attempt = async_nats::ConnectOptions::new()
             .name(&name)
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
-            .connect(settings.nats_url.as_str());
+            .connect(servers.clone());
         tokio::select! {
             _ = shutdown.cancelled() => anyhow::bail!("shut down while connecting to NATS"),
             result = tokio::time::timeout(Duration::from_secs(10), attempt) => match result {
@@ -34,10 +36,24 @@ pub async fn connect(
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
     };
+    let mut stop = client
+        .subscribe(ferry_wire::subjects::node_stop(&settings.node_id))
+        .await
+        .context("subscribe to the node's stop subject")?;
+    let on_stop = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = on_stop.cancelled() => {}
+            m = futures::StreamExt::next(&mut stop) => if m.is_some() {
+                tracing::info!("node shutdown requested: stopping");
+                on_stop.cancel();
+            },
+        }
+    });
     let js = jetstream::new(client.clone());
     let mut delay = Duration::from_millis(100);
     loop {
-        match ferry_wire::topology::ensure(&js).await {
+        match ferry_wire::topology::ensure(&js, settings.topology()).await {
             Ok(()) => break,
             Err(e) if !shutdown.is_cancelled() => {
                 tracing::warn!(error = %e, "jetstream not ready; retrying");
@@ -48,6 +64,18 @@ pub async fn connect(
         }
     }
     Ok((client, js))
+}
+
+/// The servers of a comma-separated NATS URL list (async-nats reads one string as one URL).
+pub fn server_addrs(urls: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .with_context(|| format!("nats_url: {u:?} is not a NATS URL"))
+        })
+        .collect()
 }
 
 /// Install aws-lc-rs as the process-wide rustls provider (two linked providers would make

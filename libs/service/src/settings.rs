@@ -20,9 +20,16 @@ pub struct Settings {
     /// Allow a plain-text, unauthenticated NATS connection to a non-loopback address (dev only).
     #[serde(default)]
     pub allow_insecure_nats: bool,
-    /// Where services keep local scratch data.
+    /// Replicas of every stream and bucket: 1 on a single NATS server, 3 on a three-server cluster.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// Where services keep local scratch data (and the failover coordinator the node's role).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Append every side effect (file commits, fired slots, lease acquisitions) with node, epoch
+    /// and monotonic times to this JSON-lines file (see `ferry_service::ledger`). Off by default.
+    #[serde(default)]
+    pub ledger: Option<PathBuf>,
     #[serde(default)]
     pub scheduler: SchedulerSettings,
     #[serde(default)]
@@ -32,7 +39,7 @@ pub struct Settings {
     #[serde(default)]
     pub cert_handler: PlainServiceSettings,
     #[serde(default)]
-    pub failover_coordinator: PlainServiceSettings,
+    pub failover_coordinator: FailoverSettings,
 }
 
 /// What to do on start-up about schedule slots that passed while the scheduler was down.
@@ -114,6 +121,44 @@ impl Default for TransferSettings {
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverSettings {
+    /// Address of `/metrics` and `/healthz`.
+    pub metrics_addr: SocketAddr,
+    /// `manual` (an operator promotes a standby) or `automatic` (a standby takes a lapsed lease).
+    pub mode: ferry_wire::FailoverMode,
+    /// Role on first start, when the data dir records none. Afterwards the recorded role rules.
+    pub initial_role: ferry_wire::Role,
+    /// Lease time to live. Every node of a cluster must use the same value: it is the lease
+    /// bucket's `max_age`, fixed when the bucket is created.
+    pub lease_ttl_ms: u64,
+    /// The holder fences itself this long before its lease can lapse.
+    pub fence_margin_ms: u64,
+}
+
+impl Default for FailoverSettings {
+    fn default() -> Self {
+        Self {
+            metrics_addr: default_plain_addr(),
+            mode: ferry_wire::FailoverMode::Manual,
+            initial_role: ferry_wire::Role::Active,
+            lease_ttl_ms: 10_000,
+            fence_margin_ms: 2_000,
+        }
+    }
+}
+
+impl Settings {
+    /// The cluster-wide topology choices of these settings.
+    pub fn topology(&self) -> ferry_wire::topology::Options {
+        ferry_wire::topology::Options {
+            replicas: self.replicas,
+            lease_ttl: std::time::Duration::from_millis(self.failover_coordinator.lease_ttl_ms),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlainServiceSettings {
     /// Address of `/metrics` and `/healthz`.
@@ -132,6 +177,9 @@ impl Default for PlainServiceSettings {
 fn default_plain_addr() -> SocketAddr {
     "127.0.0.1:0".parse().expect("literal address")
 }
+fn default_replicas() -> usize {
+    1
+}
 fn default_node_id() -> String {
     "node1".to_string()
 }
@@ -148,12 +196,14 @@ impl Default for Settings {
             node_id: default_node_id(),
             nats_url: default_nats_url(),
             allow_insecure_nats: false,
+            replicas: default_replicas(),
             data_dir: default_data_dir(),
+            ledger: None,
             scheduler: SchedulerSettings::default(),
             file_collector: CollectorSettings::default(),
             transfer: TransferSettings::default(),
             cert_handler: PlainServiceSettings::default(),
-            failover_coordinator: PlainServiceSettings::default(),
+            failover_coordinator: FailoverSettings::default(),
         }
     }
 }
@@ -164,7 +214,9 @@ const SETTING_NAMES: &[&str] = &[
     "node_id",
     "nats_url",
     "allow_insecure_nats",
+    "replicas",
     "data_dir",
+    "ledger",
     "scheduler",
     "file_collector",
     "transfer",
@@ -240,6 +292,20 @@ impl Settings {
         }
         if self.file_collector.max_running_tasks == 0 {
             bail!("file_collector.max_running_tasks: 0 must be at least 1");
+        }
+        if !(1..=5).contains(&self.replicas) {
+            bail!("replicas: {} must be between 1 and 5", self.replicas);
+        }
+        let ttl = self.failover_coordinator.lease_ttl_ms;
+        let margin = self.failover_coordinator.fence_margin_ms;
+        if ttl < 1_000 {
+            bail!("failover_coordinator.lease_ttl_ms: {ttl} must be at least 1000");
+        }
+        if margin < 100 || margin > ttl / 2 {
+            bail!(
+                "failover_coordinator.fence_margin_ms: {margin} must be between 100 and half the lease TTL ({})",
+                ttl / 2
+            );
         }
         if self.transfer.ack_wait_secs < 3 {
             bail!(

@@ -1,5 +1,9 @@
 //! Test harness: real peers on loopback with random ports and temp dirs, killed on drop.
 //!
+//! [`NatsServer`] is one server; [`NatsCluster`] is a three-server JetStream cluster whose
+//! servers can be killed and started again; [`Netns`] is a network namespace for one simulated
+//! host that can be cut off from the root namespace (needs root, see [`netns_available`]).
+//!
 //! `nats-server` is found at `$FERRY_NATS_SERVER`, else `<workspace>/.ferry/tools/bin/nats-server`
 //! (where `make` installs the pinned PyPI build), else on `PATH`.
 
@@ -8,6 +12,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+mod cluster;
+mod netns;
+
+pub use cluster::NatsCluster;
+pub use netns::{Netns, netns_available};
 
 /// The workspace root (two levels above this crate).
 pub fn workspace_root() -> PathBuf {

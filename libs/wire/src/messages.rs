@@ -179,6 +179,13 @@ pub struct FileState {
     pub delivered_at: DateTime<Utc>,
 }
 
+/// The lock that keeps a task from overlapping itself (KV `ferry_runs`, key `lock.<task>`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskLock {
+    pub run_id: Uuid,
+    pub epoch: Epoch,
+}
+
 /// Run bookkeeping (KV `ferry_runs`, key `run.<run id>`): written once the source listing is
 /// published, so a collector that restarts mid-run waits for results instead of listing again.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -187,11 +194,123 @@ pub struct RunRecord {
     pub item_ids: Vec<String>,
 }
 
-/// The failover lease (KV `ferry_lease`, key `active`). The epoch is the KV revision.
+/// The failover lease (KV `ferry_lease`, key `active`). Written only by `create` (acquire) and
+/// compare-and-swap `update` (renew). The epoch is the revision of the `create`; the create itself
+/// carries `epoch: 0` (its revision is not known before it is written) and every renewal carries
+/// the epoch explicitly. Use [`Lease::epoch_at`] to read it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Lease {
     pub node: String,
     pub acquired_at: DateTime<Utc>,
+    #[serde(default)]
+    pub epoch: Epoch,
+    /// The holder's failover mode, for `ferry failover status` on other nodes.
+    #[serde(default)]
+    pub mode: String,
+}
+
+impl Lease {
+    /// The epoch of this lease as stored at KV revision `revision`.
+    pub fn epoch_at(&self, revision: u64) -> Epoch {
+        if self.epoch == 0 { revision } else { self.epoch }
+    }
+}
+
+/// A node's failover role. Persisted in the node's data dir; mirrored to KV for status.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Holds (or is acquiring) the lease and runs automation.
+    Active,
+    /// Runs no automation; may be promoted.
+    #[default]
+    Standby,
+    /// Never becomes active, not even after a reboot, until enabled again.
+    Disabled,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Active => "active",
+            Role::Standby => "standby",
+            Role::Disabled => "disabled",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Failover mode: who promotes a standby.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FailoverMode {
+    /// An operator promotes (`ferry failover promote`), as in the reference product.
+    #[default]
+    Manual,
+    /// A standby acquires the lease as soon as it lapses.
+    Automatic,
+}
+
+impl FailoverMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailoverMode::Manual => "manual",
+            FailoverMode::Automatic => "automatic",
+        }
+    }
+}
+
+/// failover-coordinator → the services of its node (endpoint `lease`): may this node do
+/// side-effecting work, under which epoch, and for how long. The receiver adds `valid_for_ms` to
+/// the time it *sent* its request, which is no later than when the coordinator computed it, so
+/// its deadline is never later than the coordinator's own fence.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct LeaseGrant {
+    pub node: String,
+    pub role: Role,
+    /// The epoch of the lease this node holds (0: none).
+    pub epoch: Epoch,
+    /// How long from now work under `epoch` may commit (0: fenced, not active).
+    pub valid_for_ms: u64,
+    /// False while the node drains for a demote or shutdown: finish work in flight, take no new runs.
+    pub accepting: bool,
+}
+
+/// A service → its node's coordinator (endpoint `lease`): "I am `instance` and I now hold a grant
+/// for `holding` (0: none)". The coordinator releases the lease only once every service that held
+/// a grant has said it holds none, or once their grants have run out.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct LeaseAsk {
+    pub instance: String,
+    pub holding: Epoch,
+}
+
+/// A node as its coordinator announces itself (KV `ferry_lease`, key `node.<id>`), re-written
+/// every renewal period; the bucket's max age removes it once the coordinator stops.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeSeen {
+    pub node: String,
+    pub role: Role,
+    pub mode: FailoverMode,
+    pub seen_at: DateTime<Utc>,
+}
+
+/// A role change of a node: an event on `ferry.event.role.<node>` and an audit record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RoleChanged {
+    pub node: String,
+    pub from: Role,
+    pub to: Role,
+    /// The epoch held after the change (0: none).
+    pub epoch: Epoch,
+    /// Why, in words: "promoted by operator", "lease lapsed: fenced", …
+    pub reason: String,
+    pub at: DateTime<Utc>,
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -256,11 +375,43 @@ pub struct ScheduledTask {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FailoverStatus {
     pub node: String,
-    pub role: String,
-    pub mode: String,
+    pub role: Role,
+    pub mode: FailoverMode,
+    /// The epoch this node holds (0: none).
     pub epoch: Epoch,
+    /// True while this node may do side-effecting work (holds a lease it has renewed in time).
+    pub lease_valid: bool,
     pub lease_holder: Option<String>,
+    /// Epoch of the lease in the bucket, whoever holds it.
+    pub lease_epoch: Epoch,
     pub lease_acquired_at: Option<DateTime<Utc>>,
+    /// Seconds since the holder acquired the lease.
+    pub lease_age_secs: Option<f64>,
+    /// When this node last renewed its lease (only on the holder).
+    pub last_renewal: Option<DateTime<Utc>>,
+    pub lease_ttl_ms: u64,
+    /// The scheduler on this node: "running", "stopped", or "unreachable".
+    pub scheduler: String,
+    /// Other nodes seen in the last minutes, with their roles.
+    pub other_nodes: Vec<NodeSeen>,
+}
+
+/// `ferry failover promote`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct PromoteRequest {
+    /// Wait for a live lease held by another node to lapse instead of refusing.
+    pub after_expiry: bool,
+    /// How long to wait with `after_expiry`.
+    pub wait_ms: u64,
+    pub by: String,
+}
+
+/// `ferry failover demote|disable|enable` and `ferry shutdown`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct RoleRequest {
+    /// How long work in flight may take to finish before the lease is released anyway.
+    pub drain_timeout_ms: u64,
+    pub by: String,
 }
 
 /// Error reply of any API endpoint (also sent as the NATS service error header).

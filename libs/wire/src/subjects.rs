@@ -47,14 +47,29 @@ pub fn role_changed(node: &str) -> String {
 }
 pub const EVENTS: &str = "ferry.event.>";
 
+/// Core NATS (not stored): the coordinator of `node` tells its services that the lease changed
+/// (they then ask for a fresh [`crate::LeaseGrant`]; a revocation applies at once).
+pub fn node_lease(node: &str) -> String {
+    format!("ferry.node.{node}.lease")
+}
+/// Core NATS: every service of `node` stops (`ferry shutdown`, after the drain).
+pub fn node_stop(node: &str) -> String {
+    format!("ferry.node.{node}.stop")
+}
+
 /// Audit trail of file movements: `ferry.audit.file.<task>` (stream [`crate::topology::STREAM_AUDIT`]).
 pub fn audit_file(task: &str) -> String {
     format!("ferry.audit.file.{task}")
 }
+/// Audit trail of role changes: `ferry.audit.role.<node>`.
+pub fn audit_role(node: &str) -> String {
+    format!("ferry.audit.role.{node}")
+}
+/// File movements of one task, or of all.
 pub fn audit_filter(task: Option<&str>) -> String {
     match task {
-        Some(task) => format!("ferry.audit.*.{task}"),
-        None => AUDIT.to_string(),
+        Some(task) => audit_file(task),
+        None => audit_file("*"),
     }
 }
 pub const AUDIT: &str = "ferry.audit.>";
@@ -98,4 +113,13 @@ pub mod api {
     pub const STOP: &str = "stop";
     /// any service: its status document.
     pub const STATUS: &str = "status";
+    /// failover-coordinator: the node's [`crate::LeaseGrant`], asked by its own services.
+    pub const LEASE: &str = "lease";
+    /// failover-coordinator: role changes ([`crate::PromoteRequest`], [`crate::RoleRequest`]).
+    pub const PROMOTE: &str = "promote";
+    pub const DEMOTE: &str = "demote";
+    pub const DISABLE: &str = "disable";
+    pub const ENABLE: &str = "enable";
+    /// failover-coordinator: "Shut Down Service": drain, release the lease, stop the node.
+    pub const SHUTDOWN: &str = "shutdown";
 }

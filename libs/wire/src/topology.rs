@@ -28,16 +28,38 @@ pub const KV_STATE: &str = "ferry_state";
 pub const KV_RUNS: &str = "ferry_runs";
 /// Scheduler bookkeeping: `last.<task>` (last fired slot), `enabled.<node>`.
 pub const KV_SCHED: &str = "ferry_sched";
-/// The failover lease: key [`LEASE_KEY`].
+/// The failover lease: key [`LEASE_KEY`], plus `node.<id>` announcements. Its `max_age` is the
+/// lease TTL, so a key that is not re-written within the TTL disappears.
 pub const KV_LEASE: &str = "ferry_lease";
 pub const LEASE_KEY: &str = "active";
+pub fn node_key(node: &str) -> String {
+    format!("node.{node}")
+}
+
+/// Cluster-wide choices every service makes the same way when it creates the topology.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Replicas of every stream and bucket (1 for a single server, 3 for a three-server cluster).
+    pub replicas: usize,
+    /// The failover lease TTL: the lease bucket's `max_age`. Fixed when the bucket is created.
+    pub lease_ttl: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            lease_ttl: Duration::from_secs(10),
+        }
+    }
+}
 
 /// How long JetStream remembers a message id: a slot fired again within this window is dropped.
 /// The scheduler's `last.<task>` record covers restarts longer than this.
 pub const DEDUPE_WINDOW: Duration = Duration::from_secs(30 * 60);
 
 /// Create or update every stream and bucket. Safe to run concurrently from every service.
-pub async fn ensure(js: &jetstream::Context) -> Result<(), async_nats::Error> {
+pub async fn ensure(js: &jetstream::Context, options: Options) -> Result<(), async_nats::Error> {
     let day = Duration::from_secs(24 * 3600);
     let streams = [
         (
@@ -79,6 +101,7 @@ pub async fn ensure(js: &jetstream::Context) -> Result<(), async_nats::Error> {
             max_age,
             duplicate_window: DEDUPE_WINDOW,
             storage: stream::StorageType::File,
+            num_replicas: options.replicas,
             ..Default::default()
         })
         .await?;
@@ -88,7 +111,7 @@ pub async fn ensure(js: &jetstream::Context) -> Result<(), async_nats::Error> {
         (KV_STATE, 1, Duration::ZERO),
         (KV_RUNS, 1, 7 * day),
         (KV_SCHED, 1, Duration::ZERO),
-        (KV_LEASE, 1, Duration::ZERO),
+        (KV_LEASE, 1, options.lease_ttl),
     ];
     for (bucket, history, max_age) in buckets {
         if js.get_key_value(bucket).await.is_ok() {
@@ -99,6 +122,7 @@ pub async fn ensure(js: &jetstream::Context) -> Result<(), async_nats::Error> {
             history,
             max_age,
             storage: stream::StorageType::File,
+            num_replicas: options.replicas,
             ..Default::default()
         })
         .await?;

@@ -7,8 +7,11 @@
 //! Invariants:
 //! - At most `max_running_tasks` runs are in progress on the node: the durable consumer's
 //!   `max_ack_pending` holds further requests back, in arrival order.
-//! - A task never overlaps itself: a run holds `ferry_runs/lock.<task>` (created, never
-//!   overwritten) from listing to `RunFinished`; a request for a running task finishes as skipped.
+//! - A task never overlaps itself: a run holds `ferry_runs/lock.<task>` (created, and replaced
+//!   only by compare-and-swap from a run of a *newer* epoch — the older run's node is fenced)
+//!   from listing to `RunFinished`; a request for a running task finishes as skipped.
+//! - Run requests are taken only while this node's coordinator grants it the lease and is not
+//!   draining.
 //! - A restarted collector resumes a run from `ferry_runs/run.<run id>` instead of listing again;
 //!   item ids are stable message ids, so a repeated publish is dropped by JetStream.
 //! - Requests stamped with an epoch older than the highest seen are refused.
@@ -32,10 +35,10 @@ use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use ferry_service::{EpochGate, Settings, epoch, http, nats};
+use ferry_service::{EpochGate, NodeLease, Settings, epoch, http, nats};
 use ferry_wire::{
     ConfigDocument, FileResult, Outcome, RunFinished, RunRecord, RunRequested, RunStarted, RunStatus,
-    subjects, topology,
+    TaskLock, subjects, topology,
 };
 
 pub use metrics::Metrics;
@@ -57,6 +60,7 @@ struct Collector {
     state_kv: kv::Store,
     runs_kv: kv::Store,
     gate: EpochGate,
+    lease: NodeLease,
     metrics: Metrics,
 }
 
@@ -71,7 +75,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     )
     .await?;
     let gate = EpochGate::default();
-    let _lease = epoch::watch_lease(&js, gate.clone(), shutdown.child_token()).await?;
+    let _view = epoch::watch_lease(&js, gate.clone(), shutdown.child_token()).await?;
+    let lease = ferry_service::lease::follow(
+        &client,
+        &settings.node_id,
+        SERVICE,
+        gate.clone(),
+        shutdown.child_token(),
+    )
+    .await?;
     let collector = Arc::new(Collector {
         node: settings.node_id.clone(),
         config_kv: js
@@ -88,6 +100,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             .context("open runs bucket")?,
         js: js.clone(),
         gate,
+        lease: lease.clone(),
         metrics,
     });
     let (service, group) =
@@ -131,6 +144,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             _ = shutdown.cancelled() => break,
             p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
+        // Only an active node that is not draining takes run requests.
+        if lease.wait_accepting(&shutdown).await.is_none() {
+            break;
+        }
         let batch = consumer
             .batch()
             .max_messages(1)
@@ -230,6 +247,14 @@ impl Collector {
                 .finish(request, started_at, RunStatus::Skipped, Some(why), Vec::new())
                 .await;
         }
+        if !self.lease.allows(request.epoch) {
+            // Not older than any epoch seen, but this node cannot commit under it right now
+            // (fenced, or not yet told about it): let JetStream hand it out again later.
+            anyhow::bail!(
+                "this node holds no valid lease for epoch {} right now",
+                request.epoch
+            );
+        }
         let lock_key = format!("lock.{}", request.task);
         let run_id = request.run_id.to_string();
         // A run whose listing is already recorded was started under the lock: resume it. (Its
@@ -240,26 +265,12 @@ impl Collector {
             .await
             .context("read run record")?
             .is_some();
-        if !resumed {
-            match self.runs_kv.create(&lock_key, run_id.clone().into()).await {
-                Ok(_) => {}
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                    let holder = self.runs_kv.get(&lock_key).await.context("read task lock")?;
-                    let holder = holder
-                        .map(|h| String::from_utf8_lossy(&h).into_owned())
-                        .unwrap_or_default();
-                    if holder != run_id {
-                        let why = format!("task is already running (run {holder})");
-                        tracing::info!(task = %request.task, run_id = %request.run_id, %holder, "skipped: already running");
-                        return self
-                            .finish(request, started_at, RunStatus::Skipped, Some(why), Vec::new())
-                            .await;
-                    }
-                    // Our own lock: a redelivery after a collector restart before the listing
-                    // was recorded. List again.
-                }
-                Err(e) => return Err(e).context("take task lock"),
-            }
+        if !resumed && let Some(holder) = self.take_lock(&lock_key, request).await? {
+            let why = format!("task is already running (run {holder})");
+            tracing::info!(task = %request.task, run_id = %request.run_id, %holder, "skipped: already running");
+            return self
+                .finish(request, started_at, RunStatus::Skipped, Some(why), Vec::new())
+                .await;
         }
         self.metrics.running.inc();
         let result = self.collect(request).await;
@@ -283,9 +294,57 @@ impl Collector {
         self.finish(request, started_at, status, error, files).await
     }
 
+    /// Take the task lock for `request`. Returns the run holding it instead, if any. A lock of an
+    /// older epoch is taken over by compare-and-swap: its run's node is fenced, and its items
+    /// are refused everywhere. Our own lock (a redelivery after a restart before the listing
+    /// was recorded) is kept: list again.
+    async fn take_lock(&self, lock_key: &str, request: &RunRequested) -> anyhow::Result<Option<String>> {
+        let mine = TaskLock {
+            run_id: request.run_id,
+            epoch: request.epoch,
+        };
+        loop {
+            match self.runs_kv.create(lock_key, ferry_wire::encode(&mine)).await {
+                Ok(_) => return Ok(None),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e).context("take task lock"),
+            }
+            let Some(entry) = self.runs_kv.entry(lock_key).await.context("read task lock")? else {
+                continue;
+            };
+            if entry.operation != kv::Operation::Put {
+                continue;
+            }
+            let Ok(holder) = ferry_wire::decode::<TaskLock>(&entry.value) else {
+                return Ok(Some(String::from_utf8_lossy(&entry.value).into_owned()));
+            };
+            if holder.run_id == request.run_id {
+                return Ok(None);
+            }
+            if holder.epoch >= request.epoch {
+                return Ok(Some(holder.run_id.to_string()));
+            }
+            match self
+                .runs_kv
+                .update(lock_key, ferry_wire::encode(&mine), entry.revision)
+                .await
+            {
+                Ok(_) => {
+                    tracing::warn!(task = %request.task, run_id = %request.run_id, stale_run = %holder.run_id, stale_epoch = holder.epoch, "took over the task lock of a run from an older epoch (its node was fenced)");
+                    return Ok(None);
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(e).context("take over task lock"),
+            }
+        }
+    }
+
     async fn release_lock(&self, lock_key: &str, run_id: &str) {
         match self.runs_kv.entry(lock_key).await {
-            Ok(Some(entry)) if entry.value == run_id.as_bytes() => {
+            Ok(Some(entry))
+                if ferry_wire::decode::<TaskLock>(&entry.value)
+                    .is_ok_and(|l| l.run_id.to_string() == run_id) =>
+            {
                 if let Err(e) = self
                     .runs_kv
                     .delete_expect_revision(lock_key, Some(entry.revision))

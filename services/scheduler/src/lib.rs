@@ -8,7 +8,9 @@
 //! - A slot is published with message id `slot:<task>:<unix seconds>` (JetStream drops a repeat
 //!   within the dedupe window) and recorded in `ferry_sched/last.<task>` afterwards; a slot at or
 //!   before the recorded one is never published again, so a restart never fires a slot twice.
-//! - Only the lease holder fires anything; it stamps its epoch on every request.
+//! - Only a node whose coordinator grants it the lease (and is not draining) fires anything; it
+//!   stamps that epoch on every request. On becoming active (a promotion), the scheduler starts
+//!   enabled or disabled by `start_with_scheduler_disabled`, and applies the missed-run policy.
 //! - `apply` stores the whole configuration as one document with compare-and-swap: all or nothing.
 
 mod metrics;
@@ -27,10 +29,11 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use ferry_config::Config;
+use ferry_service::ledger::{self, Ledger};
 use ferry_service::settings::MissedRuns;
-use ferry_service::{EpochGate, LeaseView, Settings, api, epoch, http, nats};
+use ferry_service::{EpochGate, NodeLease, Settings, api, epoch, http, nats};
 use ferry_wire::{
-    ApplyRequest, ApplyResponse, ConfigDocument, RunRequested, RunTaskRequest, RunTaskResponse,
+    ApplyRequest, ApplyResponse, ConfigDocument, Role, RunRequested, RunTaskRequest, RunTaskResponse,
     ScheduledTask, SchedulerStatus, Trigger, subjects, topology,
 };
 
@@ -47,8 +50,13 @@ struct Scheduler {
     /// The configuration in force; written by the KV watch and by `apply` (so a run requested
     /// right after an apply sees it), whichever has the newer revision.
     config: watch::Sender<Arc<Loaded>>,
-    lease: watch::Receiver<LeaseView>,
+    lease: NodeLease,
+    /// Highest epoch seen anywhere (reported in status, like every service).
+    gate: EpochGate,
+    ledger: Option<Ledger>,
     enabled: AtomicBool,
+    /// `!start_with_scheduler_disabled`: the state on start-up and on every promotion.
+    start_enabled: bool,
     /// Wakes the slot loop when the configuration or the enabled flag changes.
     changed: Notify,
     metrics: Metrics,
@@ -74,7 +82,16 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .get_key_value(topology::KV_SCHED)
         .await
         .context("open scheduler bucket")?;
-    let lease = epoch::watch_lease(&js, EpochGate::default(), shutdown.child_token()).await?;
+    let gate = EpochGate::default();
+    let _view = epoch::watch_lease(&js, gate.clone(), shutdown.child_token()).await?;
+    let lease = ferry_service::lease::follow(
+        &client,
+        &settings.node_id,
+        SERVICE,
+        gate.clone(),
+        shutdown.child_token(),
+    )
+    .await?;
     let config = watch_config(&config_kv, shutdown.child_token()).await?;
 
     let enabled = !settings.scheduler.start_with_scheduler_disabled;
@@ -91,7 +108,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         sched_kv,
         config,
         lease,
+        gate,
+        ledger: Ledger::open(settings.ledger.as_deref())?,
         enabled: AtomicBool::new(enabled),
+        start_enabled: enabled,
         changed: Notify::new(),
         metrics,
         missed_runs: settings.scheduler.missed_runs,
@@ -170,6 +190,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             .serve_triggers(client.clone(), shutdown.child_token()),
     );
     let slots = tokio::spawn(scheduler.clone().fire_slots(shutdown.child_token()));
+    let promotions = tokio::spawn(scheduler.clone().follow_promotions(shutdown.child_token()));
 
     shutdown.cancelled().await;
     for e in endpoints {
@@ -177,6 +198,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     }
     let _ = triggers.await;
     let _ = slots.await;
+    let _ = promotions.await;
     let _ = service.stop().await;
     Ok(())
 }
@@ -325,11 +347,53 @@ impl Scheduler {
 
     /// The epoch this node may stamp on work, or why it may not fire.
     fn active_epoch(&self) -> anyhow::Result<u64> {
-        let lease = self.lease.borrow().clone();
-        match lease.holder {
-            Some(holder) if holder == self.node => Ok(lease.epoch),
-            Some(holder) => anyhow::bail!("node {} is not active: node {holder} holds the lease", self.node),
-            None => anyhow::bail!("node {} is not active: no node holds the lease", self.node),
+        if let Some(epoch) = self.lease.accepting() {
+            return Ok(epoch);
+        }
+        match self.lease.role() {
+            Role::Active if self.lease.current().is_some() => anyhow::bail!(
+                "node {} is draining (demote or shutdown in progress): no new runs",
+                self.node
+            ),
+            Role::Active => anyhow::bail!(
+                "node {} is fenced: it holds no lease renewed in time (is its failover-coordinator running and connected?)",
+                self.node
+            ),
+            role => anyhow::bail!("node {} is {role}, not active", self.node),
+        }
+    }
+
+    /// On every promotion (role becomes active) the scheduler starts enabled or disabled as on
+    /// start-up (`start_with_scheduler_disabled`). Whenever the node starts taking work (at
+    /// start-up once its lease is granted, on a promotion, after a fence) the missed-run policy
+    /// applies to the slots that passed meanwhile.
+    async fn follow_promotions(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut changes = self.lease.subscribe();
+        let mut previous_role = changes.borrow().role;
+        let mut was_accepting = false;
+        loop {
+            let state = *changes.borrow_and_update();
+            if state.role == Role::Active && previous_role != Role::Active {
+                tracing::info!(
+                    epoch = state.epoch,
+                    "node promoted: scheduler {}",
+                    if self.start_enabled {
+                        "starts"
+                    } else {
+                        "stays stopped (start_with_scheduler_disabled)"
+                    }
+                );
+                self.set_enabled(self.start_enabled);
+            }
+            if state.accepting && !was_accepting {
+                self.catch_up(Utc::now()).await;
+            }
+            previous_role = state.role;
+            was_accepting = state.accepting;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                c = changes.changed() => if c.is_err() { return },
+            }
         }
     }
 
@@ -389,6 +453,15 @@ impl Scheduler {
             return Ok(false);
         }
         self.metrics.fired.with_label_values(&[task, kind]).inc();
+        if let (Some(ledger), Trigger::Schedule { slot }) = (&self.ledger, &request.trigger) {
+            ledger.record(&ledger::Entry::Slot {
+                node: self.node.clone(),
+                epoch,
+                task: task.to_string(),
+                slot: slot.to_rfc3339(),
+                at_ns: ledger::mono_ns(),
+            });
+        }
         tracing::info!(task, %run_id, epoch, trigger = kind, "run requested");
         Ok(true)
     }
@@ -426,11 +499,10 @@ impl Scheduler {
     /// The slot loop: sleep until the earliest next slot of any enabled task, fire what is due.
     async fn fire_slots(self: Arc<Self>, shutdown: CancellationToken) {
         let mut config_rx = self.config.subscribe();
-        let mut lease_rx = self.lease.clone();
+        let mut lease_rx = self.lease.subscribe();
         // Slots strictly after this instant are candidates; it starts at "now" (missed slots are
-        // handled once, by policy) and advances as slots are fired.
+        // handled by policy in `follow_promotions`) and advances as slots pass.
         let mut horizon = Utc::now();
-        self.catch_up(horizon).await;
         loop {
             let loaded = self.config.borrow().clone();
             let config = &loaded.config;
@@ -575,7 +647,7 @@ impl Scheduler {
         SchedulerStatus {
             node: self.node.clone(),
             enabled: self.enabled.load(Ordering::SeqCst),
-            epoch: self.lease.borrow().epoch,
+            epoch: self.gate.highest(),
             tasks,
         }
     }

@@ -36,7 +36,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use ferry_config::Overwrite;
-use ferry_service::{EpochGate, Settings, epoch, http, nats};
+use ferry_service::ledger::{self, Ledger};
+use ferry_service::{EpochGate, NodeLease, Settings, epoch, http, nats};
 use ferry_wire::{AuditRecord, DestOutcome, FileItem, FileResult, FileState, Outcome, subjects, topology};
 
 pub use metrics::Metrics;
@@ -65,6 +66,8 @@ struct Transfer {
     runs_kv: kv::Store,
     state_kv: kv::Store,
     gate: EpochGate,
+    lease: NodeLease,
+    ledger: Option<Ledger>,
     metrics: Metrics,
     buffer_bytes: usize,
     ack_wait: Duration,
@@ -81,7 +84,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     )
     .await?;
     let gate = EpochGate::default();
-    let _lease = epoch::watch_lease(&js, gate.clone(), shutdown.child_token()).await?;
+    let _view = epoch::watch_lease(&js, gate.clone(), shutdown.child_token()).await?;
+    let lease = ferry_service::lease::follow(
+        &client,
+        &settings.node_id,
+        SERVICE,
+        gate.clone(),
+        shutdown.child_token(),
+    )
+    .await?;
     let transfer = Arc::new(Transfer {
         node: settings.node_id.clone(),
         instance: format!("{}/{}", settings.node_id, uuid::Uuid::now_v7()),
@@ -95,6 +106,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             .context("open state bucket")?,
         js: js.clone(),
         gate,
+        lease,
+        ledger: Ledger::open(settings.ledger.as_deref())?,
         metrics,
         buffer_bytes: settings.transfer.buffer_bytes,
         ack_wait: Duration::from_secs(settings.transfer.ack_wait_secs),
@@ -163,6 +176,10 @@ impl Transfer {
                 _ = shutdown.cancelled() => break,
                 p = idle.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             };
+            // Only a node holding a valid lease takes items (also while it drains).
+            if self.lease.wait_valid(&shutdown).await.is_none() {
+                break;
+            }
             let mut permits = vec![first];
             while let Ok(p) = idle.clone().try_acquire_owned() {
                 permits.push(p);
@@ -301,6 +318,12 @@ impl Transfer {
                     self.gate.highest()
                 ),
             )
+        } else if !self.lease.allows(item.epoch) {
+            // Not older than any epoch seen, but this node may not commit under it right now.
+            anyhow::bail!(
+                "this node holds no valid lease for epoch {} right now",
+                item.epoch
+            );
         } else {
             self.deliver(item, &key, revision, &previously_committing, started_at)
                 .await?
@@ -465,12 +488,12 @@ impl Transfer {
                 .iter()
                 .map(|&i| plans[i].as_ref().expect("open").temp_path.clone())
                 .collect();
-            let gate = self.gate.clone();
+            let lease = self.lease.clone();
             let epoch = item.epoch;
             let src = source.clone();
             let temps_for_copy = temps.clone();
             let result = tokio::task::spawn_blocking(move || {
-                let stop = || gate.highest() > epoch;
+                let stop = || !lease.allows(epoch);
                 let copied = local::copy_verified(&src, &temps_for_copy, buffer, &stop)?;
                 Ok::<_, String>(copied)
             })
@@ -510,7 +533,7 @@ impl Transfer {
                         .into_owned(),
                 );
             }
-            let fenced = self.gate.highest() > item.epoch;
+            let fenced = !self.lease.allows(item.epoch);
             let claim = Claim::Claimed {
                 owner: self.instance.clone(),
                 committing,
@@ -532,15 +555,37 @@ impl Transfer {
                 .iter()
                 .map(|&i| (i, plans[i].clone().expect("open destinations have a plan")))
                 .collect();
+            let lease = self.lease.clone();
+            let epoch = item.epoch;
+            let ledger = self.ledger.clone();
+            let node = self.node.clone();
+            let (task, run_id) = (item.task.clone(), item.run_id.to_string());
             let committed = tokio::task::spawn_blocking(move || {
                 to_commit
                     .into_iter()
                     .map(|(i, p)| {
-                        if still_ours {
-                            return (i, commit(&p));
+                        // The commit point: the rename happens only under a lease valid now.
+                        let start_ns = ledger::mono_ns();
+                        let valid = lease.allows(epoch);
+                        if still_ours && valid {
+                            let outcome = commit(&p);
+                            if let Some(ledger) = &ledger
+                                && outcome.outcome == Outcome::Delivered
+                            {
+                                ledger.record(&ledger::Entry::Commit {
+                                    node: node.clone(),
+                                    epoch,
+                                    task: task.clone(),
+                                    run_id: run_id.clone(),
+                                    path: outcome.path.clone(),
+                                    start_ns,
+                                    end_ns: ledger::mono_ns(),
+                                });
+                            }
+                            return (i, outcome);
                         }
                         let _ = std::fs::remove_file(&p.temp_path);
-                        let why = if fenced {
+                        let why = if fenced || !valid {
                             "not committed: this node's epoch was superseded (fenced)"
                         } else {
                             "not committed: another transfer instance took the item over"
