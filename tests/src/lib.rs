@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::task::JoinHandle;
+
+pub mod ledger_check;
+pub mod pair;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -34,6 +37,29 @@ pub fn settings(nats_url: &str) -> Settings {
     s.cert_handler.metrics_addr = any;
     s.failover_coordinator.metrics_addr = any;
     s
+}
+
+/// Apply a configuration through the scheduler of `node`.
+pub async fn apply_via(
+    client: &async_nats::Client,
+    node: &str,
+    toml_text: &str,
+) -> anyhow::Result<ApplyResponse> {
+    let raw = ferry_config::parse_toml(toml_text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let request = ApplyRequest {
+        config: raw,
+        source_name: "test".into(),
+        applied_by: "test".into(),
+        dry_run: false,
+    };
+    ferry_service::api::call(
+        client,
+        node,
+        subjects::service::SCHEDULER,
+        subjects::api::APPLY,
+        &request,
+    )
+    .await
 }
 
 /// A data dir of its own for each test node (the failover role lives there), under the system
@@ -165,15 +191,7 @@ impl Node {
 
     /// Apply a configuration through the scheduler API (relative paths must not be used).
     pub async fn apply(&self, toml_text: &str) -> anyhow::Result<ApplyResponse> {
-        let raw = ferry_config::parse_toml(toml_text).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let request = ApplyRequest {
-            config: raw,
-            source_name: "test".into(),
-            applied_by: "test".into(),
-            dry_run: false,
-        };
-        self.call(subjects::service::SCHEDULER, subjects::api::APPLY, &request)
-            .await
+        apply_via(&self.client, &self.settings.node_id, toml_text).await
     }
 
     pub async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
@@ -237,9 +255,25 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Start `ferry-<service>` with `env` (`FERRY_*` settings), logging to `log_dir`.
     pub fn start(service: &str, env: &BTreeMap<String, String>, log_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_in(None, service, env, log_dir)
+    }
+
+    /// [`ServiceProcess::start`], inside network namespace `netns` when given (`ip netns exec`
+    /// execs the program, so the child's pid is the service's).
+    pub fn start_in(
+        netns: Option<&ferry_testkit::Netns>,
+        service: &str,
+        env: &BTreeMap<String, String>,
+        log_dir: &Path,
+    ) -> anyhow::Result<Self> {
         let log = log_dir.join(format!("{service}-{}.log", Uuid::now_v7()));
         let file = std::fs::File::create(&log)?;
-        let child = Command::new(bin_path(&format!("ferry-{service}")))
+        let program = bin_path(&format!("ferry-{service}"));
+        let mut command = match netns {
+            Some(ns) => ns.command(&program),
+            None => Command::new(&program),
+        };
+        let child = command
             .envs(env)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -251,6 +285,13 @@ impl ServiceProcess {
             child: Some(child),
             log,
         })
+    }
+
+    /// True until the process has exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub fn pid(&self) -> i32 {

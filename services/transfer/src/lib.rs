@@ -560,6 +560,7 @@ impl Transfer {
             let ledger = self.ledger.clone();
             let node = self.node.clone();
             let (task, run_id) = (item.task.clone(), item.run_id.to_string());
+            let late_commits = self.metrics.late_commits.clone();
             let committed = tokio::task::spawn_blocking(move || {
                 to_commit
                     .into_iter()
@@ -568,7 +569,14 @@ impl Transfer {
                         let start_ns = ledger::mono_ns();
                         let valid = lease.allows(epoch);
                         if still_ours && valid {
-                            let outcome = commit(&p);
+                            failpoint_pause_before_rename();
+                            let (outcome, renamed_ns) = commit(&p);
+                            if outcome.outcome == Outcome::Delivered && !lease.allows(epoch) {
+                                // Checked before, expired by the time the rename was done: the
+                                // window ADR 004 describes. Say so loudly; it cannot be undone.
+                                late_commits.inc();
+                                tracing::error!(path = %outcome.path, epoch, "renamed after this node's lease ran out (paused between the lease check and the rename): another node may have been active at the same time");
+                            }
                             if let Some(ledger) = &ledger
                                 && outcome.outcome == Outcome::Delivered
                             {
@@ -579,7 +587,7 @@ impl Transfer {
                                     run_id: run_id.clone(),
                                     path: outcome.path.clone(),
                                     start_ns,
-                                    end_ns: ledger::mono_ns(),
+                                    end_ns: renamed_ns,
                                 });
                             }
                             return (i, outcome);
@@ -759,7 +767,23 @@ enum Processed {
 }
 
 /// Rename the verified temp file into place according to the overwrite policy.
-fn commit(p: &local::Planned) -> DestOutcome {
+/// Test failpoint, compiled into debug builds only: `FERRY_FAILPOINT_PAUSE_BEFORE_RENAME_MS`
+/// pauses between the lease check and the rename, so a test can probe the window that a local
+/// lease deadline cannot close (ADR 004).
+fn failpoint_pause_before_rename() {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var("FERRY_FAILPOINT_PAUSE_BEFORE_RENAME_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tracing::warn!(ms, "failpoint: pausing between the lease check and the rename");
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+}
+
+/// Rename into place (the commit point) and fsync the folder. Also returns when the rename was
+/// done (`CLOCK_MONOTONIC` ns), for the side-effect ledger.
+fn commit(p: &local::Planned) -> (DestOutcome, u64) {
     let path = |p: &PathBuf| p.to_string_lossy().into_owned();
     let renamed = match p.overwrite {
         Overwrite::Overwrite => {
@@ -778,7 +802,8 @@ fn commit(p: &local::Planned) -> DestOutcome {
             Ok(None)
         })(),
     };
-    match renamed {
+    let renamed_ns = ferry_service::ledger::mono_ns();
+    let outcome = match renamed {
         Ok(Some(final_path)) => {
             if let Err(e) = local::sync_dir(&p.dir) {
                 tracing::warn!(dir = %p.dir.display(), error = %e, "fsync directory");
@@ -812,5 +837,6 @@ fn commit(p: &local::Planned) -> DestOutcome {
                 error: Some(format!("rename into {}: {e}", p.final_path.display())),
             }
         }
-    }
+    };
+    (outcome, renamed_ns)
 }

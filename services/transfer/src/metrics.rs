@@ -1,6 +1,6 @@
 //! Transfer metrics (`ferry_transfer_*`).
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -8,6 +8,7 @@ pub struct Metrics {
     pub bytes: IntCounterVec,
     pub in_flight: IntGauge,
     pub duration: Histogram,
+    pub late_commits: IntCounter,
 }
 
 impl Metrics {
@@ -32,6 +33,11 @@ impl Metrics {
             )
             .buckets(prometheus::exponential_buckets(0.001, 4.0, 10)?),
         )?;
+        let late_commits = IntCounter::new(
+            "ferry_transfer_late_commits_total",
+            "Renames that completed after this node's lease had run out (a pause between the lease check and the rename longer than the fence margin); each is logged as an error",
+        )?;
+        registry.register(Box::new(late_commits.clone()))?;
         registry.register(Box::new(files.clone()))?;
         registry.register(Box::new(bytes.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
@@ -42,6 +48,7 @@ impl Metrics {
             bytes,
             in_flight,
             duration,
+            late_commits,
         })
     }
 }
