@@ -73,6 +73,8 @@ struct Shared {
     revoked_at: Option<Instant>,
     /// The fence deadline passed and was reported (metric, log) once.
     fence_reported: bool,
+    /// A demote, disable or shutdown is in progress: acquire nothing, whatever the role says.
+    stepping_down: bool,
     grantees: HashMap<String, Grantee>,
 }
 
@@ -184,6 +186,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             accepting: true,
             revoked_at: None,
             fence_reported: false,
+            stepping_down: false,
             grantees: HashMap::new(),
         }),
         writes: tokio::sync::Mutex::new(()),
@@ -330,11 +333,12 @@ impl Coordinator {
         let mut next_announcement = Instant::now();
         loop {
             let now = Instant::now();
-            let (role, epoch) = {
+            let (role, epoch, stepping_down) = {
                 let s = self.shared();
-                (s.role, s.epoch)
+                (s.role, s.epoch, s.stepping_down)
             };
             match role {
+                _ if stepping_down => {}
                 Role::Active if epoch == 0 && now >= next_attempt => {
                     next_attempt = now + ACQUIRE_RETRY;
                     self.acquire_as_active().await;
@@ -350,9 +354,11 @@ impl Coordinator {
                 Role::Standby if self.mode == FailoverMode::Automatic && now >= next_attempt => {
                     next_attempt = now + ACQUIRE_RETRY;
                     let _writes = self.writes.lock().await;
-                    if self.shared().role == Role::Standby
-                        && let Ok(Acquire::Held(epoch)) = self.acquire().await
-                    {
+                    let still_standby = {
+                        let s = self.shared();
+                        s.role == Role::Standby && !s.stepping_down
+                    };
+                    if still_standby && let Ok(Acquire::Held(epoch)) = self.acquire().await {
                         self.set_role(
                             Role::Standby,
                             Role::Active,
@@ -403,8 +409,11 @@ impl Coordinator {
     /// Role `active` without a lease: acquire, or step down to standby if another node holds it.
     async fn acquire_as_active(&self) {
         let _writes = self.writes.lock().await;
-        if self.shared().role != Role::Active {
-            return;
+        {
+            let s = self.shared();
+            if s.role != Role::Active || s.stepping_down {
+                return;
+            }
         }
         match self.acquire().await {
             Ok(Acquire::Held(epoch)) => {
@@ -610,6 +619,7 @@ impl Coordinator {
         {
             let mut s = self.shared();
             s.role = to;
+            s.stepping_down = false;
             if to != Role::Active {
                 s.drop_lease();
             }
@@ -724,11 +734,17 @@ impl Coordinator {
     async fn change(&self, what: &str, req: RoleRequest) -> anyhow::Result<FailoverStatus> {
         let role = self.shared().role;
         let drain = Duration::from_millis(req.drain_timeout_ms);
+        if what == subjects::api::DEMOTE && role != Role::Active {
+            anyhow::bail!("node {} is not active (its role is {role})", self.node);
+        }
+        if what == subjects::api::ENABLE && role != Role::Disabled {
+            anyhow::bail!("node {} is not disabled (its role is {role})", self.node);
+        }
+        // From here until the new role is recorded (or the process stops) nothing re-acquires:
+        // the driver would otherwise take a just-released lease straight back.
+        self.shared().stepping_down = what != subjects::api::ENABLE;
         match what {
             subjects::api::DEMOTE => {
-                if role != Role::Active {
-                    anyhow::bail!("node {} is not active (its role is {role})", self.node);
-                }
                 self.drain(drain).await;
                 self.revoke_and_release(self.ttl).await;
                 self.set_role(role, Role::Standby, 0, &format!("demoted by {}", req.by))
@@ -743,9 +759,6 @@ impl Coordinator {
                     .await;
             }
             subjects::api::ENABLE => {
-                if role != Role::Disabled {
-                    anyhow::bail!("node {} is not disabled (its role is {role})", self.node);
-                }
                 self.set_role(role, Role::Standby, 0, &format!("enabled by {}", req.by))
                     .await;
             }
@@ -769,7 +782,10 @@ impl Coordinator {
                 });
                 return Ok(status);
             }
-            other => anyhow::bail!("unknown role change {other}"),
+            other => {
+                self.shared().stepping_down = false;
+                anyhow::bail!("unknown role change {other}")
+            }
         }
         Ok(self.status().await)
     }
