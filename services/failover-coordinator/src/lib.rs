@@ -331,6 +331,24 @@ impl Coordinator {
         let mut next_renewal = Instant::now();
         let mut next_attempt = Instant::now();
         let mut next_announcement = Instant::now();
+        // Standbys watch the key (a release shows as a delete at once) and also retry on the
+        // timer: an expiry by max age shows up in no watch.
+        let mut view = match ferry_service::epoch::watch_lease(
+            &self.js,
+            ferry_service::EpochGate::default(),
+            shutdown.child_token(),
+        )
+        .await
+        {
+            Ok(view) => Some(view),
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "cannot watch the lease; retrying on the timer only"
+                );
+                None
+            }
+        };
         loop {
             let now = Instant::now();
             let (role, epoch, stepping_down) = {
@@ -378,9 +396,21 @@ impl Coordinator {
                 let this = self.clone();
                 tokio::spawn(async move { this.announce_node().await });
             }
+            let released = async {
+                match view.as_mut() {
+                    Some(v) => {
+                        if v.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                        v.borrow_and_update().holder.is_none()
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(TICK) => {}
+                r = released => if r { next_attempt = Instant::now() },
             }
         }
     }
