@@ -129,6 +129,22 @@ impl NodeLease {
     }
 }
 
+/// What a working service needs to fence itself: the highest epoch seen anywhere (from the lease
+/// key, so work of an older epoch is refused) and its node's grant (so it works only while the
+/// node holds a valid lease).
+pub async fn fencing(
+    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
+    node: &str,
+    service: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(EpochGate, NodeLease)> {
+    let gate = EpochGate::default();
+    crate::epoch::watch_lease(js, gate.clone(), shutdown.child_token()).await?;
+    let lease = follow(client, node, service, gate.clone(), shutdown.child_token()).await?;
+    Ok((gate, lease))
+}
+
 /// Follow the grant of `node`'s coordinator until `shutdown`. Every granted epoch also raises
 /// `gate`, so work stamped with an older epoch is refused. On `shutdown` the service gives its
 /// grant up first (nothing commits afterwards) and tells the coordinator so.

@@ -4,12 +4,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-
-use crate::nats_server_path;
 
 /// How often the whole start is tried when a chosen port was taken before a server bound it.
 const START_ATTEMPTS: usize = 5;
@@ -266,20 +264,7 @@ impl Server {
             .open(self.log_path())
             .with_context(|| format!("open {}", self.log_path().display()))?;
         writeln!(log, "=== ferry-testkit: starting {} ===", self.name)?;
-        let child = Command::new(nats_server_path())
-            .arg("-c")
-            .arg(self.conf_path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "start {} (install it with `make deps`)",
-                    nats_server_path().display()
-                )
-            })?;
-        self.child = Some(child);
+        self.child = Some(crate::spawn_nats_server(&self.conf_path(), log)?);
         Ok(())
     }
 

@@ -121,19 +121,7 @@ impl NatsServer {
             ),
         )?;
         let log = std::fs::File::create(self.dir.path().join("nats.log"))?;
-        let child = Command::new(nats_server_path())
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "start {} (install it with `make deps`)",
-                    nats_server_path().display()
-                )
-            })?;
-        self.child = Some(child);
+        self.child = Some(spawn_nats_server(&conf, log)?);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(port) = read_ports_file(&ports_dir)
@@ -149,6 +137,23 @@ impl NatsServer {
             std::thread::sleep(Duration::from_millis(25));
         }
     }
+}
+
+/// Start `nats-server -c conf`, its stderr into `log`.
+pub(crate) fn spawn_nats_server(conf: &Path, log: std::fs::File) -> anyhow::Result<Child> {
+    Command::new(nats_server_path())
+        .arg("-c")
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "start {} (install it with `make deps`)",
+                nats_server_path().display()
+            )
+        })
 }
 
 fn read_ports_file(dir: &Path) -> Option<u16> {

@@ -35,7 +35,7 @@ use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use ferry_service::{EpochGate, NodeLease, Settings, epoch, http, nats};
+use ferry_service::{EpochGate, NodeLease, Settings, http, nats};
 use ferry_wire::{
     ConfigDocument, FileResult, Outcome, RunFinished, RunRecord, RunRequested, RunStarted, RunStatus,
     TaskLock, subjects, topology,
@@ -74,16 +74,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         shutdown.child_token(),
     )
     .await?;
-    let gate = EpochGate::default();
-    let _view = epoch::watch_lease(&js, gate.clone(), shutdown.child_token()).await?;
-    let lease = ferry_service::lease::follow(
-        &client,
-        &settings.node_id,
-        SERVICE,
-        gate.clone(),
-        shutdown.child_token(),
-    )
-    .await?;
+    let (gate, lease) =
+        ferry_service::lease::fencing(&client, &js, &settings.node_id, SERVICE, &shutdown).await?;
     let collector = Arc::new(Collector {
         node: settings.node_id.clone(),
         config_kv: js

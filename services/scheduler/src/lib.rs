@@ -31,7 +31,7 @@ use uuid::Uuid;
 use ferry_config::Config;
 use ferry_service::ledger::{self, Ledger};
 use ferry_service::settings::MissedRuns;
-use ferry_service::{EpochGate, NodeLease, Settings, api, epoch, http, nats};
+use ferry_service::{EpochGate, NodeLease, Settings, api, http, nats};
 use ferry_wire::{
     ApplyRequest, ApplyResponse, ConfigDocument, Role, RunRequested, RunTaskRequest, RunTaskResponse,
     ScheduledTask, SchedulerStatus, Trigger, subjects, topology,
@@ -82,16 +82,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .get_key_value(topology::KV_SCHED)
         .await
         .context("open scheduler bucket")?;
-    let gate = EpochGate::default();
-    let _view = epoch::watch_lease(&js, gate.clone(), shutdown.child_token()).await?;
-    let lease = ferry_service::lease::follow(
-        &client,
-        &settings.node_id,
-        SERVICE,
-        gate.clone(),
-        shutdown.child_token(),
-    )
-    .await?;
+    let (gate, lease) =
+        ferry_service::lease::fencing(&client, &js, &settings.node_id, SERVICE, &shutdown).await?;
     let config = watch_config(&config_kv, shutdown.child_token()).await?;
 
     let enabled = !settings.scheduler.start_with_scheduler_disabled;

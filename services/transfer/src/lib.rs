@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use ferry_config::Overwrite;
 use ferry_service::ledger::{self, Ledger};
-use ferry_service::{EpochGate, NodeLease, Settings, epoch, http, nats};
+use ferry_service::{EpochGate, NodeLease, Settings, http, nats};
 use ferry_wire::{AuditRecord, DestOutcome, FileItem, FileResult, FileState, Outcome, subjects, topology};
 
 pub use metrics::Metrics;
@@ -83,16 +83,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         shutdown.child_token(),
     )
     .await?;
-    let gate = EpochGate::default();
-    let _view = epoch::watch_lease(&js, gate.clone(), shutdown.child_token()).await?;
-    let lease = ferry_service::lease::follow(
-        &client,
-        &settings.node_id,
-        SERVICE,
-        gate.clone(),
-        shutdown.child_token(),
-    )
-    .await?;
+    let (gate, lease) =
+        ferry_service::lease::fencing(&client, &js, &settings.node_id, SERVICE, &shutdown).await?;
     let transfer = Arc::new(Transfer {
         node: settings.node_id.clone(),
         instance: format!("{}/{}", settings.node_id, uuid::Uuid::now_v7()),
