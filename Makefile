@@ -8,17 +8,21 @@ NATS_SERVER  := $(TOOLS)/bin/nats-server
 export FERRY_NATS_SERVER := $(NATS_SERVER)
 # Bounded fault-injection trials in `make test`; raise locally (FERRY_TRIALS=200 make test).
 export FERRY_TRIALS ?= 3
+# Trials of `make fault-suite` (not exported: `make test` keeps the suite's short default).
+FERRY_FAILOVER_TRIALS ?= 200
 
-.PHONY: help deps run test bench lint build-release
+.PHONY: help deps run test bench fault-suite lint build-release
 
 help:
 	@echo "make run    - install what is missing, start a single-node Ferry with an example task"
 	@echo "make test   - install what is missing, run every test (cargo nextest)"
-	@echo "make bench  - run the benchmarks and write docs/BENCHMARKS.md"
+	@echo "make bench  - run the benchmarks (transfer, failover time) and write docs/BENCHMARKS.md"
+	@echo "make fault-suite - run the $(FERRY_FAILOVER_TRIALS)-trial failover fault-injection suite (root), update docs/BENCHMARKS.md's failover section"
 	@echo "make lint   - rustfmt and clippy"
 
 # --- dependencies ---------------------------------------------------------------------------
 deps: $(NATS_SERVER) .ferry/tools/.nextest
+	@scripts/install-deps.sh netns
 
 $(NATS_SERVER):
 	@scripts/install-deps.sh nats $(NATS_VERSION) $(TOOLS)
@@ -44,7 +48,31 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 
 # --- bench ------------------------------------------------------------------------------------
+# The failover runs (tests/tests/failover_faults.rs; root, network namespaces) last longer than the
+# 5 minutes per test of the default nextest profile, so they run under `failover-long`
+# (.config/nextest.toml). The command lines are quoted in docs/BENCHMARKS.md (NEXTEST_FAILOVER* in
+# ferry-bench.rs): keep in step.
+NEXTEST_FAILOVER := cargo nextest run -p ferry-tests --test failover_faults
+NEXTEST_FAILOVER_PROFILE := --no-capture -P failover-long
+
+# Failover time is measured on debug builds (the test's own profile): it is dominated by the 5 s
+# lease TTL, not by CPU. The services' binaries must be built before the test starts them.
 bench: deps build-release
 	@scripts/install-deps.sh bench
 	cargo build --release -p ferry-tests --bin ferry-bench
-	target/release/ferry-bench --out docs/BENCHMARKS.md
+	cargo build --workspace --bins
+	rm -f target/bench-failover.json
+	FERRY_FAILOVER_BENCH_OUT=target/bench-failover.json $(NEXTEST_FAILOVER) failover_latency $(NEXTEST_FAILOVER_PROFILE)
+	target/release/ferry-bench --out docs/BENCHMARKS.md --failover-latency target/bench-failover.json \
+	  $$([ -f target/failover-suite.json ] && echo --fault-suite target/failover-suite.json)
+
+# The fault-injection suite at full length, then only the failover section of docs/BENCHMARKS.md
+# is rewritten (the transfer figures stay those of the last `make bench`). Debug builds, as in
+# `make test`; `cargo build --workspace --bins` also builds target/debug/ferry-bench.
+fault-suite: deps
+	cargo build --workspace --bins
+	rm -f target/failover-suite.json
+	FERRY_FAILOVER_TRIALS=$(FERRY_FAILOVER_TRIALS) FERRY_FAILOVER_SUITE_OUT=target/failover-suite.json \
+	  $(NEXTEST_FAILOVER) exactly_one_node_is_active_under_faults $(NEXTEST_FAILOVER_PROFILE)
+	target/debug/ferry-bench --failover-only --out docs/BENCHMARKS.md --fault-suite target/failover-suite.json \
+	  $$([ -f target/bench-failover.json ] && echo --failover-latency target/bench-failover.json)

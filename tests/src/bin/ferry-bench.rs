@@ -6,6 +6,11 @@
 //! - 10,000 × 4 KiB files end to end against `rclone copy` (target: at least 1× its files/s);
 //! - the transfer service's peak RSS while it moves a 2 GiB file (target: below 64 MiB).
 //!
+//! With `--failover-latency FILE` and/or `--fault-suite FILE` the report also gets a "Failover"
+//! section (between `<!-- failover:begin -->` and `<!-- failover:end -->`) from the JSON results of
+//! `tests/tests/failover_faults.rs`; `--failover-only` rewrites just that section of an existing
+//! report, without running the transfer benchmarks (`make fault-suite`).
+//!
 //! Ferry runs as in production: a real nats-server and the five release binaries as separate
 //! processes. Runs are requested through the scheduler API and timed from the request to the
 //! `RunFinished` event. Peer and Ferry measurements alternate, each starts from the same page
@@ -38,6 +43,23 @@ const GIB: u64 = 1 << 30;
 const TARGET_BIG_RATIO: f64 = 0.8;
 const TARGET_SMALL_RATIO: f64 = 1.0;
 const TARGET_RSS_MIB: f64 = 64.0;
+/// Failover targets: automatic failover at TTL 5 s, over at least 30 failovers.
+const TARGET_FAILOVER_P50_S: f64 = 6.0;
+const TARGET_FAILOVER_P99_S: f64 = 7.0;
+const TARGET_FAILOVERS: u64 = 30;
+/// Fault-injection trials with zero violations.
+const TARGET_TRIALS: u64 = 200;
+/// The fence margin the failover suite runs with (`MARGIN` in `tests/tests/failover_faults.rs`).
+const FENCE_MARGIN_MS: f64 = 1000.0;
+
+/// The marker lines around the failover section; `--failover-only` replaces what is between them.
+const FAILOVER_BEGIN: &str = "<!-- failover:begin -->";
+const FAILOVER_END: &str = "<!-- failover:end -->";
+
+/// What the make targets run to produce the failover inputs (kept in step with the Makefile).
+/// The nextest profile only lifts the 5-minute limit of `.config/nextest.toml`: these runs last longer.
+const NEXTEST_FAILOVER: &str = "cargo nextest run -p ferry-tests --test failover_faults";
+const NEXTEST_FAILOVER_PROFILE: &str = "--no-capture -P failover-long";
 
 /// Services in start order.
 const SERVICES: [&str; 5] = [
@@ -51,6 +73,8 @@ const SERVICES: [&str; 5] = [
 const USAGE: &str = "\
 usage: ferry-bench [--out FILE] [--reps N] [--only big,small,rss] [--big-mib N] [--small-files N]
                    [--small-kib N] [--rss-mib N] [--set FERRY_KEY=VALUE]... [--warm] [--keep]
+                   [--failover-latency FILE] [--fault-suite FILE]
+       ferry-bench --failover-only --out FILE [--failover-latency FILE] [--fault-suite FILE]
 
   --out FILE        write the report (Markdown) to FILE; without it, print it
   --reps N          repetitions of each timed measurement, median reported (default 3)
@@ -61,6 +85,15 @@ usage: ferry-bench [--out FILE] [--reps N] [--only big,small,rss] [--big-mib N] 
   --set K=V         extra FERRY_* environment for the services (e.g. FERRY_TRANSFER__CONCURRENCY=32)
   --warm            start every measurement from a warm page cache (default: drop it when permitted)
   --keep            keep the generated files under target/bench-tmp
+  --failover-latency FILE
+                    add the Failover section with the JSON result of the failover_latency test
+                    (FERRY_FAILOVER_BENCH_OUT, tests/tests/failover_faults.rs)
+  --fault-suite FILE
+                    ... and with that of exactly_one_node_is_active_under_faults
+                    (FERRY_FAILOVER_SUITE_OUT)
+  --failover-only   run no transfer benchmark: in the existing --out file, replace only the lines
+                    from <!-- failover:begin --> to <!-- failover:end --> (append them if absent)
+                    with the section built from the files above; the rest stays byte for byte
 ";
 
 #[derive(Debug, Clone)]
@@ -77,6 +110,12 @@ struct Args {
     env: Vec<(String, String)>,
     keep: bool,
     warm: bool,
+    /// JSON result of `failover_latency`.
+    failover_latency: Option<PathBuf>,
+    /// JSON result of `exactly_one_node_is_active_under_faults`.
+    fault_suite: Option<PathBuf>,
+    /// Rewrite only the failover section of `out`.
+    failover_only: bool,
     /// The command line as given, for the report.
     command: String,
 }
@@ -97,6 +136,9 @@ impl Args {
             env: Vec::new(),
             keep: false,
             warm: false,
+            failover_latency: None,
+            fault_suite: None,
+            failover_only: false,
             command: std::iter::once(program_name())
                 .chain(raw.iter().cloned())
                 .collect::<Vec<_>>()
@@ -136,6 +178,11 @@ impl Args {
                 }
                 "--keep" => args.keep = true,
                 "--warm" => args.warm = true,
+                "--failover-latency" => {
+                    args.failover_latency = Some(PathBuf::from(value("--failover-latency")?))
+                }
+                "--fault-suite" => args.fault_suite = Some(PathBuf::from(value("--fault-suite")?)),
+                "--failover-only" => args.failover_only = true,
                 "-h" | "--help" => {
                     print!("{USAGE}");
                     std::process::exit(0);
@@ -148,6 +195,16 @@ impl Args {
             args.small_files >= 1 && args.small_bytes >= 1,
             "--small-files and --small-kib must be positive"
         );
+        if args.failover_only {
+            ensure!(
+                args.out.is_some(),
+                "--failover-only needs --out FILE (the report whose failover section it rewrites)"
+            );
+            ensure!(
+                args.failover_latency.is_some() || args.fault_suite.is_some(),
+                "--failover-only needs --failover-latency FILE and/or --fault-suite FILE"
+            );
+        }
         Ok(args)
     }
 
@@ -182,6 +239,24 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Read the failover inputs first: a bad file should fail now, not after the benchmarks.
+    let failover = match FailoverInputs::load(&args) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("ferry-bench: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.failover_only {
+        let failover = failover.expect("--failover-only needs an input (checked by Args::parse)");
+        return match rewrite_failover_section(&args, &failover) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ferry-bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let work = workspace_root().join("target/bench-tmp");
     if let Err(e) = fs::create_dir_all(&work) {
         eprintln!("ferry-bench: create {}: {e}", work.display());
@@ -194,7 +269,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("build the tokio runtime");
-    match runtime.block_on(bench(args, work)) {
+    match runtime.block_on(bench(args, work, failover)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferry-bench: {e:#}");
@@ -207,7 +282,7 @@ fn main() -> ExitCode {
 // The run as a whole.
 // ---------------------------------------------------------------------------------------------
 
-async fn bench(args: Args, work: PathBuf) -> anyhow::Result<()> {
+async fn bench(args: Args, work: PathBuf, failover: Option<FailoverInputs>) -> anyhow::Result<()> {
     // One bench at a time on this machine: two would measure each other.
     let lock = File::create(work.join(".lock")).context("create the bench lock file")?;
     if lock.try_lock().is_err() {
@@ -220,7 +295,7 @@ async fn bench(args: Args, work: PathBuf) -> anyhow::Result<()> {
     let logs = root.join("logs");
     fs::create_dir_all(&data)?;
     fs::create_dir_all(&logs)?;
-    let result = measure(&args, &work, &data, &logs).await;
+    let result = measure(&args, &work, &data, &logs, failover).await;
     if args.keep {
         say(&format!("kept {}", root.display()));
     } else {
@@ -230,7 +305,13 @@ async fn bench(args: Args, work: PathBuf) -> anyhow::Result<()> {
     result
 }
 
-async fn measure(args: &Args, work: &Path, data: &Path, logs: &Path) -> anyhow::Result<()> {
+async fn measure(
+    args: &Args,
+    work: &Path,
+    data: &Path,
+    logs: &Path,
+    failover: Option<FailoverInputs>,
+) -> anyhow::Result<()> {
     let mut machine = Machine::probe(work)?;
     let cache = if args.warm {
         Cache { cold: false }
@@ -345,6 +426,7 @@ async fn measure(args: &Args, work: &Path, data: &Path, logs: &Path) -> anyhow::
         small: None,
         rss: None,
         transfer_hwm_before_rss: None,
+        failover,
     };
 
     if let Some((_, file, sha)) = &big {
@@ -1154,15 +1236,7 @@ struct Machine {
 
 impl Machine {
     fn probe(work: &Path) -> anyhow::Result<Self> {
-        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu = cpuinfo
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("model name")?
-                    .split_once(':')
-                    .map(|(_, v)| v.trim().to_string())
-            })
-            .unwrap_or_else(|| "unknown".into());
+        let cpu = cpu_model();
         let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let mem = meminfo
             .lines()
@@ -1211,6 +1285,18 @@ impl Machine {
     }
 }
 
+fn cpu_model() -> String {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// The file system type, noting an ext4 without a journal (no jbd2 instance for its device): there
 /// every fsync is a device cache flush of its own, with no journal commit to share.
 fn describe_fs(fs_type: &str, device: &str) -> String {
@@ -1248,6 +1334,8 @@ struct Report {
     small: Option<SmallResult>,
     rss: Option<RssResult>,
     transfer_hwm_before_rss: Option<u64>,
+    /// The failover section's inputs, when given.
+    failover: Option<FailoverInputs>,
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -1345,6 +1433,9 @@ impl Report {
                 "  peak RSS:    {mib:.1} MiB (target < {TARGET_RSS_MIB} MiB) {}",
                 verdict(mib < TARGET_RSS_MIB).trim_matches('*')
             );
+        }
+        if let Some(f) = &self.failover {
+            s += &f.summary();
         }
         s
     }
@@ -1452,6 +1543,10 @@ impl Report {
             self.render_rss(&mut o, r);
         }
         self.render_method(&mut o);
+        if let Some(f) = &self.failover {
+            o.push('\n');
+            o += &f.render(&Provenance::WithReport, &self.args.command);
+        }
         o
     }
 
@@ -1775,5 +1870,487 @@ fn render_spread(o: &mut String, series: &[(&str, Vec<Duration>)]) {
              that in mind (see the load averages above).",
             spreads.join(", ")
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failover: the figures of `tests/tests/failover_faults.rs`, read from its JSON results.
+// ---------------------------------------------------------------------------------------------
+
+/// `FERRY_FAILOVER_BENCH_OUT` of `failover_latency`.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct FailoverLatency {
+    failovers: u64,
+    ttl_ms: u64,
+    p50_s: f64,
+    p99_s: f64,
+    max_s: f64,
+    min_s: f64,
+    samples_s: Vec<f64>,
+}
+
+/// `FERRY_FAILOVER_SUITE_OUT` of `exactly_one_node_is_active_under_faults`.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct FaultSuite {
+    trials: u64,
+    faults: BTreeMap<String, u64>,
+    seed: u64,
+    violations: u64,
+    commits: u64,
+    slots: u64,
+    grants: u64,
+    files: u64,
+    window_p50_us: f64,
+    window_p99_us: f64,
+    window_max_us: f64,
+}
+
+/// One input file: as named on the command line, when it was written, what it holds.
+#[derive(Debug, Clone)]
+struct Input<T> {
+    path: PathBuf,
+    written: DateTime<Utc>,
+    data: T,
+}
+
+impl<T: serde::de::DeserializeOwned> Input<T> {
+    fn load(path: &Path) -> anyhow::Result<Self> {
+        let bytes = fs::read(path).with_context(|| format!("read {}", path.display()))?;
+        let data = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not the expected JSON", path.display()))?;
+        let written = fs::metadata(path)
+            .and_then(|m| m.modified())
+            .with_context(|| format!("modification time of {}", path.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            written: written.into(),
+            data,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct FailoverInputs {
+    latency: Option<Input<FailoverLatency>>,
+    suite: Option<Input<FaultSuite>>,
+}
+
+/// When the failover section was generated relative to the rest of the report.
+enum Provenance {
+    /// In the same run as the transfer benchmarks.
+    WithReport,
+    /// By `--failover-only` at `generated`; `rest` is when the rest of the file was generated, as
+    /// its header says.
+    Separately {
+        generated: DateTime<Utc>,
+        rest: Option<String>,
+    },
+}
+
+fn latency_pass(l: &FailoverLatency) -> bool {
+    l.p50_s <= TARGET_FAILOVER_P50_S && l.p99_s <= TARGET_FAILOVER_P99_S && l.failovers >= TARGET_FAILOVERS
+}
+
+fn suite_pass(s: &FaultSuite) -> bool {
+    s.trials >= TARGET_TRIALS && s.violations == 0
+}
+
+fn utc(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+impl FailoverInputs {
+    /// The inputs named by `--failover-latency` and `--fault-suite`; `None` without either.
+    fn load(args: &Args) -> anyhow::Result<Option<Self>> {
+        if args.failover_latency.is_none() && args.fault_suite.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            latency: args.failover_latency.as_deref().map(Input::load).transpose()?,
+            suite: args.fault_suite.as_deref().map(Input::load).transpose()?,
+        }))
+    }
+
+    fn summary(&self) -> String {
+        let mut s = String::new();
+        if let Some(l) = &self.latency {
+            let l = &l.data;
+            let _ = writeln!(
+                s,
+                "  failover:    p50 {:.2} s, p99 {:.2} s over {} failovers (target p50 <= {TARGET_FAILOVER_P50_S} s, \
+                 p99 <= {TARGET_FAILOVER_P99_S} s, >= {TARGET_FAILOVERS}) {}",
+                l.p50_s,
+                l.p99_s,
+                l.failovers,
+                verdict(latency_pass(l)).trim_matches('*')
+            );
+        }
+        if let Some(f) = &self.suite {
+            let f = &f.data;
+            let _ = writeln!(
+                s,
+                "  fault suite: {} trials, {} violations (target >= {TARGET_TRIALS} trials, 0 violations) {}",
+                f.trials,
+                f.violations,
+                verdict(suite_pass(f)).trim_matches('*')
+            );
+        }
+        s
+    }
+
+    /// The section, from its begin marker line to its end marker line, each followed by `\n`.
+    fn render(&self, provenance: &Provenance, command: &str) -> String {
+        let mut o = String::new();
+        let _ = writeln!(o, "{FAILOVER_BEGIN}");
+        let _ = writeln!(o, "## Failover\n");
+        match provenance {
+            Provenance::WithReport => {
+                let _ = writeln!(
+                    o,
+                    "Written by the same run as the rest of this file (`{command}`), from the results below.\n"
+                );
+            }
+            Provenance::Separately { generated, rest } => {
+                let _ = writeln!(
+                    o,
+                    "> Generated on {} by `{command}`, **at a different time than the rest of \
+                     this file**{}: only this section was rewritten, the transfer figures and the machine \
+                     description above are from their own run.\n",
+                    utc(generated),
+                    rest.as_deref()
+                        .map(|r| format!(" (generated by `make bench` on {r})"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        let _ = writeln!(o, "| Benchmark | Measured | Target | Result |\n|---|---|---|---|");
+        if let Some(l) = &self.latency {
+            let l = &l.data;
+            let _ = writeln!(
+                o,
+                "| Automatic failover, TTL {} s: SIGKILL of the active node → first file delivered by the new \
+                 active node | p50 **{:.2} s**, p99 **{:.2} s** over {} failovers (min {:.2} s, max {:.2} s) | \
+                 p50 ≤ {TARGET_FAILOVER_P50_S} s, p99 ≤ {TARGET_FAILOVER_P99_S} s, ≥ {TARGET_FAILOVERS} failovers | {} |",
+                l.ttl_ms as f64 / 1000.0,
+                l.p50_s,
+                l.p99_s,
+                l.failovers,
+                l.min_s,
+                l.max_s,
+                verdict(latency_pass(l))
+            );
+        }
+        if let Some(f) = &self.suite {
+            let f = &f.data;
+            let faults: Vec<String> = f.faults.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            let _ = writeln!(
+                o,
+                "| Fault-injection trials with zero violations | **{} trials, {} violations** ({}; seed {}); \
+                 {} commits, {} schedule slots, {} lease grants, {} files delivered intact | \
+                 ≥ {TARGET_TRIALS} trials, 0 violations | {} |",
+                thousands(f.trials as usize),
+                f.violations,
+                faults.join(", "),
+                f.seed,
+                thousands(f.commits as usize),
+                thousands(f.slots as usize),
+                thousands(f.grants as usize),
+                thousands(f.files as usize),
+                verdict(suite_pass(f))
+            );
+        }
+
+        if let Some(l) = &self.latency {
+            let mut samples = l.data.samples_s.clone();
+            samples.sort_by(f64::total_cmp);
+            let list: Vec<String> = samples.iter().map(|s| format!("{s:.2}")).collect();
+            let _ = writeln!(
+                o,
+                "\nFailover times, sorted ({} samples, seconds): {}.",
+                samples.len(),
+                list.join(", ")
+            );
+        } else {
+            let _ = writeln!(
+                o,
+                "\nNo failover-latency result was given (`make bench` measures it)."
+            );
+        }
+        if let Some(f) = &self.suite {
+            let f = &f.data;
+            let _ = writeln!(
+                o,
+                "\nCommit window (lease check → rename done) over the suite's {} commits: p50 {:.0} µs, \
+                 p99 {:.0} µs, max {:.0} µs. The fence margin is {} s — a node's services stop committing \
+                 that long before its lease can expire and another node take it — so a commit window \
+                 shorter than the margin cannot overlap another node's commits; the longest here is {:.1}% \
+                 of it.",
+                thousands(f.commits as usize),
+                f.window_p50_us,
+                f.window_p99_us,
+                f.window_max_us,
+                FENCE_MARGIN_MS / 1000.0,
+                f.window_max_us / (FENCE_MARGIN_MS * 1000.0) * 100.0
+            );
+        } else {
+            let _ = writeln!(
+                o,
+                "\nNo fault-suite result was given (`make fault-suite` runs the {TARGET_TRIALS}-trial suite)."
+            );
+        }
+
+        let _ = writeln!(o, "\n### Setup and provenance\n");
+        let _ = writeln!(
+            o,
+            "- **Setup** (`tests/tests/failover_faults.rs`): two Ferry nodes, each its five services as separate \
+             processes in a network namespace of its own, on a three-server NATS JetStream cluster (replicas 3), \
+             automatic failover, lease TTL 5 s, fence margin 1 s. Files arrive in two inboxes every 250 ms, \
+             moved by a cron task every second and by an event task triggered every 400 ms; both nodes log \
+             every commit, fired slot and lease grant to a ledger that the checker reads (overlapping epochs, \
+             commits under a superseded epoch, slots fired twice, files lost or corrupt are violations)."
+        );
+        let _ = writeln!(
+            o,
+            "- **Failover time**: `failover_latency` kills every process of the active node with SIGKILL and \
+             times, on `CLOCK_MONOTONIC`, until the other node's first delivered file (the start of its \
+             first commit in the ledger); the killed node is restarted as standby before the next failover."
+        );
+        let _ = writeln!(
+            o,
+            "- **Fault suite**: `exactly_one_node_is_active_under_faults` injects one fault per trial into the \
+             active node, in shuffled order at random moments (SIGKILL of its coordinator or of all its \
+             processes, SIGSTOP beyond the TTL, a network partition, loss of one NATS server, a standby \
+             restart), checks the ledgers after every trial and every file at the end."
+        );
+        for (name, input) in [
+            (
+                "`failover_latency`",
+                self.latency.as_ref().map(|i| (&i.path, &i.written)),
+            ),
+            (
+                "`exactly_one_node_is_active_under_faults`",
+                self.suite.as_ref().map(|i| (&i.path, &i.written)),
+            ),
+        ] {
+            if let Some((path, written)) = input {
+                let _ = writeln!(
+                    o,
+                    "- `{}`: written by {name} on {} (the file's modification time).",
+                    path.display(),
+                    utc(written)
+                );
+            }
+        }
+        let _ = writeln!(
+            o,
+            "- Both tests ran on debug builds (`cargo build --workspace --bins`; the failover time is \
+             dominated by the 5 s TTL, not by CPU) on the same machine as this report: {}, `nproc` = {}, {}.",
+            cpu_model(),
+            first_line("nproc", &[]),
+            first_line("uname", &["-sr"])
+        );
+
+        let _ = writeln!(o, "\n### Reproduce\n");
+        let _ = writeln!(
+            o,
+            "- Failover time: `make bench`, which runs `cargo build --workspace --bins`, then \
+             `FERRY_FAILOVER_BENCH_OUT=target/bench-failover.json {NEXTEST_FAILOVER} failover_latency \
+             {NEXTEST_FAILOVER_PROFILE}`, then `ferry-bench --failover-latency target/bench-failover.json` \
+             (with `--fault-suite target/failover-suite.json` when that file exists)."
+        );
+        let trials = self.suite.as_ref().map_or(TARGET_TRIALS, |s| s.data.trials);
+        let _ = writeln!(
+            o,
+            "- Fault suite: `make fault-suite`, which runs `cargo build --workspace --bins`, then \
+             `FERRY_FAILOVER_TRIALS={trials} FERRY_FAILOVER_SUITE_OUT=target/failover-suite.json \
+             {NEXTEST_FAILOVER} exactly_one_node_is_active_under_faults {NEXTEST_FAILOVER_PROFILE}`, then \
+             `ferry-bench --failover-only --out docs/BENCHMARKS.md --fault-suite target/failover-suite.json` \
+             (with `--failover-latency target/bench-failover.json` when that file exists), which rewrites only \
+             this section.{}",
+            self.suite
+                .as_ref()
+                .map(|s| format!(
+                    " `FERRY_SEED={} make fault-suite` replays this run's order of faults and delays.",
+                    s.data.seed
+                ))
+                .unwrap_or_default()
+        );
+        let _ = writeln!(
+            o,
+            "- Both need root (`ip netns`) and nats-server (`make deps`, run by both targets). The nextest \
+             profile `failover-long` (a file the Makefile writes) only lifts the 5-minute limit per test of \
+             `.config/nextest.toml`: these runs take longer."
+        );
+        let _ = writeln!(o, "{FAILOVER_END}");
+        o
+    }
+}
+
+/// `--failover-only`: rewrite the failover section of the `--out` report in place.
+fn rewrite_failover_section(args: &Args, failover: &FailoverInputs) -> anyhow::Result<()> {
+    let path = args.out.as_deref().context("--failover-only needs --out FILE")?;
+    let doc = fs::read_to_string(path).with_context(|| {
+        format!(
+            "read {} (--failover-only updates an existing report; `make bench` writes one)",
+            path.display()
+        )
+    })?;
+    let provenance = Provenance::Separately {
+        generated: Utc::now(),
+        rest: report_generated(&doc),
+    };
+    let block = failover.render(&provenance, &args.command);
+    let new = splice_failover(&doc, &block)?;
+    fs::write(path, new).with_context(|| format!("write {}", path.display()))?;
+    say(&format!(
+        "rewrote the failover section of {} (the rest is unchanged)",
+        path.display()
+    ));
+    println!("\nsummary:\n{}", failover.summary());
+    Ok(())
+}
+
+/// When the report's header says it was generated ("Generated by `make bench` on … UTC"), outside
+/// the failover section.
+fn report_generated(doc: &str) -> Option<String> {
+    let head = match find_line(doc, FAILOVER_BEGIN, 0) {
+        Some((start, _)) => &doc[..start],
+        None => doc,
+    };
+    let prefix = "Generated by `make bench` on ";
+    head.lines().find_map(|l| {
+        let rest = l.strip_prefix(prefix)?;
+        let end = rest.find(" UTC")?;
+        Some(rest[..end + " UTC".len()].to_string())
+    })
+}
+
+/// The byte range of the first line at or after `from` that is exactly `marker` (trailing spaces
+/// and `\r` allowed), including its line break.
+fn find_line(doc: &str, marker: &str, from: usize) -> Option<(usize, usize)> {
+    let mut start = from;
+    while start < doc.len() {
+        let end = doc[start..].find('\n').map_or(doc.len(), |i| start + i + 1);
+        if doc[start..end].trim_end() == marker {
+            return Some((start, end));
+        }
+        start = end;
+    }
+    None
+}
+
+/// `doc` with the lines from the begin marker to the end marker replaced by `block` (which holds
+/// both markers), or with `block` appended after a blank line when `doc` has no markers. All other
+/// bytes of `doc` are kept as they are.
+fn splice_failover(doc: &str, block: &str) -> anyhow::Result<String> {
+    let begin = find_line(doc, FAILOVER_BEGIN, 0);
+    let end = find_line(doc, FAILOVER_END, begin.map_or(0, |(_, e)| e));
+    match (begin, end) {
+        (Some((start, _)), Some((_, stop))) => {
+            let mut out = String::with_capacity(doc.len() + block.len());
+            out.push_str(&doc[..start]);
+            out.push_str(block);
+            // Keep the absence of a final line break if the end marker was the last line.
+            if !doc[..stop].ends_with('\n') && out.ends_with('\n') {
+                out.pop();
+            }
+            out.push_str(&doc[stop..]);
+            Ok(out)
+        }
+        (None, None) => {
+            let mut out = doc.to_string();
+            if !out.is_empty() {
+                if !out.ends_with('\n') {
+                    out.push('\n');
+                }
+                out.push('\n');
+            }
+            out.push_str(block);
+            Ok(out)
+        }
+        _ => bail!(
+            "the report has an unmatched {FAILOVER_BEGIN} / {FAILOVER_END} marker; fix it by hand first"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(text: &str) -> String {
+        format!("{FAILOVER_BEGIN}\n## Failover\n\n{text}\n{FAILOVER_END}\n")
+    }
+
+    #[test]
+    fn splice_replaces_only_the_marked_block() {
+        let before = "# Benchmarks\n\nfigures  \r\nwith odd bytes ✓\n\n";
+        let after = "\n## Later\n\ntrailing, no final newline";
+        let doc = format!("{before}{}{after}", block("old figures\nmore old"));
+        let new = splice_failover(&doc, &block("new figures")).unwrap();
+        assert_eq!(new, format!("{before}{}{after}", block("new figures")));
+        // Splicing again is stable.
+        assert_eq!(splice_failover(&new, &block("new figures")).unwrap(), new);
+    }
+
+    #[test]
+    fn splice_appends_when_the_markers_are_absent() {
+        let doc = "# Benchmarks\n\n## Method\n\n- text\n";
+        let new = splice_failover(doc, &block("figures")).unwrap();
+        assert_eq!(new, format!("{doc}\n{}", block("figures")));
+        let unterminated = "# Benchmarks";
+        assert_eq!(
+            splice_failover(unterminated, &block("x")).unwrap(),
+            format!("{unterminated}\n\n{}", block("x"))
+        );
+    }
+
+    #[test]
+    fn splice_refuses_an_unmatched_marker() {
+        let doc = format!("# B\n{FAILOVER_BEGIN}\nhalf a section\n");
+        assert!(splice_failover(&doc, &block("x")).is_err());
+        let doc = format!("# B\n{FAILOVER_END}\n{FAILOVER_BEGIN}\n");
+        assert!(splice_failover(&doc, &block("x")).is_err());
+    }
+
+    #[test]
+    fn the_test_suites_json_parses_and_renders_between_the_markers() {
+        let latency: FailoverLatency = serde_json::from_str(
+            r#"{"failovers":30,"ttl_ms":5000,"p50_s":5.6,"p99_s":6.4,"max_s":6.4,"min_s":5.1,"samples_s":[5.6,5.1,6.4]}"#,
+        )
+        .unwrap();
+        let suite: FaultSuite = serde_json::from_str(
+            r#"{"trials":200,"faults":{"KillCoordinator":34,"KillNode":33},"seed":18446744073709551615,"violations":0,
+                "commits":9000,"slots":1200,"grants":150,"files":4800,"window_p50_us":900.0,"window_p99_us":4000.5,"window_max_us":12000.0}"#,
+        )
+        .unwrap();
+        assert!(latency_pass(&latency) && suite_pass(&suite));
+        let inputs = FailoverInputs {
+            latency: Some(Input {
+                path: "target/bench-failover.json".into(),
+                written: Utc::now(),
+                data: latency,
+            }),
+            suite: Some(Input {
+                path: "target/failover-suite.json".into(),
+                written: Utc::now(),
+                data: suite,
+            }),
+        };
+        let doc = "# Benchmarks\n\nGenerated by `make bench` on 2026-11-27 11:28 UTC — every figure\n";
+        assert_eq!(report_generated(doc).as_deref(), Some("2026-11-27 11:28 UTC"));
+        let text = inputs.render(
+            &Provenance::Separately {
+                generated: Utc::now(),
+                rest: report_generated(doc),
+            },
+            "ferry-bench --failover-only",
+        );
+        assert!(text.starts_with(&format!("{FAILOVER_BEGIN}\n")));
+        assert!(text.ends_with(&format!("{FAILOVER_END}\n")));
+        assert_eq!(text.matches(FAILOVER_BEGIN).count(), 1);
+        assert!(text.contains("5.10, 5.60, 6.40"));
+        assert!(text.contains("at a different time than the rest"));
+        assert!(text.contains("seed 18446744073709551615"));
     }
 }
