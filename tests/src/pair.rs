@@ -125,6 +125,14 @@ impl ProcNode {
         }
     }
 
+    /// SIGTERM one service and wait for it to exit.
+    pub fn terminate(&mut self, service: &str, timeout: Duration) -> anyhow::Result<()> {
+        if let Some(mut p) = self.procs.remove(service) {
+            p.terminate(timeout)?;
+        }
+        Ok(())
+    }
+
     /// SIGKILL every service.
     pub fn kill_all(&mut self) {
         for (_, mut p) in std::mem::take(&mut self.procs) {

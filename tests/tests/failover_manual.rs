@@ -607,3 +607,42 @@ async fn demote_drains_and_releases() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+/// Stopping the active node's coordinator with SIGTERM (a service manager restarting it) revokes
+/// its services' grants, waits until they say they hold none, and releases the lease instead of
+/// leaving it to lapse: the standby can be promoted at once, and the old node's services stay idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_on_the_active_coordinator_releases_its_lease() -> anyhow::Result<()> {
+    let mut pair = Pair::start(|_| {})?;
+    let first = pair.wait_started().await?;
+    assert_eq!(first.role, Role::Active, "{first:#?}");
+    pair.apply_task("move").await?;
+    pair.node1
+        .terminate("failover-coordinator", Duration::from_secs(15))?;
+    let s2 = pair.status(NODE2);
+    assert_eq!(
+        s2.lease_holder,
+        None,
+        "node1 released its lease on SIGTERM rather than leaving it to lapse: {s2:#?}\n{}",
+        pair.logs()
+    );
+    let logs = pair.node1.log_tails(100);
+    assert!(
+        logs.contains("lease released (every service confirmed it holds no grant)"),
+        "node1's coordinator released the lease once its services confirmed:\n{logs}"
+    );
+    let (promoted, took) = pair.promote(NODE2, &[]);
+    assert!(
+        took < Duration::from_secs(2) && promoted.role == Role::Active && promoted.epoch > first.epoch,
+        "promotion right after node1's coordinator stopped: took {took:?}, {promoted:#?}"
+    );
+    // node1's scheduler, without its coordinator, holds no grant: it refuses to run anything.
+    let out = pair.ferry(NODE1, &["task", "run", "move"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("fenced"),
+        "{}",
+        describe(&out)
+    );
+    Ok(())
+}

@@ -196,12 +196,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let (service, group) =
         api::register(&client, &settings.node_id, SERVICE, "Ferry failover coordinator").await?;
     let mut endpoints = Vec::new();
+    // The lease endpoint outlives `shutdown`: while stopping, services must still be able to say
+    // they hold nothing, so that the lease can be released instead of left to lapse.
+    let lease_endpoint = CancellationToken::new();
     let c = coordinator.clone();
     endpoints.push(
         api::serve_json(
             &group,
             subjects::api::LEASE,
-            shutdown.child_token(),
+            lease_endpoint.clone(),
             move |ask: Option<LeaseAsk>| {
                 let grant = c.grant(ask);
                 async move { Ok(grant) }
@@ -260,6 +263,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     // Stopping: give the lease up cleanly if every service confirms it holds no grant in time;
     // otherwise leave it to lapse (it is fenced either way).
     coordinator.revoke_and_release(Duration::from_secs(3)).await;
+    lease_endpoint.cancel();
     for endpoint in endpoints {
         let _ = endpoint.await;
     }
@@ -301,6 +305,9 @@ impl Coordinator {
         let now = Instant::now();
         let mut shared = self.shared();
         if let Some(ask) = ask {
+            shared
+                .grantees
+                .retain(|_, g| now.duration_since(g.seen) <= GRANTEE_FORGET);
             shared.grantees.insert(
                 ask.instance,
                 Grantee {
@@ -874,6 +881,7 @@ impl Coordinator {
         self.announce().await;
         let revoked_at = Instant::now();
         let deadline = revoked_at + wait;
+        let how;
         loop {
             let now = Instant::now();
             let confirmed = {
@@ -885,6 +893,11 @@ impl Coordinator {
             };
             let fenced = fence_at.is_none_or(|at| now >= at);
             if confirmed || fenced {
+                how = if confirmed {
+                    "every service confirmed it holds no grant"
+                } else {
+                    "every grant has run out"
+                };
                 break;
             }
             if now >= deadline {
@@ -905,7 +918,7 @@ impl Coordinator {
         )
         .await;
         match deleted {
-            Ok(Ok(())) => tracing::info!(node = %self.node, epoch, "lease released"),
+            Ok(Ok(())) => tracing::info!(node = %self.node, epoch, "lease released ({how})"),
             Ok(Err(e)) => tracing::warn!(error = %e, "release lease; it will lapse by itself"),
             Err(_) => tracing::warn!("release lease timed out; it will lapse by itself"),
         }
