@@ -605,6 +605,24 @@ async fn demote_drains_and_releases() -> anyhow::Result<()> {
         })
     })
     .await?;
+    // Every role change is also an event on `ferry.event.role.<node>` (stream FERRY_EVENTS), for
+    // whoever hangs an email on it.
+    let client = async_nats::connect(pair.nats.url()).await?;
+    let js = async_nats::jetstream::new(client);
+    eventually(Duration::from_secs(10), "role events of both nodes", || async {
+        let events: Vec<RoleChanged> = ferry_service::streams::read(
+            &js,
+            ferry_wire::topology::STREAM_EVENTS,
+            &ferry_wire::subjects::role_changed("*"),
+            None,
+        )
+        .await
+        .ok()?;
+        let demoted = events.iter().any(|e| e.node == NODE1 && e.to == Role::Standby);
+        let promoted = events.iter().any(|e| e.node == NODE2 && e.to == Role::Active);
+        (demoted && promoted).then_some(())
+    })
+    .await?;
     Ok(())
 }
 
