@@ -275,3 +275,40 @@ async fn ask(
         until: (grant.valid_for_ms > 0).then(|| sent + Duration::from_millis(grant.valid_for_ms)),
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grant_is_valid_only_until_its_deadline_and_only_with_an_epoch() {
+        let now = Instant::now();
+        let held = Held {
+            grant_epoch: 7,
+            role: Role::Active,
+            accepting: true,
+            until: Some(now + Duration::from_millis(100)),
+        };
+        let state = held.state(now);
+        assert!(state.valid && state.accepting && state.epoch == 7);
+        let later = held.state(now + Duration::from_millis(100));
+        assert!(
+            !later.valid && !later.accepting,
+            "the deadline itself is already too late"
+        );
+        let no_epoch = Held {
+            grant_epoch: 0,
+            ..held
+        };
+        assert!(!no_epoch.state(now).valid);
+        let draining = Held {
+            accepting: false,
+            ..held
+        };
+        let s = draining.state(now);
+        assert!(
+            s.valid && !s.accepting,
+            "a draining node commits but takes nothing new"
+        );
+    }
+}
