@@ -162,13 +162,31 @@ impl ProcNode {
             .collect()
     }
 
-    /// The last lines of every service log, for failure messages.
+    /// The last lines of the newest log of each service, for failure messages. (Log names are
+    /// `<service>-<uuid v7>.log`, so the newest sorts last.)
     pub fn log_tails(&self, lines: usize) -> String {
         let mut out = String::new();
-        let mut logs: Vec<_> = std::fs::read_dir(&self.log_dir)
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.log_dir)
             .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
             .unwrap_or_default();
         logs.sort();
+        let service_of = |p: &PathBuf| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            SERVICES.iter().find(|s| name.starts_with(*s)).copied()
+        };
+        let newest: Vec<PathBuf> = logs
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| {
+                logs.get(i + 1)
+                    .is_none_or(|next| service_of(next) != service_of(p))
+            })
+            .map(|(_, p)| p.clone())
+            .collect();
+        let logs = newest;
         for log in logs {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(lines).collect();

@@ -177,7 +177,17 @@ impl Pair {
                 "overwrite = \"overwrite\"",
             ),
         );
-        apply_via(&pair.client, "alpha", &config).await?;
+        // alpha's scheduler may still be starting: retry until it answers.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match apply_via(&pair.client, "alpha", &config).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e).context("alpha did not accept the configuration within 60 s");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
         Ok(pair)
     }
 
@@ -296,7 +306,20 @@ async fn check_every_file_delivered(pair: &Pair, written: u64) -> anyhow::Result
     let deadline = Instant::now() + Duration::from_secs(90);
     while !(empty("sched") && empty("event")) {
         if Instant::now() > deadline {
-            bail!("inboxes not drained within 90 s\n{}", pair.log_tails());
+            let left: Vec<String> = ["sched", "event"]
+                .iter()
+                .flat_map(|task| {
+                    std::fs::read_dir(dir.join(format!("in-{task}")))
+                        .into_iter()
+                        .flatten()
+                })
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            bail!(
+                "inboxes not drained within 90 s; left: {left:?}\n{}",
+                pair.log_tails()
+            );
         }
         let _ = pair
             .client
@@ -404,6 +427,16 @@ async fn exactly_one_node_is_active_under_faults() -> anyhow::Result<()> {
     eprintln!("failover fault suite: {trials} trials, FERRY_SEED={seed}");
     let mut rng = Rng::new(seed);
     let mut pair = Pair::start().await?;
+    let result = run_trials(&mut pair, trials, seed, &mut rng).await;
+    if result.is_err() {
+        // Keep the ledgers, folders and logs for a post-mortem.
+        let kept = std::mem::replace(&mut pair.dir, tempfile::tempdir()?).keep();
+        eprintln!("kept the suite's folders, ledgers and logs in {}", kept.display());
+    }
+    result
+}
+
+async fn run_trials(pair: &mut Pair, trials: u64, seed: u64, rng: &mut Rng) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let (workload, written) = start_workload(pair.dir.path(), pair.client.clone(), stop.clone());
 
@@ -425,11 +458,11 @@ async fn exactly_one_node_is_active_under_faults() -> anyhow::Result<()> {
         };
         tokio::time::sleep(rng.millis(0, 1500)).await;
         eprintln!("trial {trial}: {fault:?} on {active}");
-        inject(&mut pair, fault, &active, &mut rng).await?;
+        inject(pair, fault, &active, rng).await?;
         *counts.entry(format!("{fault:?}")).or_default() += 1;
         since = ledger::mono_ns();
         // Fail fast: check the ledgers after every trial.
-        if let Err(e) = check_ledgers(&pair) {
+        if let Err(e) = check_ledgers(pair) {
             bail!("after trial {trial} ({fault:?}, seed {seed}): {e:#}");
         }
     }
@@ -437,8 +470,8 @@ async fn exactly_one_node_is_active_under_faults() -> anyhow::Result<()> {
     stop.store(true, Ordering::SeqCst);
     workload.await?;
     let written = written.load(Ordering::SeqCst);
-    check_every_file_delivered(&pair, written).await?;
-    let report = check_ledgers(&pair)?;
+    check_every_file_delivered(pair, written).await?;
+    let report = check_ledgers(pair)?;
     eprintln!(
         "PASS: {trials} trials {counts:?}, seed {seed}: {} commits ({:?}), {} slots, {} grants, {} files x 2 delivered; \
          commit window (lease check to rename done) p50 {:.0} us, p99 {:.0} us, max {:.0} us",

@@ -621,6 +621,20 @@ impl Transfer {
             .find_map(|d| (d.outcome == Outcome::Failed).then(|| d.error.clone()).flatten());
 
         if !any_failed {
+            // A move: delete the source first, then record the new-files-only state. A crash in
+            // between leaves nothing to list; a crash before the delete leaves the source and no
+            // state, so the next run delivers it again (at least once) instead of leaving it in
+            // the source folder for good, recorded as sent.
+            if item.source.delete_after
+                && all_delivered
+                && let Err(e) = std::fs::remove_file(&source)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                error = Some(format!(
+                    "delivered, but deleting the source {} failed: {e}",
+                    source.display()
+                ));
+            }
             // New-files-only: remember this version of the file so the next run leaves it.
             if let (Some(state_key), Some(sha)) = (&item.source.state_key, &sha256) {
                 let state = FileState {
@@ -637,16 +651,6 @@ impl Transfer {
                     .put(state_key.as_str(), ferry_wire::encode(&state))
                     .await
                     .context("record new-files-only state")?;
-            }
-            if item.source.delete_after
-                && all_delivered
-                && let Err(e) = std::fs::remove_file(&source)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                error = Some(format!(
-                    "delivered, but deleting the source {} failed: {e}",
-                    source.display()
-                ));
             }
         }
         let outcome = if any_failed || error.is_some() {
