@@ -79,6 +79,17 @@ impl Rng {
     }
 }
 
+/// An output file named by `var`; a relative path is taken from the workspace root (nextest runs
+/// a test in its package's folder).
+fn out_path(var: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(std::env::var_os(var)?);
+    Some(if path.is_relative() {
+        ferry_testkit::workspace_root().join(path)
+    } else {
+        path
+    })
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
@@ -484,7 +495,7 @@ async fn run_trials(pair: &mut Pair, trials: u64, seed: u64, rng: &mut Rng) -> a
         report.window_percentile_us(0.99),
         report.window_percentile_us(1.0),
     );
-    if let Ok(out) = std::env::var("FERRY_FAILOVER_SUITE_OUT") {
+    if let Some(out) = out_path("FERRY_FAILOVER_SUITE_OUT") {
         let summary = serde_json::json!({
             "trials": trials,
             "faults": counts,
@@ -508,7 +519,7 @@ async fn run_trials(pair: &mut Pair, trials: u64, seed: u64, rng: &mut Rng) -> a
 /// (`make bench`); `FERRY_FAILOVER_BENCH` sets the number of failovers (default 30).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failover_latency() -> anyhow::Result<()> {
-    let Ok(out) = std::env::var("FERRY_FAILOVER_BENCH_OUT") else {
+    let Some(out) = out_path("FERRY_FAILOVER_BENCH_OUT") else {
         eprintln!("failover_latency is a benchmark: `make bench` runs it (FERRY_FAILOVER_BENCH_OUT unset)");
         return Ok(());
     };
