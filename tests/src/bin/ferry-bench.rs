@@ -2178,8 +2178,8 @@ impl FailoverInputs {
         let _ = writeln!(
             o,
             "- Both need root (`ip netns`) and nats-server (`make deps`, run by both targets). The nextest \
-             profile `failover-long` (a file the Makefile writes) only lifts the 5-minute limit per test of \
-             `.config/nextest.toml`: these runs take longer."
+             profile `failover-long` (in `.config/nextest.toml`) only lifts the default profile's 5-minute \
+             limit per test: these runs take longer."
         );
         let _ = writeln!(o, "{FAILOVER_END}");
         o
