@@ -159,7 +159,8 @@ impl Pair {
                     let kv = js.get_key_value(topology::KV_LEASE).await.ok()?;
                     (holder(&kv).await?.0 == "alpha").then_some(())
                 })
-                .await?;
+                .await
+                .with_context(|| nodes[0].log_tails(40))?;
             }
         }
         let lease = js.get_key_value(topology::KV_LEASE).await?;
@@ -194,7 +195,12 @@ impl Pair {
             match apply_via(&pair.client, "alpha", &config).await {
                 Ok(_) => break,
                 Err(e) if Instant::now() > deadline => {
-                    return Err(e).context("alpha did not accept the configuration within 60 s");
+                    return Err(e).with_context(|| {
+                        format!(
+                            "alpha did not accept the configuration within 60 s\n{}",
+                            pair.log_tails()
+                        )
+                    });
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
@@ -578,9 +584,26 @@ async fn a_pause_exactly_at_the_commit_point_is_caught() -> anyhow::Result<()> {
     let mut pair = Pair::start_with(&[("FERRY_FAILPOINT_PAUSE_BEFORE_RENAME_MS", &pause_ms)]).await?;
     let dir = pair.dir.path().to_path_buf();
     std::fs::write(dir.join("in-event/e-probe.dat"), "probe")?;
-    pair.client
-        .publish(ferry_wire::subjects::trigger("event"), "{}".into())
-        .await?;
+    // A trigger is core NATS: repeat it until alpha (which may still be starting) runs the task.
+    eventually(
+        Duration::from_secs(60),
+        "alpha's transfer to pause at the commit point",
+        || async {
+            let paused = pair.nodes[0]
+                .log_tails(50)
+                .contains("failpoint: pausing between the lease check and the rename");
+            if !paused {
+                let _ = pair
+                    .client
+                    .publish(ferry_wire::subjects::trigger("event"), "{}".into())
+                    .await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            paused.then_some(())
+        },
+    )
+    .await
+    .with_context(|| pair.log_tails())?;
     eventually(
         Duration::from_secs(30),
         "alpha's transfer to pause at the commit point",

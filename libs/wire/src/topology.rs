@@ -127,5 +127,13 @@ pub async fn ensure(js: &jetstream::Context, options: Options) -> Result<(), asy
         })
         .await?;
     }
+    // On a cluster, a stream another process has just created can still answer "not found" on
+    // some servers for a moment: do not report the topology ready until every piece opens.
+    for (name, ..) in streams {
+        js.get_stream(name).await?;
+    }
+    for (bucket, ..) in buckets {
+        js.get_key_value(bucket).await?;
+    }
     Ok(())
 }
