@@ -282,21 +282,22 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn failover(ctx: &Ctx, command: FailoverCommand) -> anyhow::Result<ExitCode> {
     const COORDINATOR: &str = subjects::service::FAILOVER_COORDINATOR;
+    const ANSWER: Duration = Duration::from_secs(30);
     let by = operator();
-    let role_change = |drain: Option<Drain>| RoleRequest {
-        drain_timeout_ms: drain.map(|d| d.drain_timeout.as_millis() as u64).unwrap_or(0),
-        by: by.clone(),
-    };
-    // Long enough for the drain and the release (which waits at most one lease TTL).
-    let within = |drain: &Option<Drain>| {
-        drain.as_ref().map(|d| d.drain_timeout).unwrap_or_default() + Duration::from_secs(90)
+    // A role change waits for its drain and then the release (at most one lease TTL).
+    let role_change = |endpoint: &'static str, drain: Duration| -> anyhow::Result<_> {
+        let request = RoleRequest {
+            drain_timeout_ms: drain.as_millis() as u64,
+            by: by.clone(),
+        };
+        Ok((
+            endpoint,
+            serde_json::to_value(request)?,
+            drain + Duration::from_secs(90),
+        ))
     };
     let (endpoint, body, limit) = match command {
-        FailoverCommand::Status => (
-            subjects::api::STATUS,
-            serde_json::Value::Null,
-            Duration::from_secs(30),
-        ),
+        FailoverCommand::Status => (subjects::api::STATUS, serde_json::Value::Null, ANSWER),
         FailoverCommand::History { since } => {
             let changes: Vec<RoleChanged> = ferry_service::streams::read(
                 &ctx.js,
@@ -309,46 +310,22 @@ async fn failover(ctx: &Ctx, command: FailoverCommand) -> anyhow::Result<ExitCod
             return Ok(ExitCode::SUCCESS);
         }
         FailoverCommand::Promote { after_expiry, wait } => {
+            let wait = if after_expiry { wait } else { Duration::ZERO };
             let request = PromoteRequest {
                 after_expiry,
-                wait_ms: if after_expiry { wait.as_millis() as u64 } else { 0 },
+                wait_ms: wait.as_millis() as u64,
                 by: by.clone(),
             };
-            let limit = if after_expiry { wait } else { Duration::ZERO } + Duration::from_secs(30);
-            (subjects::api::PROMOTE, serde_json::to_value(request)?, limit)
-        }
-        FailoverCommand::Demote { drain } => {
-            let drain = Some(drain);
-            let limit = within(&drain);
             (
-                subjects::api::DEMOTE,
-                serde_json::to_value(role_change(drain))?,
-                limit,
+                subjects::api::PROMOTE,
+                serde_json::to_value(request)?,
+                wait + ANSWER,
             )
         }
-        FailoverCommand::Disable { drain } => {
-            let drain = Some(drain);
-            let limit = within(&drain);
-            (
-                subjects::api::DISABLE,
-                serde_json::to_value(role_change(drain))?,
-                limit,
-            )
-        }
-        FailoverCommand::Enable => (
-            subjects::api::ENABLE,
-            serde_json::to_value(role_change(None))?,
-            Duration::from_secs(30),
-        ),
-        FailoverCommand::Shutdown { drain } => {
-            let drain = Some(drain);
-            let limit = within(&drain);
-            (
-                subjects::api::SHUTDOWN,
-                serde_json::to_value(role_change(drain))?,
-                limit,
-            )
-        }
+        FailoverCommand::Demote { drain } => role_change(subjects::api::DEMOTE, drain.drain_timeout)?,
+        FailoverCommand::Disable { drain } => role_change(subjects::api::DISABLE, drain.drain_timeout)?,
+        FailoverCommand::Shutdown { drain } => role_change(subjects::api::SHUTDOWN, drain.drain_timeout)?,
+        FailoverCommand::Enable => role_change(subjects::api::ENABLE, Duration::ZERO)?,
     };
     let status: FailoverStatus =
         ferry_service::api::call_within(&ctx.client, &ctx.node, COORDINATOR, endpoint, &body, limit).await?;

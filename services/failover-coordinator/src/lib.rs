@@ -396,7 +396,7 @@ impl Coordinator {
                 }
                 _ => {}
             }
-            self.report_fence();
+            self.report_fence().await;
             if Instant::now() >= next_announcement {
                 next_announcement = Instant::now() + self.ttl / 3;
                 // Off the driver: a slow write must not delay a renewal.
@@ -423,23 +423,18 @@ impl Coordinator {
     }
 
     /// Once the fence deadline passes without a renewal: count it, say so, revoke at once.
-    fn report_fence(&self) {
-        let mut s = self.shared();
-        let passed = s.epoch > 0 && s.fence_at.is_some_and(|at| Instant::now() >= at);
-        if passed && !s.fence_reported {
-            s.fence_reported = true;
-            drop(s);
+    async fn report_fence(&self) {
+        let newly_fenced = {
+            let mut s = self.shared();
+            let passed = s.epoch > 0 && s.fence_at.is_some_and(|at| Instant::now() >= at);
+            let newly = passed && !s.fence_reported;
+            s.fence_reported |= passed;
+            newly
+        };
+        if newly_fenced {
             self.metrics.fence_events.inc();
-            self.metrics.lease_valid.set(0);
             tracing::error!(node = %self.node, "lease not renewed in time: fenced (no work is taken or committed until it is renewed or acquired again)");
-            let this_announcement = self.client.clone();
-            let subject = subjects::node_lease(&self.node);
-            let grant = self.shared().grant(&self.node, Instant::now());
-            tokio::spawn(async move {
-                let _ = this_announcement
-                    .publish(subject, ferry_wire::encode(&grant))
-                    .await;
-            });
+            self.announce().await;
         }
     }
 
@@ -545,9 +540,7 @@ impl Coordinator {
         s.revoked_at = None;
         s.fence_reported = false;
         s.accepting = true;
-        drop(s);
-        self.metrics.epoch.set(epoch as i64);
-        self.metrics.lease_valid.set(1);
+        // Metrics and services learn of it from the caller's `announce`.
     }
 
     /// Renew by compare-and-swap. Returns false when it should be retried soon.
@@ -594,7 +587,6 @@ impl Coordinator {
                     tracing::info!(node = %self.node, epoch, "lease renewed again after a fence");
                     self.announce().await;
                 }
-                self.metrics.lease_valid.set(1);
                 true
             }
             Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
