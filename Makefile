@@ -39,9 +39,11 @@ run: deps build-release
 	@scripts/run-node.sh
 
 # --- test -------------------------------------------------------------------------------------
+# RUST_LIB_BACKTRACE=0: a failing test's error is its last lines, not an anyhow backtrace (CI
+# shows the tail of the output); panics still print theirs when RUST_BACKTRACE is set.
 test: deps
 	cargo build --workspace --bins
-	cargo nextest run --workspace --no-fail-fast
+	RUST_LIB_BACKTRACE=0 cargo nextest run --workspace --no-fail-fast
 
 lint:
 	cargo fmt --all --check

@@ -333,10 +333,7 @@ async fn check_every_file_delivered(pair: &Pair, written: u64) -> anyhow::Result
                 .filter_map(Result::ok)
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect();
-            bail!(
-                "inboxes not drained within 90 s; left: {left:?}\n{}",
-                pair.log_tails()
-            );
+            bail!("inboxes not drained within 90 s; left: {left:?}");
         }
         let _ = pair
             .client
@@ -446,6 +443,9 @@ async fn exactly_one_node_is_active_under_faults() -> anyhow::Result<()> {
     let mut pair = Pair::start().await?;
     let result = run_trials(&mut pair, trials, seed, &mut rng).await;
     if result.is_err() {
+        // The nodes' log tails first: the error itself is printed last, where CI's excerpt of
+        // the output (its tail) shows it.
+        eprintln!("{}", pair.log_tails());
         // Keep the ledgers, folders and logs for a post-mortem.
         let kept = std::mem::replace(&mut pair.dir, tempfile::tempdir()?).keep();
         eprintln!("kept the suite's folders, ledgers and logs in {}", kept.display());
@@ -460,6 +460,7 @@ async fn run_trials(pair: &mut Pair, trials: u64, seed: u64, rng: &mut Rng) -> a
     let mut order: Vec<Fault> = Vec::new();
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     let mut since = ledger::mono_ns();
+    let mut previous = String::from("start-up");
     for trial in 0..trials {
         if order.is_empty() {
             order = ALL_FAULTS.to_vec();
@@ -471,19 +472,22 @@ async fn run_trials(pair: &mut Pair, trials: u64, seed: u64, rng: &mut Rng) -> a
         let fault = order.pop().expect("refilled above");
         let active = match pair.settled(since, Duration::from_secs(60)).await {
             Ok(active) => active,
-            Err(e) => bail!("trial {trial} ({fault:?}): {e:#}\n{}", pair.log_tails()),
+            Err(e) => bail!("after {previous} (seed {seed}): {e:#}"),
         };
         tokio::time::sleep(rng.millis(0, 1500)).await;
         eprintln!("trial {trial}: {fault:?} on {active}");
         inject(pair, fault, &active, rng).await?;
         *counts.entry(format!("{fault:?}")).or_default() += 1;
+        previous = format!("trial {trial} ({fault:?} on {active})");
         since = ledger::mono_ns();
         // Fail fast: check the ledgers after every trial.
         if let Err(e) = check_ledgers(pair) {
             bail!("after trial {trial} ({fault:?}, seed {seed}): {e:#}");
         }
     }
-    pair.settled(since, Duration::from_secs(60)).await?;
+    pair.settled(since, Duration::from_secs(60))
+        .await
+        .with_context(|| format!("after {previous} (seed {seed})"))?;
     stop.store(true, Ordering::SeqCst);
     workload.await?;
     let written = written.load(Ordering::SeqCst);

@@ -39,8 +39,11 @@ struct Server {
 }
 
 impl NatsCluster {
-    /// Start the three servers and wait until JetStream is enabled on all of them and all three
-    /// agree on a meta leader in a meta group of three (well under a second here).
+    /// Start the three servers and wait until every one's `/healthz` is 200 (JetStream current)
+    /// and all three agree on a meta leader in a meta group of three (a few seconds here).
+    ///
+    /// On a starved machine the first JetStream requests may still go unanswered (a re-election
+    /// right after forming): callers retry their first write, as services do.
     pub fn start(client_host: &str) -> anyhow::Result<Self> {
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
@@ -189,10 +192,9 @@ impl NatsCluster {
             for server in &mut cluster.servers {
                 server.check_alive()?;
             }
-            let enabled = cluster
-                .servers
-                .iter()
-                .all(|s| s.healthy("/healthz?js-enabled-only=true"));
+            // `/healthz` (without `js-enabled-only`) is 200 only once the server's JetStream is
+            // current with the meta group: before that, API requests can go unanswered.
+            let enabled = cluster.servers.iter().all(|s| s.healthy("/healthz"));
             // Early on, a server may have elected a leader among fewer peers: wait until all
             // three see the same leader in a group of three.
             let leaders: Vec<Option<String>> = cluster.servers.iter().map(Server::meta_leader).collect();

@@ -16,14 +16,22 @@ async fn cluster_keeps_writing_without_one_server() -> anyhow::Result<()> {
 
     let client = async_nats::connect(cluster.url_list("127.0.0.1")).await?;
     let js = async_nats::jetstream::new(client);
-    let store = js
-        .create_key_value(kv::Config {
-            bucket: "cluster-test".to_string(),
-            history: 1,
-            num_replicas: 3,
-            ..Default::default()
-        })
-        .await?;
+    // The first write is retried, as services retry theirs: on a starved CI machine a re-election
+    // right after forming can leave a request unanswered (seen once: a 5 s timeout).
+    let store = eventually(Duration::from_secs(30), "the first R3 bucket", || {
+        let js = js.clone();
+        async move {
+            js.create_key_value(kv::Config {
+                bucket: "cluster-test".to_string(),
+                history: 1,
+                num_replicas: 3,
+                ..Default::default()
+            })
+            .await
+            .ok()
+        }
+    })
+    .await?;
     store.put("before", "1".into()).await?;
 
     // Kill the bucket's stream leader: the hardest case, a new leader must be elected.
