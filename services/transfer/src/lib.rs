@@ -5,8 +5,8 @@
 //! while its ack timer runs.
 //!
 //! Invariants:
-//! - Nothing is written under a final name before the bytes are fsynced and their SHA-256
-//!   re-read matches the source (see `local`).
+//! - Nothing is written under a final name before the bytes are fsynced and, re-read, match
+//!   what was read from the source (see `local`).
 //! - An item is delivered at most once: its claim `ferry_runs/item.<id>` is taken by
 //!   compare-and-swap, and re-checked by compare-and-swap with the intended final paths just
 //!   before the rename (the commit point). A retry after a crash finds those paths and, when the

@@ -2,8 +2,9 @@
 //! temporary files while hashing, verify, and commit by rename.
 //!
 //! Invariant: nothing is ever written under a final name. Bytes go to
-//! `.<final name>.ferry-<item>.part` in the final folder; after fsync and a SHA-256 re-read
-//! matches the source, a rename (the commit point) makes the file appear whole.
+//! `.<final name>.ferry-<item>.part` in the final folder; once the temp file is fsynced and its
+//! re-read content matches what was read from the source (compared byte for byte as a large file
+//! streams, by SHA-256 for a small one), a rename (the commit point) makes the file appear whole.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -96,9 +97,9 @@ pub fn prepare_dir(planned: &Planned, create: bool) -> Result<(), String> {
 /// temps, re-read each temp and compare size and SHA-256, and check the source did not change while
 /// it was read. `should_stop` is polled between chunks (fencing).
 ///
-/// Files larger than one buffer go through a three-thread pipeline — read, hash + write, re-read +
-/// hash — with writeback started every few MiB, so hashing twice and the final fsync overlap the
-/// I/O instead of following it.
+/// Files larger than one buffer go through a three-thread pipeline — read + hash, write, re-read +
+/// compare — with writeback started every few MiB, so hashing, verifying and the final fsync
+/// overlap the I/O instead of following it.
 pub fn copy_verified(
     source: &Path,
     temps: &[PathBuf],
@@ -120,10 +121,11 @@ pub fn copy_verified(
                 .map_err(|e| format!("create {}: {e}", t.display()))
         })
         .collect::<Result<Vec<File>, String>>()?;
-    let (size, sha256, written) = if before.len() as usize > buffer_bytes {
+    let pipeline = before.len() as usize > buffer_bytes;
+    let (size, sha256) = if pipeline {
         pipelined(&mut input, source, &mut outputs, temps, buffer_bytes, should_stop)?
     } else {
-        let (size, sha256) = sequential(
+        sequential(
             &mut input,
             source,
             before.len(),
@@ -131,8 +133,7 @@ pub fn copy_verified(
             temps,
             buffer_bytes,
             should_stop,
-        )?;
-        (size, sha256, Vec::new())
+        )?
     };
     for (out, path) in outputs.iter().zip(temps) {
         out.sync_all()
@@ -143,13 +144,10 @@ pub fn copy_verified(
         sha256,
         mtime_ns: before.mtime() as i128 * 1_000_000_000 + before.mtime_nsec() as i128,
     };
-    if written.is_empty() {
+    if !pipeline {
+        // The pipeline verified as it went; a small file is re-read and hashed once it is synced.
         for t in temps {
             verify(t, &copied, (size as usize + 1).clamp(4096, buffer_bytes))?;
-        }
-    } else {
-        for (t, (size, sha)) in temps.iter().zip(&written) {
-            compare(t, *size, sha, &copied)?;
         }
     }
     let after = input
@@ -216,16 +214,18 @@ fn write_to_all(outputs: &mut [File], temps: &[PathBuf], data: &[u8]) -> Result<
     Ok(())
 }
 
-/// Size and hex SHA-256 of a byte stream.
-type SizeAndHash = (u64, String);
-
-/// Buffers in flight between the reader and the writer.
+/// Buffers in flight between the reader, the writer and the verifier.
 const PIPELINE_DEPTH: usize = 4;
 /// Start writeback after this many bytes, so the final fsync has little left to do.
 const WRITEBACK_EVERY: u64 = 8 << 20;
 
-/// Read, hash + write, and re-read + hash on three threads. Returns the size and hash of what was
-/// read, and the size and hash of each temp file as re-read.
+/// Read + hash, write, and re-read + compare on three threads. Returns the size and hash of what
+/// was read; fails unless every temp file, re-read after it was written, holds exactly those
+/// bytes.
+///
+/// The verifier compares the re-read bytes with the very buffer that was written (then recycles
+/// it), which checks as much as hashing them again would and costs a memory compare instead of a
+/// second SHA-256 pass over the file.
 fn pipelined(
     input: &mut File,
     source: &Path,
@@ -233,7 +233,7 @@ fn pipelined(
     temps: &[PathBuf],
     buffer_bytes: usize,
     should_stop: &(dyn Fn() -> bool + Sync),
-) -> Result<(u64, String, Vec<SizeAndHash>), String> {
+) -> Result<(u64, String), String> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
     use std::sync::mpsc::sync_channel;
@@ -245,57 +245,68 @@ fn pipelined(
             .expect("the channel has room for every buffer");
     }
     let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(PIPELINE_DEPTH);
-    let (written_tx, written_rx) = sync_channel::<(u64, usize)>(PIPELINE_DEPTH * 4);
+    let (written_tx, written_rx) = sync_channel::<(Vec<u8>, u64, usize)>(PIPELINE_DEPTH);
     let readers = temps
         .iter()
         .map(|t| File::open(t).map_err(|e| format!("open {} to verify: {e}", t.display())))
         .collect::<Result<Vec<File>, String>>()?;
 
     std::thread::scope(|scope| {
-        let reader = scope.spawn(move || -> Result<(), String> {
-            // Dropping `full_tx` on return tells the writer the source is exhausted.
+        // Reader: dropping `full_tx` on return tells the writer the source is exhausted.
+        let reader = scope.spawn(move || -> Result<(u64, String), String> {
+            let mut hasher = Sha256::new();
+            let mut size = 0u64;
             loop {
                 if should_stop() {
                     return Err(FENCED.into());
                 }
                 let Ok(mut buf) = free_rx.recv() else {
-                    return Ok(());
+                    // The writer or verifier stopped (its error is the one reported).
+                    return Ok((size, String::new()));
                 };
                 let n = read_chunk(input, &mut buf, source)?;
-                if n == 0 || full_tx.send((buf, n)).is_err() {
-                    return Ok(());
+                if n == 0 {
+                    return Ok((size, hex::encode(hasher.finalize())));
+                }
+                hasher.update(&buf[..n]);
+                size += n as u64;
+                if full_tx.send((buf, n)).is_err() {
+                    return Ok((size, String::new()));
                 }
             }
         });
-        let verifier = scope.spawn(move || -> Result<Vec<SizeAndHash>, String> {
-            let mut hashers: Vec<Sha256> = readers.iter().map(|_| Sha256::new()).collect();
-            let mut sizes = vec![0u64; readers.len()];
-            let mut buf = vec![0u8; buffer_bytes];
-            while let Ok((offset, len)) = written_rx.recv() {
-                for (i, file) in readers.iter().enumerate() {
-                    file.read_exact_at(&mut buf[..len], offset)
-                        .map_err(|e| format!("verify {}: {e}", temps[i].display()))?;
-                    hashers[i].update(&buf[..len]);
-                    sizes[i] += len as u64;
+        // Verifier: re-reads what was written and hands the buffer back to the reader.
+        let verifier = scope.spawn(move || -> Result<u64, String> {
+            let mut again = vec![0u8; buffer_bytes];
+            let mut verified = 0u64;
+            while let Ok((buf, offset, len)) = written_rx.recv() {
+                for (file, temp) in readers.iter().zip(temps) {
+                    file.read_exact_at(&mut again[..len], offset)
+                        .map_err(|e| format!("verify {}: {e}", temp.display()))?;
+                    if again[..len] != buf[..len] {
+                        return Err(format!(
+                            "verification failed for {}: the {len} bytes at offset {offset} differ \
+                             from the source's",
+                            temp.display()
+                        ));
+                    }
                 }
+                verified += len as u64;
+                let _ = free_tx.send(buf);
             }
-            Ok(sizes
-                .into_iter()
-                .zip(hashers)
-                .map(|(size, h)| (size, hex::encode(h.finalize())))
-                .collect())
+            Ok(verified)
         });
 
-        // Writer, on this thread. It owns `full_rx`, `free_tx` and `written_tx`: returning (also
-        // on error) drops them, which releases the reader and ends the verifier.
-        let written = (move || -> Result<(u64, String), String> {
-            let mut hasher = Sha256::new();
+        // Writer, on this thread. It owns `full_rx` and `written_tx`: returning (also on error)
+        // drops them, which ends the verifier and, through it, releases the reader.
+        let written = (move || -> Result<u64, String> {
             let mut offset = 0u64;
             let mut flushed = 0u64;
             while let Ok((buf, n)) = full_rx.recv() {
-                hasher.update(&buf[..n]);
                 write_to_all(outputs, temps, &buf[..n])?;
-                let _ = written_tx.send((offset, n));
+                if written_tx.send((buf, offset, n)).is_err() {
+                    break;
+                }
                 offset += n as u64;
                 if offset - flushed >= WRITEBACK_EVERY {
                     for out in outputs.iter() {
@@ -312,15 +323,23 @@ fn pipelined(
                     }
                     flushed = offset;
                 }
-                let _ = free_tx.send(buf);
             }
-            Ok((offset, hex::encode(hasher.finalize())))
+            Ok(offset)
         })();
-        let read = reader.join().expect("the reader thread does not panic");
         let verified = verifier.join().expect("the verifier thread does not panic");
-        let (size, sha) = written?;
-        read?;
-        Ok((size, sha, verified?))
+        let read = reader.join().expect("the reader thread does not panic");
+        // The first error in pipeline order explains the others (a stopped stage only makes the
+        // stages around it stop early).
+        let (size, sha) = read?;
+        let written = written?;
+        let verified = verified?;
+        if written != size || verified != size {
+            return Err(format!(
+                "short copy of {}: read {size} bytes, wrote {written}, verified {verified}",
+                source.display()
+            ));
+        }
+        Ok((size, sha))
     })
 }
 

@@ -1736,8 +1736,9 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "- **What Ferry does per file that the peers do not**: it writes to a temporary name, fsyncs the file, \
-             re-reads it and compares its SHA-256 with the source's, renames it into place, fsyncs the folder, and \
+            "- **What Ferry does per file that the peers do not**: it hashes the source (SHA-256) as it reads it, writes \
+             to a temporary name, re-reads what it wrote and compares it with the source (byte for byte as a large \
+             file streams; by SHA-256 for a small one), fsyncs the file, renames it into place, fsyncs the folder, and \
              records claim, commit intent, new-files-only state, an audit record and a result in JetStream. \
              `cp` and `rclone` 1.60 write in place and leave the data in the page cache; the `+ sync` columns show \
              what durability costs them."
