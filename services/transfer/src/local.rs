@@ -123,7 +123,19 @@ pub fn copy_verified(
         .collect::<Result<Vec<File>, String>>()?;
     let pipeline = before.len() as usize > buffer_bytes;
     let (size, sha256) = if pipeline {
-        pipelined(&mut input, source, &mut outputs, temps, buffer_bytes, should_stop)?
+        let readers = temps
+            .iter()
+            .map(|t| File::open(t).map_err(|e| format!("open {} to verify: {e}", t.display())))
+            .collect::<Result<Vec<File>, String>>()?;
+        pipelined(
+            &mut input,
+            source,
+            &mut outputs,
+            temps,
+            readers,
+            buffer_bytes,
+            should_stop,
+        )?
     } else {
         sequential(
             &mut input,
@@ -220,8 +232,8 @@ const PIPELINE_DEPTH: usize = 4;
 const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// Read + hash, write, and re-read + compare on three threads. Returns the size and hash of what
-/// was read; fails unless every temp file, re-read after it was written, holds exactly those
-/// bytes.
+/// was read; fails unless every temp file, re-read after it was written (through `readers`, one
+/// per temp), holds exactly those bytes.
 ///
 /// The verifier compares the re-read bytes with the very buffer that was written (then recycles
 /// it), which checks as much as hashing them again would and costs a memory compare instead of a
@@ -231,6 +243,7 @@ fn pipelined(
     source: &Path,
     outputs: &mut [File],
     temps: &[PathBuf],
+    readers: Vec<File>,
     buffer_bytes: usize,
     should_stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<(u64, String), String> {
@@ -246,10 +259,6 @@ fn pipelined(
     }
     let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(PIPELINE_DEPTH);
     let (written_tx, written_rx) = sync_channel::<(Vec<u8>, u64, usize)>(PIPELINE_DEPTH);
-    let readers = temps
-        .iter()
-        .map(|t| File::open(t).map_err(|e| format!("open {} to verify: {e}", t.display())))
-        .collect::<Result<Vec<File>, String>>()?;
 
     std::thread::scope(|scope| {
         // Reader: dropping `full_tx` on return tells the writer the source is exhausted.
@@ -473,6 +482,34 @@ mod tests {
         assert!(
             !rename_noreplace(&temps[1], &fin).expect("refuses"),
             "target exists"
+        );
+    }
+
+    #[test]
+    fn the_pipeline_fails_when_what_it_reads_back_differs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("src.bin");
+        let temp = dir.path().join(".t.part");
+        let other = dir.path().join("other.bin");
+        let mut data = vec![7u8; 3 << 20];
+        std::fs::write(&src, &data).expect("write");
+        // Re-read through a file that differs from the source in one byte of its last chunk.
+        data[(2 << 20) + 5] = 8;
+        std::fs::write(&other, &data).expect("write");
+        let mut outputs = [File::create(&temp).expect("create")];
+        let err = pipelined(
+            &mut File::open(&src).expect("open"),
+            &src,
+            &mut outputs,
+            std::slice::from_ref(&temp),
+            vec![File::open(&other).expect("open")],
+            1 << 20,
+            &|| false,
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("verification failed") && err.contains(&format!("offset {}", 2 << 20)),
+            "{err}"
         );
     }
 
