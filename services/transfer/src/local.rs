@@ -94,8 +94,9 @@ pub fn prepare_dir(planned: &Planned, create: bool) -> Result<(), String> {
 }
 
 /// Copy the source into every temp file and verify them: hash the source as it is read, fsync the
-/// temps, re-read each temp and compare size and SHA-256, and check the source did not change while
-/// it was read. `should_stop` is polled between chunks (fencing).
+/// temps, check each temp re-read holds what was read (by size and SHA-256 for a small file, byte
+/// for byte for a large one), and check the source did not change while it was read.
+/// `should_stop` is polled between chunks (fencing).
 ///
 /// Files larger than one buffer go through a three-thread pipeline — read + hash, write, re-read +
 /// compare — with writeback started every few MiB, so hashing, verifying and the final fsync
