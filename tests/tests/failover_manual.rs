@@ -2,7 +2,8 @@
 //! `ferry failover promote` is refused while the active node renews its lease, succeeds at once
 //! after `ferry shutdown` released it, waits for a dead node's lease to lapse with
 //! `--after-expiry`; a disabled node stays disabled across a restart (even in automatic mode);
-//! `ferry failover demote` drains and releases the lease.
+//! `ferry failover demote` drains and releases the lease; a trigger request is answered by the
+//! active node, not a standby.
 //!
 //! Each node is five real service processes (`ProcNode`, no network namespace) against one real
 //! nats-server, with its own data dir. `node1` starts active, `node2` standby; lease TTL 3 s,
@@ -661,6 +662,49 @@ async fn sigterm_on_the_active_coordinator_releases_its_lease() -> anyhow::Resul
         !out.status.success() && stderr.contains("fenced"),
         "{}",
         describe(&out)
+    );
+    Ok(())
+}
+
+/// With two nodes, a trigger sent as a request is answered by the active node (with the run it
+/// started), never by the standby; with no node active, a standby answers with a clear error after
+/// about a second, instead of leaving the requester to time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_trigger_is_answered_by_the_active_node_and_refused_clearly_without_one() -> anyhow::Result<()> {
+    let pair = Pair::start(|_| {})?;
+    pair.wait_started().await?;
+    let (inbox, _outbox) = pair.apply_task("move").await?;
+    let client = async_nats::connect(pair.nats.url()).await?;
+    let ask = || async {
+        let asked = Instant::now();
+        let reply = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.request(ferry_wire::subjects::trigger("move"), "{}".into()),
+        )
+        .await
+        .context("no answer within 10 s")??;
+        let v: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+        anyhow::Ok((v, asked.elapsed()))
+    };
+    for i in 0..5 {
+        std::fs::write(inbox.join(format!("t{i}.txt")), "x")?;
+        let (v, _) = ask().await?;
+        assert!(
+            v["run_id"].is_string(),
+            "request {i}: the active node answers with its run, not the standby with an error: {v}"
+        );
+    }
+
+    let _: FailoverStatus = pair.json(NODE1, &["failover", "demote"]);
+    let (v, took) = ask().await?;
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("not active"),
+        "with no node active the answer says so: {v}"
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "a standby answers after its grace of a second, took {took:?}"
     );
     Ok(())
 }

@@ -41,6 +41,10 @@ pub use metrics::Metrics;
 
 pub const SERVICE: &str = subjects::service::SCHEDULER;
 
+/// How long a node that cannot start runs waits before answering a trigger request with why: the
+/// active node's answer (within milliseconds) comes first.
+const NOT_ACTIVE_REPLY_GRACE: Duration = Duration::from_secs(1);
+
 /// Shared state of one scheduler instance.
 struct Scheduler {
     node: String,
@@ -575,7 +579,8 @@ impl Scheduler {
         }
     }
 
-    /// Any message on `ferry.trigger.<task>` starts a run of that task.
+    /// Any message on `ferry.trigger.<task>` starts a run of that task on the active node, which
+    /// answers a request with the run id (or the reason it could not start one).
     async fn serve_triggers(self: Arc<Self>, client: async_nats::Client, shutdown: CancellationToken) {
         let mut sub = match client
             .queue_subscribe(subjects::TRIGGERS, format!("ferry-scheduler-{}", self.node))
@@ -595,6 +600,28 @@ impl Scheduler {
             let Some(task) = subjects::task_of_trigger(msg.subject.as_str()) else {
                 continue;
             };
+            // Every node's scheduler hears every trigger. One that cannot start runs (a standby, a
+            // fenced or draining node) must not answer first: the requester keeps the first answer,
+            // which must come from the active node. It answers only after a grace, so a request
+            // that no node can serve still gets a clear error instead of a timeout (a late answer
+            // to a request already answered is dropped by the requester).
+            if self.lease.accepting().is_none() {
+                let why = self
+                    .active_epoch()
+                    .err()
+                    .map(|e| format!("{e:#}"))
+                    .unwrap_or_else(|| format!("node {} cannot start runs right now", self.node));
+                tracing::debug!(task, %why, "trigger left to the active node");
+                if let Some(reply_to) = msg.reply {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(NOT_ACTIVE_REPLY_GRACE).await;
+                        let reply = serde_json::json!({ "error": why });
+                        let _ = client.publish(reply_to, ferry_wire::encode(&reply)).await;
+                    });
+                }
+                continue;
+            }
             let result = self
                 .run_now(
                     task,
