@@ -605,12 +605,8 @@ impl Scheduler {
             // which must come from the active node. It answers only after a grace, so a request
             // that no node can serve still gets a clear error instead of a timeout (a late answer
             // to a request already answered is dropped by the requester).
-            if self.lease.accepting().is_none() {
-                let why = self
-                    .active_epoch()
-                    .err()
-                    .map(|e| format!("{e:#}"))
-                    .unwrap_or_else(|| format!("node {} cannot start runs right now", self.node));
+            if let Err(e) = self.active_epoch() {
+                let why = format!("{e:#}");
                 tracing::debug!(task, %why, "trigger left to the active node");
                 if let Some(reply_to) = msg.reply {
                     let client = client.clone();
