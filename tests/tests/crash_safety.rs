@@ -3,6 +3,9 @@
 //! ever stand under a final name — a watcher scans the destination throughout the run.
 //!
 //! `FERRY_TRIALS` (default 1) repeats the experiment with a different kill point each time.
+//!
+//! Also: a run whose file-collector stopped while it was sending the run's work batches finishes
+//! with the files that were sent, and fails the others with a reason (nothing of them written).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -153,6 +156,133 @@ async fn sigkill_of_transfer_mid_run_loses_and_duplicates_nothing() -> anyhow::R
             "trial {trial}: killed transfer with {at_kill} of {FILES} files in place; all delivered once, intact"
         );
     }
+    node.shutdown().await;
+    Ok(())
+}
+
+/// The file-collector stores a run's batch plan before it sends the first batch. If it stops
+/// while sending, the resumed run waits for the batches that were sent and fails, with a reason,
+/// the files of the batches that were not; those files were never written, and the next run
+/// delivers them. Here the state a collector leaves when it dies after the first of two batches
+/// is made by hand, then the run is requested again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_whose_collector_stopped_while_sending_finishes_with_what_was_sent() -> anyhow::Result<()> {
+    use async_nats::jetstream::message::PublishMessage;
+    use ferry_wire::{
+        FileItem, Lease, PlannedBatch, RunRecord, RunRequested, SourceFile, Trigger, WorkBatch,
+    };
+
+    let nats = NatsServer::start()?;
+    let node = Node::start(settings(&nats.url())).await?;
+    let work = tempfile::tempdir()?;
+    let (src, dst) = (work.path().join("in"), work.path().join("out"));
+    std::fs::create_dir_all(&src)?;
+    for name in ["a.txt", "b.txt", "c.txt"] {
+        std::fs::write(src.join(name), name)?;
+    }
+    let task_toml = local_task("resume", &src, &dst, "", "");
+    node.apply(&task_toml).await?;
+    let config = ferry_config::parse_toml(&task_toml)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let lease = node
+        .js
+        .get_key_value(ferry_wire::topology::KV_LEASE)
+        .await?
+        .entry(ferry_wire::topology::LEASE_KEY)
+        .await?
+        .expect("the coordinator holds the lease");
+    let epoch = ferry_wire::decode::<Lease>(&lease.value)?.epoch_at(lease.revision);
+
+    let run_id = uuid::Uuid::now_v7();
+    let started_at = chrono::Utc::now();
+    let item = |name: &str| FileItem {
+        run_id,
+        task: "resume".into(),
+        epoch,
+        item_id: format!("item-{name}"),
+        source: SourceFile {
+            source_index: 0,
+            host: config.hosts["local"].clone(),
+            folder: src.to_string_lossy().into_owned(),
+            rel_path: name.into(),
+            size: name.len() as u64,
+            mtime_ns: 0,
+            state_key: None,
+            delete_after: false,
+        },
+        destinations: config.tasks["resume"].destinations.clone(),
+        dest_hosts: vec![config.hosts["local"].clone()],
+        run_started_at: started_at,
+    };
+    let sent = WorkBatch {
+        batch_id: "batch-sent".into(),
+        items: vec![item("a.txt"), item("b.txt")],
+    };
+    let record = RunRecord {
+        started_at,
+        batches: vec![
+            PlannedBatch {
+                batch_id: sent.batch_id.clone(),
+                item_ids: vec!["item-a.txt".into(), "item-b.txt".into()],
+            },
+            PlannedBatch {
+                batch_id: "batch-never-sent".into(),
+                item_ids: vec!["item-c.txt".into()],
+            },
+        ],
+        published: false,
+    };
+    node.js
+        .get_key_value(ferry_wire::topology::KV_RUNS)
+        .await?
+        .put(format!("run.{run_id}"), ferry_wire::encode(&record))
+        .await?;
+    node.js
+        .send_publish(
+            ferry_wire::subjects::file_batch(run_id, &sent.batch_id),
+            PublishMessage::build()
+                .payload(ferry_wire::encode(&sent))
+                .message_id(&sent.batch_id),
+        )
+        .await?
+        .await?;
+    let request = RunRequested {
+        task: "resume".into(),
+        run_id,
+        epoch,
+        node: "node1".into(),
+        trigger: Trigger::Manual { by: "test".into() },
+        requested_at: started_at,
+    };
+    node.js
+        .send_publish(
+            ferry_wire::subjects::run_request("resume"),
+            PublishMessage::build().payload(ferry_wire::encode(&request)),
+        )
+        .await?
+        .await?;
+    let finished =
+        ferry_service::streams::wait_for_run(&node.js, "resume", run_id, Duration::from_secs(60)).await?;
+    assert_eq!(finished.status, RunStatus::Failed);
+    assert_eq!((finished.files_delivered, finished.files_failed), (2, 1));
+    let ids: Vec<&str> = finished.files.iter().map(|f| f.item_id.as_str()).collect();
+    assert_eq!(ids, ["item-a.txt", "item-b.txt", "item-c.txt"], "listing order");
+    let unsent = &finished.files[2];
+    assert_eq!(unsent.outcome, Outcome::Failed);
+    assert!(
+        unsent.error.as_deref().unwrap_or("").contains("not sent"),
+        "{:?}",
+        unsent.error
+    );
+    assert!(dst.join("a.txt").exists() && dst.join("b.txt").exists());
+    assert!(!dst.join("c.txt").exists(), "a batch never sent writes nothing");
+
+    // The next run delivers what was not sent.
+    let next = node.run_task("resume", Duration::from_secs(60)).await?;
+    assert_eq!(next.status, RunStatus::Succeeded, "{:?}", next.error);
+    assert_eq!(std::fs::read_to_string(dst.join("c.txt"))?, "c.txt");
     node.shutdown().await;
     Ok(())
 }

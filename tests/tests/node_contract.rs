@@ -7,7 +7,8 @@ use async_nats::jetstream::message::PublishMessage;
 use chrono::Utc;
 use ferry_tests::{NatsServer, Node, eventually, local_task, settings};
 use ferry_wire::{
-    FileItem, FileResult, Lease, Outcome, RunRequested, RunStatus, SourceFile, Trigger, subjects, topology,
+    BatchResult, FileItem, Lease, Outcome, RunRequested, RunStatus, SourceFile, Trigger, WorkBatch, subjects,
+    topology,
 };
 use futures::StreamExt;
 use uuid::Uuid;
@@ -93,7 +94,7 @@ async fn work_stamped_with_an_older_epoch_is_refused() -> anyhow::Result<()> {
         finished.error
     );
 
-    // A file item stamped with the old epoch is refused by transfer.
+    // A work batch stamped with the old epoch is refused by transfer.
     let config = ferry_config::parse_toml(&local_task("fenced", &src, &dst, "", ""))
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .validate()
@@ -122,26 +123,35 @@ async fn work_stamped_with_an_older_epoch_is_refused() -> anyhow::Result<()> {
     let results = node.js.get_stream(topology::STREAM_RESULTS).await?;
     let reader = results
         .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            filter_subject: subjects::file_result(item_run),
+            filter_subject: subjects::run_results(item_run),
             ..Default::default()
         })
         .await?;
     let mut messages = reader.messages().await?;
+    let batch = WorkBatch {
+        batch_id: format!("{:032x}", 8),
+        items: vec![item],
+    };
     node.js
-        .publish(subjects::file_item(item_run), ferry_wire::encode(&item))
+        .publish(
+            subjects::file_batch(item_run, &batch.batch_id),
+            ferry_wire::encode(&batch),
+        )
         .await?
         .await?;
     let message = tokio::time::timeout(Duration::from_secs(30), messages.next())
         .await?
         .expect("a result")?;
-    let result: FileResult = ferry_wire::decode(&message.payload)?;
+    let batch: BatchResult = ferry_wire::decode(&message.payload)?;
+    assert_eq!(batch.results.len(), 1);
+    let result = &batch.results[0];
     assert_eq!(result.outcome, Outcome::Failed);
     assert!(
         result.error.as_deref().unwrap_or("").contains("fenced"),
         "{:?}",
         result.error
     );
-    assert!(!dst.join("a.txt").exists(), "a fenced item writes nothing");
+    assert!(!dst.join("a.txt").exists(), "a fenced batch writes nothing");
     node.shutdown().await;
     Ok(())
 }

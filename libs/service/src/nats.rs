@@ -51,19 +51,36 @@ pub async fn connect(
         }
     });
     let js = jetstream::new(client.clone());
+    retry("create streams and buckets", shutdown, || async {
+        ferry_wire::topology::ensure(&js, settings.topology())
+            .await
+            .map_err(|e| anyhow::anyhow!(e))
+    })
+    .await?;
+    Ok((client, js))
+}
+
+/// Run a start-up step against JetStream until it succeeds, backing off up to 2 s between
+/// attempts, while `shutdown` is not cancelled: a cluster may refuse or time out requests for a
+/// while (a server restarting, a leader being elected), and a service that gave up would stay
+/// down.
+pub async fn retry<T, F, Fut>(what: &str, shutdown: &CancellationToken, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
     let mut delay = Duration::from_millis(100);
     loop {
-        match ferry_wire::topology::ensure(&js, settings.topology()).await {
-            Ok(()) => break,
+        match attempt().await {
+            Ok(value) => return Ok(value),
             Err(e) if !shutdown.is_cancelled() => {
-                tracing::warn!(error = %e, "jetstream not ready; retrying");
+                tracing::warn!(error = format!("{e:#}"), "{what}: jetstream not ready; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
-            Err(e) => return Err(anyhow::anyhow!(e)).context("create streams and buckets"),
+            Err(e) => return Err(e).context(what.to_string()),
         }
     }
-    Ok((client, js))
 }
 
 /// The servers of a comma-separated NATS URL list (async-nats reads one string as one URL).

@@ -66,6 +66,39 @@ pub struct FileItem {
     pub run_started_at: DateTime<Utc>,
 }
 
+/// file-collector → transfer: the JetStream message on the file queue. Small files of one run
+/// travel together (ADR 005) so a batch costs one work message, one claim and one result; every
+/// file in it is still its own [`FileItem`] with its own result and audit record. A file larger
+/// than [`SMALL_FILE_BYTES`] always travels alone.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkBatch {
+    /// Stable id of the batch within its run (the JetStream message id and the claim's key).
+    pub batch_id: String,
+    /// All of one run, stamped with its epoch; at least one.
+    pub items: Vec<FileItem>,
+}
+
+/// Files up to this size may share a [`WorkBatch`].
+pub const SMALL_FILE_BYTES: u64 = 1 << 20;
+/// At most this many files in one batch ...
+pub const BATCH_MAX_FILES: usize = 64;
+/// ... and at most this many bytes.
+pub const BATCH_MAX_BYTES: u64 = 8 << 20;
+
+impl WorkBatch {
+    /// The first item (every batch has one): run, task and epoch are the same for all.
+    pub fn first(&self) -> &FileItem {
+        &self.items[0]
+    }
+}
+
+/// transfer → file-collector: the results of one [`WorkBatch`], one per item, in its order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BatchResult {
+    pub batch_id: String,
+    pub results: Vec<FileResult>,
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -82,7 +115,7 @@ pub struct DestOutcome {
     pub error: Option<String>,
 }
 
-/// transfer → file-collector: the outcome of one [`FileItem`].
+/// The outcome of one [`FileItem`] (sent in a [`BatchResult`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FileResult {
     pub item_id: String,
@@ -186,12 +219,28 @@ pub struct TaskLock {
     pub epoch: Epoch,
 }
 
-/// Run bookkeeping (KV `ferry_runs`, key `run.<run id>`): written once the source listing is
-/// published, so a collector that restarts mid-run waits for results instead of listing again.
+/// Run bookkeeping (KV `ferry_runs`, key `run.<run id>`): written with the batch plan before the
+/// first batch is published, and again with `published` once all are stored, so a collector that
+/// restarts mid-run waits for results instead of listing again, or, if it stopped while
+/// publishing, publishes exactly the planned batches again (JetStream drops the duplicates).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunRecord {
     pub started_at: DateTime<Utc>,
+    /// The run's batches in listing order, each with its items' ids.
+    pub batches: Vec<PlannedBatch>,
+    pub published: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PlannedBatch {
+    pub batch_id: String,
     pub item_ids: Vec<String>,
+}
+
+impl RunRecord {
+    pub fn item_count(&self) -> usize {
+        self.batches.iter().map(|b| b.item_ids.len()).sum()
+    }
 }
 
 /// The failover lease (KV `ferry_lease`, key `active`). Written only by `create` (acquire) and

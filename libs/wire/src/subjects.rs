@@ -11,17 +11,24 @@ pub fn run_request(task: &str) -> String {
 }
 pub const RUN_REQUESTS: &str = "ferry.work.run.*";
 
-/// Per-file work items of one run: `ferry.work.file.<run_id>` (stream [`crate::topology::STREAM_FILEQ`]).
-pub fn file_item(run_id: Uuid) -> String {
-    format!("ferry.work.file.{run_id}")
+/// Work batches ([`crate::WorkBatch`]) of one run, one subject each:
+/// `ferry.work.file.<run_id>.<batch_id>` (stream [`crate::topology::STREAM_FILEQ`]). A batch's own
+/// subject lets a resumed collector ask the stream whether that batch is waiting.
+pub fn file_batch(run_id: Uuid, batch_id: &str) -> String {
+    format!("ferry.work.file.{run_id}.{batch_id}")
 }
-pub const FILE_ITEMS: &str = "ferry.work.file.*";
+pub const FILE_BATCHES: &str = "ferry.work.file.*.*";
 
-/// Per-file results of one run: `ferry.work.result.<run_id>` (stream [`crate::topology::STREAM_RESULTS`]).
-pub fn file_result(run_id: Uuid) -> String {
-    format!("ferry.work.result.{run_id}")
+/// Batch results ([`crate::BatchResult`]): `ferry.work.result.<run_id>.<batch_id>`
+/// (stream [`crate::topology::STREAM_RESULTS`]).
+pub fn batch_result(run_id: Uuid, batch_id: &str) -> String {
+    format!("ferry.work.result.{run_id}.{batch_id}")
 }
-pub const FILE_RESULTS: &str = "ferry.work.result.*";
+/// Every batch result of one run.
+pub fn run_results(run_id: Uuid) -> String {
+    format!("ferry.work.result.{run_id}.*")
+}
+pub const BATCH_RESULTS: &str = "ferry.work.result.*.*";
 
 /// Run lifecycle events (stream [`crate::topology::STREAM_EVENTS`]).
 pub fn run_started(task: &str, run_id: Uuid) -> String {

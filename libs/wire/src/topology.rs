@@ -70,13 +70,13 @@ pub async fn ensure(js: &jetstream::Context, options: Options) -> Result<(), asy
         ),
         (
             STREAM_FILEQ,
-            crate::subjects::FILE_ITEMS,
+            crate::subjects::FILE_BATCHES,
             stream::RetentionPolicy::WorkQueue,
             7 * day,
         ),
         (
             STREAM_RESULTS,
-            crate::subjects::FILE_RESULTS,
+            crate::subjects::BATCH_RESULTS,
             stream::RetentionPolicy::Limits,
             7 * day,
         ),
@@ -94,7 +94,7 @@ pub async fn ensure(js: &jetstream::Context, options: Options) -> Result<(), asy
         ),
     ];
     for (name, subject, retention, max_age) in streams {
-        js.get_or_create_stream(stream::Config {
+        let config = stream::Config {
             name: name.to_string(),
             subjects: vec![subject.to_string()],
             retention,
@@ -103,8 +103,13 @@ pub async fn ensure(js: &jetstream::Context, options: Options) -> Result<(), asy
             storage: stream::StorageType::File,
             num_replicas: options.replicas,
             ..Default::default()
-        })
-        .await?;
+        };
+        let mut existing = js.get_or_create_stream(config.clone()).await?;
+        // A store made by an older Ferry may bind other subjects (the file queue's subjects
+        // gained a batch token): move it to the current ones.
+        if existing.info().await?.config.subjects != config.subjects {
+            js.update_stream(config).await?;
+        }
     }
     let buckets = [
         (KV_CONFIG, 20, Duration::ZERO),

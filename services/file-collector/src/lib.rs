@@ -1,8 +1,9 @@
 //! file-collector: turns a `RunRequested` into per-file work and finishes the run.
 //!
 //! For each run it lists every source (masks, excludes, subdirectories, minimum age, size
-//! stability, new-files-only state, max files), publishes one `FileItem` per file, waits for
-//! every item's `FileResult`, and publishes exactly one `RunFinished`. It never copies bytes.
+//! stability, new-files-only state, max files), makes one `FileItem` per file, packs them into
+//! `WorkBatch`es (small files together, ADR 005), waits for every batch's `BatchResult`, and
+//! publishes exactly one `RunFinished` with one result per file. It never copies bytes.
 //!
 //! Invariants:
 //! - At most `max_running_tasks` runs are in progress on the node: the durable consumer's
@@ -12,14 +13,16 @@
 //!   from listing to `RunFinished`; a request for a running task finishes as skipped.
 //! - Run requests are taken only while this node's coordinator grants it the lease and is not
 //!   draining.
-//! - A restarted collector resumes a run from `ferry_runs/run.<run id>` instead of listing again;
-//!   item ids are stable message ids, so a repeated publish is dropped by JetStream.
+//! - A restarted collector resumes a run from `ferry_runs/run.<run id>` (the batch plan, stored
+//!   before the first batch is sent) instead of listing again. If it stopped while publishing,
+//!   the batches that were never sent (neither queued nor answered) fail their files with a
+//!   reason; nothing of them was written, and the next run picks those files up.
 //! - Requests stamped with an epoch older than the highest seen are refused.
 
 mod listing;
 mod metrics;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,8 +40,8 @@ use tokio_util::sync::CancellationToken;
 
 use ferry_service::{EpochGate, NodeLease, Settings, http, nats};
 use ferry_wire::{
-    ConfigDocument, FileResult, Outcome, RunFinished, RunRecord, RunRequested, RunStarted, RunStatus,
-    TaskLock, subjects, topology,
+    BatchResult, ConfigDocument, FileResult, Outcome, PlannedBatch, RunFinished, RunRecord, RunRequested,
+    RunStarted, RunStatus, TaskLock, subjects, topology,
 };
 
 pub use metrics::Metrics;
@@ -49,7 +52,7 @@ pub const SERVICE: &str = subjects::service::FILE_COLLECTOR;
 /// progress sends progress well within it.
 const RUN_ACK_WAIT: Duration = Duration::from_secs(30);
 
-/// File items published before their acks are awaited; below async-nats' limit of acks in
+/// Work batches published before their acks are awaited; below async-nats' limit of acks in
 /// flight per JetStream context (5,000), which would otherwise stall a larger run for good.
 const PUBLISH_WINDOW: usize = 1000;
 
@@ -111,24 +114,25 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     .await?;
 
     let max_running = settings.file_collector.max_running_tasks as usize;
-    let stream = js
-        .get_stream(topology::STREAM_RUNQ)
-        .await
-        .context("open run queue")?;
-    let consumer: consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            topology::CONSUMER_COLLECTOR,
-            pull::Config {
-                durable_name: Some(topology::CONSUMER_COLLECTOR.to_string()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: RUN_ACK_WAIT,
-                max_ack_pending: max_running as i64,
-                filter_subject: subjects::RUN_REQUESTS.to_string(),
-                ..Default::default()
-            },
-        )
-        .await
-        .context("create run-queue consumer")?;
+    let consumer: consumer::PullConsumer = nats::retry("create run-queue consumer", &shutdown, || async {
+        js.get_stream(topology::STREAM_RUNQ)
+            .await
+            .context("open run queue")?
+            .get_or_create_consumer(
+                topology::CONSUMER_COLLECTOR,
+                pull::Config {
+                    durable_name: Some(topology::CONSUMER_COLLECTOR.to_string()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: RUN_ACK_WAIT,
+                    max_ack_pending: max_running as i64,
+                    filter_subject: subjects::RUN_REQUESTS.to_string(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .context("create run-queue consumer")
+    })
+    .await?;
     let slots = Arc::new(Semaphore::new(max_running));
     let mut runs = tokio::task::JoinSet::new();
     loop {
@@ -350,18 +354,25 @@ impl Collector {
         }
     }
 
-    /// List (or resume), publish items, collect results.
+    /// List (or resume), publish the work batches, collect results.
     async fn collect(
         &self,
         request: &RunRequested,
     ) -> Result<(Vec<FileResult>, chrono::DateTime<Utc>), RunError> {
         let record_key = format!("run.{}", request.run_id);
         let existing = self.runs_kv.get(&record_key).await.context("read run record")?;
-        let record = match existing {
+        let (record, unsent) = match existing {
             Some(bytes) => {
                 let record: RunRecord = ferry_wire::decode(&bytes).context("decode run record")?;
-                tracing::info!(run_id = %request.run_id, items = record.item_ids.len(), "resuming run");
-                record
+                tracing::info!(run_id = %request.run_id, files = record.item_count(), published = record.published, "resuming run");
+                // Stopped while publishing: batches neither waiting nor answered were never sent.
+                let unsent = if record.published {
+                    HashSet::new()
+                } else {
+                    self.unsent_batches(request, &record).await?
+                };
+                self.announce_start(request, &record).await?;
+                (record, unsent)
             }
             None => {
                 let started_at = Utc::now();
@@ -384,36 +395,52 @@ impl Collector {
                 let items = listing::list_task(task, &config, request, started_at, &self.state_kv)
                     .await
                     .map_err(RunError::Task)?;
+                let files = items.len() as u64;
+                let batches = listing::pack(items);
+                // The plan is stored before the first batch is sent, so a restart knows what the
+                // run consists of without listing again.
+                let mut record = RunRecord {
+                    started_at,
+                    batches: batches
+                        .iter()
+                        .map(|b| PlannedBatch {
+                            batch_id: b.batch_id.clone(),
+                            item_ids: b.items.iter().map(|i| i.item_id.clone()).collect(),
+                        })
+                        .collect(),
+                    published: false,
+                };
+                self.runs_kv
+                    .put(&record_key, ferry_wire::encode(&record))
+                    .await
+                    .context("write run record")?;
                 // Acks are awaited in windows: async-nats holds one permit per ack not yet
                 // awaited (5,000 by default) and blocks the next publish when they run out.
                 let mut acks: Vec<jetstream::context::PublishAckFuture> =
-                    Vec::with_capacity(PUBLISH_WINDOW.min(items.len()));
-                for item in &items {
+                    Vec::with_capacity(PUBLISH_WINDOW.min(batches.len()));
+                for batch in &batches {
                     if acks.len() == PUBLISH_WINDOW {
                         for ack in acks.drain(..) {
-                            ack.await.context("file item not stored")?;
+                            ack.await.context("work batch not stored")?;
                         }
                     }
                     let ack = self
                         .js
                         .send_publish(
-                            subjects::file_item(request.run_id),
+                            subjects::file_batch(request.run_id, &batch.batch_id),
                             PublishMessage::build()
-                                .payload(ferry_wire::encode(item))
-                                .message_id(&item.item_id)
+                                .payload(ferry_wire::encode(batch))
+                                .message_id(&batch.batch_id)
                                 .header(ferry_wire::HEADER_EPOCH, request.epoch.to_string().as_str()),
                         )
                         .await
-                        .context("publish file item")?;
+                        .context("publish work batch")?;
                     acks.push(ack);
                 }
                 for ack in acks {
-                    ack.await.context("file item not stored")?;
+                    ack.await.context("work batch not stored")?;
                 }
-                let record = RunRecord {
-                    started_at,
-                    item_ids: items.iter().map(|i| i.item_id.clone()).collect(),
-                };
+                record.published = true;
                 self.runs_kv
                     .put(&record_key, ferry_wire::encode(&record))
                     .await
@@ -421,73 +448,152 @@ impl Collector {
                 self.metrics
                     .files_listed
                     .with_label_values(&[&request.task])
-                    .inc_by(items.len() as u64);
-                let started = RunStarted {
-                    task: request.task.clone(),
-                    run_id: request.run_id,
-                    epoch: request.epoch,
-                    node: self.node.clone(),
-                    trigger: request.trigger.clone(),
-                    started_at,
-                    files: items.len() as u64,
-                };
-                self.js
-                    .send_publish(
-                        subjects::run_started(&request.task, request.run_id),
-                        PublishMessage::build()
-                            .payload(ferry_wire::encode(&started))
-                            .message_id(format!("started:{}", request.run_id)),
-                    )
-                    .await
-                    .context("publish run started")?
-                    .await
-                    .context("run started not stored")?;
-                tracing::info!(task = %request.task, run_id = %request.run_id, files = items.len(), "run started");
-                record
+                    .inc_by(files);
+                self.announce_start(request, &record).await?;
+                tracing::info!(task = %request.task, run_id = %request.run_id, files, batches = batches.len(), "run started");
+                (record, HashSet::new())
             }
         };
-        let results = self.await_results(request, &record.item_ids).await?;
+        let results = self.await_results(request, &record, &unsent).await?;
         Ok((results, record.started_at))
     }
 
-    /// Read the run's results (from the beginning, so a resumed run sees earlier ones too)
-    /// until every item has one.
-    async fn await_results(
+    /// Publish `RunStarted` (once: a repeat is dropped by its message id).
+    async fn announce_start(&self, request: &RunRequested, record: &RunRecord) -> anyhow::Result<()> {
+        let started = RunStarted {
+            task: request.task.clone(),
+            run_id: request.run_id,
+            epoch: request.epoch,
+            node: self.node.clone(),
+            trigger: request.trigger.clone(),
+            started_at: record.started_at,
+            files: record.item_count() as u64,
+        };
+        self.js
+            .send_publish(
+                subjects::run_started(&request.task, request.run_id),
+                PublishMessage::build()
+                    .payload(ferry_wire::encode(&started))
+                    .message_id(format!("started:{}", request.run_id)),
+            )
+            .await
+            .context("publish run started")?
+            .await
+            .context("run started not stored")?;
+        Ok(())
+    }
+
+    /// The planned batches of a run whose collector stopped while publishing that were never
+    /// sent. A sent batch is either still in the file queue or, once taken, answered: transfer
+    /// stores the result before it acknowledges (and so removes) the batch, so looking in the
+    /// queue first and then at the results cannot miss one.
+    async fn unsent_batches(
         &self,
         request: &RunRequested,
-        item_ids: &[String],
-    ) -> anyhow::Result<Vec<FileResult>> {
-        if item_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let stream = self
+        record: &RunRecord,
+    ) -> anyhow::Result<HashSet<String>> {
+        let queue = self
+            .js
+            .get_stream(topology::STREAM_FILEQ)
+            .await
+            .context("open file queue")?;
+        let results = self
             .js
             .get_stream(topology::STREAM_RESULTS)
             .await
             .context("open results stream")?;
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: subjects::file_result(request.run_id),
-                deliver_policy: DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .context("read run results")?;
-        let mut messages = consumer.messages().await.context("read run results")?;
-        let wanted: std::collections::HashSet<&str> = item_ids.iter().map(String::as_str).collect();
-        let mut results: HashMap<String, FileResult> = HashMap::with_capacity(item_ids.len());
-        while results.len() < wanted.len() {
-            let message = match messages.next().await {
-                Some(m) => m.context("read run result")?,
-                None => anyhow::bail!("results stream ended"),
-            };
-            let result: FileResult = ferry_wire::decode(&message.payload)?;
-            if wanted.contains(result.item_id.as_str()) {
-                results.insert(result.item_id.clone(), result);
+        let mut unsent = HashSet::new();
+        for batch in &record.batches {
+            let queued = queue
+                .get_last_raw_message_by_subject(&subjects::file_batch(request.run_id, &batch.batch_id))
+                .await;
+            if queued.is_ok() {
+                continue;
+            }
+            let answered = results
+                .get_last_raw_message_by_subject(&subjects::batch_result(request.run_id, &batch.batch_id))
+                .await;
+            if answered.is_err() {
+                unsent.insert(batch.batch_id.clone());
+            }
+        }
+        if !unsent.is_empty() {
+            tracing::warn!(run_id = %request.run_id, batches = unsent.len(), "the collector stopped while publishing this run: some batches were never sent");
+        }
+        Ok(unsent)
+    }
+
+    /// Read the run's batch results (from the beginning, so a resumed run sees earlier ones
+    /// too) until every sent batch has one; return one result per planned file, in listing
+    /// order. Files of batches never sent fail with a reason.
+    async fn await_results(
+        &self,
+        request: &RunRequested,
+        record: &RunRecord,
+        unsent: &HashSet<String>,
+    ) -> anyhow::Result<Vec<FileResult>> {
+        let wanted: HashSet<&str> = record
+            .batches
+            .iter()
+            .map(|b| b.batch_id.as_str())
+            .filter(|id| !unsent.contains(*id))
+            .collect();
+        let mut answered: HashMap<String, FileResult> = HashMap::with_capacity(record.item_count());
+        if !wanted.is_empty() {
+            let stream = self
+                .js
+                .get_stream(topology::STREAM_RESULTS)
+                .await
+                .context("open results stream")?;
+            let consumer = stream
+                .create_consumer(pull::OrderedConfig {
+                    filter_subject: subjects::run_results(request.run_id),
+                    deliver_policy: DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await
+                .context("read run results")?;
+            let mut messages = consumer.messages().await.context("read run results")?;
+            let mut seen: HashSet<String> = HashSet::with_capacity(wanted.len());
+            while seen.len() < wanted.len() {
+                let message = match messages.next().await {
+                    Some(m) => m.context("read run result")?,
+                    None => anyhow::bail!("results stream ended"),
+                };
+                let batch: BatchResult = ferry_wire::decode(&message.payload)?;
+                if wanted.contains(batch.batch_id.as_str()) && seen.insert(batch.batch_id) {
+                    for result in batch.results {
+                        answered.insert(result.item_id.clone(), result);
+                    }
+                }
             }
         }
         // Keep the listing order.
-        Ok(item_ids.iter().filter_map(|id| results.remove(id)).collect())
+        let now = Utc::now();
+        Ok(record
+            .batches
+            .iter()
+            .flat_map(|b| b.item_ids.iter())
+            .map(|id| {
+                answered.remove(id).unwrap_or_else(|| FileResult {
+                    item_id: id.clone(),
+                    source_path: String::new(),
+                    size: 0,
+                    sha256: None,
+                    outcome: Outcome::Failed,
+                    destinations: Vec::new(),
+                    error: Some(
+                        "not sent: the file-collector stopped while publishing this run; \
+                         nothing was written and the next run picks the file up"
+                            .into(),
+                    ),
+                    node: self.node.clone(),
+                    epoch: request.epoch,
+                    started_at: record.started_at,
+                    finished_at: now,
+                })
+            })
+            .collect())
     }
 
     async fn finish(

@@ -10,7 +10,10 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use ferry_config::{Config, HostKind, Source, Task};
-use ferry_wire::{FileItem, FileState, RunRequested, SourceFile};
+use ferry_wire::{
+    BATCH_MAX_BYTES, BATCH_MAX_FILES, FileItem, FileState, RunRequested, SMALL_FILE_BYTES, SourceFile,
+    WorkBatch,
+};
 
 /// A file found in a source folder.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,6 +115,52 @@ pub async fn list_task(
     Ok(items)
 }
 
+/// Batches a run is spread over at least, when it has enough files: as many as the transfer's
+/// default number of workers, so a run of a few hundred files still keeps every worker busy.
+const BATCH_SPREAD: usize = 16;
+
+/// Pack a run's items, in listing order, into work batches (ADR 005): consecutive small files
+/// share a batch of at most [`BATCH_MAX_FILES`] files and [`BATCH_MAX_BYTES`] bytes (fewer when
+/// the run is small, see [`BATCH_SPREAD`]); a file larger than [`SMALL_FILE_BYTES`] travels
+/// alone. The same listing always gives the same batches and batch ids.
+pub fn pack(items: Vec<FileItem>) -> Vec<WorkBatch> {
+    let per_batch = (items.len() / BATCH_SPREAD).clamp(1, BATCH_MAX_FILES);
+    let mut batches = Vec::new();
+    let mut current: Vec<FileItem> = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let size = item.source.size;
+        let small = size <= SMALL_FILE_BYTES;
+        if !current.is_empty() && (!small || current.len() == per_batch || bytes + size > BATCH_MAX_BYTES) {
+            batches.push(seal(std::mem::take(&mut current)));
+            bytes = 0;
+        }
+        if small {
+            bytes += size;
+            current.push(item);
+        } else {
+            batches.push(seal(vec![item]));
+        }
+    }
+    if !current.is_empty() {
+        batches.push(seal(current));
+    }
+    batches
+}
+
+/// A batch's id is a hash of its items' ids (which are unique per run).
+fn seal(items: Vec<FileItem>) -> WorkBatch {
+    let mut hasher = Sha256::new();
+    for item in &items {
+        hasher.update(item.item_id.as_bytes());
+        hasher.update([0]);
+    }
+    WorkBatch {
+        batch_id: hex::encode(&hasher.finalize()[..16]),
+        items,
+    }
+}
+
 /// New-files-only state is keyed by task, host and folder — not by mask — so editing a mask
 /// never re-sends files already delivered.
 fn state_source_key(task: &str, host: &str, folder: &str) -> String {
@@ -210,6 +259,64 @@ mod tests {
             delete_after: false,
             max_files: 0,
         }
+    }
+
+    fn item(id: usize, size: u64) -> FileItem {
+        FileItem {
+            run_id: uuid::Uuid::nil(),
+            task: "t".into(),
+            epoch: 1,
+            item_id: format!("item{id}"),
+            source: SourceFile {
+                source_index: 0,
+                host: ferry_config::Host {
+                    name: "local".into(),
+                    kind: HostKind::Local,
+                },
+                folder: "/in".into(),
+                rel_path: format!("f{id}"),
+                size,
+                mtime_ns: 0,
+                state_key: None,
+                delete_after: false,
+            },
+            destinations: Vec::new(),
+            dest_hosts: Vec::new(),
+            run_started_at: DateTime::<Utc>::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn small_files_share_batches_and_large_ones_travel_alone() {
+        let sizes = |batches: &[WorkBatch]| -> Vec<usize> { batches.iter().map(|b| b.items.len()).collect() };
+        // Few files: one per batch, so every transfer worker gets one.
+        let few: Vec<FileItem> = (0..10).map(|i| item(i, 4096)).collect();
+        assert_eq!(sizes(&pack(few)), vec![1; 10]);
+        // Many: at most BATCH_MAX_FILES per batch, in listing order, nothing lost or repeated.
+        let many: Vec<FileItem> = (0..10_000).map(|i| item(i, 4096)).collect();
+        let batches = pack(many.clone());
+        assert!(batches.iter().all(|b| b.items.len() <= BATCH_MAX_FILES));
+        assert_eq!(batches.len(), 10_000usize.div_ceil(BATCH_MAX_FILES));
+        let flat: Vec<FileItem> = batches.iter().flat_map(|b| b.items.clone()).collect();
+        assert_eq!(flat, many);
+        // Stable ids: the same listing gives the same batches.
+        assert_eq!(pack(many.clone()), batches);
+        let ids: std::collections::HashSet<&str> = batches.iter().map(|b| b.batch_id.as_str()).collect();
+        assert_eq!(ids.len(), batches.len());
+        // A large file is alone and splits the small ones around it; bytes are capped too.
+        let mut mixed: Vec<FileItem> = (0..40).map(|i| item(i, 4096)).collect();
+        mixed.insert(20, item(99, SMALL_FILE_BYTES + 1));
+        mixed.extend((100..140).map(|i| item(i, 900 << 10)));
+        let batches = pack(mixed);
+        let large = batches
+            .iter()
+            .find(|b| b.items.iter().any(|i| i.item_id == "item99"))
+            .expect("packed");
+        assert_eq!(large.items.len(), 1);
+        assert!(
+            batches.iter().all(|b| b.items.len() == 1
+                || b.items.iter().map(|i| i.source.size).sum::<u64>() <= BATCH_MAX_BYTES)
+        );
     }
 
     #[test]
