@@ -4,6 +4,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -22,9 +25,6 @@ struct Found {
     size: u64,
     mtime_ns: i128,
 }
-
-/// Gets of new-files-only state in flight at once.
-const STATE_LOOKUPS_IN_FLIGHT: usize = 64;
 
 /// List every source of `task` and build the run's work items, in source order then path order.
 /// Errors are task problems (a missing folder, an unreadable directory), written for operators.
@@ -68,23 +68,23 @@ pub async fn list_task(
             })
             .collect();
         // New-files-only: drop files whose size and modification time match their last delivery.
-        let checked: Vec<Option<(Found, Option<String>)>> = futures::stream::iter(with_keys)
-            .map(|(f, key)| async move {
-                let Some(k) = &key else { return Ok(Some((f, key))) };
-                match state_kv.get(k.as_str()).await {
-                    Ok(Some(bytes)) => match ferry_wire::decode::<FileState>(&bytes) {
-                        Ok(state) if state.size == f.size && state.mtime_ns == f.mtime_ns => Ok(None),
-                        _ => Ok(Some((f, key))),
-                    },
-                    Ok(None) => Ok(Some((f, key))),
-                    Err(e) => Err(format!("read new-files-only state: {e}")),
+        let known = if source.new_files_only {
+            source_state(state_kv, &source_key)
+                .await
+                .map_err(|e| format!("read new-files-only state: {e}"))?
+        } else {
+            HashMap::new()
+        };
+        let checked: Vec<Option<(Found, Option<String>)>> = with_keys
+            .into_iter()
+            .map(|(f, key)| {
+                let delivered = key.as_ref().and_then(|k| known.get(k));
+                match delivered {
+                    Some(state) if state.size == f.size && state.mtime_ns == f.mtime_ns => None,
+                    _ => Some((f, key)),
                 }
             })
-            .buffered(STATE_LOOKUPS_IN_FLIGHT)
-            .collect::<Vec<Result<_, String>>>()
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()?;
+            .collect();
         let mut fresh: Vec<(Found, Option<String>)> = checked.into_iter().flatten().collect();
         if source.max_files > 0 {
             fresh.truncate(source.max_files as usize);
@@ -159,6 +159,45 @@ fn seal(items: Vec<FileItem>) -> WorkBatch {
         batch_id: hex::encode(&hasher.finalize()[..16]),
         items,
     }
+}
+
+/// The new-files-only state of one source (key → state), read in one pass: an ordered consumer
+/// over the bucket's stream, filtered to the source's keys, delivering the last value of each —
+/// one request for the whole source instead of one per listed file.
+async fn source_state(state_kv: &kv::Store, source_key: &str) -> anyhow::Result<HashMap<String, FileState>> {
+    let consumer = state_kv
+        .stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: format!("{}nfo.{source_key}.>", state_kv.prefix),
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await?;
+    let mut known = HashMap::new();
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(known);
+    }
+    let mut messages = consumer.messages().await?;
+    while let Some(message) = messages.next().await {
+        let message = message?;
+        let pending = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.pending;
+        let deleted = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("KV-Operation"))
+            .is_some_and(|op| op.as_str() != "PUT");
+        if let Some(key) = message.subject.as_str().strip_prefix(state_kv.prefix.as_str()) {
+            if deleted {
+                known.remove(key);
+            } else if let Ok(state) = ferry_wire::decode::<FileState>(&message.payload) {
+                known.insert(key.to_string(), state);
+            }
+        }
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(known)
 }
 
 /// New-files-only state is keyed by task, host and folder — not by mask — so editing a mask
