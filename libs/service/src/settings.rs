@@ -100,10 +100,11 @@ impl Default for CollectorSettings {
 pub struct TransferSettings {
     /// Address of `/metrics` and `/healthz`.
     pub metrics_addr: SocketAddr,
-    /// Files moved concurrently by this instance.
+    /// Work batches moved concurrently by this instance (a batch is one large file or up to 64
+    /// small ones, ADR 005).
     pub concurrency: u32,
-    /// A file not acknowledged within this time is handed to another instance; in-flight files
-    /// send progress well within it.
+    /// A work batch not acknowledged within this time is handed to another instance; batches in
+    /// flight send progress well within it.
     pub ack_wait_secs: u64,
     /// Copy buffer size.
     pub buffer_bytes: usize,

@@ -1,4 +1,5 @@
-//! Reading runs and audit records straight from their streams (the CLI and tests use these).
+//! Reading runs and audit records straight from their streams (the CLI and tests use these), and
+//! storing a message exactly once (the services use that).
 
 use std::time::Duration;
 
@@ -8,10 +9,33 @@ use async_nats::jetstream::{
     consumer::{DeliverPolicy, pull},
 };
 use futures::StreamExt;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use ferry_wire::{RunFinished, subjects, topology};
+
+/// Publish `message` on `subject` with `message_id` (JetStream drops a repeat of that id within
+/// the dedupe window) and wait until it is stored. `what` names the message in errors.
+pub async fn store<T: Serialize>(
+    js: &jetstream::Context,
+    subject: String,
+    message_id: String,
+    message: &T,
+    what: &str,
+) -> anyhow::Result<()> {
+    js.send_publish(
+        subject,
+        jetstream::message::PublishMessage::build()
+            .payload(ferry_wire::encode(message))
+            .message_id(message_id),
+    )
+    .await
+    .with_context(|| format!("publish {what}"))?
+    .await
+    .with_context(|| format!("{what} not stored"))?;
+    Ok(())
+}
 
 /// Every message on `filter` (optionally only the last `since`), oldest first.
 pub async fn read<T: DeserializeOwned>(

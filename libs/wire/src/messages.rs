@@ -220,9 +220,10 @@ pub struct TaskLock {
 }
 
 /// Run bookkeeping (KV `ferry_runs`, key `run.<run id>`): written with the batch plan before the
-/// first batch is published, and again with `published` once all are stored, so a collector that
-/// restarts mid-run waits for results instead of listing again, or, if it stopped while
-/// publishing, publishes exactly the planned batches again (JetStream drops the duplicates).
+/// first batch is published, and again with `published` once all are stored. A collector that
+/// restarts mid-run waits for results instead of listing again; if it had stopped while
+/// publishing, it fails the files of the planned batches that were never sent (with a reason)
+/// and waits for the others.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunRecord {
     pub started_at: DateTime<Utc>,

@@ -363,7 +363,14 @@ impl Collector {
         let existing = self.runs_kv.get(&record_key).await.context("read run record")?;
         let (record, unsent) = match existing {
             Some(bytes) => {
-                let record: RunRecord = ferry_wire::decode(&bytes).context("decode run record")?;
+                // A record this version cannot read (written before work batches) cannot be
+                // resumed: end the run with why instead of retrying it for good.
+                let record: RunRecord = ferry_wire::decode(&bytes).map_err(|e| {
+                    RunError::Task(format!(
+                        "cannot resume this run: its record was written by another Ferry version ({e}); \
+                         its files are picked up by the next run"
+                    ))
+                })?;
                 tracing::info!(run_id = %request.run_id, files = record.item_count(), published = record.published, "resuming run");
                 // Stopped while publishing: batches neither waiting nor answered were never sent.
                 let unsent = if record.published {
@@ -469,18 +476,14 @@ impl Collector {
             started_at: record.started_at,
             files: record.item_count() as u64,
         };
-        self.js
-            .send_publish(
-                subjects::run_started(&request.task, request.run_id),
-                PublishMessage::build()
-                    .payload(ferry_wire::encode(&started))
-                    .message_id(format!("started:{}", request.run_id)),
-            )
-            .await
-            .context("publish run started")?
-            .await
-            .context("run started not stored")?;
-        Ok(())
+        ferry_service::streams::store(
+            &self.js,
+            subjects::run_started(&request.task, request.run_id),
+            format!("started:{}", request.run_id),
+            &started,
+            "run started",
+        )
+        .await
     }
 
     /// The planned batches of a run whose collector stopped while publishing that were never
@@ -625,17 +628,14 @@ impl Collector {
             error,
             files,
         };
-        self.js
-            .send_publish(
-                subjects::run_finished(&request.task, request.run_id),
-                PublishMessage::build()
-                    .payload(ferry_wire::encode(&finished))
-                    .message_id(format!("finished:{}", request.run_id)),
-            )
-            .await
-            .context("publish run finished")?
-            .await
-            .context("run finished not stored")?;
+        ferry_service::streams::store(
+            &self.js,
+            subjects::run_finished(&request.task, request.run_id),
+            format!("finished:{}", request.run_id),
+            &finished,
+            "run finished",
+        )
+        .await?;
         let status_label = match status {
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",

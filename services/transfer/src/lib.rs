@@ -192,9 +192,9 @@ async fn file_queue_consumer(
 }
 
 impl Transfer {
-    /// Pull as many items as there are idle workers (never more, so nothing waits in a local
+    /// Pull as many work batches as there are idle workers (never more, so nothing waits in a local
     /// buffer while its ack timer runs) and move each on its own task. On shutdown, stop pulling
-    /// and let the items in progress finish.
+    /// and let the batches in progress finish.
     async fn dispatch(
         self: Arc<Self>,
         consumer: consumer::PullConsumer,
@@ -208,7 +208,7 @@ impl Transfer {
                 _ = shutdown.cancelled() => break,
                 p = idle.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             };
-            // Only a node holding a valid lease takes items (also while it drains).
+            // Only a node holding a valid lease takes work (also while it drains).
             if self.lease.wait_valid(&shutdown).await.is_none() {
                 break;
             }
@@ -225,7 +225,7 @@ impl Transfer {
             let mut batch = match batch {
                 Ok(b) => b,
                 Err(e) => {
-                    tracing::warn!(error = %e, "pull file items");
+                    tracing::warn!(error = %e, "pull work batches");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
@@ -244,7 +244,7 @@ impl Transfer {
                             drop(permit);
                         });
                     }
-                    Some(Err(e)) => tracing::debug!(error = %e, "file item pull"),
+                    Some(Err(e)) => tracing::debug!(error = %e, "work batch pull"),
                     None => break,
                 }
             }
@@ -425,7 +425,7 @@ impl Transfer {
     /// Move every file of the batch to every destination. File-level problems end up in the
     /// results, one per item.
     ///
-    /// Three hops to the blocking pool for the whole batch (a directory fsync or a slow disk must
+    /// Two hops to the blocking pool for the whole batch (a directory fsync or a slow disk must
     /// never stall the async workers that carry every other transfer's NATS traffic): plan and
     /// copy into temp files (one group commit for a batch of small files); then, after the
     /// commit intent is stored, rename and sync each folder once; between them only NATS.
@@ -547,41 +547,26 @@ impl Transfer {
     async fn audit(&self, batch: &WorkBatch, results: &[FileResult]) -> anyhow::Result<()> {
         let mut acks = Vec::new();
         for (item, result) in batch.items.iter().zip(results) {
-            let mut records: Vec<AuditRecord> = result
-                .destinations
-                .iter()
-                .map(|d| AuditRecord {
-                    task: item.task.clone(),
-                    run_id: item.run_id,
-                    node: self.node.clone(),
-                    epoch: item.epoch,
-                    action: "transfer".into(),
-                    source_path: result.source_path.clone(),
-                    dest_path: Some(d.path.clone()),
-                    size: result.size,
-                    sha256: result.sha256.clone(),
-                    started_at: result.started_at,
-                    finished_at: result.finished_at,
-                    outcome: d.outcome,
-                    error: d.error.clone(),
-                })
-                .collect();
-            if result.destinations.is_empty() {
-                records.push(AuditRecord {
-                    task: item.task.clone(),
-                    run_id: item.run_id,
-                    node: self.node.clone(),
-                    epoch: item.epoch,
-                    action: "transfer".into(),
-                    source_path: result.source_path.clone(),
-                    dest_path: None,
-                    size: result.size,
-                    sha256: None,
-                    started_at: result.started_at,
-                    finished_at: result.finished_at,
-                    outcome: result.outcome,
-                    error: result.error.clone(),
-                });
+            // One record per destination; a file that reached none (refused, or no plan) still
+            // gets one, without a destination path.
+            let record = |dest: Option<&DestOutcome>| AuditRecord {
+                task: item.task.clone(),
+                run_id: item.run_id,
+                node: self.node.clone(),
+                epoch: item.epoch,
+                action: "transfer".into(),
+                source_path: result.source_path.clone(),
+                dest_path: dest.map(|d| d.path.clone()),
+                size: result.size,
+                sha256: dest.and(result.sha256.clone()),
+                started_at: result.started_at,
+                finished_at: result.finished_at,
+                outcome: dest.map_or(result.outcome, |d| d.outcome),
+                error: dest.map_or_else(|| result.error.clone(), |d| d.error.clone()),
+            };
+            let mut records: Vec<AuditRecord> = result.destinations.iter().map(|d| record(Some(d))).collect();
+            if records.is_empty() {
+                records.push(record(None));
             }
             if item.source.delete_after && result.outcome == Outcome::Delivered {
                 records.push(AuditRecord {
@@ -617,18 +602,14 @@ impl Transfer {
             batch_id: batch.batch_id.clone(),
             results: results.to_vec(),
         };
-        self.js
-            .send_publish(
-                subjects::batch_result(batch.first().run_id, &batch.batch_id),
-                PublishMessage::build()
-                    .payload(ferry_wire::encode(&message))
-                    .message_id(format!("result:{}", batch.batch_id)),
-            )
-            .await
-            .context("publish batch result")?
-            .await
-            .context("batch result not stored")?;
-        Ok(())
+        ferry_service::streams::store(
+            &self.js,
+            subjects::batch_result(batch.first().run_id, &batch.batch_id),
+            format!("result:{}", batch.batch_id),
+            &message,
+            "batch result",
+        )
+        .await
     }
 }
 
@@ -654,6 +635,7 @@ impl InFlight {
     /// Plan every destination, find what an earlier attempt already committed, and apply the
     /// overwrite policy. Blocking (file-system calls).
     fn prepare(item: &FileItem, previously_committing: &[Option<String>], buffer: usize) -> InFlight {
+        let started_at = Utc::now();
         let n = item.destinations.len();
         let source = local::source_path(item);
         let mut outcomes: Vec<Option<DestOutcome>> = vec![None; n];
@@ -740,7 +722,7 @@ impl InFlight {
         InFlight {
             item: item.clone(),
             source,
-            started_at: Utc::now(),
+            started_at,
             plans,
             outcomes,
             open,

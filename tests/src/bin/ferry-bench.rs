@@ -848,7 +848,8 @@ impl FerryTiming {
             ),
         ]
     }
-    /// Per-file time inside the transfer service (claim to result), percentile `p` of 0..=100.
+    /// Per-file time inside the transfer service (planning of the file began → its batch's result),
+    /// percentile `p` of 0..=100.
     fn per_file(&self, p: usize) -> Duration {
         let mut d: Vec<Duration> = self
             .finished
@@ -1737,11 +1738,12 @@ impl Report {
         let _ = writeln!(
             o,
             "- **What Ferry does per file that the peers do not**: it hashes the source (SHA-256) as it reads it, writes \
-             to a temporary name, re-reads what it wrote and compares it with the source (byte for byte as a large \
-             file streams; by SHA-256 for a small one), fsyncs the file, renames it into place, fsyncs the folder, and \
-             records claim, commit intent, new-files-only state, an audit record and a result in JetStream. \
-             `cp` and `rclone` 1.60 write in place and leave the data in the page cache; the `+ sync` columns show \
-             what durability costs them."
+             to a temporary name, makes it durable (a file alone: fsync; small files, which travel up to 64 to a work \
+             batch (ADR 005): one `syncfs` for the batch), re-reads what it wrote and compares it with the source (byte \
+             for byte as a large file streams; by SHA-256 for a small one), renames it into place and fsyncs the folder \
+             (once per batch), and records in JetStream an audit record and the new-files-only state of every file, and \
+             the claim, commit intent and result of every batch. `cp` and `rclone` 1.60 write in place and leave the \
+             data in the page cache; the `+ sync` columns show what durability costs them."
         );
         let _ = writeln!(
             o,
