@@ -439,13 +439,14 @@ impl Transfer {
         let buffer = self.buffer_bytes;
         let epoch = batch.first().epoch;
         let items = batch.items.clone();
+        let alone = items.len() == 1;
         let previously: Vec<Vec<Option<String>>> = (0..items.len())
             .map(|i| previously_committing.get(i).cloned().unwrap_or_default())
             .collect();
         let lease = self.lease.clone();
         let mut files: Vec<InFlight> = tokio::task::spawn_blocking(move || {
             let mut files: Vec<InFlight> = items
-                .iter()
+                .into_iter()
                 .zip(&previously)
                 .map(|(item, previously)| InFlight::prepare(item, previously, buffer))
                 .collect();
@@ -456,7 +457,7 @@ impl Transfer {
                 .filter(|(_, f)| !f.open.is_empty())
                 .map(|(i, f)| (i, (f.source.clone(), f.temps())))
                 .collect();
-            let copies: Vec<Result<local::Copied, String>> = if items.len() == 1 {
+            let copies: Vec<Result<local::Copied, String>> = if alone {
                 // Alone (a large file, or a run of one): its own fsync.
                 jobs.iter()
                     .map(|(_, (source, temps))| local::copy_verified(source, temps, buffer, &stop))
@@ -634,17 +635,17 @@ struct InFlight {
 impl InFlight {
     /// Plan every destination, find what an earlier attempt already committed, and apply the
     /// overwrite policy. Blocking (file-system calls).
-    fn prepare(item: &FileItem, previously_committing: &[Option<String>], buffer: usize) -> InFlight {
+    fn prepare(item: FileItem, previously_committing: &[Option<String>], buffer: usize) -> InFlight {
         let started_at = Utc::now();
         let n = item.destinations.len();
-        let source = local::source_path(item);
+        let source = local::source_path(&item);
         let mut outcomes: Vec<Option<DestOutcome>> = vec![None; n];
         let mut plans: Vec<Option<local::Planned>> = item
             .destinations
             .iter()
             .enumerate()
             .map(|(i, dest)| {
-                match local::plan(item, dest)
+                match local::plan(&item, dest)
                     .and_then(|p| local::prepare_dir(&p, dest.create_dirs).map(|()| p))
                 {
                     Ok(p) => Some(p),
@@ -720,7 +721,7 @@ impl InFlight {
             .filter(|&i| outcomes[i].is_none() && plans[i].is_some())
             .collect();
         InFlight {
-            item: item.clone(),
+            item,
             source,
             started_at,
             plans,

@@ -126,13 +126,27 @@ pub fn copy_batch_verified(
 ) -> Vec<Result<Copied, String>> {
     use std::os::fd::AsRawFd;
 
-    let written: Vec<Result<Written, String>> = jobs
+    // Each job's temps, written, with the file system (`st_dev`) each is on.
+    let written: Vec<Result<(Written, Vec<u64>), String>> = jobs
         .iter()
-        .map(|(source, temps)| write_temps(source, temps, buffer_bytes, should_stop))
+        .map(|(source, temps)| {
+            let w = write_temps(source, temps, buffer_bytes, should_stop)?;
+            let devices = w
+                .outputs
+                .iter()
+                .zip(temps)
+                .map(|(o, t)| {
+                    o.metadata()
+                        .map(|m| m.dev())
+                        .map_err(|e| format!("stat {}: {e}", t.display()))
+                })
+                .collect::<Result<Vec<u64>, String>>()?;
+            Ok((w, devices))
+        })
         .collect();
     let mut synced: std::collections::HashMap<u64, Result<(), String>> = std::collections::HashMap::new();
-    for w in written.iter().flatten() {
-        for (out, dev) in w.outputs.iter().zip(&w.devices) {
+    for (w, devices) in written.iter().flatten() {
+        for (out, dev) in w.outputs.iter().zip(devices) {
             synced.entry(*dev).or_insert_with(|| {
                 // SAFETY: a valid open descriptor; syncfs touches no memory of ours.
                 match unsafe { libc::syncfs(out.as_raw_fd()) } {
@@ -149,8 +163,8 @@ pub fn copy_batch_verified(
         .into_iter()
         .zip(jobs)
         .map(|(w, (source, temps))| {
-            let w = w?;
-            for dev in &w.devices {
+            let (w, devices) = w?;
+            for dev in &devices {
                 synced[dev].clone()?;
             }
             finish(w, source, temps, buffer_bytes)
@@ -163,8 +177,6 @@ struct Written {
     input: File,
     before: fs::Metadata,
     outputs: Vec<File>,
-    /// The file system (`st_dev`) of each output.
-    devices: Vec<u64>,
     size: u64,
     sha256: String,
     /// Already compared while it was written (the pipeline).
@@ -194,15 +206,6 @@ fn write_temps(
                 .map_err(|e| format!("create {}: {e}", t.display()))
         })
         .collect::<Result<Vec<File>, String>>()?;
-    let devices = outputs
-        .iter()
-        .zip(temps)
-        .map(|(o, t)| {
-            o.metadata()
-                .map(|m| m.dev())
-                .map_err(|e| format!("stat {}: {e}", t.display()))
-        })
-        .collect::<Result<Vec<u64>, String>>()?;
     let pipeline = before.len() as usize > buffer_bytes;
     let (size, sha256) = if pipeline {
         let readers = temps
@@ -233,7 +236,6 @@ fn write_temps(
         input,
         before,
         outputs,
-        devices,
         size,
         sha256,
         verified: pipeline,
