@@ -505,18 +505,27 @@ impl Collector {
             .get_stream(topology::STREAM_RESULTS)
             .await
             .context("open results stream")?;
+        // Only "no such message" counts as absent: any other error stops the resume (it is
+        // retried), so a sent batch is never failed as unsent because a look-up failed.
+        let stored = |found: Result<_, async_nats::jetstream::stream::LastRawMessageError>| match found {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                Ok(false)
+            }
+            Err(e) => Err(anyhow::Error::new(e)),
+        };
         let mut unsent = HashSet::new();
         for batch in &record.batches {
             let queued = queue
                 .get_last_raw_message_by_subject(&subjects::file_batch(request.run_id, &batch.batch_id))
                 .await;
-            if queued.is_ok() {
+            if stored(queued).context("look for a planned batch in the file queue")? {
                 continue;
             }
             let answered = results
                 .get_last_raw_message_by_subject(&subjects::batch_result(request.run_id, &batch.batch_id))
                 .await;
-            if answered.is_err() {
+            if !stored(answered).context("look for a planned batch's result")? {
                 unsent.insert(batch.batch_id.clone());
             }
         }
