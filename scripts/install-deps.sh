@@ -4,7 +4,13 @@
 #   install-deps.sh nextest            cargo-nextest, if missing
 #   install-deps.sh bench              peers the benchmarks compare against (rclone)
 #   install-deps.sh netns              `ip` (iproute2), for the failover suite's network namespaces
+#   install-deps.sh peers DIR          the remote hosts' test peers: OpenSSH sshd and client, vsftpd,
+#                                      Samba smbd and smbclient (Debian); moto's S3 server (PyPI) and
+#                                      Azurite (npm) into DIR
 set -euo pipefail
+
+MOTO_VERSION=5.2.5
+AZURITE_VERSION=3.37.0
 
 apt_install() {
   local missing=()
@@ -37,6 +43,24 @@ case "${1:-}" in
   netns)
     command -v ip >/dev/null || apt_install iproute2
     ;;
+  peers)
+    dir=$2
+    apt_install openssh-server openssh-client vsftpd samba smbclient
+    mkdir -p "$dir"
+    if [ ! -x "$dir/bin/moto_server" ]; then
+      echo "installing moto[server] $MOTO_VERSION (PyPI) into $dir"
+      python3 -m pip install --quiet --disable-pip-version-check --target "$dir/py" "moto[server]==$MOTO_VERSION" 2>/dev/null \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages --target "$dir/py" "moto[server]==$MOTO_VERSION"
+      mkdir -p "$dir/bin"
+      printf '#!/bin/sh\nPYTHONPATH="%s/py${PYTHONPATH:+:$PYTHONPATH}" exec python3 -m moto.server "$@"\n' "$dir" > "$dir/bin/moto_server"
+      chmod +x "$dir/bin/moto_server"
+    fi
+    if [ ! -x "$dir/node_modules/.bin/azurite-blob" ]; then
+      command -v npm >/dev/null || apt_install nodejs npm
+      echo "installing azurite $AZURITE_VERSION (npm) into $dir"
+      (cd "$dir" && npm install --silent --no-audit --no-fund --prefix "$dir" "azurite@$AZURITE_VERSION" >/dev/null)
+    fi
+    ;;
   *)
-    echo "usage: $0 nats VERSION DIR | nextest | bench | netns" >&2; exit 2 ;;
+    echo "usage: $0 nats VERSION DIR | nextest | bench | netns | peers DIR" >&2; exit 2 ;;
 esac

@@ -5,11 +5,16 @@
 //! Invariant: a [`Config`] only exists validated; every error names the task (or host), the field
 //! and the offending value, and all errors of a file are reported at once.
 
+pub mod hosts;
 pub mod mask;
 pub mod model;
 pub mod schedule;
 pub mod template;
 
+pub use hosts::{
+    AzureSpec, FtpMode, FtpSpec, FtpTls, Host, HostKeyCheck, HostKind, HostOptions, HostSpec, S3Spec,
+    SECRET_FIELDS, Secret, SftpSpec, SmbEncryption, SmbSpec, Verify,
+};
 pub use mask::MaskList;
 pub use model::*;
 pub use template::{MacroContext, Template};

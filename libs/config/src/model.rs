@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::hosts::{self, Host, HostKind, HostSpec};
 use crate::schedule::{Schedule, ScheduleSpec};
 use crate::{ConfigError, ConfigErrors, MaskList, Template, is_valid_name};
 
@@ -27,13 +28,13 @@ pub struct RawConfig {
     pub task: Vec<toml::Value>,
 }
 
+/// The fields every `[[host]]` table has; the rest depends on `kind` (see `hosts.rs`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-struct RawHost {
+struct RawHostHead {
     /// Unique host name that tasks refer to.
     name: String,
-    /// `local` (more kinds arrive with remote hosts).
-    kind: HostKind,
+    /// `local`, `sftp`, `ftp`, `smb`, `s3` or `azure`.
+    kind: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -133,18 +134,6 @@ fn default_file_name() -> String {
 pub struct Config {
     pub hosts: BTreeMap<String, Host>,
     pub tasks: BTreeMap<String, Task>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Host {
-    pub name: String,
-    pub kind: HostKind,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum HostKind {
-    Local,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -501,13 +490,9 @@ impl RawConfig {
     pub fn validate(&self) -> Result<Config, ConfigErrors> {
         let mut errors = Vec::new();
         let mut config = Config::default();
-        config.hosts.insert(
-            LOCAL_HOST.to_string(),
-            Host {
-                name: LOCAL_HOST.to_string(),
-                kind: HostKind::Local,
-            },
-        );
+        config
+            .hosts
+            .insert(LOCAL_HOST.to_string(), Host::local(LOCAL_HOST));
 
         // Every declared host name with its kind (None when the kind could not be read), so a
         // task naming a host whose table has a mistake is not also told the host is unknown.
@@ -523,36 +508,44 @@ impl RawConfig {
                 scope,
                 errors: &mut errors,
             };
-            let Some(raw) = deserialize_table::<RawHost>(value, "", &mut check) else {
+            let Some(head) = deserialize_table::<RawHostHead>(&only_head(value), "", &mut check) else {
                 if let Some(name) = name_of(value) {
                     host_kinds.entry(name.to_string()).or_insert(None);
                 }
                 continue;
             };
-            if !is_valid_name(&raw.name) {
-                check.error("name", &raw.name, NAME_RULE);
-            } else if raw.name == LOCAL_HOST {
+            let kind = HostKind::parse(&head.kind);
+            if kind.is_none() {
+                let known: Vec<&str> = HostKind::ALL.iter().map(|k| k.as_str()).collect();
+                check.error("kind", &head.kind, format!("is not one of: {}", known.join(", ")));
+            }
+            let name_ok = if !is_valid_name(&head.name) {
+                check.error("name", &head.name, NAME_RULE);
+                false
+            } else if head.name == LOCAL_HOST {
                 check.error(
                     "name",
-                    &raw.name,
+                    &head.name,
                     "is built in (the node's own file system); choose another name",
                 );
-            } else if let Some(first) = host_index.get(&raw.name) {
+                false
+            } else if let Some(first) = host_index.get(&head.name) {
                 check.error(
                     "name",
-                    &raw.name,
+                    &head.name,
                     format!("is declared more than once (host[{first}] and host[{i}])"),
                 );
+                false
             } else {
-                host_index.insert(raw.name.clone(), i);
-                host_kinds.insert(raw.name.clone(), Some(raw.kind));
-                config.hosts.insert(
-                    raw.name.clone(),
-                    Host {
-                        name: raw.name,
-                        kind: raw.kind,
-                    },
-                );
+                host_index.insert(head.name.clone(), i);
+                host_kinds.insert(head.name.clone(), kind);
+                true
+            };
+            let Some(kind) = kind else { continue };
+            if let Some(host) = validate_host(value, &head.name, kind, &mut check)
+                && name_ok
+            {
+                config.hosts.insert(head.name.clone(), host);
             }
         }
 
@@ -592,6 +585,76 @@ impl RawConfig {
             Err(ConfigErrors(errors))
         }
     }
+}
+
+/// `name` and `kind` of a host table (the rest is read by [`validate_host`]).
+fn only_head(value: &toml::Value) -> toml::Value {
+    let mut head = toml::Table::new();
+    for key in ["name", "kind"] {
+        if let Some(v) = value.get(key) {
+            head.insert(key.to_string(), v.clone());
+        }
+    }
+    match value {
+        toml::Value::Table(_) => toml::Value::Table(head),
+        other => other.clone(),
+    }
+}
+
+/// Read one host table of a known kind: first the settings every remote kind shares, then the
+/// kind's own fields from what is left (so each kind's struct can deny unknown fields).
+fn validate_host(value: &toml::Value, name: &str, kind: HostKind, check: &mut Checker<'_>) -> Option<Host> {
+    let before = check.errors.len();
+    let toml::Value::Table(table) = value else {
+        check.absent("", "is not a table");
+        return None;
+    };
+    let (mut own, mut shared) = (toml::Table::new(), toml::Table::new());
+    for (k, v) in table {
+        if hosts::HOST_OPTION_FIELDS.contains(&k.as_str()) {
+            shared.insert(k.clone(), v.clone());
+        } else {
+            own.insert(k.clone(), v.clone());
+        }
+    }
+    if kind == HostKind::Local && !shared.is_empty() {
+        let field = shared.keys().next().expect("not empty").clone();
+        check.absent(field, "does not apply to a local host");
+    }
+    let options = deserialize_table::<hosts::RawHostOptions>(&toml::Value::Table(shared), "", check);
+    let own = toml::Value::Table(own);
+    let mut problems = Vec::new();
+    let options = options.map(|o| hosts::validate_options(&o, &mut problems));
+    let spec = match kind {
+        HostKind::Local => deserialize_table::<hosts::RawLocalHost>(&own, "", check).map(|_| HostSpec::Local),
+        HostKind::Sftp => deserialize_table(&own, "", check)
+            .and_then(|raw| hosts::validate_sftp(raw, &mut problems))
+            .map(HostSpec::Sftp),
+        HostKind::Ftp => deserialize_table(&own, "", check)
+            .and_then(|raw| hosts::validate_ftp(raw, &mut problems))
+            .map(HostSpec::Ftp),
+        HostKind::Smb => deserialize_table(&own, "", check)
+            .and_then(|raw| hosts::validate_smb(raw, &mut problems))
+            .map(HostSpec::Smb),
+        HostKind::S3 => deserialize_table(&own, "", check)
+            .and_then(|raw| hosts::validate_s3(raw, &mut problems))
+            .map(HostSpec::S3),
+        HostKind::Azure => deserialize_table(&own, "", check)
+            .and_then(|raw| hosts::validate_azure(raw, &mut problems))
+            .map(HostSpec::Azure),
+    };
+    for (field, value, message) in problems {
+        if value.is_empty() {
+            check.absent(field, message);
+        } else {
+            check.error(field, value, message);
+        }
+    }
+    (check.errors.len() == before).then_some(Host {
+        name: name.to_string(),
+        spec: spec?,
+        options: options?,
+    })
 }
 
 /// Declared host names and their kinds; see [`RawConfig::validate`].

@@ -15,6 +15,7 @@ use anyhow::{Context, bail};
 
 mod cluster;
 mod netns;
+pub mod peers;
 
 pub use cluster::NatsCluster;
 pub use netns::{Netns, netns_available};

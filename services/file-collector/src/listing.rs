@@ -52,10 +52,11 @@ pub async fn list_task(
             .hosts
             .get(&source.host)
             .ok_or_else(|| format!("source[{index}]: unknown host {:?}", source.host))?;
-        let found = match host.kind {
+        let found = match host.kind() {
             HostKind::Local => list_local(source)
                 .await
                 .map_err(|e| format!("source[{index}]: {e}"))?,
+            other => return Err(format!("source[{index}]: {other} hosts are not supported yet")),
         };
         let source_key = state_source_key(&task.name, &source.host, &source.folder);
         let with_keys: Vec<(Found, Option<String>)> = found
@@ -308,10 +309,7 @@ mod tests {
             item_id: format!("item{id}"),
             source: SourceFile {
                 source_index: 0,
-                host: ferry_config::Host {
-                    name: "local".into(),
-                    kind: HostKind::Local,
-                },
+                host: ferry_config::Host::local("local"),
                 folder: "/in".into(),
                 rel_path: format!("f{id}"),
                 size,

@@ -23,8 +23,10 @@
 //!   audit record per file and destination; the batch is acknowledged only after both are
 //!   stored.
 
-mod local;
 mod metrics;
+mod plan;
+
+use ferry_hosts::local::fast as local;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -409,7 +411,7 @@ impl Transfer {
     fn failed(&self, item: &FileItem, started_at: chrono::DateTime<Utc>, error: String) -> FileResult {
         FileResult {
             item_id: item.item_id.clone(),
-            source_path: local::source_path(item).to_string_lossy().into_owned(),
+            source_path: plan::source_path(item).to_string_lossy().into_owned(),
             size: item.source.size,
             sha256: None,
             outcome: Outcome::Failed,
@@ -620,7 +622,7 @@ struct InFlight {
     source: PathBuf,
     started_at: chrono::DateTime<Utc>,
     /// Per destination: the plan, or `None` when it could not be made (its outcome says why).
-    plans: Vec<Option<local::Planned>>,
+    plans: Vec<Option<plan::Planned>>,
     /// Per destination, once decided.
     outcomes: Vec<Option<DestOutcome>>,
     /// Destinations being copied.
@@ -638,15 +640,15 @@ impl InFlight {
     fn prepare(item: FileItem, previously_committing: &[Option<String>], buffer: usize) -> InFlight {
         let started_at = Utc::now();
         let n = item.destinations.len();
-        let source = local::source_path(&item);
+        let source = plan::source_path(&item);
         let mut outcomes: Vec<Option<DestOutcome>> = vec![None; n];
-        let mut plans: Vec<Option<local::Planned>> = item
+        let mut plans: Vec<Option<plan::Planned>> = item
             .destinations
             .iter()
             .enumerate()
             .map(|(i, dest)| {
-                match local::plan(&item, dest)
-                    .and_then(|p| local::prepare_dir(&p, dest.create_dirs).map(|()| p))
+                match plan::plan(&item, i, dest)
+                    .and_then(|p| plan::prepare_dir(&p, dest.create_dirs).map(|()| p))
                 {
                     Ok(p) => Some(p),
                     Err(e) => {
@@ -733,7 +735,7 @@ impl InFlight {
         }
     }
 
-    fn plan(&self, i: usize) -> &local::Planned {
+    fn plan(&self, i: usize) -> &plan::Planned {
         self.plans[i].as_ref().expect("open destinations have a plan")
     }
 
@@ -961,7 +963,7 @@ fn failpoint_pause_before_rename() {
 
 /// Rename into place (the commit point; the caller fsyncs the folder). Also returns when the
 /// rename was done (`CLOCK_MONOTONIC` ns), for the side-effect ledger.
-fn commit(p: &local::Planned) -> (DestOutcome, u64) {
+fn commit(p: &plan::Planned) -> (DestOutcome, u64) {
     let path = |p: &PathBuf| p.to_string_lossy().into_owned();
     let renamed = match p.overwrite {
         Overwrite::Overwrite => {

@@ -1,10 +1,11 @@
-//! Local file-system side of a transfer: plan destination paths, stream the source into
-//! temporary files while hashing, verify, and commit by rename.
+//! The fast path for a copy from the node's file system to the node's file system: stream the
+//! source into temporary files while hashing, verify, and commit by rename — on blocking threads,
+//! with a three-thread pipeline for large files and one group commit for a batch of small ones.
 //!
-//! Invariant: nothing is ever written under a final name. Bytes go to
-//! `.<final name>.ferry-<item>.part` in the final folder; once the temp file is fsynced and its
-//! re-read content matches what was read from the source (compared byte for byte as a large file
-//! streams, by SHA-256 for a small one), a rename (the commit point) makes the file appear whole.
+//! Invariant: nothing is ever written under a final name. Bytes go to a temp file in the final
+//! folder (see [`crate::path::temp_name`]); once the temp file is fsynced and its re-read content
+//! matches what was read from the source (compared byte for byte as a large file streams, by
+//! SHA-256 for a small one), a rename (the commit point) makes the file appear whole.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -13,84 +14,12 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use ferry_config::{Destination, MacroContext, Overwrite};
-use ferry_wire::FileItem;
-
-/// Where one destination's file goes.
-#[derive(Debug, Clone)]
-pub struct Planned {
-    pub dir: PathBuf,
-    pub final_path: PathBuf,
-    pub temp_path: PathBuf,
-    pub overwrite: Overwrite,
-}
-
 /// The source as it was read.
 #[derive(Debug, Clone)]
 pub struct Copied {
     pub size: u64,
     pub sha256: String,
     pub mtime_ns: i128,
-}
-
-pub fn source_path(item: &FileItem) -> PathBuf {
-    Path::new(&item.source.folder).join(&item.source.rel_path)
-}
-
-/// Render the destination folder and file name for `item`.
-pub fn plan(item: &FileItem, dest: &Destination) -> Result<Planned, String> {
-    let orig_name = Path::new(&item.source.rel_path)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let run_id = item.run_id.to_string();
-    let ctx = MacroContext {
-        orig_name: &orig_name,
-        task: &item.task,
-        run_id: &run_id,
-        time: item.run_started_at.with_timezone(&chrono::Local),
-    };
-    let mut dir = PathBuf::from(dest.folder.render(&ctx));
-    if dest.relative_subdirs
-        && let Some(parent) = Path::new(&item.source.rel_path).parent()
-    {
-        dir.push(parent);
-    }
-    let name = dest.file_name.render(&ctx);
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        return Err(format!(
-            "file name template {:?} expands to {name:?}",
-            dest.file_name.as_str()
-        ));
-    }
-    let temp_name = format!(
-        ".{name}.ferry-{}.part",
-        &item.item_id[..12.min(item.item_id.len())]
-    );
-    Ok(Planned {
-        final_path: dir.join(&name),
-        temp_path: dir.join(temp_name),
-        dir,
-        overwrite: dest.overwrite,
-    })
-}
-
-/// Make sure the destination folder exists (creating it when allowed).
-pub fn prepare_dir(planned: &Planned, create: bool) -> Result<(), String> {
-    match fs::metadata(&planned.dir) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(format!(
-            "destination folder {} is not a directory",
-            planned.dir.display()
-        )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound && create => fs::create_dir_all(&planned.dir)
-            .map_err(|e| format!("create destination folder {}: {e}", planned.dir.display())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(format!(
-            "destination folder {} does not exist (create_dirs = false)",
-            planned.dir.display()
-        )),
-        Err(e) => Err(format!("destination folder {}: {e}", planned.dir.display())),
-    }
 }
 
 /// Copy the source into every temp file and verify them: hash the source as it is read, fsync the
@@ -197,14 +126,7 @@ fn write_temps(
         .map_err(|e| format!("stat source {}: {e}", source.display()))?;
     let mut outputs = temps
         .iter()
-        .map(|t| {
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(t)
-                .map_err(|e| format!("create {}: {e}", t.display()))
-        })
+        .map(|t| create_temp(t).map_err(|e| format!("create {}: {e}", t.display())))
         .collect::<Result<Vec<File>, String>>()?;
     let pipeline = before.len() as usize > buffer_bytes;
     let (size, sha256) = if pipeline {
@@ -529,6 +451,18 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<bool> {
     } else {
         Err(err)
     }
+}
+
+/// Create a temp file exclusively: a stale temp of an earlier attempt (same name: same file and
+/// run) is removed first, and an existing path is never truncated or followed (a symlink planted
+/// under the temp name is removed, not written through).
+pub fn create_temp(temp: &Path) -> io::Result<File> {
+    match fs::remove_file(temp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    OpenOptions::new().write(true).create_new(true).open(temp)
 }
 
 /// Make a rename durable.

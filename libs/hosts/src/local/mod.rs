@@ -1,0 +1,353 @@
+//! `local`: the node's own file system.
+//!
+//! [`LocalHost`] implements [`Host`] for transfers where the other side is remote; a copy from
+//! local to local takes the blocking fast path in [`fast`] instead (pipelined, group-committed).
+//! Every file-system call runs on tokio's blocking pool, never on the async workers.
+//!
+//! Invariants: a source is opened without following a symlink in its last component; a temp file
+//! is created exclusively (a stale one of the same attempt is removed first, an existing path is
+//! never truncated); a commit is a `rename` (or `renameat2(RENAME_NOREPLACE)` when it must not
+//! replace), and [`Host::sync_dir`] reports a failed folder fsync instead of hiding it.
+
+pub mod fast;
+
+use std::fs;
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+
+use crate::{
+    ByteStream, Capabilities, Entry, Host, HostError, HostResult, Meta, Probe, Staged, Upload, Verification,
+    WriteTarget,
+};
+
+/// The node's file system under a host name (`local`, or another `kind = "local"` host).
+pub struct LocalHost {
+    name: String,
+}
+
+impl LocalHost {
+    pub fn new(name: &str) -> LocalHost {
+        LocalHost {
+            name: name.to_string(),
+        }
+    }
+}
+
+const CAPABILITIES: Capabilities = Capabilities {
+    atomic_rename: true,
+    rename_noreplace: true,
+    server_sha256: false,
+    resume: true,
+    durable: true,
+};
+
+/// Run a blocking file-system call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    host: &str,
+    f: impl FnOnce() -> HostResult<T> + Send + 'static,
+) -> HostResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| HostError::permanent(host, format!("file-system task failed: {e}")))?
+}
+
+pub fn mtime_ns(m: &fs::Metadata) -> i128 {
+    m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128
+}
+
+/// Every file under `root` (recursively if asked), sorted by relative path; symlinks and other
+/// non-regular files are not listed.
+pub fn walk(host: &str, root: &Path, recursive: bool) -> HostResult<Vec<Entry>> {
+    let meta =
+        fs::metadata(root).map_err(|e| HostError::io(host, &format!("folder {}", root.display()), &e))?;
+    if !meta.is_dir() {
+        return Err(HostError::permanent(
+            host,
+            format!("folder {} is not a directory", root.display()),
+        ));
+    }
+    let walker = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .max_depth(if recursive { usize::MAX } else { 1 })
+        .sort_by_file_name();
+    let mut found = Vec::new();
+    for entry in walker {
+        let entry = entry.map_err(|e| {
+            let what = format!("list {}", root.display());
+            match e.io_error() {
+                Some(io) => HostError::io(host, &what, io),
+                None => HostError::permanent(host, format!("{what}: {e}")),
+            }
+        })?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            // Gone between the directory read and the stat: not there.
+            Err(e)
+                if e.io_error()
+                    .is_some_and(|io| io.kind() == io::ErrorKind::NotFound) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                return Err(HostError::permanent(
+                    host,
+                    format!("stat {}: {e}", entry.path().display()),
+                ));
+            }
+        };
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .expect("walkdir yields paths under its root")
+            .to_string_lossy()
+            .into_owned();
+        found.push(Entry {
+            rel_path: rel,
+            size: meta.len(),
+            mtime_ns: mtime_ns(&meta),
+        });
+    }
+    Ok(found)
+}
+
+/// Open a file to read without following a symlink in its last component.
+fn open_nofollow(path: &Path) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+#[async_trait]
+impl Host for LocalHost {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
+    async fn list(&self, folder: &str, recursive: bool) -> HostResult<Vec<Entry>> {
+        let (host, root) = (self.name.clone(), PathBuf::from(folder));
+        blocking(&self.name, move || walk(&host, &root, recursive)).await
+    }
+
+    async fn stat(&self, path: &str) -> HostResult<Option<Meta>> {
+        let (host, p) = (self.name.clone(), PathBuf::from(path));
+        blocking(&self.name, move || match fs::symlink_metadata(&p) {
+            Ok(m) => Ok(Some(Meta {
+                size: m.len(),
+                mtime_ns: mtime_ns(&m),
+                is_dir: m.is_dir(),
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(HostError::io(&host, &format!("stat {}", p.display()), &e)),
+        })
+        .await
+    }
+
+    async fn read(&self, path: &str, offset: u64) -> HostResult<ByteStream> {
+        let (host, p) = (self.name.clone(), PathBuf::from(path));
+        let file = blocking(&self.name, move || {
+            let mut f =
+                open_nofollow(&p).map_err(|e| HostError::io(&host, &format!("open {}", p.display()), &e))?;
+            if offset > 0 {
+                f.seek(SeekFrom::Start(offset))
+                    .map_err(|e| HostError::io(&host, &format!("seek {}", p.display()), &e))?;
+            }
+            Ok(f)
+        })
+        .await?;
+        Ok(Box::pin(tokio::fs::File::from_std(file)))
+    }
+
+    async fn create_dir_all(&self, path: &str) -> HostResult<()> {
+        let (host, p) = (self.name.clone(), PathBuf::from(path));
+        blocking(&self.name, move || {
+            match fs::metadata(&p) {
+                Ok(m) if m.is_dir() => return Ok(()),
+                Ok(_) => {
+                    return Err(HostError::permanent(
+                        &host,
+                        format!("{} exists and is not a directory", p.display()),
+                    ));
+                }
+                Err(_) => {}
+            }
+            fs::create_dir_all(&p)
+                .map_err(|e| HostError::io(&host, &format!("create folder {}", p.display()), &e))
+        })
+        .await
+    }
+
+    async fn write(&self, target: &WriteTarget) -> HostResult<Box<dyn Upload>> {
+        let (host, temp, resume) = (
+            self.name.clone(),
+            PathBuf::from(target.temp_path()),
+            target.resume,
+        );
+        let (file, offset) = blocking(&self.name, move || {
+            let what = || format!("create {}", temp.display());
+            if resume
+                && let Ok(m) = fs::symlink_metadata(&temp)
+                && m.is_file()
+            {
+                let f = fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&temp)
+                    .map_err(|e| HostError::io(&host, &what(), &e))?;
+                return Ok((f, m.len()));
+            }
+            let f = fast::create_temp(&temp).map_err(|e| HostError::io(&host, &what(), &e))?;
+            Ok((f, 0))
+        })
+        .await?;
+        let mut file = tokio::fs::File::from_std(file);
+        if offset > 0 {
+            use tokio::io::AsyncSeekExt;
+            file.seek(SeekFrom::Start(offset))
+                .await
+                .map_err(|e| HostError::io(&self.name, "seek temp file", &e))?;
+        }
+        Ok(Box::new(LocalUpload {
+            host: self.name.clone(),
+            temp: PathBuf::from(target.temp_path()),
+            file,
+            offset,
+        }))
+    }
+
+    async fn delete(&self, path: &str) -> HostResult<()> {
+        let (host, p) = (self.name.clone(), PathBuf::from(path));
+        blocking(&self.name, move || match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(HostError::io(&host, &format!("delete {}", p.display()), &e)),
+        })
+        .await
+    }
+
+    async fn sync_dir(&self, dir: &str) -> HostResult<()> {
+        let (host, p) = (self.name.clone(), PathBuf::from(dir));
+        blocking(&self.name, move || {
+            fast::sync_dir(&p).map_err(|e| HostError::io(&host, &format!("fsync folder {}", p.display()), &e))
+        })
+        .await
+    }
+
+    async fn probe(&self, folder: &str) -> HostResult<Probe> {
+        match self.stat(folder).await? {
+            Some(m) if m.is_dir => Ok(Probe {
+                server: Some("the node's file system".into()),
+                capabilities: CAPABILITIES,
+                ..Probe::default()
+            }),
+            Some(_) => Err(HostError::permanent(
+                &self.name,
+                format!("{folder} is not a directory"),
+            )),
+            None => Err(HostError::not_found(
+                &self.name,
+                format!("folder {folder} does not exist"),
+            )),
+        }
+    }
+}
+
+struct LocalUpload {
+    host: String,
+    temp: PathBuf,
+    file: tokio::fs::File,
+    offset: u64,
+}
+
+#[async_trait]
+impl Upload for LocalUpload {
+    fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    async fn write(&mut self, data: Bytes) -> HostResult<()> {
+        self.file
+            .write_all(&data)
+            .await
+            .map_err(|e| HostError::io(&self.host, &format!("write {}", self.temp.display()), &e))
+    }
+
+    async fn finish(mut self: Box<Self>) -> HostResult<Box<dyn Staged>> {
+        let what = format!("fsync {}", self.temp.display());
+        self.file
+            .flush()
+            .await
+            .map_err(|e| HostError::io(&self.host, &what, &e))?;
+        self.file
+            .sync_all()
+            .await
+            .map_err(|e| HostError::io(&self.host, &what, &e))?;
+        Ok(Box::new(LocalStaged {
+            host: self.host,
+            temp: self.temp,
+        }))
+    }
+
+    async fn abort(self: Box<Self>) {
+        drop(self.file);
+        let _ = tokio::fs::remove_file(&self.temp).await;
+    }
+}
+
+struct LocalStaged {
+    host: String,
+    temp: PathBuf,
+}
+
+#[async_trait]
+impl Staged for LocalStaged {
+    async fn verify(&mut self, size: u64, sha256: &str) -> HostResult<Verification> {
+        let (host, temp) = (self.host.clone(), self.temp.clone());
+        let (stored, hash) = blocking(&self.host, move || {
+            fast::hash_file(&temp, 1 << 20)
+                .map_err(|e| HostError::io(&host, &format!("verify {}", temp.display()), &e))
+        })
+        .await?;
+        if stored != size || hash != sha256 {
+            return Err(HostError::permanent(
+                &self.host,
+                format!(
+                    "verification failed for {}: stored {stored} bytes sha256 {hash}, sent {size} bytes sha256 {sha256}",
+                    self.temp.display()
+                ),
+            ));
+        }
+        Ok(Verification::ReadBack)
+    }
+
+    async fn commit(&mut self, final_path: &str, replace: bool) -> HostResult<bool> {
+        let (host, temp, to) = (self.host.clone(), self.temp.clone(), PathBuf::from(final_path));
+        blocking(&self.host, move || {
+            let what = || format!("rename into {}", to.display());
+            if replace {
+                fs::rename(&temp, &to)
+                    .map(|()| true)
+                    .map_err(|e| HostError::io(&host, &what(), &e))
+            } else {
+                fast::rename_noreplace(&temp, &to).map_err(|e| HostError::io(&host, &what(), &e))
+            }
+        })
+        .await
+    }
+
+    async fn abort(self: Box<Self>) {
+        let _ = tokio::fs::remove_file(&self.temp).await;
+    }
+}

@@ -1,0 +1,106 @@
+//! Real protocol peers for the remote hosts' tests, each on a random loopback port with its own
+//! temp dir, killed on drop: OpenSSH `sshd` ([`sshd`]), `vsftpd` ([`vsftpd`]), Samba `smbd`
+//! ([`smbd`]), moto's S3 server ([`s3`]) and Azurite ([`azurite`]). `make test` installs them
+//! (`scripts/install-deps.sh peers`); a test whose peer is missing fails and says how to install it.
+//!
+//! Servers that authenticate system users (sshd with passwords, vsftpd, smbd) need root; the
+//! account they use is created once per machine by [`ensure_user`].
+
+pub mod azurite;
+pub mod s3;
+pub mod smbd;
+pub mod sshd;
+pub mod vsftpd;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for a test peer that starts
+/// at once).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Wait until `127.0.0.1:port` accepts connections, or fail after `timeout` with `log` (the
+/// peer's own output, read lazily) in the message.
+pub fn wait_port(port: u16, timeout: Duration, what: &str, log: impl Fn() -> String) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{what} did not listen on 127.0.0.1:{port} within {timeout:?}:\n{}",
+                log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Where `make` installs the PyPI and npm peers: `<workspace>/.ferry/tools`.
+pub fn tools_dir() -> PathBuf {
+    crate::workspace_root().join(".ferry/tools")
+}
+
+/// Whether the test process runs as root (needed to start sshd, vsftpd and smbd with password
+/// logins of system users).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and touches no memory of ours.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The system user the peers authenticate: created (with a home folder and `/bin/bash`) if
+/// missing, and its password set. Idempotent; needs root.
+pub fn ensure_user(user: &str, password: &str) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("test peers with password logins need root (creating user {user})");
+    }
+    let exists = Command::new("id").arg(user).output()?.status.success();
+    if !exists {
+        let status = Command::new("useradd")
+            .args(["-m", "-s", "/bin/bash", user])
+            .status()
+            .context("run useradd")?;
+        // Another test may have created it at the same moment.
+        if !status.success() && !Command::new("id").arg(user).output()?.status.success() {
+            bail!("useradd {user} failed");
+        }
+    }
+    let mut child = Command::new("chpasswd")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("run chpasswd")?;
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(format!("{user}:{password}\n").as_bytes())?;
+    if !child.wait()?.success() {
+        bail!("chpasswd for {user} failed");
+    }
+    Ok(())
+}
+
+/// The test account's fixed name and password (a throw-away account on a test machine).
+pub const TEST_USER: &str = "ferrytest";
+pub const TEST_PASSWORD: &str = "ferry-test-pw-1";
+
+/// A folder owned by `user` (for servers that write as the logged-in user).
+pub fn chown_to(path: &std::path::Path, user: &str) -> anyhow::Result<()> {
+    let status = Command::new("chown")
+        .args(["-R", user])
+        .arg(path)
+        .status()
+        .context("run chown")?;
+    if !status.success() {
+        bail!("chown {user} {} failed", path.display());
+    }
+    Ok(())
+}
