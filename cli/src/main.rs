@@ -4,6 +4,7 @@
 //! Exit codes: 0 success; 1 the command failed (rejected configuration, failed run, unreachable
 //! service); 2 usage errors (from clap).
 
+mod keymat;
 mod output;
 
 use std::path::PathBuf;
@@ -90,6 +91,16 @@ enum Command {
         #[command(subcommand)]
         command: FailoverCommand,
     },
+    /// The node's master key that keeps host secrets encrypted (export once to a standby).
+    Keymat {
+        #[command(subcommand)]
+        command: keymat::KeymatCommand,
+    },
+    /// Remote hosts.
+    Host {
+        #[command(subcommand)]
+        command: HostCommand,
+    },
     /// "Shut Down Service": stop taking runs, let runs in flight finish (up to the drain
     /// timeout), release the lease, and stop every service of the node.
     Shutdown {
@@ -104,6 +115,20 @@ struct Drain {
     /// files stop before the commit point).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+enum HostCommand {
+    /// Connect to a configured host from the node's transfer service, look at a folder, and
+    /// print round-trip latency and what the server offers (host key, TLS certificate,
+    /// capabilities) — or the exact error.
+    Test {
+        name: String,
+        /// Folder to look at (default: the folder of the first task source or destination on
+        /// this host).
+        #[arg(long)]
+        folder: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -223,6 +248,22 @@ impl Ctx {
 
 async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(cli.config.as_deref())?;
+    // The keymat is handled on the node itself: export and import need no bus.
+    match &cli.command {
+        Command::Keymat {
+            command: keymat::KeymatCommand::Export { out, password },
+        } => return keymat::export(&settings.keymat_path(), out, password, cli.json),
+        Command::Keymat {
+            command:
+                keymat::KeymatCommand::Import {
+                    file,
+                    password,
+                    force,
+                },
+        } => return keymat::import(&settings.keymat_path(), file, password, *force, cli.json),
+        _ => {}
+    }
+    let keymat_path = settings.keymat_path();
     let nats_url = cli.nats_url.unwrap_or(settings.nats_url);
     let node = cli.node.unwrap_or(settings.node_id);
     ferry_service::nats::install_crypto_provider();
@@ -276,6 +317,13 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Failover { command } => failover(&ctx, command).await,
+        Command::Keymat { .. } => {
+            let config_keymat = current_config(&ctx).await?.and_then(|doc| doc.keymat_id);
+            keymat::status(&keymat_path, config_keymat.as_deref(), ctx.json)
+        }
+        Command::Host {
+            command: HostCommand::Test { name, folder },
+        } => host_test(&ctx, &name, folder).await,
         Command::Shutdown { drain } => failover(&ctx, FailoverCommand::Shutdown { drain }).await,
     }
 }
@@ -354,6 +402,15 @@ async fn apply(ctx: &Ctx, file: &std::path::Path, dry_run: bool) -> anyhow::Resu
         }
     };
     raw.resolve_relative_paths(&std::env::current_dir().context("working directory")?);
+    // Secrets are sealed here, so no plain secret leaves this machine.
+    match ferry_service::api::seal_for_apply(&ctx.client, &ctx.node, &mut raw).await {
+        Ok(()) => {}
+        Err(Ok(errors)) => {
+            output::rejected(ctx.json, &file.display().to_string(), &errors.0);
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(Err(e)) => return Err(e.context("ask the node for its keymat to seal secrets")),
+    }
     let request = ApplyRequest {
         config: raw,
         source_name: file.display().to_string(),
@@ -366,6 +423,22 @@ async fn apply(ctx: &Ctx, file: &std::path::Path, dry_run: bool) -> anyhow::Resu
     let ok = !matches!(response, ApplyResponse::Rejected { .. });
     output::applied(ctx.json, &file.display().to_string(), &response);
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn host_test(ctx: &Ctx, name: &str, folder: Option<String>) -> anyhow::Result<ExitCode> {
+    let request = ferry_wire::HostTestRequest {
+        host: name.to_string(),
+        folder,
+    };
+    let report: ferry_wire::HostTestReport = ctx
+        .call(subjects::service::TRANSFER, subjects::api::HOST_TEST, &request)
+        .await?;
+    output::host_test(ctx.json, &report);
+    Ok(if report.error.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn current_config(ctx: &Ctx) -> anyhow::Result<Option<ConfigDocument>> {

@@ -279,7 +279,7 @@ pub fn audit(as_json: bool, records: &[AuditRecord]) {
     }
     for r in records {
         println!(
-            "{} {:<9} {:<13} task={} run={} node={} epoch={} {} -> {} size={} sha256={}{}",
+            "{} {:<9} {:<13} task={} run={} node={} epoch={} {}:{} -> {} size={} sha256={}{}",
             local(&r.finished_at),
             outcome(r.outcome),
             r.action,
@@ -287,8 +287,13 @@ pub fn audit(as_json: bool, records: &[AuditRecord]) {
             r.run_id,
             r.node,
             r.epoch,
+            r.source_host,
             r.source_path,
-            r.dest_path.as_deref().unwrap_or("-"),
+            match (&r.dest_host, &r.dest_path) {
+                (Some(h), Some(p)) => format!("{h}:{p}"),
+                (None, Some(p)) => p.clone(),
+                _ => "-".to_string(),
+            },
             r.size,
             r.sha256.as_deref().unwrap_or("-"),
             r.error
@@ -384,5 +389,40 @@ pub fn role_history(as_json: bool, changes: &[RoleChanged]) {
             c.epoch,
             c.reason
         );
+    }
+}
+
+pub fn host_test(as_json: bool, r: &ferry_wire::HostTestReport) {
+    if as_json {
+        return json(r);
+    }
+    match &r.error {
+        None => println!(
+            "host {} ({}): OK in {} ms, folder {:?} has {} file(s)",
+            r.host,
+            r.kind,
+            r.latency_ms,
+            r.folder,
+            r.files.map_or_else(|| "?".to_string(), |n| n.to_string())
+        ),
+        Some(e) => println!(
+            "host {} ({}): FAILED after {} ms: {e}",
+            r.host, r.kind, r.latency_ms
+        ),
+    }
+    let show = |label: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            println!("  {label:<16} {v}");
+        }
+    };
+    show("server", &r.server);
+    show("host key", &r.host_key_sha256);
+    show("TLS certificate", &r.tls_subject);
+    show("TLS expires", &r.tls_not_after);
+    if !r.capabilities.is_empty() {
+        println!("  {:<16} {}", "capabilities", r.capabilities.join(", "));
+    }
+    for n in &r.notes {
+        println!("  {n}");
     }
 }

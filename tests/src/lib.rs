@@ -45,7 +45,12 @@ pub async fn apply_via(
     node: &str,
     toml_text: &str,
 ) -> anyhow::Result<ApplyResponse> {
-    let raw = ferry_config::parse_toml(toml_text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut raw = ferry_config::parse_toml(toml_text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    match ferry_service::api::seal_for_apply(client, node, &mut raw).await {
+        Ok(()) => {}
+        Err(Ok(errors)) => anyhow::bail!("{errors}"),
+        Err(Err(e)) => return Err(e),
+    }
     let request = ApplyRequest {
         config: raw,
         source_name: "test".into(),

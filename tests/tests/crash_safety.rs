@@ -204,7 +204,7 @@ async fn a_run_whose_collector_stopped_while_sending_finishes_with_what_was_sent
         item_id: format!("item-{name}"),
         source: SourceFile {
             source_index: 0,
-            host: config.hosts["local"].clone(),
+            host: "local".into(),
             folder: src.to_string_lossy().into_owned(),
             rel_path: name.into(),
             size: name.len() as u64,
@@ -213,7 +213,6 @@ async fn a_run_whose_collector_stopped_while_sending_finishes_with_what_was_sent
             delete_after: false,
         },
         destinations: config.tasks["resume"].destinations.clone(),
-        dest_hosts: vec![config.hosts["local"].clone()],
         run_started_at: started_at,
     };
     let sent = WorkBatch {

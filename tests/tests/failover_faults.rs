@@ -640,7 +640,7 @@ async fn a_pause_exactly_at_the_commit_point_is_caught() -> anyhow::Result<()> {
     );
     let alpha_logs = pair.nodes[0].log_tails(200);
     assert!(
-        alpha_logs.contains("renamed after this node's lease ran out"),
+        alpha_logs.contains("committed after this node's lease ran out"),
         "alpha must log its late commit:\n{alpha_logs}"
     );
     Ok(())

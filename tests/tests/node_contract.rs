@@ -108,7 +108,7 @@ async fn work_stamped_with_an_older_epoch_is_refused() -> anyhow::Result<()> {
         item_id: format!("{:032x}", 7),
         source: SourceFile {
             source_index: 0,
-            host: config.hosts["local"].clone(),
+            host: "local".into(),
             folder: src.to_string_lossy().into_owned(),
             rel_path: "a.txt".into(),
             size: 7,
@@ -117,7 +117,6 @@ async fn work_stamped_with_an_older_epoch_is_refused() -> anyhow::Result<()> {
             delete_after: false,
         },
         destinations: task.destinations.clone(),
-        dest_hosts: vec![config.hosts["local"].clone()],
         run_started_at: Utc::now(),
     };
     let results = node.js.get_stream(topology::STREAM_RESULTS).await?;

@@ -353,7 +353,7 @@ fn readme_tour_moves_a_dropped_file_on_schedule_and_the_cli_shows_it() {
         "task=quickstart".to_string(),
         format!("node={NODE}"),
         format!("epoch={epoch}"),
-        format!("{} -> {}", dropped.display(), delivered.display()),
+        format!("local:{} -> local:{}", dropped.display(), delivered.display()),
         format!("size={}", content.len()),
         format!("sha256={sha}"),
     ] {
@@ -445,7 +445,7 @@ folder = "{}"
     assert!(stdout.contains("of task broken: failed"), "{stdout}");
     assert!(
         stdout.contains(&format!(
-            "error: source[0]: folder {:?}: No such file or directory",
+            "error: source[0]: host \"local\": folder {:?}: No such file or directory",
             missing.display().to_string()
         )),
         "the error names the folder:\n{stdout}"
@@ -464,7 +464,7 @@ folder = "{}"
         "{stderr}"
     );
 
-    // Remote host kinds are not there yet: `ferry apply` rejects them.
+    // A remote host without what it needs to connect is refused, naming the field.
     std::fs::write(
         node.dir.path().join("sftp.toml"),
         "[[host]]\nname = \"bank\"\nkind = \"sftp\"\n",
@@ -473,7 +473,10 @@ folder = "{}"
     let out = node.ferry_output(&["apply", "-f", "sftp.toml"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("host \"bank\": kind: \"sftp\""), "{stderr}");
+    assert!(
+        stderr.contains("host \"bank\": address: is missing (required)"),
+        "{stderr}"
+    );
 
     let out = node.ferry_output(&["--json", "task", "run", "broken", "--wait"]);
     assert_eq!(out.status.code(), Some(1));

@@ -83,8 +83,11 @@ struct RawSource {
     /// Skip files modified less than this many seconds ago (still being written).
     #[serde(default)]
     min_age_secs: u64,
-    /// Skip files whose size or modification time changes during this many milliseconds.
-    #[serde(default)]
+    /// A file still being written is never taken: a file modified within this many milliseconds
+    /// is taken only if its size and modification time are unchanged when the folder is listed
+    /// again after this interval (on the node's own disks an older file needs no second look).
+    /// On by default (1000); 0 turns the check off.
+    #[serde(default = "default_size_stable_ms")]
     size_stable_ms: u64,
     /// Delete the source file after it was delivered to every destination.
     #[serde(default)]
@@ -117,6 +120,9 @@ struct RawDestination {
 
 fn default_true() -> bool {
     true
+}
+fn default_size_stable_ms() -> u64 {
+    1000
 }
 fn default_masks() -> String {
     "*.*".to_string()
@@ -762,6 +768,13 @@ fn validate_source(
 ) -> Option<Source> {
     let s = deserialize_table::<RawSource>(value, path, check)?;
     check_host(path, &s.host, hosts, check);
+    if s.size_stable_ms > 600_000 {
+        check.error(
+            format!("{path}.size_stable_ms"),
+            s.size_stable_ms.to_string(),
+            "is out of range (0 to 600000 milliseconds)",
+        );
+    }
     check_folder(path, &s.host, &s.folder, hosts, false, check);
     let masks = MaskList::parse(&s.masks)
         .map_err(|m| check.error(format!("{path}.masks"), s.masks.as_str(), m))

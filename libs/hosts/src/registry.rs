@@ -13,6 +13,8 @@ use crate::{DynHost, HostError, HostResult};
 /// are made on first use (and pooled), so this does no I/O beyond reading the keymat.
 pub fn connect(config: &HostConfig, keymat: &KeymatStore) -> HostResult<DynHost> {
     let name = config.name.as_str();
+    // Unused when no remote kind is compiled in.
+    #[allow(unused_variables)]
     let open = |field: &str, secret: &ferry_config::Secret| -> HostResult<Zeroizing<String>> {
         let keymat = keymat
             .current()

@@ -162,3 +162,37 @@ pub async fn request_run(
     .await?;
     Ok(response.run_id)
 }
+
+/// Seal every secret of `raw` to `node`'s keymat, as `ferry apply` must before a configuration
+/// leaves the operator's machine (`ferry_keymat::seal_config`). Asks the node's scheduler for the
+/// keymat's public half only when the configuration has a secret. `Err(Ok(errors))`: a secret
+/// could not be sealed (a missing variable or file), errors name host and field;
+/// `Err(Err(_))`: the node could not be asked.
+pub async fn seal_for_apply(
+    client: &async_nats::Client,
+    node: &str,
+    raw: &mut ferry_config::RawConfig,
+) -> Result<(), Result<ferry_config::ConfigErrors, anyhow::Error>> {
+    let has_secret = raw.host.iter().any(|h| {
+        ferry_config::SECRET_FIELDS
+            .iter()
+            .any(|f| h.get(*f).is_some_and(|v| v.is_str()))
+    });
+    if !has_secret {
+        return Ok(());
+    }
+    let info: ferry_wire::KeymatInfo = call(
+        client,
+        node,
+        ferry_wire::subjects::service::SCHEDULER,
+        ferry_wire::subjects::api::KEYMAT,
+        &(),
+    )
+    .await
+    .map_err(Err)?;
+    let public = ferry_keymat::PublicKey {
+        key_id: info.key_id,
+        public_key: info.public_key,
+    };
+    ferry_keymat::seal_config(raw, &public).map_err(Ok)
+}

@@ -26,6 +26,11 @@ pub struct Settings {
     /// Where services keep local scratch data (and the failover coordinator the node's role).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// The node's keymat file (the master key that keeps host secrets encrypted at rest). Created
+    /// with mode 0600 on first start; default `<data_dir>/keymat`. Every service of a node must
+    /// see the same file.
+    #[serde(default)]
+    pub keymat: Option<PathBuf>,
     /// Append every side effect (file commits, fired slots, lease acquisitions) with node, epoch
     /// and monotonic times to this JSON-lines file (see `ferry_service::ledger`). Off by default.
     #[serde(default)]
@@ -150,6 +155,20 @@ impl Default for FailoverSettings {
 }
 
 impl Settings {
+    /// Where the node's keymat lives.
+    pub fn keymat_path(&self) -> PathBuf {
+        self.keymat
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keymat"))
+    }
+
+    /// The node's keymat, created on first start.
+    pub fn open_keymat(&self) -> anyhow::Result<std::sync::Arc<ferry_keymat::KeymatStore>> {
+        Ok(std::sync::Arc::new(ferry_keymat::KeymatStore::open_or_create(
+            &self.keymat_path(),
+        )?))
+    }
+
     /// The cluster-wide topology choices of these settings.
     pub fn topology(&self) -> ferry_wire::topology::Options {
         ferry_wire::topology::Options {
@@ -199,6 +218,7 @@ impl Default for Settings {
             allow_insecure_nats: false,
             replicas: default_replicas(),
             data_dir: default_data_dir(),
+            keymat: None,
             ledger: None,
             scheduler: SchedulerSettings::default(),
             file_collector: CollectorSettings::default(),
@@ -217,6 +237,7 @@ const SETTING_NAMES: &[&str] = &[
     "allow_insecure_nats",
     "replicas",
     "data_dir",
+    "keymat",
     "ledger",
     "scheduler",
     "file_collector",

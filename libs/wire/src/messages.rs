@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::Epoch;
-use ferry_config::{Config, Destination, Host};
+use ferry_config::{Config, Destination};
 
 /// What started a run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -36,7 +36,9 @@ pub struct RunRequested {
 pub struct SourceFile {
     /// Index of the source in the task.
     pub source_index: usize,
-    pub host: Host,
+    /// The source's host *name*; services resolve it against the stored configuration, so no
+    /// host setting or credential ever travels on a stream.
+    pub host: String,
     /// The source folder (absolute for local hosts).
     pub folder: String,
     /// Path relative to `folder`, `/`-separated.
@@ -50,8 +52,9 @@ pub struct SourceFile {
 }
 
 /// file-collector → transfer: move one file to every destination of the task.
-/// Carries a snapshot of the destinations, so a run is consistent even if the
-/// configuration changes while it is in flight.
+/// Carries a snapshot of the destinations (folder and name templates, host *names*), so a run's
+/// paths are consistent even if the configuration changes while it is in flight; host settings
+/// and credentials are resolved by transfer from the stored configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FileItem {
     pub run_id: Uuid,
@@ -61,7 +64,6 @@ pub struct FileItem {
     pub item_id: String,
     pub source: SourceFile,
     pub destinations: Vec<Destination>,
-    pub dest_hosts: Vec<Host>,
     /// The run's start, which date macros expand from.
     pub run_started_at: DateTime<Utc>,
 }
@@ -182,7 +184,12 @@ pub struct AuditRecord {
     pub epoch: Epoch,
     /// `transfer` or `delete_source`.
     pub action: String,
+    /// Host names, as configured (empty in records of versions before remote hosts: `local`).
+    #[serde(default = "local_host")]
+    pub source_host: String,
     pub source_path: String,
+    #[serde(default)]
+    pub dest_host: Option<String>,
     pub dest_path: Option<String>,
     pub size: u64,
     pub sha256: Option<String>,
@@ -192,6 +199,10 @@ pub struct AuditRecord {
     pub error: Option<String>,
 }
 
+fn local_host() -> String {
+    ferry_config::LOCAL_HOST.to_string()
+}
+
 /// The stored configuration (KV `ferry_config`, key `current`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ConfigDocument {
@@ -199,6 +210,9 @@ pub struct ConfigDocument {
     /// Who applied it (`user@host`) and from which file.
     pub applied_by: String,
     pub source_name: String,
+    /// Id of the keymat its secrets are sealed under (`None` in documents of older versions).
+    #[serde(default)]
+    pub keymat_id: Option<String>,
     pub config: Config,
 }
 
@@ -376,6 +390,42 @@ pub struct ApplyRequest {
     /// Validate only; store nothing.
     #[serde(default)]
     pub dry_run: bool,
+}
+
+/// `ferry host test`: connect to a configured host and look at a folder.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostTestRequest {
+    pub host: String,
+    /// Default: the folder of the first task source or destination on the host.
+    pub folder: Option<String>,
+}
+
+/// What `ferry host test` found. Never holds a secret.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostTestReport {
+    pub host: String,
+    pub kind: String,
+    pub folder: String,
+    /// Connect, look at the folder, list it: the round trip.
+    pub latency_ms: u64,
+    /// Files in the folder (not recursive), when it could be listed.
+    pub files: Option<usize>,
+    pub server: Option<String>,
+    pub host_key_sha256: Option<String>,
+    pub tls_subject: Option<String>,
+    pub tls_not_after: Option<String>,
+    /// What the host can do (`atomic_rename`, `resume`, …).
+    pub capabilities: Vec<String>,
+    pub notes: Vec<String>,
+    /// The exact error, when the test failed.
+    pub error: Option<String>,
+}
+
+/// The public half of a node's keymat: its id and the X25519 public key secrets are sealed to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeymatInfo {
+    pub key_id: String,
+    pub public_key: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -120,6 +120,11 @@ pub mod api {
     pub const STOP: &str = "stop";
     /// any service: its status document.
     pub const STATUS: &str = "status";
+    /// scheduler: the public half of the node's keymat ([`crate::KeymatInfo`]), which
+    /// `ferry apply` seals secrets to.
+    pub const KEYMAT: &str = "keymat";
+    /// transfer: connect to a configured host and report ([`crate::HostTestRequest`]).
+    pub const HOST_TEST: &str = "host_test";
     /// failover-coordinator: the node's [`crate::LeaseGrant`], asked by its own services.
     pub const LEASE: &str = "lease";
     /// failover-coordinator: role changes ([`crate::PromoteRequest`], [`crate::RoleRequest`]).

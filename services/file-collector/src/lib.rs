@@ -65,6 +65,8 @@ struct Collector {
     gate: EpochGate,
     lease: NodeLease,
     metrics: Metrics,
+    /// Connected source hosts, one per configured host.
+    hosts: ferry_hosts::Hosts,
 }
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -97,6 +99,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         gate,
         lease: lease.clone(),
         metrics,
+        hosts: ferry_hosts::Hosts::new(settings.open_keymat()?),
     });
     let (service, group) =
         ferry_service::api::register(&client, &settings.node_id, SERVICE, "Ferry file collector").await?;
@@ -388,20 +391,21 @@ impl Collector {
                     .get(topology::CONFIG_KEY)
                     .await
                     .context("read configuration")?;
-                let config = match config {
+                let doc = match config {
                     Some(bytes) => {
-                        ferry_wire::decode::<ConfigDocument>(&bytes)
-                            .context("decode configuration")?
-                            .config
+                        ferry_wire::decode::<ConfigDocument>(&bytes).context("decode configuration")?
                     }
                     None => return Err(RunError::Task("no configuration has been applied".into())),
                 };
+                self.check_keymat(&doc).map_err(RunError::Task)?;
+                let config = doc.config;
                 let task = config.tasks.get(&request.task).ok_or_else(|| {
                     RunError::Task(format!("task {:?} is not in the configuration", request.task))
                 })?;
-                let items = listing::list_task(task, &config, request, started_at, &self.state_kv)
-                    .await
-                    .map_err(RunError::Task)?;
+                let items =
+                    listing::list_task(task, &config, &self.hosts, request, started_at, &self.state_kv)
+                        .await
+                        .map_err(RunError::Task)?;
                 let files = items.len() as u64;
                 let batches = listing::pack(items);
                 // The plan is stored before the first batch is sent, so a restart knows what the
@@ -463,6 +467,30 @@ impl Collector {
         };
         let results = self.await_results(request, &record, &unsent).await?;
         Ok((results, record.started_at))
+    }
+
+    /// A configuration whose secrets are sealed under another keymat cannot be used on this node:
+    /// say so with both key ids and run nothing (the reference product's "copy the KeyMat to the
+    /// standby once" step was missed).
+    fn check_keymat(&self, doc: &ConfigDocument) -> Result<(), String> {
+        let has_secrets = doc.config.hosts.values().any(|h| !h.spec.secrets().is_empty());
+        let (Some(sealed_under), true) = (&doc.keymat_id, has_secrets) else {
+            return Ok(());
+        };
+        let ours = self
+            .hosts
+            .keymat()
+            .current()
+            .map_err(|e| format!("this node's keymat cannot be read: {e}"))?;
+        if ours.key_id() != sealed_under {
+            return Err(format!(
+                "the configuration's secrets are sealed under keymat {sealed_under}, but this node's keymat is {}: \
+                 import the primary's keymat on this node (`ferry keymat import`), or apply the configuration again here; \
+                 nothing was run",
+                ours.key_id()
+            ));
+        }
+        Ok(())
     }
 
     /// Publish `RunStarted` (once: a repeat is dropped by its message id).

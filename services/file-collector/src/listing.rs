@@ -1,10 +1,7 @@
 //! Listing a task's sources into work items.
 
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
-use std::time::Duration;
-
 use std::collections::HashMap;
+use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::kv;
@@ -12,7 +9,8 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
-use ferry_config::{Config, HostKind, Source, Task};
+use ferry_config::{Config, Source, Task};
+use ferry_hosts::{Entry, Host, Hosts, path};
 use ferry_wire::{
     BATCH_MAX_BYTES, BATCH_MAX_FILES, FileItem, FileState, RunRequested, SMALL_FILE_BYTES, SourceFile,
     WorkBatch,
@@ -31,33 +29,23 @@ struct Found {
 pub async fn list_task(
     task: &Task,
     config: &Config,
+    hosts: &Hosts,
     request: &RunRequested,
     started_at: DateTime<Utc>,
     state_kv: &kv::Store,
 ) -> Result<Vec<FileItem>, String> {
-    let dest_hosts = task
-        .destinations
-        .iter()
-        .map(|d| {
-            config
-                .hosts
-                .get(&d.host)
-                .cloned()
-                .ok_or_else(|| format!("unknown host {:?}", d.host))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
     let mut items = Vec::new();
     for (index, source) in task.sources.iter().enumerate() {
-        let host = config
+        let host_config = config
             .hosts
             .get(&source.host)
             .ok_or_else(|| format!("source[{index}]: unknown host {:?}", source.host))?;
-        let found = match host.kind() {
-            HostKind::Local => list_local(source)
-                .await
-                .map_err(|e| format!("source[{index}]: {e}"))?,
-            other => return Err(format!("source[{index}]: {other} hosts are not supported yet")),
-        };
+        let host = hosts
+            .get(host_config)
+            .map_err(|e| format!("source[{index}]: {e}"))?;
+        let found = list_source(host.as_ref(), source, host_config.is_local())
+            .await
+            .map_err(|e| format!("source[{index}]: {e}"))?;
         let source_key = state_source_key(&task.name, &source.host, &source.folder);
         let with_keys: Vec<(Found, Option<String>)> = found
             .into_iter()
@@ -99,7 +87,7 @@ pub async fn list_task(
                 item_id,
                 source: SourceFile {
                     source_index: index,
-                    host: host.clone(),
+                    host: source.host.clone(),
                     folder: source.folder.clone(),
                     rel_path: f.rel_path,
                     size: f.size,
@@ -108,7 +96,6 @@ pub async fn list_task(
                     delete_after: source.delete_after,
                 },
                 destinations: task.destinations.clone(),
-                dest_hosts: dest_hosts.clone(),
                 run_started_at: started_at,
             });
         }
@@ -212,79 +199,61 @@ fn short_hash(bytes: &[u8]) -> String {
     hex::encode(&Sha256::digest(bytes)[..16])
 }
 
-/// Whether `name` is a transfer's temporary file (`.<name>.ferry-<id>.part`), which no source
-/// may ever pick up.
-pub fn is_transfer_temp(name: &str) -> bool {
-    name.starts_with('.') && name.ends_with(".part") && name.contains(".ferry-")
-}
-
-async fn list_local(source: &Source) -> Result<Vec<Found>, String> {
-    let source = source.clone();
-    let found = tokio::task::spawn_blocking(move || walk_local(&source))
-        .await
-        .map_err(|e| format!("listing panicked: {e}"))??;
-    Ok(found)
-}
-
-fn walk_local(source: &Source) -> Result<Vec<Found>, String> {
-    let root = Path::new(&source.folder);
-    let meta = std::fs::metadata(root).map_err(|e| format!("folder {:?}: {e}", source.folder))?;
-    if !meta.is_dir() {
-        return Err(format!("folder {:?} is not a directory", source.folder));
-    }
+/// The files of one source that this run takes: listed through the source's host, filtered by
+/// the masks and excludes, without transfer temp files, old enough (`min_age_secs`), and stable:
+/// with `size_stable_ms` (on by default), a file modified within that interval is taken only if a
+/// second listing after the interval shows the same size and modification time. On the node's
+/// own file system a file last modified longer ago than the interval counts as stable without
+/// waiting (one clock); a remote host's clock may differ from ours, so every file is listed twice.
+async fn list_source(host: &dyn Host, source: &Source, same_clock: bool) -> Result<Vec<Found>, String> {
+    let wanted = |e: &Entry| {
+        let name = path::file_name(&e.rel_path);
+        !path::is_temp_name(name)
+            && source.masks.matches(name)
+            && !source.exclude.as_ref().is_some_and(|x| x.matches(name))
+    };
     let now_ns = Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX) as i128;
     let min_age_ns = source.min_age_secs as i128 * 1_000_000_000;
-    let walker = walkdir::WalkDir::new(root)
-        .min_depth(1)
-        .max_depth(if source.subdirectories { usize::MAX } else { 1 })
-        .sort_by_file_name();
-    let mut found = Vec::new();
-    for entry in walker {
-        let entry = entry.map_err(|e| format!("list {:?}: {e}", source.folder))?;
-        if !entry.file_type().is_file() {
-            continue;
-        }
-        let name = entry.file_name().to_string_lossy();
-        if is_transfer_temp(&name)
-            || !source.masks.matches(&name)
-            || source.exclude.as_ref().is_some_and(|x| x.matches(&name))
-        {
-            continue;
-        }
-        let meta = entry
-            .metadata()
-            .map_err(|e| format!("stat {:?}: {e}", entry.path()))?;
-        let mtime_ns = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
-        if min_age_ns > 0 && now_ns - mtime_ns < min_age_ns {
-            continue;
-        }
-        let rel = entry
-            .path()
-            .strip_prefix(root)
-            .expect("walkdir yields paths under its root")
-            .to_string_lossy()
-            .into_owned();
-        found.push(Found {
-            rel_path: rel,
-            size: meta.len(),
-            mtime_ns,
-        });
+    let mut found: Vec<Entry> = host
+        .list(&source.folder, source.subdirectories)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|e| wanted(e) && (min_age_ns == 0 || now_ns - e.mtime_ns >= min_age_ns))
+        .collect();
+    let stable_ns = source.size_stable_ms as i128 * 1_000_000;
+    let fresh = |e: &Entry| !same_clock || now_ns - e.mtime_ns < stable_ns;
+    if stable_ns > 0 && found.iter().any(fresh) {
+        tokio::time::sleep(Duration::from_millis(source.size_stable_ms)).await;
+        let again: HashMap<String, (u64, i128)> = host
+            .list(&source.folder, source.subdirectories)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|e| (e.rel_path, (e.size, e.mtime_ns)))
+            .collect();
+        found.retain(|e| !fresh(e) || again.get(&e.rel_path) == Some(&(e.size, e.mtime_ns)));
     }
-    if source.size_stable_ms > 0 && !found.is_empty() {
-        std::thread::sleep(Duration::from_millis(source.size_stable_ms));
-        found.retain(|f| {
-            std::fs::metadata(root.join(&f.rel_path)).is_ok_and(|m| {
-                m.len() == f.size && m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128 == f.mtime_ns
-            })
-        });
-    }
-    Ok(found)
+    Ok(found
+        .into_iter()
+        .map(|e| Found {
+            rel_path: e.rel_path,
+            size: e.size,
+            mtime_ns: e.mtime_ns,
+        })
+        .collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use ferry_config::MaskList;
+    use ferry_hosts::local::LocalHost;
+    use std::path::Path;
+
+    async fn walk_local(s: &Source) -> Result<Vec<Found>, String> {
+        list_source(&LocalHost::new("local"), s, true).await
+    }
 
     fn source(folder: &Path) -> Source {
         Source {
@@ -309,7 +278,7 @@ mod tests {
             item_id: format!("item{id}"),
             source: SourceFile {
                 source_index: 0,
-                host: ferry_config::Host::local("local"),
+                host: "local".into(),
                 folder: "/in".into(),
                 rel_path: format!("f{id}"),
                 size,
@@ -318,7 +287,6 @@ mod tests {
                 delete_after: false,
             },
             destinations: Vec::new(),
-            dest_hosts: Vec::new(),
             run_started_at: DateTime::<Utc>::UNIX_EPOCH,
         }
     }
@@ -356,8 +324,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn masks_excludes_subdirectories_and_temp_files() {
+    #[tokio::test]
+    async fn masks_excludes_subdirectories_and_temp_files() {
         let dir = tempfile::tempdir().expect("tempdir");
         for name in [
             "a.csv",
@@ -365,6 +333,7 @@ mod tests {
             "c.bin",
             "skip.csv",
             ".x.csv.ferry-1.part",
+            ".ferry-0123456789abcdef-0.part",
             "sub/d.csv",
         ] {
             let path = dir.path().join(name);
@@ -373,6 +342,7 @@ mod tests {
         }
         let mut s = source(dir.path());
         let names: Vec<String> = walk_local(&s)
+            .await
             .expect("lists")
             .into_iter()
             .map(|f| f.rel_path)
@@ -380,6 +350,7 @@ mod tests {
         assert_eq!(names, ["a.csv", "b.txt"]);
         s.subdirectories = true;
         let names: Vec<String> = walk_local(&s)
+            .await
             .expect("lists")
             .into_iter()
             .map(|f| f.rel_path)
@@ -387,18 +358,53 @@ mod tests {
         assert_eq!(names, ["a.csv", "b.txt", "sub/d.csv"]);
     }
 
-    #[test]
-    fn minimum_age_holds_back_fresh_files() {
+    #[tokio::test]
+    async fn minimum_age_holds_back_fresh_files() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("new.csv"), "x").expect("write");
         let mut s = source(dir.path());
         s.min_age_secs = 3600;
-        assert!(walk_local(&s).expect("lists").is_empty());
+        assert!(walk_local(&s).await.expect("lists").is_empty());
     }
 
-    #[test]
-    fn a_missing_folder_is_named() {
+    #[tokio::test]
+    async fn a_file_still_growing_is_held_back_and_a_settled_one_is_taken() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let growing = dir.path().join("growing.csv");
+        std::fs::write(dir.path().join("settled.csv"), "done").expect("write");
+        std::fs::write(&growing, "x").expect("write");
+        let mut s = source(dir.path());
+        s.size_stable_ms = 300;
+        let writer = {
+            let growing = growing.clone();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(growing)
+                    .expect("open");
+                for _ in 0..20 {
+                    f.write_all(&[b'y'; 1024]).expect("append");
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+            })
+        };
+        let names: Vec<String> = walk_local(&s)
+            .await
+            .expect("lists")
+            .into_iter()
+            .map(|f| f.rel_path)
+            .collect();
+        writer.join().expect("writer");
+        assert_eq!(names, ["settled.csv"], "the growing file is not taken");
+        // Once it stopped changing (and the check is off), it is.
+        s.size_stable_ms = 0;
+        assert_eq!(walk_local(&s).await.expect("lists").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_missing_folder_is_named() {
         let s = source(Path::new("/nonexistent/ferry"));
-        assert!(walk_local(&s).unwrap_err().contains("/nonexistent/ferry"));
+        assert!(walk_local(&s).await.unwrap_err().contains("/nonexistent/ferry"));
     }
 }

@@ -66,6 +66,8 @@ struct Scheduler {
     metrics: Metrics,
     missed_runs: MissedRuns,
     missed_runs_window: chrono::Duration,
+    /// The node's keymat: secrets in an applied configuration must open with it.
+    keymat: Arc<ferry_keymat::KeymatStore>,
 }
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -89,6 +91,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let (gate, lease) =
         ferry_service::lease::fencing(&client, &js, &settings.node_id, SERVICE, &shutdown).await?;
     let config = watch_config(&config_kv, shutdown.child_token()).await?;
+    let keymat = settings.open_keymat()?;
 
     let enabled = !settings.scheduler.start_with_scheduler_disabled;
     if !enabled {
@@ -112,6 +115,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         metrics,
         missed_runs: settings.scheduler.missed_runs,
         missed_runs_window: chrono::Duration::seconds(settings.scheduler.missed_runs_window_secs as i64),
+        keymat,
     });
 
     let (service, group) = api::register(
@@ -166,6 +170,26 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             .await?,
         );
     }
+    let s = scheduler.clone();
+    endpoints.push(
+        api::serve_json(
+            &group,
+            subjects::api::KEYMAT,
+            shutdown.child_token(),
+            move |(): ()| {
+                let s = s.clone();
+                async move {
+                    let keymat = s.keymat.current().map_err(|e| e.to_string())?;
+                    let public = keymat.public();
+                    Ok(ferry_wire::KeymatInfo {
+                        key_id: public.key_id,
+                        public_key: public.public_key,
+                    })
+                }
+            },
+        )
+        .await?,
+    );
     let s = scheduler.clone();
     endpoints.push(
         api::serve_json(
@@ -269,6 +293,29 @@ async fn watch_config(
     Ok(tx)
 }
 
+/// Every secret of `config` that this node's keymat cannot open (sealed under another keymat, or
+/// moved from another host or field), as configuration errors. The message names host, field and
+/// both key ids, never the value.
+fn unopenable_secrets(
+    config: &ferry_config::Config,
+    keymat: &ferry_keymat::Keymat,
+) -> Vec<ferry_config::ConfigError> {
+    let mut errors = Vec::new();
+    for host in config.hosts.values() {
+        for (field, secret) in host.spec.secrets() {
+            if let Err(e) = keymat.open(&ferry_config::Secret::binding(&host.name, field), secret) {
+                errors.push(ferry_config::ConfigError {
+                    scope: format!("host {:?}", host.name),
+                    field: field.to_string(),
+                    value: String::new(),
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    errors
+}
+
 impl Scheduler {
     /// Validate and store a configuration, all or nothing.
     async fn apply(&self, req: ApplyRequest) -> anyhow::Result<ApplyResponse> {
@@ -279,6 +326,11 @@ impl Scheduler {
                 return Ok(ApplyResponse::Rejected { errors: errors.0 });
             }
         };
+        let keymat = self.keymat.current().context("read the node's keymat")?;
+        let unopened = unopenable_secrets(&config, &keymat);
+        if !unopened.is_empty() {
+            return Ok(ApplyResponse::Rejected { errors: unopened });
+        }
         let tasks: Vec<String> = config.tasks.keys().cloned().collect();
         let hosts: Vec<String> = config.hosts.keys().cloned().collect();
         if req.dry_run {
@@ -304,6 +356,7 @@ impl Scheduler {
             applied_at: Utc::now(),
             applied_by: req.applied_by,
             source_name: req.source_name,
+            keymat_id: Some(keymat.key_id().to_string()),
             config: config.clone(),
         };
         let payload = ferry_wire::encode(&doc);

@@ -23,12 +23,14 @@
 //!   audit record per file and destination; the batch is acknowledged only after both are
 //!   stored.
 
+mod hosts_route;
+mod inflight;
+mod local_route;
 mod metrics;
 mod plan;
 
-use ferry_hosts::local::fast as local;
+use inflight::{CommitPoint, InFlight};
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,12 +46,10 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use ferry_config::Overwrite;
-use ferry_service::ledger::{self, Ledger};
+use ferry_service::ledger::Ledger;
 use ferry_service::{EpochGate, NodeLease, Settings, http, nats};
 use ferry_wire::{
-    AuditRecord, BatchResult, DestOutcome, FileItem, FileResult, FileState, Outcome, WorkBatch, subjects,
-    topology,
+    AuditRecord, BatchResult, DestOutcome, FileItem, FileResult, Outcome, WorkBatch, subjects, topology,
 };
 
 pub use metrics::Metrics;
@@ -77,6 +77,11 @@ struct Transfer {
     js: jetstream::Context,
     runs_kv: kv::Store,
     state_kv: kv::Store,
+    config_kv: kv::Store,
+    /// The configuration last read, by revision.
+    config_cache: tokio::sync::Mutex<Option<(u64, Arc<ferry_config::Config>)>>,
+    /// Connected hosts, one per configured host.
+    hosts: ferry_hosts::Hosts,
     gate: EpochGate,
     lease: NodeLease,
     ledger: Option<Ledger>,
@@ -108,6 +113,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             .get_key_value(topology::KV_STATE)
             .await
             .context("open state bucket")?,
+        config_kv: js
+            .get_key_value(topology::KV_CONFIG)
+            .await
+            .context("open config bucket")?,
+        config_cache: tokio::sync::Mutex::new(None),
+        hosts: ferry_hosts::Hosts::new(settings.open_keymat()?),
         js: js.clone(),
         gate,
         lease,
@@ -136,6 +147,18 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     )
     .await?;
 
+    let t = transfer.clone();
+    let host_test = ferry_service::api::serve_json(
+        &group,
+        subjects::api::HOST_TEST,
+        shutdown.child_token(),
+        move |req: ferry_wire::HostTestRequest| {
+            let t = t.clone();
+            async move { t.host_test(req).await.map_err(|e| format!("{e:#}")) }
+        },
+    )
+    .await?;
+
     let ack_wait = transfer.ack_wait;
     let consumer = nats::retry("create file-queue consumer", &shutdown, || {
         file_queue_consumer(&js, ack_wait)
@@ -146,6 +169,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .dispatch(consumer, settings.transfer.concurrency as usize, shutdown.clone())
         .await;
     let _ = status.await;
+    let _ = host_test.await;
     let _ = service.stop().await;
     Ok(())
 }
@@ -411,7 +435,7 @@ impl Transfer {
     fn failed(&self, item: &FileItem, started_at: chrono::DateTime<Utc>, error: String) -> FileResult {
         FileResult {
             item_id: item.item_id.clone(),
-            source_path: plan::source_path(item).to_string_lossy().into_owned(),
+            source_path: ferry_hosts::path::join(&item.source.folder, &item.source.rel_path),
             size: item.source.size,
             sha256: None,
             outcome: Outcome::Failed,
@@ -427,10 +451,11 @@ impl Transfer {
     /// Move every file of the batch to every destination. File-level problems end up in the
     /// results, one per item.
     ///
-    /// Two hops to the blocking pool for the whole batch (a directory fsync or a slow disk must
-    /// never stall the async workers that carry every other transfer's NATS traffic): plan and
-    /// copy into temp files (one group commit for a batch of small files); then, after the
-    /// commit intent is stored, rename and sync each folder once; between them only NATS.
+    /// Two stages around the commit intent: plan and copy every file into temporaries (verified
+    /// and durable); store the intent (compare-and-swap on the claim); commit each under the
+    /// commit point, make the commits durable, delete the sources of moves. A batch whose hosts
+    /// are all the node's own file system takes the local route (blocking, two hops to the
+    /// blocking pool per batch); any other the hosts route (async, through `ferry_hosts`).
     async fn deliver(
         &self,
         batch: &WorkBatch,
@@ -440,43 +465,45 @@ impl Transfer {
     ) -> anyhow::Result<Vec<FileResult>> {
         let buffer = self.buffer_bytes;
         let epoch = batch.first().epoch;
-        let items = batch.items.clone();
-        let alone = items.len() == 1;
-        let previously: Vec<Vec<Option<String>>> = (0..items.len())
+        let previously: Vec<Vec<Option<String>>> = (0..batch.items.len())
             .map(|i| previously_committing.get(i).cloned().unwrap_or_default())
             .collect();
-        let lease = self.lease.clone();
-        let mut files: Vec<InFlight> = tokio::task::spawn_blocking(move || {
-            let mut files: Vec<InFlight> = items
-                .into_iter()
-                .zip(&previously)
-                .map(|(item, previously)| InFlight::prepare(item, previously, buffer))
-                .collect();
-            let stop = || !lease.allows(epoch);
-            let jobs: Vec<(usize, (PathBuf, Vec<PathBuf>))> = files
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| !f.open.is_empty())
-                .map(|(i, f)| (i, (f.source.clone(), f.temps())))
-                .collect();
-            let copies: Vec<Result<local::Copied, String>> = if alone {
-                // Alone (a large file, or a run of one): its own fsync.
-                jobs.iter()
-                    .map(|(_, (source, temps))| local::copy_verified(source, temps, buffer, &stop))
-                    .collect()
-            } else {
-                let jobs: Vec<(PathBuf, Vec<PathBuf>)> = jobs.iter().map(|(_, j)| j.clone()).collect();
-                local::copy_batch_verified(&jobs, buffer, &stop)
-            };
-            for ((i, _), copied) in jobs.iter().zip(copies) {
-                files[*i].copied(copied);
+        let mut files: Vec<InFlight> = batch.items.iter().cloned().map(InFlight::new).collect();
+        let way = match self.way(batch.first()).await? {
+            Ok(way) => way,
+            Err(why) => {
+                for f in &mut files {
+                    for i in f.undecided() {
+                        f.fail(i, why.clone());
+                    }
+                }
+                return Ok(files.into_iter().map(|f| f.result(&self.node)).collect());
             }
-            files
-        })
-        .await?;
+        };
+        let lease = self.lease.clone();
+        let stop = move || !lease.allows(epoch);
+        let mut files = match &way {
+            Way::Local => {
+                tokio::task::spawn_blocking(move || {
+                    for (f, previously) in files.iter_mut().zip(&previously) {
+                        local_route::prepare(f, previously, buffer);
+                    }
+                    local_route::copy(&mut files, buffer, &stop);
+                    files
+                })
+                .await?
+            }
+            Way::Hosts(route) => {
+                for (f, previously) in files.iter_mut().zip(&previously) {
+                    route.prepare(f, previously).await;
+                    route.copy(f, &stop).await;
+                }
+                files
+            }
+        };
 
         // The commit point's first half: record the final paths in the claim (compare-and-swap),
-        // so a retry after a crash during the renames can find what was already committed.
+        // so a retry after a crash during the commits can find what was already committed.
         let fenced = !self.lease.allows(epoch);
         let mut still_ours = false;
         if files.iter().any(|f| f.copied.is_some()) && !fenced {
@@ -494,41 +521,44 @@ impl Transfer {
                 Err(e) => return Err(e).context("record commit intent"),
             };
         }
-
-        let lease = self.lease.clone();
-        let ledger = self.ledger.clone();
-        let node = self.node.clone();
-        let late_commits = self.metrics.late_commits.clone();
-        let files: Vec<InFlight> = tokio::task::spawn_blocking(move || {
-            let commits = Commits {
-                lease: &lease,
-                epoch,
-                ledger: ledger.as_ref(),
-                node: &node,
-                late_commits: &late_commits,
-                allowed: still_ours,
-                why_not: if fenced {
-                    "not committed: this node's epoch was superseded (fenced)"
-                } else {
-                    "not committed: another transfer instance took the batch over"
-                },
-            };
-            let mut renamed_into = std::collections::BTreeSet::new();
-            for f in &mut files {
-                renamed_into.extend(commits.commit(f));
+        let why_not = if fenced {
+            inflight::FENCED
+        } else {
+            "not committed: another transfer instance took the batch over"
+        };
+        let files: Vec<InFlight> = match way {
+            Way::Local => {
+                let (lease, ledger, node) = (self.lease.clone(), self.ledger.clone(), self.node.clone());
+                let late_commits = self.metrics.late_commits.clone();
+                tokio::task::spawn_blocking(move || {
+                    let point = CommitPoint {
+                        lease: &lease,
+                        epoch,
+                        ledger: ledger.as_ref(),
+                        node: &node,
+                        late_commits: &late_commits,
+                        allowed: still_ours,
+                        why_not,
+                    };
+                    local_route::commit(&mut files, &point);
+                    files
+                })
+                .await?
             }
-            // Make the renames durable: each folder once, before any result says delivered.
-            for dir in &renamed_into {
-                if let Err(e) = local::sync_dir(dir) {
-                    tracing::warn!(dir = %dir.display(), error = %e, "fsync directory");
-                }
+            Way::Hosts(route) => {
+                let point = CommitPoint {
+                    lease: &self.lease,
+                    epoch,
+                    ledger: self.ledger.as_ref(),
+                    node: &self.node,
+                    late_commits: &self.metrics.late_commits,
+                    allowed: still_ours,
+                    why_not,
+                };
+                route.commit(&mut files, &point).await;
+                files
             }
-            for f in &mut files {
-                f.delete_source_if_moved();
-            }
-            files
-        })
-        .await?;
+        };
 
         // New-files-only: remember this version of each delivered file so the next run leaves it.
         let states = files.iter().filter_map(|f| {
@@ -547,18 +577,164 @@ impl Transfer {
         Ok(files.into_iter().map(|f| f.result(&self.node)).collect())
     }
 
+    /// How the files of a batch travel: resolved from the stored configuration by the host names
+    /// the batch carries. `Ok(Err(why))`: the batch cannot be moved (its files fail with why);
+    /// `Err`: the configuration could not be read (retry the batch).
+    async fn way(&self, item: &FileItem) -> anyhow::Result<Result<Way, String>> {
+        let config = self.config().await?;
+        let Some(source) = config.hosts.get(&item.source.host) else {
+            return Ok(Err(format!(
+                "source host {:?} is not configured",
+                item.source.host
+            )));
+        };
+        let dests: Vec<Option<&ferry_config::Host>> = item
+            .destinations
+            .iter()
+            .map(|d| config.hosts.get(&d.host))
+            .collect();
+        if source.is_local() && dests.iter().all(|d| d.is_some_and(|h| h.is_local())) {
+            return Ok(Ok(Way::Local));
+        }
+        let source_host = match self.hosts.get(source) {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let mut remote: Vec<&ferry_config::Host> = vec![source];
+        remote.extend(dests.iter().flatten().copied());
+        let remote: Vec<&ferry_config::Host> = remote.into_iter().filter(|h| !h.is_local()).collect();
+        Ok(Ok(Way::Hosts(hosts_route::Route {
+            source: source_host,
+            dests: item
+                .destinations
+                .iter()
+                .zip(&dests)
+                .map(|(d, h)| match h {
+                    Some(h) => self.hosts.get(h).map_err(|e| e.to_string()),
+                    None => Err(format!("destination host {:?} is not configured", d.host)),
+                })
+                .collect(),
+            dest_local: dests.iter().map(|h| h.is_some_and(|h| h.is_local())).collect(),
+            buffer: self.buffer_bytes,
+            retries: remote.iter().map(|h| h.options.retries).max().unwrap_or(0),
+            retry_wait: Duration::from_secs(
+                remote
+                    .iter()
+                    .map(|h| h.options.retry_wait_secs)
+                    .max()
+                    .unwrap_or(0),
+            ),
+        })))
+    }
+
+    /// `ferry host test`: connect, look at a folder, say what the server offers. Failures are in
+    /// the report (with the host's own words), not errors of the call.
+    async fn host_test(
+        &self,
+        req: ferry_wire::HostTestRequest,
+    ) -> anyhow::Result<ferry_wire::HostTestReport> {
+        let config = self.config().await?;
+        let host = config
+            .hosts
+            .get(&req.host)
+            .with_context(|| format!("host {:?} is not configured", req.host))?;
+        let folder = req.folder.clone().unwrap_or_else(|| {
+            config
+                .tasks
+                .values()
+                .flat_map(|t| {
+                    let sources = t
+                        .sources
+                        .iter()
+                        .filter(|s| s.host == req.host)
+                        .map(|s| s.folder.clone());
+                    let dests = t
+                        .destinations
+                        .iter()
+                        .filter(|d| d.host == req.host && !d.folder.as_str().contains('['))
+                        .map(|d| d.folder.as_str().to_string());
+                    sources.chain(dests).collect::<Vec<_>>()
+                })
+                .next()
+                .unwrap_or_default()
+        });
+        let mut report = ferry_wire::HostTestReport {
+            host: req.host.clone(),
+            kind: host.kind().to_string(),
+            folder: folder.clone(),
+            ..Default::default()
+        };
+        let started = std::time::Instant::now();
+        let tested = async {
+            let h = self.hosts.get(host)?;
+            let probe = h.probe(&folder).await?;
+            let files = h.list(&folder, false).await?.len();
+            Ok::<_, ferry_hosts::HostError>((probe, files))
+        }
+        .await;
+        report.latency_ms = started.elapsed().as_millis() as u64;
+        match tested {
+            Ok((probe, files)) => {
+                report.files = Some(files);
+                report.server = probe.server;
+                report.host_key_sha256 = probe.host_key_sha256;
+                report.tls_subject = probe.tls_subject;
+                report.tls_not_after = probe.tls_not_after;
+                report.notes = probe.notes;
+                let c = probe.capabilities;
+                report.capabilities = [
+                    (c.atomic_rename, "atomic_rename"),
+                    (c.rename_noreplace, "rename_noreplace"),
+                    (c.server_sha256, "server_sha256"),
+                    (c.resume, "resume"),
+                    (c.durable, "durable"),
+                ]
+                .into_iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, name)| name.to_string())
+                .collect();
+            }
+            Err(e) => report.error = Some(e.to_string()),
+        }
+        Ok(report)
+    }
+
+    /// The stored configuration, decoded once per revision.
+    async fn config(&self) -> anyhow::Result<Arc<ferry_config::Config>> {
+        let entry = self
+            .config_kv
+            .entry(topology::CONFIG_KEY)
+            .await
+            .context("read configuration")?
+            .filter(|e| e.operation == kv::Operation::Put)
+            .context("no configuration has been applied")?;
+        let mut cached = self.config_cache.lock().await;
+        if let Some((revision, config)) = cached.as_ref()
+            && *revision == entry.revision
+        {
+            return Ok(config.clone());
+        }
+        let doc: ferry_wire::ConfigDocument =
+            ferry_wire::decode(&entry.value).context("decode configuration")?;
+        let config = Arc::new(doc.config);
+        *cached = Some((entry.revision, config.clone()));
+        Ok(config)
+    }
+
     async fn audit(&self, batch: &WorkBatch, results: &[FileResult]) -> anyhow::Result<()> {
         let mut acks = Vec::new();
         for (item, result) in batch.items.iter().zip(results) {
             // One record per destination; a file that reached none (refused, or no plan) still
             // gets one, without a destination path.
-            let record = |dest: Option<&DestOutcome>| AuditRecord {
+            let record = |(i, dest): (usize, Option<&DestOutcome>)| AuditRecord {
                 task: item.task.clone(),
                 run_id: item.run_id,
                 node: self.node.clone(),
                 epoch: item.epoch,
                 action: "transfer".into(),
+                source_host: item.source.host.clone(),
                 source_path: result.source_path.clone(),
+                dest_host: dest.and(item.destinations.get(i)).map(|d| d.host.clone()),
                 dest_path: dest.map(|d| d.path.clone()),
                 size: result.size,
                 sha256: dest.and(result.sha256.clone()),
@@ -567,13 +743,19 @@ impl Transfer {
                 outcome: dest.map_or(result.outcome, |d| d.outcome),
                 error: dest.map_or_else(|| result.error.clone(), |d| d.error.clone()),
             };
-            let mut records: Vec<AuditRecord> = result.destinations.iter().map(|d| record(Some(d))).collect();
+            let mut records: Vec<AuditRecord> = result
+                .destinations
+                .iter()
+                .enumerate()
+                .map(|(i, d)| record((i, Some(d))))
+                .collect();
             if records.is_empty() {
-                records.push(record(None));
+                records.push(record((0, None)));
             }
             if item.source.delete_after && result.outcome == Outcome::Delivered {
                 records.push(AuditRecord {
                     action: "delete_source".into(),
+                    dest_host: None,
                     dest_path: None,
                     ..records[0].clone()
                 });
@@ -616,402 +798,17 @@ impl Transfer {
     }
 }
 
-/// One file of a batch on its way: its destinations' plans and outcomes so far.
-struct InFlight {
-    item: FileItem,
-    source: PathBuf,
-    started_at: chrono::DateTime<Utc>,
-    /// Per destination: the plan, or `None` when it could not be made (its outcome says why).
-    plans: Vec<Option<plan::Planned>>,
-    /// Per destination, once decided.
-    outcomes: Vec<Option<DestOutcome>>,
-    /// Destinations being copied.
-    open: Vec<usize>,
-    copied: Option<local::Copied>,
-    /// What an earlier attempt already delivered (size, SHA-256).
-    recovered: Option<(u64, String)>,
-    /// Set when the source of a move could not be deleted.
-    error: Option<String>,
+/// How a batch's files travel.
+enum Way {
+    /// Every host is the node's own file system.
+    Local,
+    Hosts(hosts_route::Route),
 }
 
-impl InFlight {
-    /// Plan every destination, find what an earlier attempt already committed, and apply the
-    /// overwrite policy. Blocking (file-system calls).
-    fn prepare(item: FileItem, previously_committing: &[Option<String>], buffer: usize) -> InFlight {
-        let started_at = Utc::now();
-        let n = item.destinations.len();
-        let source = plan::source_path(&item);
-        let mut outcomes: Vec<Option<DestOutcome>> = vec![None; n];
-        let mut plans: Vec<Option<plan::Planned>> = item
-            .destinations
-            .iter()
-            .enumerate()
-            .map(|(i, dest)| {
-                match plan::plan(&item, i, dest)
-                    .and_then(|p| plan::prepare_dir(&p, dest.create_dirs).map(|()| p))
-                {
-                    Ok(p) => Some(p),
-                    Err(e) => {
-                        outcomes[i] = Some(DestOutcome {
-                            path: String::new(),
-                            outcome: Outcome::Failed,
-                            error: Some(e),
-                        });
-                        None
-                    }
-                }
-            })
-            .collect();
-
-        // A previous attempt died while committing: find destinations it already completed.
-        let mut recovered: Option<(u64, String)> = None;
-        if previously_committing.iter().any(Option::is_some) {
-            let source_hash = local::hash_file(&source, buffer);
-            for (i, path) in previously_committing.iter().enumerate().take(n) {
-                let Some(path) = path else { continue };
-                let existing = local::hash_file(Path::new(path), buffer);
-                let matches = match (&source_hash, &existing) {
-                    (Ok(src), Ok(dst)) => src == dst,
-                    // The source was deleted after the commit (delete_after): the copy stands.
-                    (Err(e), Ok(_)) if e.kind() == std::io::ErrorKind::NotFound => item.source.delete_after,
-                    _ => false,
-                };
-                if matches {
-                    recovered = existing.ok();
-                    outcomes[i] = Some(DestOutcome {
-                        path: path.clone(),
-                        outcome: Outcome::Delivered,
-                        error: None,
-                    });
-                    tracing::info!(item = %item.item_id, %path, "already delivered by an earlier attempt");
-                }
-            }
-        }
-
-        // Apply the overwrite policy to destinations that exist already.
-        for (i, plan) in plans.iter_mut().enumerate() {
-            let Some(p) = plan else { continue };
-            if outcomes[i].is_some() || !p.final_path.exists() {
-                continue;
-            }
-            match p.overwrite {
-                Overwrite::Overwrite => {}
-                Overwrite::Skip => {
-                    outcomes[i] = Some(DestOutcome {
-                        path: p.final_path.to_string_lossy().into_owned(),
-                        outcome: Outcome::Skipped,
-                        error: Some("destination file exists (overwrite = skip)".into()),
-                    });
-                }
-                Overwrite::Fail => {
-                    outcomes[i] = Some(DestOutcome {
-                        path: p.final_path.to_string_lossy().into_owned(),
-                        outcome: Outcome::Failed,
-                        error: Some("destination file exists (overwrite = fail)".into()),
-                    });
-                }
-                Overwrite::Unique => {
-                    let mut k = 1;
-                    while local::unique_candidate(&p.final_path, k).exists() {
-                        k += 1;
-                    }
-                    p.final_path = local::unique_candidate(&p.final_path, k);
-                }
-            }
-        }
-        let open = (0..n)
-            .filter(|&i| outcomes[i].is_none() && plans[i].is_some())
-            .collect();
-        InFlight {
-            item,
-            source,
-            started_at,
-            plans,
-            outcomes,
-            open,
-            copied: None,
-            recovered,
-            error: None,
-        }
-    }
-
-    fn plan(&self, i: usize) -> &plan::Planned {
-        self.plans[i].as_ref().expect("open destinations have a plan")
-    }
-
-    /// The temp files of the destinations being copied.
-    fn temps(&self) -> Vec<PathBuf> {
-        self.open
-            .iter()
-            .map(|&i| self.plan(i).temp_path.clone())
-            .collect()
-    }
-
-    /// Take the copy's outcome; a failed copy fails every open destination (and leaves no temp).
-    fn copied(&mut self, copied: Result<local::Copied, String>) {
-        match copied {
-            Ok(c) => self.copied = Some(c),
-            Err(e) => {
-                for t in self.temps() {
-                    let _ = std::fs::remove_file(t);
-                }
-                for &i in &self.open {
-                    self.outcomes[i] = Some(DestOutcome {
-                        path: self.plan(i).final_path.to_string_lossy().into_owned(),
-                        outcome: Outcome::Failed,
-                        error: Some(e.clone()),
-                    });
-                }
-            }
-        }
-    }
-
-    /// The final paths about to be renamed into (the commit intent), per destination.
-    fn committing(&self) -> Vec<Option<String>> {
-        let mut committing = vec![None; self.plans.len()];
-        if self.copied.is_some() {
-            for &i in &self.open {
-                committing[i] = Some(self.plan(i).final_path.to_string_lossy().into_owned());
-            }
-        }
-        committing
-    }
-
-    /// A move: once every destination is delivered (and its folder synced), delete the source.
-    /// Deleting comes before the new-files-only state is recorded: a crash in between leaves
-    /// nothing to list; a crash before the delete leaves the source and no state, so the next run
-    /// delivers it again (at least once) instead of leaving it in the source folder for good,
-    /// recorded as sent.
-    fn delete_source_if_moved(&mut self) {
-        if !self.item.source.delete_after || !self.all_delivered() {
-            return;
-        }
-        if let Err(e) = std::fs::remove_file(&self.source)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            self.error = Some(format!(
-                "delivered, but deleting the source {} failed: {e}",
-                self.source.display()
-            ));
-        }
-    }
-
-    fn all_delivered(&self) -> bool {
-        self.outcomes
-            .iter()
-            .all(|o| o.as_ref().is_some_and(|o| o.outcome == Outcome::Delivered))
-    }
-
-    fn any_failed(&self) -> bool {
-        self.outcomes
-            .iter()
-            .any(|o| o.as_ref().is_some_and(|o| o.outcome == Outcome::Failed))
-    }
-
-    fn size_and_hash(&self) -> (u64, Option<String>) {
-        match (&self.copied, &self.recovered) {
-            (Some(c), _) => (c.size, Some(c.sha256.clone())),
-            (None, Some((size, sha))) => (*size, Some(sha.clone())),
-            (None, None) => (self.item.source.size, None),
-        }
-    }
-
-    /// The new-files-only state to record: only when nothing failed.
-    fn new_files_only_state(&self) -> Option<FileState> {
-        if self.any_failed() || self.error.is_some() {
-            return None;
-        }
-        let (size, sha256) = self.size_and_hash();
-        Some(FileState {
-            size,
-            mtime_ns: self
-                .copied
-                .as_ref()
-                .map(|c| c.mtime_ns)
-                .unwrap_or(self.item.source.mtime_ns),
-            sha256: sha256?,
-            run_id: self.item.run_id,
-            delivered_at: Utc::now(),
-        })
-    }
-
-    fn result(self, node: &str) -> FileResult {
-        let all_delivered = self.all_delivered();
-        let any_failed = self.any_failed();
-        let (size, sha256) = self.size_and_hash();
-        let destinations: Vec<DestOutcome> = self
-            .outcomes
-            .into_iter()
-            .map(|o| o.expect("every destination decided"))
-            .collect();
-        let error = self.error.or_else(|| {
-            destinations
-                .iter()
-                .find_map(|d| (d.outcome == Outcome::Failed).then(|| d.error.clone()).flatten())
-        });
-        let outcome = if any_failed || error.is_some() {
-            Outcome::Failed
-        } else if all_delivered {
-            Outcome::Delivered
-        } else {
-            Outcome::Skipped
-        };
-        FileResult {
-            item_id: self.item.item_id.clone(),
-            source_path: self.source.to_string_lossy().into_owned(),
-            size,
-            sha256,
-            outcome,
-            destinations,
-            error,
-            node: node.to_string(),
-            epoch: self.item.epoch,
-            started_at: self.started_at,
-            finished_at: Utc::now(),
-        }
-    }
-}
-
-/// The renames of one batch, each under the lease check that makes it the commit point.
-struct Commits<'a> {
-    lease: &'a NodeLease,
-    epoch: u64,
-    ledger: Option<&'a Ledger>,
-    node: &'a str,
-    late_commits: &'a prometheus::IntCounter,
-    /// The commit intent was stored by this instance.
-    allowed: bool,
-    why_not: &'static str,
-}
-
-impl Commits<'_> {
-    /// Rename `f`'s verified temps into place; returns the folders renamed into (to be synced).
-    fn commit(&self, f: &mut InFlight) -> Vec<PathBuf> {
-        let mut dirs = Vec::new();
-        if f.copied.is_none() {
-            return dirs;
-        }
-        for i in f.open.clone() {
-            let p = f.plan(i).clone();
-            // The commit point: the rename happens only under a lease valid now.
-            let start_ns = ledger::mono_ns();
-            let valid = self.lease.allows(self.epoch);
-            let outcome = if self.allowed && valid {
-                failpoint_pause_before_rename();
-                let (outcome, renamed_ns) = commit(&p);
-                if outcome.outcome == Outcome::Delivered {
-                    dirs.push(p.dir.clone());
-                    if !self.lease.allows(self.epoch) {
-                        // Checked before, expired by the time the rename was done: the window
-                        // ADR 004 describes. Say so loudly; it cannot be undone.
-                        self.late_commits.inc();
-                        tracing::error!(path = %outcome.path, epoch = self.epoch, "renamed after this node's lease ran out (paused between the lease check and the rename): another node may have been active at the same time");
-                    }
-                    if let Some(ledger) = self.ledger {
-                        ledger.record(&ledger::Entry::Commit {
-                            node: self.node.to_string(),
-                            epoch: self.epoch,
-                            task: f.item.task.clone(),
-                            run_id: f.item.run_id.to_string(),
-                            path: outcome.path.clone(),
-                            start_ns,
-                            end_ns: renamed_ns,
-                        });
-                    }
-                }
-                outcome
-            } else {
-                let _ = std::fs::remove_file(&p.temp_path);
-                let why = if valid {
-                    self.why_not
-                } else {
-                    "not committed: this node's epoch was superseded (fenced)"
-                };
-                DestOutcome {
-                    path: p.final_path.to_string_lossy().into_owned(),
-                    outcome: Outcome::Failed,
-                    error: Some(why.into()),
-                }
-            };
-            f.outcomes[i] = Some(outcome);
-        }
-        dirs
-    }
-}
-
+/// What became of a work batch.
 enum Processed {
     /// A result is stored: acknowledge the item.
     Reported,
     /// Another live instance holds the claim: let JetStream redeliver later.
     ClaimedElsewhere,
-}
-
-/// Rename the verified temp file into place according to the overwrite policy.
-/// Test failpoint, compiled into debug builds only: `FERRY_FAILPOINT_PAUSE_BEFORE_RENAME_MS`
-/// pauses between the lease check and the rename, so a test can probe the window that a local
-/// lease deadline cannot close (ADR 004).
-fn failpoint_pause_before_rename() {
-    #[cfg(debug_assertions)]
-    if let Some(ms) = std::env::var("FERRY_FAILPOINT_PAUSE_BEFORE_RENAME_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        tracing::warn!(ms, "failpoint: pausing between the lease check and the rename");
-        std::thread::sleep(Duration::from_millis(ms));
-    }
-}
-
-/// Rename into place (the commit point; the caller fsyncs the folder). Also returns when the
-/// rename was done (`CLOCK_MONOTONIC` ns), for the side-effect ledger.
-fn commit(p: &plan::Planned) -> (DestOutcome, u64) {
-    let path = |p: &PathBuf| p.to_string_lossy().into_owned();
-    let renamed = match p.overwrite {
-        Overwrite::Overwrite => {
-            std::fs::rename(&p.temp_path, &p.final_path).map(|()| Some(p.final_path.clone()))
-        }
-        Overwrite::Skip | Overwrite::Fail => local::rename_noreplace(&p.temp_path, &p.final_path)
-            .map(|done| done.then(|| p.final_path.clone())),
-        Overwrite::Unique => (|| {
-            let mut candidate = p.final_path.clone();
-            for k in 1..10_000 {
-                if local::rename_noreplace(&p.temp_path, &candidate)? {
-                    return Ok(Some(candidate));
-                }
-                candidate = local::unique_candidate(&p.final_path, k);
-            }
-            Ok(None)
-        })(),
-    };
-    let renamed_ns = ferry_service::ledger::mono_ns();
-    let outcome = match renamed {
-        Ok(Some(final_path)) => DestOutcome {
-            path: path(&final_path),
-            outcome: Outcome::Delivered,
-            error: None,
-        },
-        Ok(None) => {
-            let _ = std::fs::remove_file(&p.temp_path);
-            let (outcome, why) = match p.overwrite {
-                Overwrite::Skip => (
-                    Outcome::Skipped,
-                    "destination file appeared meanwhile (overwrite = skip)",
-                ),
-                _ => (Outcome::Failed, "destination file appeared meanwhile"),
-            };
-            DestOutcome {
-                path: path(&p.final_path),
-                outcome,
-                error: Some(why.into()),
-            }
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&p.temp_path);
-            DestOutcome {
-                path: path(&p.final_path),
-                outcome: Outcome::Failed,
-                error: Some(format!("rename into {}: {e}", p.final_path.display())),
-            }
-        }
-    };
-    (outcome, renamed_ns)
 }

@@ -1,74 +1,105 @@
-//! Where each file goes: destination folders and names rendered from the task's templates.
-
-use std::fs;
-use std::io;
-use std::path::{Path, PathBuf};
+//! Where each file comes from and goes: the source path rebuilt from its folder and its listed
+//! (confined) relative path, and destination folders and names rendered from the task's
+//! templates. Paths are host paths (`/`-separated strings), the same for every host kind.
 
 use ferry_config::{Destination, MacroContext, Overwrite};
+use ferry_hosts::path;
 use ferry_wire::FileItem;
 
 /// Where one destination's file goes.
 #[derive(Debug, Clone)]
 pub struct Planned {
-    pub dir: PathBuf,
-    pub final_path: PathBuf,
-    pub temp_path: PathBuf,
+    pub dir: String,
+    /// Final file name (rendered).
+    pub name: String,
+    pub temp_name: String,
+    /// `dir/name`, or a `name (n)` variant once `unique` picked one.
+    pub final_path: String,
     pub overwrite: Overwrite,
+    pub create_dirs: bool,
 }
 
-pub fn source_path(item: &FileItem) -> PathBuf {
-    Path::new(&item.source.folder).join(&item.source.rel_path)
+impl Planned {
+    pub fn temp_path(&self) -> String {
+        path::join(&self.dir, &self.temp_name)
+    }
 }
 
-/// Render the destination folder and file name for `item`.
+/// The source file's path on its host: its folder and the listed relative path, which must stay
+/// beneath the folder (a hostile server may list `../../x`).
+pub fn source_path(item: &FileItem) -> Result<String, String> {
+    let rel = path::confine(&item.source.rel_path).map_err(|e| format!("source file refused: {e}"))?;
+    Ok(path::join(&item.source.folder, rel))
+}
+
+/// Render destination `index` of `item`.
 pub fn plan(item: &FileItem, index: usize, dest: &Destination) -> Result<Planned, String> {
-    let orig_name = Path::new(&item.source.rel_path)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let rel = path::confine(&item.source.rel_path).map_err(|e| format!("source file refused: {e}"))?;
+    let orig_name = path::file_name(rel);
     let run_id = item.run_id.to_string();
     let ctx = MacroContext {
-        orig_name: &orig_name,
+        orig_name,
         task: &item.task,
         run_id: &run_id,
         time: item.run_started_at.with_timezone(&chrono::Local),
     };
-    let mut dir = PathBuf::from(dest.folder.render(&ctx));
-    if dest.relative_subdirs
-        && let Some(parent) = Path::new(&item.source.rel_path).parent()
-    {
-        dir.push(parent);
+    let folder = dest.folder.render(&ctx);
+    if folder.split('/').any(|part| part == "..") {
+        return Err(format!(
+            "destination folder template {:?} expands to {folder:?}, which leaves its folder",
+            dest.folder.as_str()
+        ));
+    }
+    let mut dir = folder;
+    if dest.relative_subdirs {
+        let parent = path::parent(rel);
+        if !parent.is_empty() {
+            dir = path::join(&dir, parent);
+        }
     }
     let name = dest.file_name.render(&ctx);
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+    if name.is_empty() || name.contains(['/', '\\', '\0']) || name == "." || name == ".." {
         return Err(format!(
             "file name template {:?} expands to {name:?}",
             dest.file_name.as_str()
         ));
     }
-    let temp_name = ferry_hosts::path::temp_name(&item.item_id, index);
+    if name.len() > 255 {
+        return Err(format!(
+            "file name template {:?} expands to a name of {} bytes (at most 255)",
+            dest.file_name.as_str(),
+            name.len()
+        ));
+    }
     Ok(Planned {
-        final_path: dir.join(&name),
-        temp_path: dir.join(temp_name),
+        temp_name: path::temp_name(&item.item_id, index),
+        final_path: path::join(&dir, &name),
         dir,
+        name,
         overwrite: dest.overwrite,
+        create_dirs: dest.create_dirs,
     })
 }
 
-/// Make sure the destination folder exists (creating it when allowed).
-pub fn prepare_dir(planned: &Planned, create: bool) -> Result<(), String> {
-    match fs::metadata(&planned.dir) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(format!(
-            "destination folder {} is not a directory",
-            planned.dir.display()
-        )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound && create => fs::create_dir_all(&planned.dir)
-            .map_err(|e| format!("create destination folder {}: {e}", planned.dir.display())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(format!(
-            "destination folder {} does not exist (create_dirs = false)",
-            planned.dir.display()
-        )),
-        Err(e) => Err(format!("destination folder {}: {e}", planned.dir.display())),
+/// `name.ext` → `name (n).ext`, in the same folder.
+pub fn unique_candidate(final_path: &str, n: u32) -> String {
+    let name = path::file_name(final_path);
+    let (base, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    };
+    path::join(path::parent(final_path), &format!("{base} ({n}){ext}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_names_keep_the_extension() {
+        assert_eq!(unique_candidate("/d/a.csv", 2), "/d/a (2).csv");
+        assert_eq!(unique_candidate("/d/README", 1), "/d/README (1)");
+        assert_eq!(unique_candidate("/d/.hidden", 1), "/d/.hidden (1)");
+        assert_eq!(unique_candidate("a.csv", 1), "a (1).csv");
     }
 }

@@ -413,19 +413,6 @@ pub fn verify(temp: &Path, copied: &Copied, buffer_bytes: usize) -> Result<(), S
     compare(temp, size, &sha, copied)
 }
 
-/// `name.ext` → `name (n).ext`.
-pub fn unique_candidate(final_path: &Path, n: u32) -> PathBuf {
-    let name = final_path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let (base, ext) = match name.rfind('.') {
-        Some(i) if i > 0 => (&name[..i], &name[i..]),
-        _ => (name.as_str(), ""),
-    };
-    final_path.with_file_name(format!("{base} ({n}){ext}"))
-}
-
 /// Rename without replacing an existing file. `Ok(false)` when the target exists.
 pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<bool> {
     use std::ffi::CString;
@@ -473,22 +460,6 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unique_names_keep_the_extension() {
-        assert_eq!(
-            unique_candidate(Path::new("/d/a.csv"), 2),
-            Path::new("/d/a (2).csv")
-        );
-        assert_eq!(
-            unique_candidate(Path::new("/d/README"), 1),
-            Path::new("/d/README (1)")
-        );
-        assert_eq!(
-            unique_candidate(Path::new("/d/.hidden"), 1),
-            Path::new("/d/.hidden (1)")
-        );
-    }
 
     #[test]
     fn copy_hashes_verifies_and_never_replaces_on_noreplace() {

@@ -63,12 +63,12 @@ pub fn mtime_ns(m: &fs::Metadata) -> i128 {
 /// Every file under `root` (recursively if asked), sorted by relative path; symlinks and other
 /// non-regular files are not listed.
 pub fn walk(host: &str, root: &Path, recursive: bool) -> HostResult<Vec<Entry>> {
-    let meta =
-        fs::metadata(root).map_err(|e| HostError::io(host, &format!("folder {}", root.display()), &e))?;
+    let meta = fs::metadata(root)
+        .map_err(|e| HostError::io(host, &format!("folder {:?}", root.display().to_string()), &e))?;
     if !meta.is_dir() {
         return Err(HostError::permanent(
             host,
-            format!("folder {} is not a directory", root.display()),
+            format!("folder {:?} is not a directory", root.display().to_string()),
         ));
     }
     let walker = walkdir::WalkDir::new(root)

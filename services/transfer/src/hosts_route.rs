@@ -1,0 +1,495 @@
+//! The hosts route: a batch with a remote source or a remote destination, moved through the
+//! `ferry_hosts::Host` trait. Per file: stream the source once (hashing it) into an upload per
+//! destination, finish (durable) and verify each, check the source did not change while it was
+//! read; after the commit intent is stored, commit each under the commit point, sync folders where
+//! the kind can, and delete the source of a move.
+//!
+//! A transient failure (connection lost, timeout) retries the file's copy with back-off, up to
+//! the hosts' `retries`; an upload left behind by the failed attempt is resumed from its verified
+//! length where the kind can resume. A permanent failure of one destination fails only that
+//! destination; of the source, every destination.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::join_all;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+use ferry_config::Overwrite;
+use ferry_hosts::local::fast::Copied;
+use ferry_hosts::{DynHost, ErrorKind, HostError, HostResult, Upload, WriteTarget};
+use ferry_wire::Outcome;
+
+use crate::inflight::{CommitPoint, InFlight, failed};
+use crate::plan;
+
+/// The hosts of one batch: its source's and each destination's (`Err`: why the destination's
+/// host cannot be used; its outcome says so).
+pub struct Route {
+    pub source: DynHost,
+    pub dests: Vec<Result<DynHost, String>>,
+    /// Per destination: the node's own file system (a committed file there can be hashed cheaply).
+    pub dest_local: Vec<bool>,
+    pub buffer: usize,
+    /// Retries of a transient failure, and the first wait (doubling, at most 5 minutes).
+    pub retries: u32,
+    pub retry_wait: Duration,
+}
+
+/// Files at least this large resume an interrupted upload instead of starting over.
+const RESUME_MIN_BYTES: u64 = 8 << 20;
+/// Before resuming, this much of the end of what is already stored is read back and compared with
+/// the source, so a torn or out-of-order tail is never kept.
+const RESUME_CHECK_BYTES: u64 = 4 << 20;
+/// Chunks read ahead of the uploads.
+const READ_AHEAD: usize = 4;
+
+impl Route {
+    fn dest(&self, i: usize) -> &DynHost {
+        self.dests[i].as_ref().expect("open destinations have a host")
+    }
+
+    /// Whether a committed file at destination `i` can be hashed without a download.
+    fn cheap_hash(&self, i: usize) -> bool {
+        self.dest_local[i]
+            || self.dests[i]
+                .as_ref()
+                .is_ok_and(|h| h.capabilities().server_sha256)
+    }
+
+    /// Make folders, find what an earlier attempt already committed, apply the overwrite policy.
+    pub async fn prepare(&self, f: &mut InFlight, previously_committing: &[Option<String>]) {
+        for i in f.undecided() {
+            if let Err(why) = &self.dests[i] {
+                f.fail(i, why.clone());
+                continue;
+            }
+            let p = f.plan(i).clone();
+            let host = self.dest(i);
+            let ready = if p.create_dirs {
+                host.create_dir_all(&p.dir).await
+            } else {
+                match host.stat(&p.dir).await {
+                    Ok(Some(m)) if m.is_dir => Ok(()),
+                    Ok(Some(_)) => Err(HostError::permanent(
+                        host.name(),
+                        format!("{} is not a folder", p.dir),
+                    )),
+                    Ok(None) => Err(HostError::not_found(
+                        host.name(),
+                        format!(
+                            "destination folder {} does not exist (create_dirs = false)",
+                            p.dir
+                        ),
+                    )),
+                    Err(e) => Err(e),
+                }
+            };
+            if let Err(e) = ready {
+                f.fail(i, e.to_string());
+            }
+        }
+        // A previous attempt died while committing: find destinations it already completed (the
+        // final file is there with the source's size and the temp is gone; on the node's own
+        // disks, with the source's hash).
+        if previously_committing.iter().any(Option::is_some) {
+            let source_hash = hash(&self.source, &f.source).await;
+            for (i, path) in previously_committing.iter().enumerate().take(f.plans.len()) {
+                let (Some(path), None, Ok(host)) = (path, &f.outcomes[i], &self.dests[i]) else {
+                    continue;
+                };
+                let Ok(Some(meta)) = host.stat(path).await else {
+                    continue;
+                };
+                let temp_gone = matches!(host.stat(&f.plan(i).temp_path()).await, Ok(None));
+                let matches = match &source_hash {
+                    Ok((size, _)) if *size != meta.size || !temp_gone => false,
+                    Ok((_, sha)) if self.cheap_hash(i) => {
+                        hash(host, path).await.is_ok_and(|(_, h)| &h == sha)
+                    }
+                    Ok(_) => true,
+                    // The source was deleted after the commit (delete_after): the copy stands.
+                    Err(e) => e.kind == ErrorKind::NotFound && f.item.source.delete_after && temp_gone,
+                };
+                if matches {
+                    let sha = source_hash.as_ref().map(|(_, s)| s.clone()).unwrap_or_default();
+                    f.recovered_at(i, path, meta.size, sha);
+                }
+            }
+        }
+        // Apply the overwrite policy to destinations that exist already.
+        for i in f.undecided() {
+            let host = self.dest(i).clone();
+            let first = f.plan(i).final_path.clone();
+            match host.stat(&first).await {
+                Ok(None) => {}
+                Ok(Some(_)) if f.exists_at(i) => {
+                    let mut k = 1;
+                    loop {
+                        let candidate = plan::unique_candidate(&first, k);
+                        match host.stat(&candidate).await {
+                            Ok(None) => {
+                                f.plans[i].as_mut().expect("planned").final_path = candidate;
+                                break;
+                            }
+                            Ok(Some(_)) if k < 10_000 => k += 1,
+                            Ok(Some(_)) => {
+                                f.fail(i, format!("no free name like {first} (tried 10,000)"));
+                                break;
+                            }
+                            Err(e) => {
+                                f.fail(i, e.to_string());
+                                break;
+                            }
+                        }
+                    }
+                }
+                Ok(Some(_)) => {}
+                Err(e) => f.fail(i, e.to_string()),
+            }
+        }
+        f.open = f.undecided();
+    }
+
+    /// Copy `f`'s source to every open destination, retrying transient failures.
+    pub async fn copy(&self, f: &mut InFlight, stop: &(dyn Fn() -> bool + Sync)) {
+        if f.open.is_empty() {
+            return;
+        }
+        let mut wait = self.retry_wait;
+        for attempt in 0..=self.retries {
+            match self.copy_once(f, stop).await {
+                Ok(()) => return,
+                Err(e) if e.is_transient() && attempt < self.retries && !stop() => {
+                    tracing::warn!(task = %f.item.task, source = %f.source, attempt = attempt + 1, retries = self.retries, error = %e, "transfer interrupted; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(300));
+                }
+                Err(e) => {
+                    let why = if e.is_transient() && attempt > 0 {
+                        format!("{e} (after {attempt} retries)")
+                    } else {
+                        e.to_string()
+                    };
+                    f.fail_open(&why);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One attempt. Permanent failures of one destination fail it and the others go on; an `Err`
+    /// fails (or retries) every open destination.
+    async fn copy_once(&self, f: &mut InFlight, stop: &(dyn Fn() -> bool + Sync)) -> HostResult<()> {
+        let source = &self.source;
+        let before = source.stat(&f.source).await?.ok_or_else(|| {
+            HostError::not_found(source.name(), format!("source file {} is gone", f.source))
+        })?;
+        // Open an upload per destination, resuming an earlier attempt's temp where possible.
+        let mut uploads: Vec<(usize, Box<dyn Upload>)> = Vec::new();
+        for i in f.open.clone() {
+            let p = f.plan(i).clone();
+            let host = self.dest(i);
+            let target = WriteTarget {
+                dir: p.dir.clone(),
+                name: p.name.clone(),
+                temp_name: p.temp_name.clone(),
+                size_hint: before.size,
+                resume: host.capabilities().resume && before.size >= RESUME_MIN_BYTES,
+            };
+            let upload = match host.write(&target).await {
+                Ok(u) => u,
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => {
+                    f.fail(i, e.to_string());
+                    continue;
+                }
+            };
+            let upload = if upload.offset() > 0
+                && !self
+                    .tail_matches(host, &p.temp_path(), &f.source, upload.offset())
+                    .await
+            {
+                upload.abort().await;
+                tracing::info!(temp = %p.temp_path(), "stored part of an earlier attempt differs from the source; starting over");
+                host.write(&WriteTarget {
+                    resume: false,
+                    ..target
+                })
+                .await?
+            } else {
+                if upload.offset() > 0 {
+                    tracing::info!(temp = %p.temp_path(), offset = upload.offset(), "resuming an interrupted upload");
+                }
+                upload
+            };
+            uploads.push((i, upload));
+        }
+        if uploads.is_empty() {
+            return Ok(());
+        }
+
+        // Read ahead on a task of its own, hashing as the bytes go by; write each chunk to every
+        // upload (skipping what a resumed upload already holds).
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<HostResult<Bytes>>(READ_AHEAD);
+        let reader = {
+            let (source, path, buffer) = (source.clone(), f.source.clone(), self.buffer);
+            tokio::spawn(async move {
+                let mut stream = match source.read(&path, 0).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return None;
+                    }
+                };
+                let mut hasher = Sha256::new();
+                let mut size = 0u64;
+                loop {
+                    let mut chunk = BytesMut::with_capacity(buffer);
+                    while chunk.len() < buffer {
+                        match stream.read_buf(&mut chunk).await {
+                            Ok(0) => break,
+                            Ok(_) => {}
+                            Err(e) => {
+                                let _ = tx
+                                    .send(Err(HostError::io(source.name(), &format!("read {path}"), &e)))
+                                    .await;
+                                return None;
+                            }
+                        }
+                    }
+                    if chunk.is_empty() {
+                        return Some((size, hex::encode(hasher.finalize())));
+                    }
+                    hasher.update(&chunk);
+                    size += chunk.len() as u64;
+                    if tx.send(Ok(chunk.freeze())).await.is_err() {
+                        return None;
+                    }
+                }
+            })
+        };
+        let mut position = 0u64;
+        let written: HostResult<()> = async {
+            while let Some(chunk) = rx.recv().await {
+                let chunk = chunk?;
+                if stop() {
+                    return Err(HostError::fenced(source.name()));
+                }
+                let end = position + chunk.len() as u64;
+                let writes = uploads.iter_mut().filter_map(|(_, u)| {
+                    let skip = u.offset().saturating_sub(position);
+                    (skip < chunk.len() as u64).then(|| u.write(chunk.slice(skip as usize..)))
+                });
+                for r in join_all(writes).await {
+                    r?;
+                }
+                position = end;
+            }
+            Ok(())
+        }
+        .await;
+        drop(rx);
+        let read = reader.await.ok().flatten();
+        written?;
+        let Some((size, sha256)) = read else {
+            return Err(HostError::transient(
+                source.name(),
+                format!("read {}: stopped", f.source),
+            ));
+        };
+
+        // Durable, then verified, per destination.
+        for (i, upload) in uploads {
+            let host = self.dest(i).name().to_string();
+            let staged = match upload.finish().await {
+                Ok(s) => s,
+                Err(e) if e.is_transient() || e.kind == ErrorKind::Fenced => return Err(e),
+                Err(e) => {
+                    f.fail(i, e.to_string());
+                    continue;
+                }
+            };
+            f.staged[i] = Some(staged);
+            let verified = f.staged[i]
+                .as_mut()
+                .expect("just staged")
+                .verify(size, &sha256)
+                .await;
+            match verified {
+                Ok(how) => tracing::debug!(%host, ?how, "verified"),
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => {
+                    if let Some(s) = f.staged[i].take() {
+                        s.abort().await;
+                    }
+                    f.fail(i, e.to_string());
+                }
+            }
+        }
+
+        // The source must not have changed while it was read.
+        let after = source.stat(&f.source).await?;
+        if after.is_none_or(|a| a.size != size || a.size != before.size || a.mtime_ns != before.mtime_ns) {
+            for i in f.open.clone() {
+                if let Some(s) = f.staged[i].take() {
+                    s.abort().await;
+                }
+            }
+            f.fail_open(&format!(
+                "source {} changed while it was read; it will be picked up again",
+                f.source
+            ));
+            return Ok(());
+        }
+        f.copied = Some(Copied {
+            size,
+            sha256,
+            mtime_ns: before.mtime_ns,
+        });
+        Ok(())
+    }
+
+    /// Whether the last part of what an earlier attempt stored under `temp` (up to `offset`)
+    /// matches the source at the same place.
+    async fn tail_matches(&self, host: &DynHost, temp: &str, source: &str, offset: u64) -> bool {
+        let from = offset.saturating_sub(RESUME_CHECK_BYTES);
+        let len = (offset - from) as usize;
+        let read = |h: DynHost, p: String| async move {
+            let mut stream = h.read(&p, from).await.ok()?;
+            let mut buf = vec![0u8; len];
+            stream.read_exact(&mut buf).await.ok()?;
+            Some(buf)
+        };
+        let (stored, original) = tokio::join!(
+            read(host.clone(), temp.to_string()),
+            read(self.source.clone(), source.to_string())
+        );
+        matches!((stored, original), (Some(a), Some(b)) if a == b)
+    }
+
+    /// Commit every staged file under the commit point, sync folders, delete sources of moves.
+    pub async fn commit(&self, files: &mut [InFlight], point: &CommitPoint<'_>) {
+        let mut synced: Vec<(usize, usize)> = Vec::new();
+        for (n, f) in files.iter_mut().enumerate() {
+            if f.copied.is_none() {
+                continue;
+            }
+            for i in std::mem::take(&mut f.open) {
+                let p = f.plan(i).clone();
+                let Some(mut staged) = f.staged[i].take() else {
+                    f.outcomes[i] = Some(failed(p.final_path.clone(), "not staged".into()));
+                    continue;
+                };
+                let start_ns = match point.check() {
+                    Ok(start_ns) => start_ns,
+                    Err(why) => {
+                        staged.abort().await;
+                        f.outcomes[i] = Some(failed(p.final_path.clone(), why.into()));
+                        continue;
+                    }
+                };
+                let outcome = commit_one(&mut staged, &p).await;
+                if outcome.outcome == Outcome::Delivered {
+                    point.committed(&f.item.task, &f.item.run_id.to_string(), &outcome.path, start_ns);
+                    synced.push((n, i));
+                } else {
+                    staged.abort().await;
+                }
+                f.outcomes[i] = Some(outcome);
+            }
+        }
+        // Make the commits durable where the kind can (a local folder fsync): each folder once. A
+        // folder that cannot be synced fails its destinations, so a move keeps its source.
+        let mut done: Vec<(String, String, Result<(), String>)> = Vec::new();
+        for &(n, i) in &synced {
+            let (host, dir) = (self.dest(i), files[n].plan(i).dir.clone());
+            let result = match done.iter().find(|(h, d, _)| h == host.name() && *d == dir) {
+                Some((_, _, r)) => r.clone(),
+                None => {
+                    let r = host.sync_dir(&dir).await.map_err(|e| e.to_string());
+                    done.push((host.name().to_string(), dir.clone(), r.clone()));
+                    r
+                }
+            };
+            if let Err(e) = result {
+                let path = files[n].outcomes[i]
+                    .as_ref()
+                    .map(|o| o.path.clone())
+                    .unwrap_or_default();
+                files[n].outcomes[i] = Some(failed(
+                    path,
+                    format!(
+                        "written, but the folder {dir} could not be made durable ({e}); the source is kept"
+                    ),
+                ));
+            }
+        }
+        for f in files.iter_mut() {
+            if f.should_delete_source()
+                && let Err(e) = self.source.delete(&f.source).await
+            {
+                f.error = Some(format!(
+                    "delivered, but deleting the source {} failed: {e}",
+                    f.source
+                ));
+            }
+        }
+    }
+}
+
+/// Commit one staged file according to the overwrite policy.
+async fn commit_one(staged: &mut Box<dyn ferry_hosts::Staged>, p: &plan::Planned) -> ferry_wire::DestOutcome {
+    let delivered = |path: String| ferry_wire::DestOutcome {
+        path,
+        outcome: Outcome::Delivered,
+        error: None,
+    };
+    match p.overwrite {
+        Overwrite::Overwrite => match staged.commit(&p.final_path, true).await {
+            Ok(_) => delivered(p.final_path.clone()),
+            Err(e) => failed(p.final_path.clone(), e.to_string()),
+        },
+        Overwrite::Skip | Overwrite::Fail => match staged.commit(&p.final_path, false).await {
+            Ok(true) => delivered(p.final_path.clone()),
+            Ok(false) if p.overwrite == Overwrite::Skip => ferry_wire::DestOutcome {
+                path: p.final_path.clone(),
+                outcome: Outcome::Skipped,
+                error: Some("destination file appeared meanwhile (overwrite = skip)".into()),
+            },
+            Ok(false) => failed(p.final_path.clone(), "destination file appeared meanwhile".into()),
+            Err(e) => failed(p.final_path.clone(), e.to_string()),
+        },
+        Overwrite::Unique => {
+            let mut candidate = p.final_path.clone();
+            for k in 1..100 {
+                match staged.commit(&candidate, false).await {
+                    Ok(true) => return delivered(candidate),
+                    Ok(false) => candidate = plan::unique_candidate(&p.final_path, k),
+                    Err(e) => return failed(candidate, e.to_string()),
+                }
+            }
+            failed(p.final_path.clone(), "no free unique name found".into())
+        }
+    }
+}
+
+/// Size and SHA-256 of a file, read through its host.
+async fn hash(host: &DynHost, path: &str) -> HostResult<(u64, String)> {
+    let mut stream = host.read(path, 0).await?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| HostError::io(host.name(), &format!("read {path}"), &e))?;
+        if n == 0 {
+            return Ok((size, hex::encode(hasher.finalize())));
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+}
