@@ -706,6 +706,8 @@ fn validate_task(raw: RawTask, hosts: &HostKinds, check: &mut Checker<'_>) -> Op
         }
     }
 
+    check_destinations_outside_sources(&sources, &destinations, check);
+
     (check.errors.len() == before).then_some(Task {
         name: raw.name,
         description: raw.description,
@@ -714,6 +716,57 @@ fn validate_task(raw: RawTask, hosts: &HostKinds, check: &mut Checker<'_>) -> Op
         destinations,
         schedules,
     })
+}
+
+/// A destination that is a source folder (or lies inside one the source searches) would feed the
+/// task its own output — and with `delete_after`, delete what it just delivered. Refused. Only
+/// folders without macros can be compared; a folder with macros is compared by its literal
+/// beginning when that is a whole folder path.
+fn check_destinations_outside_sources(
+    sources: &[Source],
+    destinations: &[Destination],
+    check: &mut Checker<'_>,
+) {
+    let norm = |f: &str| -> String {
+        let t = f.trim_end_matches('/');
+        if t.is_empty() {
+            "/".to_string()
+        } else {
+            t.to_string()
+        }
+    };
+    let inside = |dir: &str, folder: &str| {
+        dir == folder || dir.starts_with(&format!("{}/", folder.trim_end_matches('/')))
+    };
+    for (d, dest) in destinations.iter().enumerate() {
+        let text = dest.folder.as_str();
+        let literal = match text.find('[') {
+            None => norm(text),
+            // `/out/[yyyy]`: the part before the macro, when it ends at a folder boundary.
+            Some(i) if text[..i].ends_with('/') => norm(&text[..i]),
+            Some(_) => continue,
+        };
+        for (s, source) in sources.iter().enumerate() {
+            if source.host != dest.host {
+                continue;
+            }
+            let folder = norm(&source.folder);
+            let same = literal == folder && !text.contains('[');
+            if same || (inside(&literal, &folder) && source.subdirectories) {
+                check.error(
+                    format!("destination[{d}].folder"),
+                    text,
+                    format!(
+                        "is {} source[{s}]'s folder {:?} on host {:?}: the task would collect its own deliveries{}",
+                        if same { "the same as" } else { "inside" },
+                        source.folder,
+                        source.host,
+                        if source.delete_after { " and delete them" } else { "" }
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// `host` at `path` must be declared (or be `local`).
@@ -963,6 +1016,31 @@ every_minutes = 5
             error.to_string(),
             r#"task "payroll": source[0].folder: "" is empty; write the folder's absolute path"#
         );
+    }
+
+    #[test]
+    fn a_destination_in_its_own_source_is_refused() {
+        let text = GOOD.replace("/data/out/[yyyy]", "/data/in/");
+        let errors = rejected(&text);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!(errors[0].0, "destination[0].folder");
+        assert!(
+            errors[0]
+                .2
+                .starts_with("is the same as source[0]'s folder \"/data/in\""),
+            "{}",
+            errors[0].2
+        );
+        // Inside it, when the source searches subfolders (also through a macro).
+        let text = GOOD
+            .replace("masks = ", "subdirectories = true\nmasks = ")
+            .replace("/data/out/[yyyy]", "/data/in/archive/[yyyy]");
+        assert!(rejected(&text)[0].2.starts_with("is inside source[0]'s folder"));
+        // Beside it, or inside it without subfolders searched: fine.
+        for folder in ["/data/input", "/data/in/archive/[yyyy]"] {
+            let text = GOOD.replace("/data/out/[yyyy]", folder);
+            parse_toml(&text).expect("parses").validate().expect("valid");
+        }
     }
 
     #[test]
