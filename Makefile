@@ -11,7 +11,7 @@ export FERRY_TRIALS ?= 3
 # Trials of `make fault-suite` (not exported: `make test` keeps the suite's short default).
 FERRY_FAILOVER_TRIALS ?= 200
 
-.PHONY: help deps run test bench fault-suite lint build-release
+.PHONY: help deps peers run test bench fault-suite lint build-release
 
 help:
 	@echo "make run    - install what is missing, start a single-node Ferry with an example task"
@@ -23,6 +23,10 @@ help:
 # --- dependencies ---------------------------------------------------------------------------
 deps: $(NATS_SERVER) .ferry/tools/.nextest
 	@scripts/install-deps.sh netns
+
+# The real servers the remote-host tests and benchmarks talk to (sshd, vsftpd, smbd, moto, Azurite).
+peers: deps
+	@scripts/install-deps.sh peers $(TOOLS)
 
 $(NATS_SERVER):
 	@scripts/install-deps.sh nats $(NATS_VERSION) $(TOOLS)
@@ -41,7 +45,7 @@ run: deps build-release
 # --- test -------------------------------------------------------------------------------------
 # RUST_LIB_BACKTRACE=0: a failing test's error is its last lines, not an anyhow backtrace (CI
 # shows the tail of the output); panics still print theirs when RUST_BACKTRACE is set.
-test: deps
+test: peers
 	cargo build --workspace --bins
 	RUST_LIB_BACKTRACE=0 cargo nextest run --workspace --no-fail-fast
 
@@ -59,7 +63,7 @@ NEXTEST_FAILOVER_PROFILE := --no-capture -P failover-long
 
 # Failover time is measured on debug builds (the test's own profile): it is dominated by the 5 s
 # lease TTL, not by CPU. The services' binaries must be built before the test starts them.
-bench: deps build-release
+bench: peers build-release
 	@scripts/install-deps.sh bench
 	cargo build --release -p ferry-tests --bin ferry-bench
 	cargo build --workspace --bins

@@ -35,6 +35,14 @@ pub struct Route {
     /// Retries of a transient failure, and the first wait (doubling, at most 5 minutes).
     pub retries: u32,
     pub retry_wait: Duration,
+    /// `ferry_transfer_retries_total` and `ferry_transfer_resumed_bytes_total`, by host.
+    pub retried: prometheus::IntCounterVec,
+    pub resumed_bytes: prometheus::IntCounterVec,
+    /// Destination hosts that refused this batch for good when it first reached them (login
+    /// refused, host key or certificate refused, the folder not writable): later files fail at
+    /// once with the same error instead of trying again — one refused login per batch, not one
+    /// per file, since a partner's server may lock an account after a few.
+    pub refused: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// Files at least this large resume an interrupted upload instead of starting over.
@@ -67,6 +75,16 @@ impl Route {
             }
             let p = f.plan(i).clone();
             let host = self.dest(i);
+            let earlier = self
+                .refused
+                .lock()
+                .expect("not poisoned")
+                .get(host.name())
+                .cloned();
+            if let Some(error) = earlier {
+                f.fail(i, format!("{error} (not tried again for this file: the host refused an earlier file of its batch)"));
+                continue;
+            }
             let ready = if p.create_dirs {
                 host.create_dir_all(&p.dir).await
             } else {
@@ -87,6 +105,12 @@ impl Route {
                 }
             };
             if let Err(e) = ready {
+                if e.kind == ErrorKind::Permanent {
+                    self.refused
+                        .lock()
+                        .expect("not poisoned")
+                        .insert(host.name().to_string(), e.to_string());
+                }
                 f.fail(i, e.to_string());
             }
         }
@@ -162,6 +186,7 @@ impl Route {
             match self.copy_once(f, stop).await {
                 Ok(()) => return,
                 Err(e) if e.is_transient() && attempt < self.retries && !stop() => {
+                    self.retried.with_label_values(&[&e.host]).inc();
                     tracing::warn!(task = %f.item.task, source = %f.source, attempt = attempt + 1, retries = self.retries, error = %e, "transfer interrupted; retrying");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(300));
@@ -221,6 +246,9 @@ impl Route {
             } else {
                 if upload.offset() > 0 {
                     tracing::info!(temp = %p.temp_path(), offset = upload.offset(), "resuming an interrupted upload");
+                    self.resumed_bytes
+                        .with_label_values(&[host.name()])
+                        .inc_by(upload.offset());
                 }
                 upload
             };

@@ -624,6 +624,9 @@ impl Transfer {
                     .max()
                     .unwrap_or(0),
             ),
+            retried: self.metrics.retries.clone(),
+            resumed_bytes: self.metrics.resumed_bytes.clone(),
+            refused: Default::default(),
         })))
     }
 

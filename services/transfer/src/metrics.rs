@@ -9,6 +9,8 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub duration: Histogram,
     pub late_commits: IntCounter,
+    pub retries: IntCounterVec,
+    pub resumed_bytes: IntCounterVec,
 }
 
 impl Metrics {
@@ -37,7 +39,23 @@ impl Metrics {
             "ferry_transfer_late_commits_total",
             "Renames that completed after this node's lease had run out (a pause between the lease check and the rename longer than the fence margin); each is logged as an error",
         )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "ferry_transfer_retries_total",
+                "Copies retried after a transient failure (connection lost, timeout), by the host that failed",
+            ),
+            &["host"],
+        )?;
+        let resumed_bytes = IntCounterVec::new(
+            Opts::new(
+                "ferry_transfer_resumed_bytes_total",
+                "Bytes an interrupted upload did not have to send again (resumed from what the destination held), by destination host",
+            ),
+            &["host"],
+        )?;
         registry.register(Box::new(late_commits.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(resumed_bytes.clone()))?;
         registry.register(Box::new(files.clone()))?;
         registry.register(Box::new(bytes.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
@@ -49,6 +67,8 @@ impl Metrics {
             in_flight,
             duration,
             late_commits,
+            retries,
+            resumed_bytes,
         })
     }
 }

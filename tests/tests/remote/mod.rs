@@ -1,0 +1,487 @@
+//! What every remote host kind is put through end to end (see `remote_hosts.rs`): a [`Remote`]
+//! is one real server with the `[[host]]` table that reaches it, and the scenarios below run a
+//! whole node against it.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ferry_testkit::peers::vsftpd::{FtpTls, Vsftpd, VsftpdConfig};
+use ferry_testkit::peers::{TEST_PASSWORD, TEST_USER};
+use ferry_tests::{NatsServer, Node, settings, tree_hashes};
+use ferry_wire::{RunFinished, RunStatus};
+
+/// `FERRY_BIG_FILE_MIB` (default 1024): the large file's size.
+pub fn big_file_mib() -> u64 {
+    std::env::var("FERRY_BIG_FILE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024)
+}
+
+enum Peer {
+    Ftp(Vsftpd),
+}
+
+/// One real server and how Ferry reaches it.
+pub struct Remote {
+    pub kind: &'static str,
+    peer: Peer,
+    /// The `[[host]]` lines after `name` and `kind`, with the right or a wrong password.
+    settings: Box<dyn Fn(bool) -> String + Send + Sync>,
+    /// Folders on the host are `<root>/<sub>` …
+    root: String,
+    /// … and, for servers serving a local folder, visible on this machine at `<backing>/<sub>`.
+    backing: Option<PathBuf>,
+    /// Words the error of a wrong password contains (the server's own).
+    pub auth_words: &'static str,
+}
+
+impl Remote {
+    fn ftp(tls: FtpTls) -> anyhow::Result<Remote> {
+        let server = Vsftpd::start(VsftpdConfig::new(tls))?;
+        let port = server.port();
+        let tls_lines = match server.pki() {
+            Some(pki) => format!("tls = \"explicit\"\nca_file = \"{}\"\n", pki.ca_cert.display()),
+            None => "tls = \"none\"\n".to_string(),
+        };
+        let backing = server.root().to_path_buf();
+        Ok(Remote {
+            kind: "ftp",
+            settings: Box::new(move |right| {
+                format!(
+                    "address = \"127.0.0.1\"\nport = {port}\nuser = \"{TEST_USER}\"\npassword = \"{}\"\n{tls_lines}",
+                    if right { TEST_PASSWORD } else { "wrong-password-1" }
+                )
+            }),
+            root: String::new(),
+            backing: Some(backing),
+            peer: Peer::Ftp(server),
+            auth_words: "530",
+        })
+    }
+
+    /// vsftpd with explicit FTPS (`AUTH TLS`, session reuse required), trusted through `ca_file`.
+    pub fn ftps() -> anyhow::Result<Remote> {
+        Remote::ftp(FtpTls::Explicit)
+    }
+
+    pub fn plain_ftp() -> anyhow::Result<Remote> {
+        Remote::ftp(FtpTls::None)
+    }
+
+    /// A `[[host]]` table named `name`; retries quickly, so a test that kills the server is short.
+    pub fn host(&self, name: &str, right_password: bool) -> String {
+        format!(
+            "[[host]]\nname = \"{name}\"\nkind = \"{}\"\n{}\nconnect_timeout_secs = 5\noperation_timeout_secs = 10\n\
+             retries = 8\nretry_wait_secs = 1\n",
+            self.kind,
+            (self.settings)(right_password)
+        )
+    }
+
+    /// The folder `sub` as tasks name it on the host.
+    pub fn folder(&self, sub: &str) -> String {
+        ferry_hosts::path::join(&self.root, sub)
+    }
+
+    /// Where `sub` is on this machine, for servers that serve a local folder.
+    pub fn backing(&self, sub: &str) -> Option<PathBuf> {
+        self.backing.as_ref().map(|b| b.join(sub))
+    }
+
+    /// Every file under `sub` on the host: relative path → SHA-256.
+    pub fn hashes(&self, sub: &str) -> BTreeMap<String, String> {
+        let dir = self.backing(sub).expect("a backed server");
+        if !dir.exists() {
+            return BTreeMap::new();
+        }
+        tree_hashes(&dir)
+    }
+
+    /// Kill the server (and every session) without a goodbye.
+    pub fn kill(&mut self) {
+        match &mut self.peer {
+            Peer::Ftp(s) => s.kill(),
+        }
+    }
+
+    /// Start it again on the same port with the same files.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        match &mut self.peer {
+            Peer::Ftp(s) => s.restart(),
+        }
+    }
+
+    /// Make `sub` on the host, owned by the account the server writes as.
+    pub fn make_folder(&self, sub: &str) -> PathBuf {
+        let dir = self.backing(sub).expect("a backed server");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        ferry_testkit::peers::chown_to(&dir, TEST_USER).expect("chown");
+        dir
+    }
+}
+
+/// A task from `from` (host, folder) to `to`, searching subfolders and keeping them.
+pub fn task(name: &str, from: (&str, &str), to: (&str, &str), extra_source: &str) -> String {
+    format!(
+        "[[task]]\nname = \"{name}\"\n[[task.source]]\nhost = \"{}\"\nfolder = \"{}\"\nsubdirectories = true\n{extra_source}\n\
+         [[task.destination]]\nhost = \"{}\"\nfolder = \"{}\"\nrelative_subdirs = true\n",
+        from.0, from.1, to.0, to.1
+    )
+}
+
+/// 500 files in 20 nested folders, 0 to 20 KiB, each with its own content.
+pub fn nested_tree(root: &Path) -> BTreeMap<String, String> {
+    for i in 0..500u32 {
+        let rel = format!(
+            "d{}/sub{}/{}file-{i}.dat",
+            i % 5,
+            (i / 5) % 4,
+            if i % 7 == 0 { "x y " } else { "" }
+        );
+        let path = root.join(&rel);
+        std::fs::create_dir_all(path.parent().expect("has a folder")).expect("mkdir");
+        let len = (i as usize * 41) % (20 << 10);
+        let data: Vec<u8> = (0..len)
+            .map(|b| (b as u32 ^ i.wrapping_mul(2_654_435_761)) as u8)
+            .collect();
+        std::fs::write(&path, data).expect("write");
+    }
+    tree_hashes(root)
+}
+
+pub async fn node() -> (NatsServer, Node) {
+    let nats = NatsServer::start().expect("nats");
+    let node = Node::start(settings(&nats.url())).await.expect("node");
+    (nats, node)
+}
+
+pub async fn run(node: &Node, task: &str) -> RunFinished {
+    let started = Instant::now();
+    let run = node
+        .run_task(task, Duration::from_secs(900))
+        .await
+        .unwrap_or_else(|e| panic!("run {task}: {e:#}"));
+    eprintln!(
+        "run {task}: {:?} in {:.1} s ({} delivered, {} failed)",
+        run.status,
+        started.elapsed().as_secs_f64(),
+        run.files_delivered,
+        run.files_failed
+    );
+    run
+}
+
+fn summary(run: &RunFinished) -> String {
+    let failed: Vec<String> = run
+        .files
+        .iter()
+        .filter_map(|f| f.error.as_ref().map(|e| format!("{}: {e}", f.source_path)))
+        .take(5)
+        .collect();
+    format!(
+        "{:?}: {} delivered, {} failed, error {:?}, first failures {failed:#?}",
+        run.status, run.files_delivered, run.files_failed, run.error
+    )
+}
+
+/// 500 nested files up to the host and back down, a wrong password, and a growing file.
+pub async fn nested_files_both_ways(remote: &Remote) {
+    let (_nats, node) = node().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (src, back) = (dir.path().join("src"), dir.path().join("back"));
+    let want = nested_tree(&src);
+    remote.make_folder("up");
+    let config = [
+        remote.host("partner", true),
+        remote.host("stranger", false),
+        task(
+            "up",
+            ("local", &src.to_string_lossy()),
+            ("partner", &remote.folder("up")),
+            "",
+        ),
+        task(
+            "down",
+            ("partner", &remote.folder("up")),
+            ("local", &back.to_string_lossy()),
+            "",
+        ),
+        task(
+            "bad-up",
+            ("local", &src.to_string_lossy()),
+            ("stranger", &remote.folder("bad")),
+            "",
+        ),
+    ]
+    .join("\n");
+    node.apply(&config).await.expect("apply");
+
+    let up = run(&node, "up").await;
+    assert_eq!(
+        (up.status, up.files_delivered),
+        (RunStatus::Succeeded, 500),
+        "{}",
+        summary(&up)
+    );
+    assert_eq!(
+        remote.hashes("up"),
+        want,
+        "what arrived on the host differs from the source"
+    );
+    let down = run(&node, "down").await;
+    assert_eq!(
+        (down.status, down.files_delivered),
+        (RunStatus::Succeeded, 500),
+        "{}",
+        summary(&down)
+    );
+    assert_eq!(tree_hashes(&back), want, "what came back differs from the source");
+
+    // A wrong password: the run fails naming the host and quoting the server; nothing moved.
+    let bad = run(&node, "bad-up").await;
+    assert_eq!(bad.status, RunStatus::Failed, "{}", summary(&bad));
+    let error = bad
+        .files
+        .first()
+        .and_then(|f| f.error.clone())
+        .unwrap_or_default();
+    assert!(
+        error.contains("host \"stranger\"") && error.contains(remote.auth_words),
+        "the error must name the host and quote the server: {error}"
+    );
+    assert!(
+        !error.contains("wrong-password-1"),
+        "the password leaked into the error: {error}"
+    );
+    assert!(
+        remote.hashes("bad").is_empty(),
+        "nothing may arrive with a wrong password"
+    );
+    assert_eq!(tree_hashes(&src), want, "the source is intact");
+
+    growing_file_waits(remote, &node, dir.path()).await;
+    node.shutdown().await;
+}
+
+/// A file still being written on the host is not taken until it stops changing.
+async fn growing_file_waits(remote: &Remote, node: &Node, dir: &Path) {
+    let grow = remote.make_folder("grow");
+    let out = dir.join("grown");
+    let config = [
+        remote.host("partner", true),
+        task(
+            "grow",
+            ("partner", &remote.folder("grow")),
+            ("local", &out.to_string_lossy()),
+            "",
+        ),
+    ]
+    .join("\n");
+    node.apply(&config).await.expect("apply");
+    let file = grow.join("growing.csv");
+    std::fs::write(&file, b"header\n").expect("write");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (file, stop) = (file.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&file)
+                .expect("open");
+            while !stop.load(Ordering::SeqCst) {
+                f.write_all(&[b'r'; 4096]).expect("append");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let during = run(node, "grow").await;
+    stop.store(true, Ordering::SeqCst);
+    writer.join().expect("writer");
+    assert_eq!(
+        during.files_delivered,
+        0,
+        "a growing file was taken: {}",
+        summary(&during)
+    );
+    assert!(!out.join("growing.csv").exists());
+    let after = run(node, "grow").await;
+    assert_eq!(after.files_delivered, 1, "{}", summary(&after));
+    assert_eq!(
+        std::fs::metadata(out.join("growing.csv"))
+            .expect("delivered")
+            .len(),
+        std::fs::metadata(&file).expect("source").len(),
+        "the whole file, once it stopped growing"
+    );
+}
+
+/// Write a file of `mib` MiB quickly (distinct content per MiB); its SHA-256.
+pub fn big_file(path: &Path, mib: u64) -> String {
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+    let mut f = std::io::BufWriter::with_capacity(4 << 20, std::fs::File::create(path).expect("create"));
+    let mut hasher = Sha256::new();
+    let mut block: Vec<u8> = (0..(1 << 20))
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    for m in 0..mib {
+        block[..8].copy_from_slice(&m.to_le_bytes());
+        hasher.update(&block);
+        f.write_all(&block).expect("write");
+    }
+    f.flush().expect("flush");
+    hex::encode(hasher.finalize())
+}
+
+/// A large file up to the host and back down, its SHA-256 checked at each end.
+pub async fn large_file_both_ways(remote: &Remote, mib: u64) {
+    let (_nats, node) = node().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (src, back) = (dir.path().join("src"), dir.path().join("back"));
+    std::fs::create_dir_all(&src).expect("mkdir");
+    let sha = big_file(&src.join("big.bin"), mib);
+    remote.make_folder("big");
+    let config = [
+        remote.host("partner", true),
+        task(
+            "big-up",
+            ("local", &src.to_string_lossy()),
+            ("partner", &remote.folder("big")),
+            "",
+        ),
+        task(
+            "big-down",
+            ("partner", &remote.folder("big")),
+            ("local", &back.to_string_lossy()),
+            "",
+        ),
+    ]
+    .join("\n");
+    node.apply(&config).await.expect("apply");
+    let started = Instant::now();
+    let up = run(&node, "big-up").await;
+    let up_time = started.elapsed();
+    assert_eq!(up.files_delivered, 1, "{}", summary(&up));
+    assert_eq!(up.files[0].sha256.as_deref(), Some(sha.as_str()));
+    if let Some(dir) = remote.backing("big") {
+        assert_eq!(
+            ferry_tests::sha256_file(&dir.join("big.bin")),
+            sha,
+            "stored copy differs"
+        );
+    }
+    let started = Instant::now();
+    let down = run(&node, "big-down").await;
+    let down_time = started.elapsed();
+    assert_eq!(down.files_delivered, 1, "{}", summary(&down));
+    assert_eq!(
+        ferry_tests::sha256_file(&back.join("big.bin")),
+        sha,
+        "downloaded copy differs"
+    );
+    eprintln!(
+        "{}: {mib} MiB up in {:.1} s, down in {:.1} s",
+        remote.kind,
+        up_time.as_secs_f64(),
+        down_time.as_secs_f64()
+    );
+    node.shutdown().await;
+}
+
+/// Scans `dir` (recursively) until stopped; every file seen under a final name with a size other
+/// than `size`.
+fn watch(dir: PathBuf, size: u64, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let mut violations = Vec::new();
+        while !stop.load(Ordering::SeqCst) {
+            for e in walkdir::WalkDir::new(&dir).into_iter().filter_map(Result::ok) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !e.file_type().is_file() || ferry_hosts::path::is_temp_name(&name) {
+                    continue;
+                }
+                if let Ok(meta) = e.metadata()
+                    && meta.len() != size
+                {
+                    violations.push(format!("{name}: {} bytes under its final name", meta.len()));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        violations
+    })
+}
+
+/// The server dies while a large file goes up; it comes back after `down`; the transfer's retry
+/// completes the file (resuming where the kind can) and nothing partial ever stands under the
+/// final name.
+pub async fn server_killed_mid_upload(remote: &mut Remote, down: Duration) {
+    const MIB: u64 = 192;
+    let (_nats, node) = node().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    let sha = big_file(&src.join("kill.bin"), MIB);
+    let target = remote.make_folder("kill");
+    let config = [
+        remote.host("partner", true),
+        task(
+            "kill-up",
+            ("local", &src.to_string_lossy()),
+            ("partner", &remote.folder("kill")),
+            "",
+        ),
+    ]
+    .join("\n");
+    node.apply(&config).await.expect("apply");
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch(target.clone(), MIB << 20, stop.clone());
+    let run_id = node.request_run("kill-up").await.expect("request");
+    // Wait until a good part is stored under the temp name, then kill the server.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let stored: u64 = walkdir::WalkDir::new(&target)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| ferry_hosts::path::is_temp_name(&e.file_name().to_string_lossy()))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        if stored >= 48 << 20 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the upload never got going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    remote.kill();
+    tokio::time::sleep(down).await;
+    remote.restart().expect("restart the server");
+    let finished =
+        ferry_service::streams::wait_for_run(&node.js, "kill-up", run_id, Duration::from_secs(300))
+            .await
+            .expect("the run finishes");
+    stop.store(true, Ordering::SeqCst);
+    let violations = watcher.join().expect("watcher");
+    assert_eq!(
+        (finished.status, finished.files_delivered),
+        (RunStatus::Succeeded, 1),
+        "{}",
+        summary(&finished)
+    );
+    assert_eq!(
+        ferry_tests::sha256_file(&target.join("kill.bin")),
+        sha,
+        "the delivered file differs"
+    );
+    assert!(
+        violations.is_empty(),
+        "partial files under final names: {violations:?}"
+    );
+    node.shutdown().await;
+}

