@@ -30,3 +30,39 @@ async fn ftps_server_killed_mid_upload_the_retry_resumes() {
     let mut remote = Remote::ftps().expect("vsftpd");
     remote::server_killed_mid_upload(&mut remote, Duration::from_millis(300)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_500_nested_files_both_ways_and_a_wrong_secret() {
+    let remote = Remote::s3().expect("moto");
+    remote::nested_files_both_ways(&remote).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_large_file_both_ways() {
+    let remote = Remote::s3().expect("moto");
+    remote::large_file_both_ways(&remote, big_file_mib()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_server_killed_mid_upload_the_retry_completes() {
+    let mut remote = Remote::s3_open().expect("moto");
+    remote::server_killed_mid_upload(&mut remote, Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn azure_500_nested_files_both_ways_and_a_wrong_key() {
+    let remote = Remote::azure().expect("azurite");
+    remote::nested_files_both_ways(&remote).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn azure_large_file_both_ways() {
+    let remote = Remote::azure().expect("azurite");
+    remote::large_file_both_ways(&remote, big_file_mib()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn azure_server_killed_mid_upload_the_retry_completes() {
+    let mut remote = Remote::azure().expect("azurite");
+    remote::server_killed_mid_upload(&mut remote, Duration::from_millis(300)).await;
+}

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use ferry_testkit::peers::azurite::{self, AzuriteServer};
+use ferry_testkit::peers::s3::{self, S3Server};
 use ferry_testkit::peers::vsftpd::{FtpTls, Vsftpd, VsftpdConfig};
 use ferry_testkit::peers::{TEST_PASSWORD, TEST_USER};
 use ferry_tests::{NatsServer, Node, settings, tree_hashes};
@@ -25,6 +27,8 @@ pub fn big_file_mib() -> u64 {
 
 enum Peer {
     Ftp(Vsftpd),
+    S3(S3Server),
+    Azure(AzuriteServer),
 }
 
 /// One real server and how Ferry reaches it.
@@ -39,6 +43,25 @@ pub struct Remote {
     backing: Option<PathBuf>,
     /// Words the error of a wrong password contains (the server's own).
     pub auth_words: &'static str,
+    /// The hosts' first wait before a retry.
+    retry_wait_secs: u64,
+    /// A client of the host for the test's own checks (built like the services build it).
+    client: ferry_hosts::DynHost,
+    _keymat: tempfile::TempDir,
+}
+
+/// A host built from `[[host]]` lines, the way the services build it.
+fn client(kind: &str, settings: &str) -> (ferry_hosts::DynHost, tempfile::TempDir) {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = ferry_keymat::KeymatStore::open_or_create(&dir.path().join("keymat")).expect("keymat");
+    let keymat = store.current().expect("keymat");
+    let toml = format!("[[host]]\nname = \"check\"\nkind = \"{kind}\"\n{settings}\n");
+    let mut raw = ferry_config::parse_toml(&toml).expect("parse");
+    ferry_keymat::seal_config(&mut raw, &keymat.public()).expect("seal");
+    let config = raw.validate().expect("valid configuration");
+    let host = ferry_hosts::connect(&config.hosts["check"], &store).expect("build host");
+    (host, dir)
 }
 
 impl Remote {
@@ -50,18 +73,23 @@ impl Remote {
             None => "tls = \"none\"\n".to_string(),
         };
         let backing = server.root().to_path_buf();
+        let settings = move |right: bool| {
+            format!(
+                "address = \"127.0.0.1\"\nport = {port}\nuser = \"{TEST_USER}\"\npassword = \"{}\"\n{tls_lines}",
+                if right { TEST_PASSWORD } else { "wrong-password-1" }
+            )
+        };
+        let (client, keymat) = client("ftp", &settings(true));
         Ok(Remote {
             kind: "ftp",
-            settings: Box::new(move |right| {
-                format!(
-                    "address = \"127.0.0.1\"\nport = {port}\nuser = \"{TEST_USER}\"\npassword = \"{}\"\n{tls_lines}",
-                    if right { TEST_PASSWORD } else { "wrong-password-1" }
-                )
-            }),
+            settings: Box::new(settings),
             root: String::new(),
             backing: Some(backing),
             peer: Peer::Ftp(server),
             auth_words: "530",
+            retry_wait_secs: 1,
+            client,
+            _keymat: keymat,
         })
     }
 
@@ -74,13 +102,91 @@ impl Remote {
         Remote::ftp(FtpTls::None)
     }
 
+    /// moto's S3 server checking signatures (so a wrong secret is refused).
+    pub fn s3() -> anyhow::Result<Remote> {
+        Remote::s3_with(s3::Auth::Iam)
+    }
+
+    /// moto's S3 server taking any key. Its restart brings back an empty server and makes the
+    /// bucket again (and, checking signatures, a new key), so a test that kills it uses this and
+    /// waits long enough before a retry for the bucket to be back.
+    pub fn s3_open() -> anyhow::Result<Remote> {
+        let mut remote = Remote::s3_with(s3::Auth::Open)?;
+        remote.retry_wait_secs = 6;
+        Ok(remote)
+    }
+
+    fn s3_with(auth: s3::Auth) -> anyhow::Result<Remote> {
+        let server = S3Server::start_with(auth)?;
+        let (endpoint, id, secret) = (
+            server.endpoint(),
+            server.access_key_id().to_string(),
+            server.secret_access_key().to_string(),
+        );
+        let settings = move |right: bool| {
+            format!(
+                "bucket = \"{}\"\nendpoint = \"{endpoint}\"\npath_style = true\nallow_http = true\n\
+                 access_key_id = \"{id}\"\nsecret_access_key = \"{}\"\n",
+                s3::BUCKET,
+                if right {
+                    secret.as_str()
+                } else {
+                    "wrong-password-1"
+                }
+            )
+        };
+        let (client, keymat) = client("s3", &settings(true));
+        Ok(Remote {
+            kind: "s3",
+            settings: Box::new(settings),
+            root: String::new(),
+            backing: None,
+            peer: Peer::S3(server),
+            auth_words: "SignatureDoesNotMatch",
+            retry_wait_secs: 1,
+            client,
+            _keymat: keymat,
+        })
+    }
+
+    /// Azurite with its well-known development account.
+    pub fn azure() -> anyhow::Result<Remote> {
+        let server = AzuriteServer::start()?;
+        let endpoint = server.endpoint();
+        let settings = move |right: bool| {
+            format!(
+                "account = \"{}\"\ncontainer = \"{}\"\nendpoint = \"{endpoint}\"\nallow_http = true\naccess_key = \"{}\"\n",
+                azurite::ACCOUNT,
+                azurite::CONTAINER,
+                if right {
+                    azurite::ACCOUNT_KEY
+                } else {
+                    "d3JvbmctcGFzc3dvcmQtMSB3cm9uZy1wYXNzd29yZC0xIHdyb25nLXBhc3N3b3JkLTE="
+                }
+            )
+        };
+        let (client, keymat) = client("azure", &settings(true));
+        Ok(Remote {
+            kind: "azure",
+            settings: Box::new(settings),
+            root: String::new(),
+            backing: None,
+            peer: Peer::Azure(server),
+            auth_words: "authentication failed",
+            retry_wait_secs: 1,
+            client,
+            _keymat: keymat,
+        })
+    }
+
     /// A `[[host]]` table named `name`; retries quickly, so a test that kills the server is short.
     pub fn host(&self, name: &str, right_password: bool) -> String {
         format!(
             "[[host]]\nname = \"{name}\"\nkind = \"{}\"\n{}\nconnect_timeout_secs = 5\noperation_timeout_secs = 10\n\
-             retries = 8\nretry_wait_secs = 1\n",
+             retries = 8\nretry_wait_secs = {}\n",
             self.kind,
-            (self.settings)(right_password)
+            (self.settings)(right_password),
+            self.retry_wait_secs
         )
     }
 
@@ -94,19 +200,61 @@ impl Remote {
         self.backing.as_ref().map(|b| b.join(sub))
     }
 
-    /// Every file under `sub` on the host: relative path → SHA-256.
-    pub fn hashes(&self, sub: &str) -> BTreeMap<String, String> {
-        let dir = self.backing(sub).expect("a backed server");
-        if !dir.exists() {
-            return BTreeMap::new();
+    /// Every file under `sub` on the host: relative path → SHA-256 (read on this machine where
+    /// the server serves a local folder, else through a client of the host).
+    pub async fn hashes(&self, sub: &str) -> BTreeMap<String, String> {
+        if let Some(dir) = self.backing(sub) {
+            return if dir.exists() {
+                tree_hashes(&dir)
+            } else {
+                BTreeMap::new()
+            };
         }
-        tree_hashes(&dir)
+        let folder = self.folder(sub);
+        let listed = match self.client.list(&folder, true).await {
+            Ok(l) => l,
+            Err(e) if e.kind == ferry_hosts::ErrorKind::NotFound => return BTreeMap::new(),
+            Err(e) => panic!("list {folder}: {e}"),
+        };
+        let mut out = BTreeMap::new();
+        for entry in listed {
+            let path = ferry_hosts::path::join(&folder, &entry.rel_path);
+            let data = ferry_hosts::conformance::get(&self.client, &path, 0)
+                .await
+                .unwrap_or_else(|e| panic!("read {path}: {e}"));
+            use sha2::Digest;
+            out.insert(entry.rel_path, hex::encode(sha2::Sha256::digest(&data)));
+        }
+        out
+    }
+
+    /// SHA-256 of one file on the host.
+    pub async fn hash_of(&self, sub: &str, name: &str) -> Option<String> {
+        if let Some(dir) = self.backing(sub) {
+            let path = dir.join(name);
+            return path.exists().then(|| ferry_tests::sha256_file(&path));
+        }
+        use sha2::Digest;
+        use tokio::io::AsyncReadExt;
+        let path = ferry_hosts::path::join(&self.folder(sub), name);
+        let mut stream = self.client.read(&path, 0).await.ok()?;
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = stream.read(&mut buf).await.expect("read");
+            if n == 0 {
+                return Some(hex::encode(hasher.finalize()));
+            }
+            hasher.update(&buf[..n]);
+        }
     }
 
     /// Kill the server (and every session) without a goodbye.
     pub fn kill(&mut self) {
         match &mut self.peer {
             Peer::Ftp(s) => s.kill(),
+            Peer::S3(s) => s.kill(),
+            Peer::Azure(s) => s.kill(),
         }
     }
 
@@ -114,15 +262,28 @@ impl Remote {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         match &mut self.peer {
             Peer::Ftp(s) => s.restart(),
+            Peer::S3(s) => s.restart(),
+            Peer::Azure(s) => s.restart(),
         }
     }
 
-    /// Make `sub` on the host, owned by the account the server writes as.
-    pub fn make_folder(&self, sub: &str) -> PathBuf {
-        let dir = self.backing(sub).expect("a backed server");
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        ferry_testkit::peers::chown_to(&dir, TEST_USER).expect("chown");
-        dir
+    /// Make `sub` on the host (owned by the account the server writes as); where it is on this
+    /// machine, for servers that serve a local folder.
+    pub async fn make_folder(&self, sub: &str) -> Option<PathBuf> {
+        match self.backing(sub) {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir).expect("mkdir");
+                ferry_testkit::peers::chown_to(&dir, TEST_USER).expect("chown");
+                Some(dir)
+            }
+            None => {
+                self.client
+                    .create_dir_all(&self.folder(sub))
+                    .await
+                    .expect("make the folder");
+                None
+            }
+        }
     }
 }
 
@@ -196,7 +357,7 @@ pub async fn nested_files_both_ways(remote: &Remote) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (src, back) = (dir.path().join("src"), dir.path().join("back"));
     let want = nested_tree(&src);
-    remote.make_folder("up");
+    remote.make_folder("up").await;
     let config = [
         remote.host("partner", true),
         remote.host("stranger", false),
@@ -230,7 +391,7 @@ pub async fn nested_files_both_ways(remote: &Remote) {
         summary(&up)
     );
     assert_eq!(
-        remote.hashes("up"),
+        remote.hashes("up").await,
         want,
         "what arrived on the host differs from the source"
     );
@@ -260,18 +421,21 @@ pub async fn nested_files_both_ways(remote: &Remote) {
         "the password leaked into the error: {error}"
     );
     assert!(
-        remote.hashes("bad").is_empty(),
+        remote.hashes("bad").await.is_empty(),
         "nothing may arrive with a wrong password"
     );
     assert_eq!(tree_hashes(&src), want, "the source is intact");
 
-    growing_file_waits(remote, &node, dir.path()).await;
+    // Objects appear whole or not at all: only servers of files can hold a file being written.
+    if remote.backing.is_some() {
+        growing_file_waits(remote, &node, dir.path()).await;
+    }
     node.shutdown().await;
 }
 
 /// A file still being written on the host is not taken until it stops changing.
 async fn growing_file_waits(remote: &Remote, node: &Node, dir: &Path) {
-    let grow = remote.make_folder("grow");
+    let grow = remote.make_folder("grow").await.expect("a server of files");
     let out = dir.join("grown");
     let config = [
         remote.host("partner", true),
@@ -347,7 +511,7 @@ pub async fn large_file_both_ways(remote: &Remote, mib: u64) {
     let (src, back) = (dir.path().join("src"), dir.path().join("back"));
     std::fs::create_dir_all(&src).expect("mkdir");
     let sha = big_file(&src.join("big.bin"), mib);
-    remote.make_folder("big");
+    remote.make_folder("big").await;
     let config = [
         remote.host("partner", true),
         task(
@@ -370,13 +534,11 @@ pub async fn large_file_both_ways(remote: &Remote, mib: u64) {
     let up_time = started.elapsed();
     assert_eq!(up.files_delivered, 1, "{}", summary(&up));
     assert_eq!(up.files[0].sha256.as_deref(), Some(sha.as_str()));
-    if let Some(dir) = remote.backing("big") {
-        assert_eq!(
-            ferry_tests::sha256_file(&dir.join("big.bin")),
-            sha,
-            "stored copy differs"
-        );
-    }
+    assert_eq!(
+        remote.hash_of("big", "big.bin").await.as_deref(),
+        Some(sha.as_str()),
+        "stored copy differs"
+    );
     let started = Instant::now();
     let down = run(&node, "big-down").await;
     let down_time = started.elapsed();
@@ -428,7 +590,7 @@ pub async fn server_killed_mid_upload(remote: &mut Remote, down: Duration) {
     let src = dir.path().join("src");
     std::fs::create_dir_all(&src).expect("mkdir");
     let sha = big_file(&src.join("kill.bin"), MIB);
-    let target = remote.make_folder("kill");
+    let target = remote.make_folder("kill").await;
     let config = [
         remote.host("partner", true),
         task(
@@ -441,12 +603,16 @@ pub async fn server_killed_mid_upload(remote: &mut Remote, down: Duration) {
     .join("\n");
     node.apply(&config).await.expect("apply");
     let stop = Arc::new(AtomicBool::new(false));
-    let watcher = watch(target.clone(), MIB << 20, stop.clone());
+    let watcher = target.clone().map(|t| watch(t, MIB << 20, stop.clone()));
     let run_id = node.request_run("kill-up").await.expect("request");
-    // Wait until a good part is stored under the temp name, then kill the server.
+    // Wait until a good part is stored under the temp name (an object store shows nothing before
+    // the commit: give it a while), then kill the server.
     let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let stored: u64 = walkdir::WalkDir::new(&target)
+    if target.is_none() {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    while let Some(target) = &target {
+        let stored: u64 = walkdir::WalkDir::new(target)
             .into_iter()
             .filter_map(Result::ok)
             .filter(|e| ferry_hosts::path::is_temp_name(&e.file_name().to_string_lossy()))
@@ -467,7 +633,7 @@ pub async fn server_killed_mid_upload(remote: &mut Remote, down: Duration) {
             .await
             .expect("the run finishes");
     stop.store(true, Ordering::SeqCst);
-    let violations = watcher.join().expect("watcher");
+    let violations = watcher.map(|w| w.join().expect("watcher")).unwrap_or_default();
     assert_eq!(
         (finished.status, finished.files_delivered),
         (RunStatus::Succeeded, 1),
@@ -475,8 +641,8 @@ pub async fn server_killed_mid_upload(remote: &mut Remote, down: Duration) {
         summary(&finished)
     );
     assert_eq!(
-        ferry_tests::sha256_file(&target.join("kill.bin")),
-        sha,
+        remote.hash_of("kill", "kill.bin").await.as_deref(),
+        Some(sha.as_str()),
         "the delivered file differs"
     );
     assert!(
