@@ -66,3 +66,9 @@ async fn azure_server_killed_mid_upload_the_retry_completes() {
     let mut remote = Remote::azure().expect("azurite");
     remote::server_killed_mid_upload(&mut remote, Duration::from_millis(300)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ftp_hostile_names_cannot_escape() {
+    let remote = Remote::plain_ftp().expect("vsftpd");
+    remote::hostile_names_cannot_escape(&remote).await;
+}

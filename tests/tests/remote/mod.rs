@@ -651,3 +651,74 @@ pub async fn server_killed_mid_upload(remote: &mut Remote, down: Duration) {
     );
     node.shutdown().await;
 }
+
+/// A server listing names built to escape: `..\..\x` (a separator on Windows shares), and a name
+/// holding a line break followed by what looks like another listing line, of a file named `..`. Ferry
+/// must not read or write anything outside the configured folders; the normal file still moves,
+/// and the others fail with why.
+pub async fn hostile_names_cannot_escape(remote: &Remote) {
+    let (_nats, node) = node().await;
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let out = sandbox.path().join("a/b/out");
+    let src = remote.make_folder("hostile").await.expect("a server of files");
+    let names = [
+        "ok.txt".to_string(),
+        "..\\..\\evil-backslash.txt".to_string(),
+        // A name cannot hold `/`, but it can make a naive listing parser see a file named `..`.
+        "evil\n-rw-r--r--    1 1000     1000            5 Jan 01 00:00 ..".to_string(),
+    ];
+    for name in &names {
+        std::fs::write(src.join(name), b"12345").expect("write");
+    }
+    let config = [
+        remote.host("partner", true),
+        task(
+            "hostile",
+            ("partner", &remote.folder("hostile")),
+            ("local", &out.to_string_lossy()),
+            "",
+        ),
+    ]
+    .join("\n");
+    node.apply(&config).await.expect("apply");
+    let run = run(&node, "hostile").await;
+    assert_eq!(run.files_delivered, 1, "{}", summary(&run));
+    // Nothing anywhere in the sandbox but the one good file.
+    let written: Vec<String> = walkdir::WalkDir::new(sandbox.path())
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            e.path()
+                .strip_prefix(sandbox.path())
+                .expect("inside")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(
+        written,
+        ["a/b/out/ok.txt"],
+        "written outside the destination folder?"
+    );
+    for dir in [sandbox.path(), &sandbox.path().join("a"), &src, &src.join("..")] {
+        for evil in ["evil-backslash.txt", ".."] {
+            if evil == ".." {
+                continue;
+            }
+            assert!(!dir.join(evil).exists(), "{} written", dir.join(evil).display());
+        }
+    }
+    for f in run
+        .files
+        .iter()
+        .filter(|f| f.outcome != ferry_wire::Outcome::Delivered)
+    {
+        let e = f.error.clone().unwrap_or_default();
+        assert!(
+            e.contains("refused") || e.contains("is gone") || e.contains("not found") || e.contains("550"),
+            "a refused name says why: {e}"
+        );
+    }
+    node.shutdown().await;
+}
