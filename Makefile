@@ -48,6 +48,7 @@ run: deps build-release
 test: peers
 	cargo build --workspace --bins
 	RUST_LIB_BACKTRACE=0 cargo nextest run --workspace --no-fail-fast
+	@scripts/check-no-secrets.sh target/nextest/default/junit.xml tests/known-secrets.txt
 
 lint:
 	cargo fmt --all --check

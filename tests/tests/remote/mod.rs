@@ -179,6 +179,14 @@ impl Remote {
         })
     }
 
+    /// The S3 server's secret key (the one secret of these servers not fixed in advance).
+    pub fn secret(&self) -> Option<String> {
+        match &self.peer {
+            Peer::S3(s) => Some(s.secret_access_key().to_string()),
+            _ => None,
+        }
+    }
+
     /// A `[[host]]` table named `name`; retries quickly, so a test that kills the server is short.
     pub fn host(&self, name: &str, right_password: bool) -> String {
         format!(
