@@ -50,7 +50,7 @@ case "${1:-}" in
     ;;
   peers)
     dir=$2
-    apt_install openssh-server openssh-client vsftpd samba smbclient
+    apt_install openssh-server openssh-client vsftpd samba smbclient rclone
     mkdir -p "$dir"
     if [ ! -x "$dir/bin/moto_server" ]; then
       echo "installing moto[server] $MOTO_VERSION (PyPI) into $dir"
