@@ -72,3 +72,27 @@ async fn ftp_hostile_names_cannot_escape() {
     let remote = Remote::plain_ftp().expect("vsftpd");
     remote::hostile_names_cannot_escape(&remote).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sftp_500_nested_files_both_ways_a_wrong_password_and_a_growing_file() {
+    let remote = Remote::sftp().expect("sshd");
+    remote::nested_files_both_ways(&remote).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sftp_large_file_both_ways() {
+    let remote = Remote::sftp().expect("sshd");
+    remote::large_file_both_ways(&remote, big_file_mib()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sftp_server_killed_mid_upload_the_retry_resumes() {
+    let mut remote = Remote::sftp().expect("sshd");
+    remote::server_killed_mid_upload(&mut remote, Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sftp_hostile_names_cannot_escape() {
+    let remote = Remote::sftp().expect("sshd");
+    remote::hostile_names_cannot_escape(&remote).await;
+}

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use ferry_testkit::peers::azurite::{self, AzuriteServer};
 use ferry_testkit::peers::s3::{self, S3Server};
+use ferry_testkit::peers::sshd::{Sshd, SshdAuth};
 use ferry_testkit::peers::vsftpd::{FtpTls, Vsftpd, VsftpdConfig};
 use ferry_testkit::peers::{TEST_PASSWORD, TEST_USER};
 use ferry_tests::{NatsServer, Node, settings, tree_hashes};
@@ -26,6 +27,7 @@ pub fn big_file_mib() -> u64 {
 }
 
 enum Peer {
+    Sftp(Sshd),
     Ftp(Vsftpd),
     S3(S3Server),
     Azure(AzuriteServer),
@@ -100,6 +102,32 @@ impl Remote {
 
     pub fn plain_ftp() -> anyhow::Result<Remote> {
         Remote::ftp(FtpTls::None)
+    }
+
+    /// OpenSSH's sshd; Ferry logs in with the password and pins the server's key.
+    pub fn sftp() -> anyhow::Result<Remote> {
+        let server = Sshd::start(SshdAuth::Password)?;
+        let root = server.folder("root")?;
+        let (port, fingerprint) = (server.port(), server.host_key_sha256().to_string());
+        let settings = move |right: bool| {
+            format!(
+                "address = \"127.0.0.1\"\nport = {port}\nuser = \"{TEST_USER}\"\npassword = \"{}\"\n\
+                 host_key_sha256 = [\"{fingerprint}\"]\n",
+                if right { TEST_PASSWORD } else { "wrong-password-1" }
+            )
+        };
+        let (client, keymat) = client("sftp", &settings(true));
+        Ok(Remote {
+            kind: "sftp",
+            settings: Box::new(settings),
+            root: root.to_string_lossy().into_owned(),
+            backing: Some(root),
+            peer: Peer::Sftp(server),
+            auth_words: "authentication failed",
+            retry_wait_secs: 1,
+            client,
+            _keymat: keymat,
+        })
     }
 
     /// moto's S3 server checking signatures (so a wrong secret is refused).
@@ -260,6 +288,7 @@ impl Remote {
     /// Kill the server (and every session) without a goodbye.
     pub fn kill(&mut self) {
         match &mut self.peer {
+            Peer::Sftp(s) => s.kill(),
             Peer::Ftp(s) => s.kill(),
             Peer::S3(s) => s.kill(),
             Peer::Azure(s) => s.kill(),
@@ -269,6 +298,7 @@ impl Remote {
     /// Start it again on the same port with the same files.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         match &mut self.peer {
+            Peer::Sftp(s) => s.restart(),
             Peer::Ftp(s) => s.restart(),
             Peer::S3(s) => s.restart(),
             Peer::Azure(s) => s.restart(),
@@ -690,8 +720,10 @@ pub async fn hostile_names_cannot_escape(remote: &Remote) {
     .join("\n");
     node.apply(&config).await.expect("apply");
     let run = run(&node, "hostile").await;
-    assert_eq!(run.files_delivered, 1, "{}", summary(&run));
-    // Nothing anywhere in the sandbox but the one good file.
+    // The good file moves; so may the name with a line break where the server lists it as what it
+    // is (an odd but legal name); nothing else.
+    assert!((1..=2).contains(&run.files_delivered), "{}", summary(&run));
+    // Nothing anywhere in the sandbox but inside the destination folder, the good file among it.
     let written: Vec<String> = walkdir::WalkDir::new(sandbox.path())
         .into_iter()
         .filter_map(Result::ok)
@@ -704,10 +736,13 @@ pub async fn hostile_names_cannot_escape(remote: &Remote) {
                 .into_owned()
         })
         .collect();
-    assert_eq!(
-        written,
-        ["a/b/out/ok.txt"],
-        "written outside the destination folder?"
+    assert!(
+        written
+            .iter()
+            .all(|w| w.starts_with("a/b/out/") && !w[8..].contains('/'))
+            && written.iter().any(|w| w == "a/b/out/ok.txt")
+            && written.len() as u64 == run.files_delivered,
+        "written outside the destination folder? {written:?}"
     );
     for dir in [sandbox.path(), &sandbox.path().join("a"), &src, &src.join("..")] {
         for evil in ["evil-backslash.txt", ".."] {
