@@ -34,6 +34,9 @@ pub struct NodeSetup {
     pub fence_margin_ms: u64,
     pub replicas: usize,
     pub start_with_scheduler_disabled: bool,
+    /// A keymat file shared with the other node (the primary's, imported once), so either can
+    /// open the configuration's secrets; `None`: the node's own in its data dir.
+    pub keymat: Option<PathBuf>,
 }
 
 impl NodeSetup {
@@ -48,6 +51,9 @@ impl NodeSetup {
         set("FERRY_DATA_DIR", self.data_dir.to_string_lossy().into_owned());
         if let Some(ledger) = &self.ledger {
             set("FERRY_LEDGER", ledger.to_string_lossy().into_owned());
+        }
+        if let Some(keymat) = &self.keymat {
+            set("FERRY_KEYMAT", keymat.to_string_lossy().into_owned());
         }
         set("FERRY_REPLICAS", self.replicas.to_string());
         set("FERRY_FAILOVER_COORDINATOR__MODE", self.mode.into());

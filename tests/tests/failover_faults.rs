@@ -94,6 +94,19 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
+/// Where task `event` delivers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum EventDestination {
+    /// A local folder of the machine (both nodes see it).
+    Local,
+    /// An SFTP server in the root namespace, which each node reaches over its own link as
+    /// `ferry-test-sftp` (so a partition cuts it off from the server too).
+    Sftp,
+}
+
+/// The name the nodes reach the SFTP server by.
+const SFTP_NAME: &str = "ferry-test-sftp";
+
 /// Two nodes, the cluster, the workload's folders and ledgers.
 struct Pair {
     cluster: NatsCluster,
@@ -101,15 +114,18 @@ struct Pair {
     client: async_nats::Client,
     lease: kv::Store,
     dir: tempfile::TempDir,
+    /// Where task `event`'s files end up, on this machine.
+    out_event: PathBuf,
+    _sshd: Option<ferry_testkit::peers::sshd::Sshd>,
 }
 
 impl Pair {
     async fn start() -> anyhow::Result<Self> {
-        Self::start_with(&[]).await
+        Self::start_with(&[], EventDestination::Local).await
     }
 
     /// Start the pair; `alpha_env` goes to every service of alpha (failpoints).
-    async fn start_with(alpha_env: &[(&str, &str)]) -> anyhow::Result<Self> {
+    async fn start_with(alpha_env: &[(&str, &str)], event_to: EventDestination) -> anyhow::Result<Self> {
         if !netns_available() {
             bail!(
                 "network namespaces are not available (this suite needs root and `ip netns`; CI runs as root)"
@@ -120,6 +136,17 @@ impl Pair {
             std::fs::create_dir_all(dir.path().join(d))?;
         }
         let cluster = tokio::task::block_in_place(|| NatsCluster::start("0.0.0.0"))?;
+        let sshd = match event_to {
+            EventDestination::Local => None,
+            EventDestination::Sftp => Some(ferry_testkit::peers::sshd::Sshd::start_listening(
+                ferry_testkit::peers::sshd::SshdAuth::Password,
+                &["0.0.0.0"],
+            )?),
+        };
+        let out_event = match &sshd {
+            Some(s) => s.folder("out-event")?,
+            None => dir.path().join("out-event"),
+        };
         let client = async_nats::ConnectOptions::new()
             .connect(cluster.url_list("127.0.0.1"))
             .await?;
@@ -127,6 +154,9 @@ impl Pair {
         let mut nodes = Vec::new();
         for (i, id) in NODES.iter().enumerate() {
             let netns = Netns::create(i as u8 + 1)?;
+            if sshd.is_some() {
+                netns.map_host(SFTP_NAME, netns.host_addr())?;
+            }
             let setup = NodeSetup {
                 id: id.to_string(),
                 nats_url: cluster.urls(&netns.host_addr().to_string()),
@@ -138,6 +168,8 @@ impl Pair {
                 fence_margin_ms: MARGIN.as_millis() as u64,
                 replicas: 3,
                 start_with_scheduler_disabled: false,
+                // One keymat for both, as after `ferry keymat import` on the standby.
+                keymat: Some(dir.path().join("keymat")),
             };
             let logs = dir.path().join(format!("logs-{id}"));
             let node = if i == 0 && !alpha_env.is_empty() {
@@ -164,14 +196,45 @@ impl Pair {
             }
         }
         let lease = js.get_key_value(topology::KV_LEASE).await?;
+        let sftp_host = match &sshd {
+            Some(s) => format!(
+                "[[host]]\nname = \"sftp\"\nkind = \"sftp\"\naddress = \"{SFTP_NAME}\"\nport = {}\nuser = \"{}\"\n\
+                 password = \"{}\"\nhost_key_sha256 = [\"{}\"]\nconnect_timeout_secs = 5\noperation_timeout_secs = 10\n\
+                 retries = 2\nretry_wait_secs = 1\n",
+                s.port(),
+                ferry_testkit::peers::TEST_USER,
+                ferry_testkit::peers::TEST_PASSWORD,
+                s.host_key_sha256()
+            ),
+            None => String::new(),
+        };
         let pair = Self {
             cluster,
             nodes,
             client,
             lease,
             dir,
+            out_event,
+            _sshd: sshd,
         };
         let p = pair.dir.path();
+        let mut event = local_task(
+            "event",
+            &p.join("in-event"),
+            &pair.out_event,
+            "delete_after = true",
+            "overwrite = \"overwrite\"",
+        );
+        if !sftp_host.is_empty() {
+            event = format!(
+                "{sftp_host}\n{}",
+                event.replacen(
+                    "[[task.destination]]\nhost = \"local\"",
+                    "[[task.destination]]\nhost = \"sftp\"",
+                    1
+                )
+            );
+        }
         let config = format!(
             "{}\n{}",
             local_task(
@@ -181,13 +244,7 @@ impl Pair {
                 "delete_after = true",
                 "overwrite = \"overwrite\"\n\n[[task.schedule]]\ncron = \"* * * * * *\"",
             ),
-            local_task(
-                "event",
-                &p.join("in-event"),
-                &p.join("out-event"),
-                "delete_after = true",
-                "overwrite = \"overwrite\"",
-            ),
+            event,
         );
         // alpha's scheduler may still be starting: retry until it answers.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -347,7 +404,12 @@ async fn check_every_file_delivered(pair: &Pair, written: u64) -> anyhow::Result
     for task in ["sched", "event"] {
         for n in 0..written {
             let name = format!("{task}-{n:06}.dat");
-            let path = dir.join(format!("out-{task}")).join(&name);
+            let out = if task == "event" {
+                pair.out_event.clone()
+            } else {
+                dir.join("out-sched")
+            };
+            let path = out.join(&name);
             let expected = format!("{name} {}\n", "x".repeat((n % 97) as usize * 13));
             match std::fs::read_to_string(&path) {
                 Ok(text) if text == expected => {}
@@ -436,12 +498,23 @@ async fn inject(pair: &mut Pair, fault: Fault, active: &str, rng: &mut Rng) -> a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exactly_one_node_is_active_under_faults() -> anyhow::Result<()> {
+    fault_suite(EventDestination::Local).await
+}
+
+/// The same with task `event` delivering to an SFTP server: the commit point is the server's
+/// rename, the faults (a partition too) cut the node off from the server as well as from NATS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_one_node_is_active_under_faults_with_an_sftp_destination() -> anyhow::Result<()> {
+    fault_suite(EventDestination::Sftp).await
+}
+
+async fn fault_suite(event_to: EventDestination) -> anyhow::Result<()> {
     let trials = env_u64("FERRY_FAILOVER_TRIALS").unwrap_or(ALL_FAULTS.len() as u64);
     let seed = env_u64("FERRY_SEED").unwrap_or_else(ledger::mono_ns);
-    eprintln!("failover fault suite: {trials} trials, FERRY_SEED={seed}");
+    eprintln!("failover fault suite ({event_to:?} destination): {trials} trials, FERRY_SEED={seed}");
     let mut rng = Rng::new(seed);
-    let mut pair = Pair::start().await?;
-    let result = run_trials(&mut pair, trials, seed, &mut rng).await;
+    let mut pair = Pair::start_with(&[], event_to).await?;
+    let result = run_trials(&mut pair, trials, seed, &mut rng, event_to).await;
     if result.is_err() {
         // The nodes' log tails first: the error itself is printed last, where CI's excerpt of
         // the output (its tail) shows it.
@@ -453,7 +526,13 @@ async fn exactly_one_node_is_active_under_faults() -> anyhow::Result<()> {
     result
 }
 
-async fn run_trials(pair: &mut Pair, trials: u64, seed: u64, rng: &mut Rng) -> anyhow::Result<()> {
+async fn run_trials(
+    pair: &mut Pair,
+    trials: u64,
+    seed: u64,
+    rng: &mut Rng,
+    event_to: EventDestination,
+) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let (workload, written) = start_workload(pair.dir.path(), pair.client.clone(), stop.clone());
 
@@ -505,7 +584,8 @@ async fn run_trials(pair: &mut Pair, trials: u64, seed: u64, rng: &mut Rng) -> a
         report.window_percentile_us(0.99),
         report.window_percentile_us(1.0),
     );
-    if let Some(out) = out_path("FERRY_FAILOVER_SUITE_OUT") {
+    // `make fault-suite` reports the local suite's figures (its filter runs both variants).
+    if let (Some(out), EventDestination::Local) = (out_path("FERRY_FAILOVER_SUITE_OUT"), event_to) {
         let summary = serde_json::json!({
             "trials": trials,
             "faults": counts,
@@ -585,7 +665,11 @@ async fn failover_latency() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pause_exactly_at_the_commit_point_is_caught() -> anyhow::Result<()> {
     let pause_ms = (TTL + MARGIN * 3).as_millis().to_string();
-    let mut pair = Pair::start_with(&[("FERRY_FAILPOINT_PAUSE_BEFORE_RENAME_MS", &pause_ms)]).await?;
+    let mut pair = Pair::start_with(
+        &[("FERRY_FAILPOINT_PAUSE_BEFORE_RENAME_MS", &pause_ms)],
+        EventDestination::Local,
+    )
+    .await?;
     let dir = pair.dir.path().to_path_buf();
     std::fs::write(dir.join("in-event/e-probe.dat"), "probe")?;
     // A trigger is core NATS: repeat it until alpha (which may still be starting) runs the task.

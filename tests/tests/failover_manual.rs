@@ -52,6 +52,7 @@ impl Pair {
             fence_margin_ms: MARGIN_MS,
             replicas: 1,
             start_with_scheduler_disabled: false,
+            keymat: None,
         };
         let node1 = ProcNode::start(setup(NODE1, "active"), None, &work.path().join("logs-node1"))?;
         let mut setup2 = setup(NODE2, "standby");

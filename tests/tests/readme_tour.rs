@@ -918,3 +918,40 @@ fn make_run_stops_everything_when_a_service_dies() {
         .collect();
     assert!(running.is_empty(), "still running: {running:?}");
 }
+
+/// The README's `[[host]]` examples are a valid configuration once `ferry apply` has sealed their
+/// secrets (read here from the variables they name), and sealing leaves no secret in the clear.
+#[test]
+fn readme_host_examples_validate_once_their_secrets_are_sealed() {
+    let block = readme_toml_block("bank");
+    let secrets = [
+        ("BANK_SFTP_PASSWORD", "readme-bank-1"),
+        ("LEGACY_FTP_PASSWORD", "readme-legacy-2"),
+        ("ARCHIVE_PASSWORD", "readme-archive-3"),
+        ("LAKE_SECRET", "readme-lake-4"),
+        ("BLOBS_SAS", "sv=2024&sig=readme5"),
+    ];
+    for (var, value) in secrets {
+        // SAFETY: set before anything reads the environment in this test binary's thread.
+        unsafe { std::env::set_var(var, value) };
+    }
+    let mut raw = ferry_config::parse_toml(&block).expect("the README's hosts parse");
+    let keymat = ferry_keymat::Keymat::generate();
+    ferry_keymat::seal_config(&mut raw, &keymat.public()).expect("every secret resolves and seals");
+    let config = raw.validate().expect("the README's hosts are valid");
+    let kinds: Vec<String> = ["bank", "legacy", "archive", "lake", "blobs"]
+        .iter()
+        .map(|h| config.hosts[*h].kind().to_string())
+        .collect();
+    assert_eq!(kinds, ["sftp", "ftp", "smb", "s3", "azure"]);
+    let stored = serde_json::to_string(&config).expect("serializes");
+    for (_, value) in secrets {
+        assert!(!stored.contains(value), "{value} is stored in the clear");
+    }
+    match &config.hosts["archive"].spec {
+        ferry_config::HostSpec::Smb(smb) => {
+            assert_eq!((smb.server.as_str(), smb.share.as_str()), ("fs01", "ferry"))
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -16,6 +16,7 @@
 //! Namespaces left behind by killed test processes are deleted by the next [`Netns::create`].
 
 use std::net::{Ipv4Addr, TcpListener};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -220,8 +221,25 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Make `name` resolve to `addr` for programs inside the namespace: `ip netns exec` mounts
+    /// `/etc/netns/<namespace>/hosts` over `/etc/hosts` (removed with the namespace). Nodes in
+    /// different namespaces then reach one server in the root namespace by one name, each at the
+    /// host side of its own link.
+    pub fn map_host(&self, name: &str, addr: Ipv4Addr) -> anyhow::Result<()> {
+        let dir = Path::new("/etc/netns").join(&self.name);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("hosts"),
+            format!("127.0.0.1 localhost\n::1 localhost\n{addr} {name}\n"),
+        )?;
+        Ok(())
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&self.name));
         // Deleting the namespace deletes the veth pair; the root side is deleted explicitly in
         // case it was never moved (e.g. a failed create).
         let _ = ip(&["netns", "del", &self.name]);
@@ -242,8 +260,9 @@ fn delete_stale() {
             continue;
         };
         let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        if numeric(pid) && numeric(index) && !std::path::Path::new("/proc").join(pid).exists() {
+        if numeric(pid) && numeric(index) && !Path::new("/proc").join(pid).exists() {
             let _ = ip(&["netns", "del", name]);
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(name));
         }
     }
 }

@@ -142,8 +142,12 @@ impl Route {
                 }
             }
         }
-        // Apply the overwrite policy to destinations that exist already.
+        // Apply the overwrite policy to destinations that exist already (`overwrite` needs no
+        // look: the commit replaces atomically).
         for i in f.undecided() {
+            if f.plan(i).overwrite == Overwrite::Overwrite {
+                continue;
+            }
             let host = self.dest(i).clone();
             let first = f.plan(i).final_path.clone();
             match host.stat(&first).await {

@@ -36,6 +36,12 @@ pub struct Sshd {
 
 impl Sshd {
     pub fn start(auth: SshdAuth) -> anyhow::Result<Sshd> {
+        Sshd::start_listening(auth, &["127.0.0.1"])
+    }
+
+    /// Listening on these addresses (e.g. the host side of network namespaces' links, for
+    /// nodes inside them); the port is still free on 127.0.0.1.
+    pub fn start_listening(auth: SshdAuth, addresses: &[&str]) -> anyhow::Result<Sshd> {
         let binary = sshd_path();
         if !binary.exists() {
             bail!(
@@ -76,8 +82,9 @@ impl Sshd {
             SshdAuth::Password => ("yes", "no"),
             SshdAuth::KeyboardInteractive => ("no", "yes"),
         };
+        let listen: String = addresses.iter().map(|a| format!("ListenAddress {a}\n")).collect();
         let conf = format!(
-            "ListenAddress 127.0.0.1\nHostKey {key}\nPidFile {pid}\nUsePAM {pam}\n\
+            "{listen}HostKey {key}\nPidFile {pid}\nUsePAM {pam}\n\
              PasswordAuthentication {password}\nKbdInteractiveAuthentication {pam}\n\
              PubkeyAuthentication yes\nStrictModes no\nAuthorizedKeysFile {authorized}\n\
              Subsystem sftp internal-sftp\nMaxStartups 100\nMaxSessions 100\nLogLevel VERBOSE\n",

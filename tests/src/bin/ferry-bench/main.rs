@@ -1,8 +1,9 @@
 //! `ferry-bench` (`make bench`): Ferry measured side by side with named peers in one run on this
 //! machine, written to `docs/BENCHMARKS.md`.
 //!
-//! The three figures of issue 2's acceptance:
-//! - one 1 GiB file local → local against `cp` (target: at least 0.8× `cp`'s throughput);
+//! The figures of issue 2's acceptance (the first restated by issue 8):
+//! - one 1 GiB file local → local against `cp` followed by `sync FILE` (target: at least 0.95× its
+//!   throughput; Ferry's copy is durable and verified, a plain `cp` is reported beside it);
 //! - 10,000 × 4 KiB files end to end against `rclone copy` (target: at least 1× its files/s);
 //! - the transfer service's peak RSS while it moves a 2 GiB file (target: below 64 MiB).
 //!
@@ -16,6 +17,8 @@
 //! `RunFinished` event. Peer and Ferry measurements alternate, each starts from the same page
 //! cache state (`sync`, then drop caches when permitted), and the median is reported. Every
 //! figure in the report is measured; nothing is written by hand.
+
+mod hosts;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -40,7 +43,10 @@ const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
 /// Targets from the issue's acceptance.
-const TARGET_BIG_RATIO: f64 = 0.8;
+/// Against `cp` followed by `sync FILE`: Ferry's copy is durable and verified, a plain `cp` leaves
+/// the data in the page cache (issue 8 restated issue 2's target so; the plain `cp` ratio stays in
+/// the report for reference).
+const TARGET_BIG_RATIO: f64 = 0.95;
 const TARGET_SMALL_RATIO: f64 = 1.0;
 const TARGET_RSS_MIB: f64 = 64.0;
 /// Failover targets: automatic failover at TTL 5 s, over at least 30 failovers.
@@ -71,17 +77,22 @@ const SERVICES: [&str; 5] = [
 ];
 
 const USAGE: &str = "\
-usage: ferry-bench [--out FILE] [--reps N] [--only big,small,rss] [--big-mib N] [--small-files N]
-                   [--small-kib N] [--rss-mib N] [--set FERRY_KEY=VALUE]... [--warm] [--keep]
+usage: ferry-bench [--out FILE] [--reps N] [--only big,small,rss,hosts] [--big-mib N] [--small-files N]
+                   [--small-kib N] [--rss-mib N] [--host-big-mib N] [--host-small-files N]
+                   [--s3-small-files N] [--set FERRY_KEY=VALUE]... [--warm] [--keep]
                    [--failover-latency FILE] [--fault-suite FILE]
        ferry-bench --failover-only --out FILE [--failover-latency FILE] [--fault-suite FILE]
 
   --out FILE        write the report (Markdown) to FILE; without it, print it
   --reps N          repetitions of each timed measurement, median reported (default 3)
-  --only LIST       run only some benchmarks (default big,small,rss)
+  --only LIST       run only some benchmarks (default big,small,rss,hosts; hosts = SFTP, FTP and
+                    S3 against sftp, rclone, lftp and curl on loopback servers, needs root)
   --big-mib N       size of the single large file (default 1024)
   --small-files N   number of small files (default 10000), --small-kib N their size (default 4)
   --rss-mib N       size of the file moved while the transfer's RSS is watched (default 2048)
+  --host-big-mib N  size of the large file sent to and from the remote hosts (default 1024)
+  --host-small-files N  4 KiB files sent to SFTP (default 5000); --s3-small-files N  64 KiB files
+                    sent to S3 (default 1000)
   --set K=V         extra FERRY_* environment for the services (e.g. FERRY_TRANSFER__CONCURRENCY=32)
   --warm            start every measurement from a warm page cache (default: drop it when permitted)
   --keep            keep the generated files under target/bench-tmp
@@ -103,10 +114,14 @@ struct Args {
     big: bool,
     small: bool,
     rss: bool,
+    hosts: bool,
     big_bytes: u64,
     small_files: usize,
     small_bytes: usize,
     rss_bytes: u64,
+    host_big_bytes: u64,
+    host_small_files: usize,
+    s3_small_files: usize,
     env: Vec<(String, String)>,
     keep: bool,
     warm: bool,
@@ -129,10 +144,14 @@ impl Args {
             big: true,
             small: true,
             rss: true,
+            hosts: true,
             big_bytes: GIB,
             small_files: 10_000,
             small_bytes: 4096,
             rss_bytes: 2 * GIB,
+            host_big_bytes: hosts::HOST_BIG_BYTES,
+            host_small_files: hosts::HOST_SMALL_FILES,
+            s3_small_files: hosts::S3_SMALL_FILES,
             env: Vec::new(),
             keep: false,
             warm: false,
@@ -156,15 +175,25 @@ impl Args {
                     args.small_bytes = number::<usize>(&value("--small-kib")?, "--small-kib")? * 1024
                 }
                 "--rss-mib" => args.rss_bytes = number::<u64>(&value("--rss-mib")?, "--rss-mib")? * MIB,
+                "--host-big-mib" => {
+                    args.host_big_bytes = number::<u64>(&value("--host-big-mib")?, "--host-big-mib")? * MIB
+                }
+                "--host-small-files" => {
+                    args.host_small_files = number(&value("--host-small-files")?, "--host-small-files")?
+                }
+                "--s3-small-files" => {
+                    args.s3_small_files = number(&value("--s3-small-files")?, "--s3-small-files")?
+                }
                 "--only" => {
                     let list = value("--only")?;
-                    (args.big, args.small, args.rss) = (false, false, false);
+                    (args.big, args.small, args.rss, args.hosts) = (false, false, false, false);
                     for b in list.split(',') {
                         match b.trim() {
                             "big" => args.big = true,
                             "small" => args.small = true,
                             "rss" => args.rss = true,
-                            other => bail!("--only: {other:?} is not one of big, small, rss"),
+                            "hosts" => args.hosts = true,
+                            other => bail!("--only: {other:?} is not one of big, small, rss, hosts"),
                         }
                     }
                 }
@@ -214,6 +243,9 @@ impl Args {
             && self.small_files == 10_000
             && self.small_bytes == 4096
             && self.rss_bytes == 2 * GIB
+            && self.host_big_bytes == hosts::HOST_BIG_BYTES
+            && self.host_small_files == hosts::HOST_SMALL_FILES
+            && self.s3_small_files == hosts::S3_SMALL_FILES
     }
 }
 
@@ -425,6 +457,7 @@ async fn measure(
         big: None,
         small: None,
         rss: None,
+        hosts: None,
         transfer_hwm_before_rss: None,
         failover,
     };
@@ -438,6 +471,9 @@ async fn measure(
     if let Some((_, file, sha)) = &rss {
         report.transfer_hwm_before_rss = proc_status_kib(node.pid("transfer"), "VmHWM");
         report.rss = Some(bench_rss(args, &mut node, &report.cache, file, sha, &out).await?);
+    }
+    if args.hosts {
+        report.hosts = Some(hosts::bench(args, &mut node, &report.cache, data, logs).await?);
     }
     node.stop();
 
@@ -977,7 +1013,12 @@ impl FerryNode {
 
     /// Apply the benchmark tasks and wait until the scheduler is active and knows them all.
     async fn apply(&self, toml_text: &str) -> anyhow::Result<()> {
-        let config = ferry_config::parse_toml(toml_text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut config = ferry_config::parse_toml(toml_text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        match ferry_service::api::seal_for_apply(&self.client, NODE, &mut config).await {
+            Ok(()) => {}
+            Err(Ok(errors)) => bail!("{errors}"),
+            Err(Err(e)) => return Err(e),
+        }
         let request = ApplyRequest {
             config,
             source_name: "ferry-bench".into(),
@@ -1334,6 +1375,7 @@ struct Report {
     big: Option<BigResult>,
     small: Option<SmallResult>,
     rss: Option<RssResult>,
+    hosts: Option<hosts::HostsResult>,
     transfer_hwm_before_rss: Option<u64>,
     /// The failover section's inputs, when given.
     failover: Option<FailoverInputs>,
@@ -1396,11 +1438,12 @@ fn thousands(n: usize) -> String {
 }
 
 impl Report {
+    /// `cp` + `sync` MiB/s, Ferry MiB/s, their ratio.
     fn big_figures(&self) -> Option<(f64, f64, f64)> {
         let b = self.big.as_ref()?;
-        let cp = mib_s(b.bytes, median(b.reps.iter().map(|r| r.cp).collect()));
+        let cp_sync = mib_s(b.bytes, median(b.reps.iter().map(|r| r.cp_sync).collect()));
         let ferry = mib_s(b.bytes, median(b.reps.iter().map(|r| r.ferry.e2e).collect()));
-        Some((cp, ferry, ferry / cp))
+        Some((cp_sync, ferry, ferry / cp_sync))
     }
 
     fn small_figures(&self) -> Option<(f64, f64, f64)> {
@@ -1415,7 +1458,7 @@ impl Report {
         if let Some((cp, ferry, ratio)) = self.big_figures() {
             let _ = writeln!(
                 s,
-                "  {} file:   cp {cp:.0} MiB/s, Ferry {ferry:.0} MiB/s, ratio {ratio:.2}x (target >= {TARGET_BIG_RATIO}x) {}",
+                "  {} file:   cp + sync {cp:.0} MiB/s, Ferry {ferry:.0} MiB/s, ratio {ratio:.2}x (target >= {TARGET_BIG_RATIO}x) {}",
                 human_bytes(self.big.as_ref().expect("present").bytes),
                 verdict(ratio >= TARGET_BIG_RATIO).trim_matches('*')
             );
@@ -1434,6 +1477,9 @@ impl Report {
                 "  peak RSS:    {mib:.1} MiB (target < {TARGET_RSS_MIB} MiB) {}",
                 verdict(mib < TARGET_RSS_MIB).trim_matches('*')
             );
+        }
+        if let Some(h) = &self.hosts {
+            h.summary(&mut s);
         }
         if let Some(f) = &self.failover {
             s += &f.summary();
@@ -1510,7 +1556,7 @@ impl Report {
         if let (Some(b), Some((cp, ferry, ratio))) = (&self.big, self.big_figures()) {
             let _ = writeln!(
                 o,
-                "| {} file, local → local | `cp`: {cp:.0} MiB/s | {ferry:.0} MiB/s | {ratio:.2}× | ≥ {TARGET_BIG_RATIO}× | {} |",
+                "| {} file, local → local | `cp` + `sync`: {cp:.0} MiB/s | {ferry:.0} MiB/s | {ratio:.2}× | ≥ {TARGET_BIG_RATIO}× | {} |",
                 human_bytes(b.bytes),
                 verdict(ratio >= TARGET_BIG_RATIO)
             );
@@ -1533,6 +1579,9 @@ impl Report {
                 verdict(mib < TARGET_RSS_MIB)
             );
         }
+        if let Some(h) = &self.hosts {
+            h.rows(&mut o);
+        }
 
         if let Some(b) = &self.big {
             self.render_big(&mut o, b);
@@ -1542,6 +1591,9 @@ impl Report {
         }
         if let Some(r) = &self.rss {
             self.render_rss(&mut o, r);
+        }
+        if let Some(h) = &self.hosts {
+            h.render(&mut o, self.args.reps);
         }
         self.render_method(&mut o);
         if let Some(f) = &self.failover {
@@ -1555,7 +1607,7 @@ impl Report {
         let bytes = b.bytes;
         let _ = writeln!(
             o,
-            "\n## {} file, local → local, against `cp`\n",
+            "\n## {} file, local → local, against `cp` + `sync`\n",
             human_bytes(bytes)
         );
         let _ = writeln!(
@@ -1595,11 +1647,12 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "\nRatio (Ferry end to end ÷ `cp`): **{:.2}×** (target ≥ {TARGET_BIG_RATIO}×). Against `cp` followed by \
-             `sync FILE` — durable like Ferry's copy — the ratio is {:.2}×; the transfer service alone reaches {:.2}× `cp`.",
-            cp.as_secs_f64() / e2e.as_secs_f64(),
+            "\nRatio (Ferry end to end ÷ `cp` followed by `sync FILE`, which is durable like Ferry's copy): **{:.2}×** \
+             (target ≥ {TARGET_BIG_RATIO}×). Against a plain `cp`, which leaves the data in the page cache, the ratio is \
+             {:.2}×; the transfer service alone reaches {:.2}× `cp` + `sync`.",
             cp_sync.as_secs_f64() / e2e.as_secs_f64(),
-            cp.as_secs_f64() / span.as_secs_f64()
+            cp.as_secs_f64() / e2e.as_secs_f64(),
+            cp_sync.as_secs_f64() / span.as_secs_f64()
         );
         render_spread(
             o,
