@@ -82,6 +82,18 @@ fn count_final(dir: &Path) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_of_transfer_mid_run_loses_and_duplicates_nothing() -> anyhow::Result<()> {
+    sigkill_of_transfer_mid_run(None).await
+}
+
+/// The same to an SFTP server: the commit point is the server's rename (create-new by hard link
+/// for `unique`), and the killed transfer's half-written temp files are on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_transfer_mid_run_to_sftp_loses_and_duplicates_nothing() -> anyhow::Result<()> {
+    let sshd = ferry_testkit::peers::sshd::Sshd::start(ferry_testkit::peers::sshd::SshdAuth::Password)?;
+    sigkill_of_transfer_mid_run(Some(&sshd)).await
+}
+
+async fn sigkill_of_transfer_mid_run(sftp: Option<&ferry_testkit::peers::sshd::Sshd>) -> anyhow::Result<()> {
     let nats = NatsServer::start()?;
     let node = Node::start_with(settings(&nats.url()), Services::NO_TRANSFER).await?;
     let work = tempfile::tempdir()?;
@@ -91,22 +103,45 @@ async fn sigkill_of_transfer_mid_run_loses_and_duplicates_nothing() -> anyhow::R
         std::fs::write(src.join(format!("f{i:03}.bin")), content(i as u64))?;
     }
     let expected = tree_hashes(&src);
-    let env = process_env(&nats.url(), ferry_tests::NODE);
+    let mut env = process_env(&nats.url(), ferry_tests::NODE);
+    // The transfer processes open the host's secrets with the node's keymat.
+    env.insert(
+        "FERRY_KEYMAT".into(),
+        node.settings.keymat_path().to_string_lossy().into_owned(),
+    );
 
     for trial in 0..trials() {
-        let dst = work.path().join(format!("out-{trial}"));
+        let dst = match sftp {
+            Some(sshd) => sshd.folder(&format!("out-{trial}"))?,
+            None => work.path().join(format!("out-{trial}")),
+        };
         std::fs::create_dir_all(&dst)?;
         let task = format!("crash{trial}");
         // `unique` makes a second delivery visible as `name (1).bin`; new-files-only off so every
         // trial moves all files again.
-        node.apply(&local_task(
+        let mut config = local_task(
             &task,
             &src,
             &dst,
             "new_files_only = false",
             "overwrite = \"unique\"",
-        ))
-        .await?;
+        );
+        if let Some(sshd) = sftp {
+            config = format!(
+                "[[host]]\nname = \"sftp\"\nkind = \"sftp\"\naddress = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\n\
+                 password = \"{}\"\nhost_key_sha256 = [\"{}\"]\n\n{}",
+                sshd.port(),
+                ferry_testkit::peers::TEST_USER,
+                ferry_testkit::peers::TEST_PASSWORD,
+                sshd.host_key_sha256(),
+                config.replacen(
+                    "[[task.destination]]\nhost = \"local\"",
+                    "[[task.destination]]\nhost = \"sftp\"",
+                    1
+                )
+            );
+        }
+        node.apply(&config).await?;
         let mut transfer = ServiceProcess::start("transfer", &env, work.path())?;
         let stop = Arc::new(AtomicBool::new(false));
         let watcher = watch(dst.clone(), stop.clone());

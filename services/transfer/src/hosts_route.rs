@@ -29,8 +29,6 @@ use crate::plan;
 pub struct Route {
     pub source: DynHost,
     pub dests: Vec<Result<DynHost, String>>,
-    /// Per destination: the node's own file system (a committed file there can be hashed cheaply).
-    pub dest_local: Vec<bool>,
     pub buffer: usize,
     /// Retries of a transient failure, and the first wait (doubling, at most 5 minutes).
     pub retries: u32,
@@ -56,14 +54,6 @@ const READ_AHEAD: usize = 4;
 impl Route {
     fn dest(&self, i: usize) -> &DynHost {
         self.dests[i].as_ref().expect("open destinations have a host")
-    }
-
-    /// Whether a committed file at destination `i` can be hashed without a download.
-    fn cheap_hash(&self, i: usize) -> bool {
-        self.dest_local[i]
-            || self.dests[i]
-                .as_ref()
-                .is_ok_and(|h| h.capabilities().server_sha256)
     }
 
     /// Make folders, find what an earlier attempt already committed, apply the overwrite policy.
@@ -114,9 +104,11 @@ impl Route {
                 f.fail(i, e.to_string());
             }
         }
-        // A previous attempt died while committing: find destinations it already completed (the
-        // final file is there with the source's size and the temp is gone; on the node's own
-        // disks, with the source's hash).
+        // A previous attempt died while committing: find destinations it already completed — the
+        // recorded final path holds exactly the source's bytes (read back and hashed: this only
+        // happens after a crash, and nothing weaker tells a committed file from a stale one of the
+        // same size; a commit by hard link leaves the temp behind until it is removed, so the
+        // temp's presence proves nothing either way).
         if previously_committing.iter().any(Option::is_some) {
             let source_hash = hash(&self.source, &f.source).await;
             for (i, path) in previously_committing.iter().enumerate().take(f.plans.len()) {
@@ -126,19 +118,16 @@ impl Route {
                 let Ok(Some(meta)) = host.stat(path).await else {
                     continue;
                 };
-                let temp_gone = matches!(host.stat(&f.plan(i).temp_path()).await, Ok(None));
                 let matches = match &source_hash {
-                    Ok((size, _)) if *size != meta.size || !temp_gone => false,
-                    Ok((_, sha)) if self.cheap_hash(i) => {
-                        hash(host, path).await.is_ok_and(|(_, h)| &h == sha)
-                    }
-                    Ok(_) => true,
+                    Ok((size, _)) if *size != meta.size => false,
+                    Ok((_, sha)) => hash(host, path).await.is_ok_and(|(_, h)| &h == sha),
                     // The source was deleted after the commit (delete_after): the copy stands.
-                    Err(e) => e.kind == ErrorKind::NotFound && f.item.source.delete_after && temp_gone,
+                    Err(e) => e.kind == ErrorKind::NotFound && f.item.source.delete_after,
                 };
                 if matches {
                     let sha = source_hash.as_ref().map(|(_, s)| s.clone()).unwrap_or_default();
                     f.recovered_at(i, path, meta.size, sha);
+                    let _ = host.delete(&f.plan(i).temp_path()).await;
                 }
             }
         }

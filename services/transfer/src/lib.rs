@@ -614,7 +614,6 @@ impl Transfer {
                     None => Err(format!("destination host {:?} is not configured", d.host)),
                 })
                 .collect(),
-            dest_local: dests.iter().map(|h| h.is_some_and(|h| h.is_local())).collect(),
             buffer: self.buffer_bytes,
             retries: remote.iter().map(|h| h.options.retries).max().unwrap_or(0),
             retry_wait: Duration::from_secs(
