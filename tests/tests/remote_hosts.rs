@@ -96,3 +96,24 @@ async fn sftp_hostile_names_cannot_escape() {
     let remote = Remote::sftp().expect("sshd");
     remote::hostile_names_cannot_escape(&remote).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn host_test_shows_the_sftp_key_and_the_ftps_certificate_or_the_error() {
+    let sftp = Remote::sftp().expect("sshd");
+    let (good, _) = remote::host_test_reports(&sftp).await;
+    assert_eq!(good.host_key_sha256.as_deref(), sftp.host_key(), "{good:?}");
+    assert!(
+        good.server.as_deref().unwrap_or_default().contains("OpenSSH"),
+        "{good:?}"
+    );
+    let ftps = Remote::ftps().expect("vsftpd");
+    let (good, _) = remote::host_test_reports(&ftps).await;
+    assert!(
+        good.tls_subject
+            .as_deref()
+            .unwrap_or_default()
+            .contains("127.0.0.1"),
+        "{good:?}"
+    );
+    assert!(good.tls_not_after.is_some(), "{good:?}");
+}

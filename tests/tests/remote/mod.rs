@@ -207,6 +207,14 @@ impl Remote {
         })
     }
 
+    /// The SFTP server's host key fingerprint.
+    pub fn host_key(&self) -> Option<&str> {
+        match &self.peer {
+            Peer::Sftp(s) => Some(s.host_key_sha256()),
+            _ => None,
+        }
+    }
+
     /// The S3 server's secret key (the one secret of these servers not fixed in advance).
     pub fn secret(&self) -> Option<String> {
         match &self.peer {
@@ -764,4 +772,39 @@ pub async fn hostile_names_cannot_escape(remote: &Remote) {
         );
     }
     node.shutdown().await;
+}
+
+/// `ferry host test`: what the server offers, or the exact error.
+pub async fn host_test_reports(remote: &Remote) -> (ferry_wire::HostTestReport, ferry_wire::HostTestReport) {
+    let (_nats, node) = node().await;
+    remote.make_folder("probe").await;
+    let config = [remote.host("partner", true), remote.host("stranger", false)].join("\n");
+    node.apply(&config).await.expect("apply");
+    let ask = |host: &str| ferry_wire::HostTestRequest {
+        host: host.to_string(),
+        folder: Some(remote.folder("probe")),
+    };
+    let good: ferry_wire::HostTestReport = node
+        .call(
+            ferry_wire::subjects::service::TRANSFER,
+            ferry_wire::subjects::api::HOST_TEST,
+            &ask("partner"),
+        )
+        .await
+        .expect("host test");
+    let bad: ferry_wire::HostTestReport = node
+        .call(
+            ferry_wire::subjects::service::TRANSFER,
+            ferry_wire::subjects::api::HOST_TEST,
+            &ask("stranger"),
+        )
+        .await
+        .expect("host test");
+    node.shutdown().await;
+    assert_eq!(good.error, None, "{good:?}");
+    assert_eq!(good.files, Some(0));
+    assert!(!good.capabilities.is_empty(), "{good:?}");
+    let error = bad.error.clone().expect("a wrong password fails");
+    assert!(error.contains(remote.auth_words), "{error}");
+    (good, bad)
 }
