@@ -284,9 +284,10 @@ fn pipelined(
     let (written_tx, written_rx) = sync_channel::<(Vec<u8>, u64, usize)>(PIPELINE_DEPTH);
 
     std::thread::scope(|scope| {
-        // Reader: dropping `full_tx` on return tells the writer the source is exhausted.
-        let reader = scope.spawn(move || -> Result<(u64, String), String> {
-            let mut hasher = Sha256::new();
+        // Reader: only reads, so the next read is issued while the verifier hashes (the source
+        // streams from the disk without pauses). Dropping `full_tx` on return tells the writer
+        // the source is exhausted.
+        let reader = scope.spawn(move || -> Result<u64, String> {
             let mut size = 0u64;
             loop {
                 if should_stop() {
@@ -294,24 +295,26 @@ fn pipelined(
                 }
                 let Ok(mut buf) = free_rx.recv() else {
                     // The writer or verifier stopped (its error is the one reported).
-                    return Ok((size, String::new()));
+                    return Ok(size);
                 };
                 let n = read_chunk(input, &mut buf, source)?;
                 if n == 0 {
-                    return Ok((size, hex::encode(hasher.finalize())));
+                    return Ok(size);
                 }
-                hasher.update(&buf[..n]);
                 size += n as u64;
                 if full_tx.send((buf, n)).is_err() {
-                    return Ok((size, String::new()));
+                    return Ok(size);
                 }
             }
         });
-        // Verifier: re-reads what was written and hands the buffer back to the reader.
-        let verifier = scope.spawn(move || -> Result<u64, String> {
+        // Verifier: hashes each buffer (the source's bytes, in order), re-reads what was written
+        // from it and hands the buffer back to the reader.
+        let verifier = scope.spawn(move || -> Result<(u64, String), String> {
+            let mut hasher = Sha256::new();
             let mut again = vec![0u8; buffer_bytes];
             let mut verified = 0u64;
             while let Ok((buf, offset, len)) = written_rx.recv() {
+                hasher.update(&buf[..len]);
                 for (file, temp) in readers.iter().zip(temps) {
                     file.read_exact_at(&mut again[..len], offset)
                         .map_err(|e| format!("verify {}: {e}", temp.display()))?;
@@ -326,7 +329,7 @@ fn pipelined(
                 verified += len as u64;
                 let _ = free_tx.send(buf);
             }
-            Ok(verified)
+            Ok((verified, hex::encode(hasher.finalize())))
         });
 
         // Writer, on this thread. It owns `full_rx` and `written_tx`: returning (also on error)
@@ -362,9 +365,9 @@ fn pipelined(
         let read = reader.join().expect("the reader thread does not panic");
         // The first error in pipeline order explains the others (a stopped stage only makes the
         // stages around it stop early).
-        let (size, sha) = read?;
+        let size = read?;
         let written = written?;
-        let verified = verified?;
+        let (verified, sha) = verified?;
         if written != size || verified != size {
             return Err(format!(
                 "short copy of {}: read {size} bytes, wrote {written}, verified {verified}",
