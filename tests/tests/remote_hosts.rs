@@ -117,3 +117,88 @@ async fn host_test_shows_the_sftp_key_and_the_ftps_certificate_or_the_error() {
     );
     assert!(good.tls_not_after.is_some(), "{good:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn smb_500_nested_files_both_ways_a_wrong_password_and_a_growing_file() {
+    let remote = Remote::smb().expect("smbd");
+    remote::nested_files_both_ways(&remote).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn smb_large_file_both_ways() {
+    let remote = Remote::smb().expect("smbd");
+    remote::large_file_both_ways(&remote, big_file_mib()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn smb_server_killed_mid_upload_the_retry_resumes() {
+    let mut remote = Remote::smb().expect("smbd");
+    remote::server_killed_mid_upload(&mut remote, Duration::from_millis(300)).await;
+}
+
+/// One task, one source, several kinds of destination: from an SFTP server to a Windows share
+/// and an S3 bucket; `ferry audit` shows each delivery with its hosts and the file's SHA-256.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_task_from_sftp_to_smb_and_s3_and_the_audit_names_the_hosts() {
+    let (sftp, smb, s3) = (
+        Remote::sftp().expect("sshd"),
+        Remote::smb().expect("smbd"),
+        Remote::s3().expect("moto"),
+    );
+    let (nats, node) = remote::node().await;
+    let src = sftp.make_folder("outgoing").await.expect("a server of files");
+    let mut want = std::collections::BTreeMap::new();
+    for i in 0..12 {
+        let name = format!("statement-{i:02}.csv");
+        let data = format!("account;amount\n{i};{}\n", i * 100).repeat(i + 1);
+        std::fs::write(src.join(&name), &data).expect("write");
+        use sha2::Digest;
+        want.insert(name, hex::encode(sha2::Sha256::digest(data.as_bytes())));
+    }
+    smb.make_folder("incoming").await;
+    s3.make_folder("archive").await;
+    let config = format!(
+        "{}\n{}\n{}\n[[task]]\nname = \"fan-out\"\n[[task.source]]\nhost = \"bank\"\nfolder = \"{}\"\n\
+         [[task.destination]]\nhost = \"share\"\nfolder = \"{}\"\n[[task.destination]]\nhost = \"lake\"\nfolder = \"{}\"\n",
+        sftp.host("bank", true),
+        smb.host("share", true),
+        s3.host("lake", true),
+        sftp.folder("outgoing"),
+        smb.folder("incoming"),
+        s3.folder("archive"),
+    );
+    node.apply(&config).await.expect("apply");
+    let run = remote::run(&node, "fan-out").await;
+    assert_eq!(run.files_delivered, 12, "{run:?}");
+    assert_eq!(smb.hashes("incoming").await, want, "the share's copies");
+    assert_eq!(s3.hashes("archive").await, want, "the bucket's copies");
+
+    let out = std::process::Command::new(ferry_tests::bin_path("ferry"))
+        .args(["audit", "--run", &run.run_id.to_string()])
+        .env("FERRY_NATS_URL", nats.url())
+        .env("FERRY_NODE_ID", ferry_tests::NODE)
+        .output()
+        .expect("ferry audit");
+    let audit = String::from_utf8_lossy(&out.stdout);
+    for (name, sha) in &want {
+        for dest in [
+            format!("share:{}", ferry_hosts::path::join(&smb.folder("incoming"), name)),
+            format!("lake:{}", ferry_hosts::path::join(&s3.folder("archive"), name)),
+        ] {
+            let line = audit
+                .lines()
+                .find(|l| l.contains(&format!("-> {dest} ")))
+                .unwrap_or_else(|| panic!("no audit line for {dest}:\n{audit}"));
+            assert!(
+                line.contains("delivered")
+                    && line.contains(&format!(
+                        "bank:{}",
+                        ferry_hosts::path::join(&sftp.folder("outgoing"), name)
+                    ))
+                    && line.contains(&format!("sha256={sha}")),
+                "{line}"
+            );
+        }
+    }
+    node.shutdown().await;
+}

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use ferry_testkit::peers::azurite::{self, AzuriteServer};
 use ferry_testkit::peers::s3::{self, S3Server};
+use ferry_testkit::peers::smbd::Smbd;
 use ferry_testkit::peers::sshd::{Sshd, SshdAuth};
 use ferry_testkit::peers::vsftpd::{FtpTls, Vsftpd, VsftpdConfig};
 use ferry_testkit::peers::{TEST_PASSWORD, TEST_USER};
@@ -28,6 +29,7 @@ pub fn big_file_mib() -> u64 {
 
 enum Peer {
     Sftp(Sshd),
+    Smb(Smbd),
     Ftp(Vsftpd),
     S3(S3Server),
     Azure(AzuriteServer),
@@ -124,6 +126,30 @@ impl Remote {
             backing: Some(root),
             peer: Peer::Sftp(server),
             auth_words: "authentication failed",
+            retry_wait_secs: 1,
+            client,
+            _keymat: keymat,
+        })
+    }
+
+    /// Samba's smbd requiring SMB 3 encryption, reached by its UNC path.
+    pub fn smb() -> anyhow::Result<Remote> {
+        let server = Smbd::start("required")?;
+        let (unc, port) = (server.unc(), server.port());
+        let settings = move |right: bool| {
+            format!(
+                "share = '{unc}'\nport = {port}\nuser = \"{TEST_USER}\"\npassword = \"{}\"\nencryption = \"required\"\n",
+                if right { TEST_PASSWORD } else { "wrong-password-1" }
+            )
+        };
+        let (client, keymat) = client("smb", &settings(true));
+        Ok(Remote {
+            kind: "smb",
+            settings: Box::new(settings),
+            root: String::new(),
+            backing: Some(server.share_dir()),
+            peer: Peer::Smb(server),
+            auth_words: "STATUS_LOGON_FAILURE",
             retry_wait_secs: 1,
             client,
             _keymat: keymat,
@@ -297,6 +323,7 @@ impl Remote {
     pub fn kill(&mut self) {
         match &mut self.peer {
             Peer::Sftp(s) => s.kill(),
+            Peer::Smb(s) => s.kill(),
             Peer::Ftp(s) => s.kill(),
             Peer::S3(s) => s.kill(),
             Peer::Azure(s) => s.kill(),
@@ -307,6 +334,7 @@ impl Remote {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         match &mut self.peer {
             Peer::Sftp(s) => s.restart(),
+            Peer::Smb(s) => s.restart(),
             Peer::Ftp(s) => s.restart(),
             Peer::S3(s) => s.restart(),
             Peer::Azure(s) => s.restart(),

@@ -184,6 +184,9 @@ pub fn classify_io(e: &std::io::Error) -> Failure {
         "Failed to receive message",
         "IO Error",
         "Not connected",
+        // The connection's worker task ended (the server went away mid-request).
+        "Message processing failed",
+        "Failed to send message to worker",
     ];
     let kind = match e.kind() {
         K::PermissionDenied => Permanent,
