@@ -13,7 +13,7 @@ pub mod sshd;
 pub mod vsftpd;
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -103,4 +103,52 @@ pub fn chown_to(path: &std::path::Path, user: &str) -> anyhow::Result<()> {
         bail!("chown {user} {} failed", path.display());
     }
     Ok(())
+}
+
+/// Servers that fork a session per connection, each in a session of its own (sshd, vsftpd): killing
+/// or pausing the listener alone would leave sessions running, so their peers signal the whole tree.
+pub(crate) fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {mode:o} {}", path.display()))
+}
+
+/// `pid` and every live process descended from it (parents before children).
+pub(crate) fn with_descendants(pid: u32) -> Vec<u32> {
+    let mut parents = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(child) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            // `/proc/<pid>/stat`: "pid (comm) state ppid ..."; comm may hold spaces and parens.
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                continue;
+            };
+            if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok()) {
+                parents.push((child, ppid));
+            }
+        }
+    }
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(parents.iter().filter(|(_, p)| *p == parent).map(|(c, _)| *c));
+        i += 1;
+    }
+    found
+}
+
+pub(crate) fn signal(pids: &[u32], sig: libc::c_int) {
+    for pid in pids {
+        // SAFETY: kill(2) only sends a signal; callers pass processes their peer started (the
+        // listener it spawned and the sessions that listener forked).
+        unsafe {
+            libc::kill(*pid as libc::pid_t, sig);
+        }
+    }
 }

@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use super::{TEST_PASSWORD, TEST_USER, chown_to, ensure_user, free_port, is_root, wait_port};
+use super::{
+    TEST_PASSWORD, TEST_USER, chown_to, ensure_user, free_port, is_root, set_mode, signal, wait_port,
+    with_descendants,
+};
 
 /// How users may log in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,50 +247,4 @@ fn run(cmd: &mut Command) -> anyhow::Result<String> {
         bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {mode:o} {}", path.display()))
-}
-
-/// `pid` and every live process descended from it (parents before children).
-fn with_descendants(pid: u32) -> Vec<u32> {
-    let mut parents = Vec::new();
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(child) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            // `/proc/<pid>/stat`: "pid (comm) state ppid ..."; comm may hold spaces and parens.
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-                continue;
-            };
-            if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok()) {
-                parents.push((child, ppid));
-            }
-        }
-    }
-    let mut found = vec![pid];
-    let mut i = 0;
-    while i < found.len() {
-        let parent = found[i];
-        found.extend(parents.iter().filter(|(_, p)| *p == parent).map(|(c, _)| *c));
-        i += 1;
-    }
-    found
-}
-
-fn signal(pids: &[u32], sig: libc::c_int) {
-    for pid in pids {
-        // SAFETY: kill(2) only sends a signal; these are processes this peer started (the
-        // listener it spawned and the sessions that listener forked).
-        unsafe {
-            libc::kill(*pid as libc::pid_t, sig);
-        }
-    }
 }

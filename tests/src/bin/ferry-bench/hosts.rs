@@ -262,6 +262,9 @@ pub async fn bench(
     fs::create_dir_all(&rss_dir)?;
     write_random_file(&rss_dir.join("rss.bin"), args.rss_bytes, 0x2545_F491_4F6C_DD1D)?;
 
+    // Let the inputs settle past the stability check's interval (see `measure`).
+    std::thread::sleep(Duration::from_millis(1100));
+
     // Servers.
     say("starting sshd, vsftpd and moto on loopback");
     let sshd = Sshd::start(SshdAuth::Password)?;

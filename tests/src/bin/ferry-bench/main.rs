@@ -411,6 +411,11 @@ async fn measure(
         None
     };
 
+    // Files a task picks up have usually been sitting in their folder; one modified within the last
+    // `size_stable_ms` (1 s by default) would be looked at twice, a second apart, to make sure it is
+    // not still being written. The inputs are complete: let them settle past that.
+    std::thread::sleep(Duration::from_millis(1100));
+
     let out = data.join("out");
     fs::create_dir_all(&out)?;
     let mut tasks = String::new();
