@@ -151,7 +151,16 @@ impl Node {
             -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>,
     ) {
         let token = CancellationToken::new();
-        let handle = tokio::spawn(run(self.settings.clone(), token.clone()));
+        let service = run(self.settings.clone(), token.clone());
+        // A service that stops by itself says why at once (a test waiting for it to answer would
+        // otherwise only time out).
+        let handle = tokio::spawn(async move {
+            let result = service.await;
+            if let Err(e) = &result {
+                eprintln!("{name} stopped with an error: {e:#}");
+            }
+            result
+        });
         self.handles.push((name, token, handle));
     }
 

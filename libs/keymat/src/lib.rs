@@ -136,10 +136,11 @@ impl Keymat {
     /// The keymat at `path`, created (exclusively, mode 0600) if there is none. Several services
     /// of one node may start at once: whoever creates it first wins and the others read it.
     pub fn load_or_create(path: &Path) -> Result<Keymat, KeymatError> {
-        match Keymat::load(path) {
-            Ok(k) => return Ok(k),
-            Err(KeymatError::File { .. }) if !path.exists() => {}
-            Err(e) => return Err(e),
+        // The file appears whole or not at all (`write_new` links a complete temp into place),
+        // so "exists" decides: never re-check after a failed read (another service may have
+        // created it in between, and its error would be taken for a missing file).
+        if path.exists() {
+            return Keymat::load(path);
         }
         let fresh = Keymat::generate();
         match fresh.write_new(path) {
@@ -665,6 +666,26 @@ mod tests {
             Err(KeymatError::WrongPassword)
         ));
         assert!(keymat.export("short").is_err());
+    }
+
+    #[test]
+    fn services_starting_together_share_one_keymat() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keymat");
+        let ids: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| Keymat::load_or_create(&path).map(|k| k.key_id().to_string())))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .expect("no panic")
+                        .expect("every service gets the keymat")
+                })
+                .collect()
+        });
+        assert!(ids.iter().all(|id| id == &ids[0]), "{ids:?}");
     }
 
     #[test]

@@ -292,6 +292,9 @@ impl Route {
             })
         };
         let mut position = 0u64;
+        // A destination that fails for good while the bytes stream fails alone (the others go
+        // on); a transient failure of any of them retries the file.
+        let mut refused: Vec<(usize, HostError)> = Vec::new();
         let written: HostResult<()> = async {
             while let Some(chunk) = rx.recv().await {
                 let chunk = chunk?;
@@ -299,12 +302,37 @@ impl Route {
                     return Err(HostError::fenced(source.name()));
                 }
                 let end = position + chunk.len() as u64;
-                let writes = uploads.iter_mut().filter_map(|(_, u)| {
+                let writes = uploads.iter_mut().map(|(i, u)| {
                     let skip = u.offset().saturating_sub(position);
-                    (skip < chunk.len() as u64).then(|| u.write(chunk.slice(skip as usize..)))
+                    let data = (skip < chunk.len() as u64).then(|| chunk.slice(skip as usize..));
+                    async move {
+                        match data {
+                            Some(data) => (*i, u.write(data).await),
+                            None => (*i, Ok(())),
+                        }
+                    }
                 });
-                for r in join_all(writes).await {
-                    r?;
+                for (i, r) in join_all(writes).await {
+                    match r {
+                        Ok(()) => {}
+                        Err(e) if e.is_transient() || e.kind == ErrorKind::Fenced => return Err(e),
+                        Err(e) => refused.push((i, e)),
+                    }
+                }
+                if !refused.is_empty() {
+                    let gone: Vec<usize> = refused.iter().map(|(i, _)| *i).collect();
+                    let mut kept = Vec::with_capacity(uploads.len());
+                    for (i, u) in uploads.drain(..) {
+                        if gone.contains(&i) {
+                            u.abort().await;
+                        } else {
+                            kept.push((i, u));
+                        }
+                    }
+                    uploads = kept;
+                    if uploads.is_empty() {
+                        break;
+                    }
                 }
                 position = end;
             }
@@ -313,7 +341,13 @@ impl Route {
         .await;
         drop(rx);
         let read = reader.await.ok().flatten();
+        for (i, e) in refused {
+            f.fail(i, e.to_string());
+        }
         written?;
+        if uploads.is_empty() {
+            return Ok(());
+        }
         let Some((size, sha256)) = read else {
             return Err(HostError::transient(
                 source.name(),
