@@ -41,6 +41,9 @@ pub struct Route {
     /// once with the same error instead of trying again — one refused login per batch, not one
     /// per file, since a partner's server may lock an account after a few.
     pub refused: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Destination folders (host, folder) this batch already made or found: a batch of small
+    /// files into one folder asks the server once, not once per file.
+    pub ready: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// Files at least this large resume an interrupted upload instead of starting over.
@@ -75,6 +78,10 @@ impl Route {
                 f.fail(i, format!("{error} (not tried again for this file: the host refused an earlier file of its batch)"));
                 continue;
             }
+            let key = (host.name().to_string(), p.dir.clone());
+            if self.ready.lock().expect("not poisoned").contains(&key) {
+                continue;
+            }
             let ready = if p.create_dirs {
                 host.create_dir_all(&p.dir).await
             } else {
@@ -94,6 +101,9 @@ impl Route {
                     Err(e) => Err(e),
                 }
             };
+            if ready.is_ok() {
+                self.ready.lock().expect("not poisoned").insert(key);
+            }
             if let Err(e) = ready {
                 if e.kind == ErrorKind::Permanent {
                     self.refused

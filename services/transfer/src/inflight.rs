@@ -2,8 +2,6 @@
 //! so far, what was copied, and the result and new-files-only state it ends with. Also the
 //! commit point both routes share.
 
-use std::time::Duration;
-
 use chrono::Utc;
 
 use ferry_config::Overwrite;
@@ -310,6 +308,6 @@ fn failpoint_pause_before_rename() {
         .and_then(|v| v.parse::<u64>().ok())
     {
         tracing::warn!(ms, "failpoint: pausing between the lease check and the rename");
-        std::thread::sleep(Duration::from_millis(ms));
+        std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }

@@ -626,6 +626,7 @@ impl Transfer {
             retried: self.metrics.retries.clone(),
             resumed_bytes: self.metrics.resumed_bytes.clone(),
             refused: Default::default(),
+            ready: Default::default(),
         })))
     }
 
