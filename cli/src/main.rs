@@ -47,9 +47,13 @@ enum Command {
         /// The TOML file with [[host]] and [[task]] tables.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
-        /// Only validate; change nothing.
+        /// Only validate and show what would change; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Remove stored tasks and hosts the file does not mention (without it such an apply
+        /// is refused and names them).
+        #[arg(long)]
+        prune: bool,
     },
     /// List tasks.
     Tasks {
@@ -284,7 +288,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     };
 
     match cli.command {
-        Command::Apply { file, dry_run } => apply(&ctx, &file, dry_run).await,
+        Command::Apply { file, dry_run, prune } => apply(&ctx, &file, dry_run, prune).await,
         Command::Tasks {
             command: TasksCommand::List,
         } => tasks_list(&ctx).await,
@@ -392,7 +396,7 @@ fn operator() -> String {
     )
 }
 
-async fn apply(ctx: &Ctx, file: &std::path::Path, dry_run: bool) -> anyhow::Result<ExitCode> {
+async fn apply(ctx: &Ctx, file: &std::path::Path, dry_run: bool, prune: bool) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
     let mut raw = match ferry_config::parse_toml(&text) {
         Ok(raw) => raw,
@@ -416,6 +420,7 @@ async fn apply(ctx: &Ctx, file: &std::path::Path, dry_run: bool) -> anyhow::Resu
         source_name: file.display().to_string(),
         applied_by: operator(),
         dry_run,
+        prune,
     };
     let response: ApplyResponse = ctx
         .call(subjects::service::SCHEDULER, subjects::api::APPLY, &request)

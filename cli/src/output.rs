@@ -49,6 +49,7 @@ pub fn applied(as_json: bool, file: &str, response: &ApplyResponse) {
             tasks,
             hosts,
             unchanged,
+            changes,
         } => {
             if *unchanged {
                 println!("{file}: unchanged (revision {revision})");
@@ -58,18 +59,40 @@ pub fn applied(as_json: bool, file: &str, response: &ApplyResponse) {
                     tasks.len(),
                     hosts.len()
                 );
+                config_changes(changes);
             }
         }
-        ApplyResponse::Valid { tasks, hosts } => {
+        ApplyResponse::Valid {
+            tasks,
+            hosts,
+            changes,
+        } => {
             println!(
-                "{file}: valid: {} task(s), {} host(s); nothing changed (--dry-run)",
+                "{file}: valid: {} task(s), {} host(s); nothing changed (--dry-run); applying it would:",
                 tasks.len(),
                 hosts.len()
             );
+            config_changes(changes);
         }
         ApplyResponse::Rejected { errors } => {
             eprint!("{file}: {}", ferry_config::ConfigErrors(errors.clone()));
         }
+    }
+}
+
+/// `+ task a`, `~ host b`, `- task c`: one line per name an apply adds, changes or removes.
+fn config_changes(changes: &ferry_wire::ConfigChanges) {
+    let mut any = false;
+    for (kind, c) in [("host", &changes.hosts), ("task", &changes.tasks)] {
+        for (mark, names) in [("+", &c.added), ("~", &c.changed), ("-", &c.removed)] {
+            for name in names {
+                println!("  {mark} {kind} {name}");
+                any = true;
+            }
+        }
+    }
+    if !any {
+        println!("  (no task or host changes)");
     }
 }
 

@@ -56,6 +56,8 @@ pub async fn apply_via(
         source_name: "test".into(),
         applied_by: "test".into(),
         dry_run: false,
+        // A test or bench applies its whole configuration each time.
+        prune: true,
     };
     ferry_service::api::call(
         client,

@@ -218,3 +218,86 @@ async fn every_bad_configuration_is_rejected_clearly_and_changes_nothing() -> an
     node.shutdown().await;
     Ok(())
 }
+
+/// Applying a file with one task must not silently remove every other task: such an apply is
+/// refused and names what it would remove; `--prune` removes them; every apply says what it adds
+/// (`+`), changes (`~`) and removes (`-`), and `--dry-run` shows it without storing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_apply_that_would_remove_tasks_needs_prune_and_says_what_changes() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let url = nats.url();
+    let node = Node::start(settings(&url)).await?;
+    let dir = tempfile::tempdir()?;
+    let task = |name: &str, extra: &str| {
+        local_task(name, &dir.path().join(name), &dir.path().join("out"), extra, "")
+    };
+    let write = |file: &str, text: String| -> anyhow::Result<String> {
+        let path = dir.path().join(file);
+        std::fs::write(&path, text)?;
+        Ok(path.to_string_lossy().into_owned())
+    };
+    let text = |out: &Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let both = write(
+        "both.toml",
+        format!("{}{}", task("payroll", ""), task("invoices", "")),
+    )?;
+    let out = ferry(&url, &["apply", "-f", &both], dir.path()).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("+ task invoices") && text(&out).contains("+ task payroll"),
+        "{}",
+        text(&out)
+    );
+
+    // One task changed, the other left out: refused, nothing stored, both named.
+    let one = write("one.toml", task("payroll", "masks = \"*.csv\""))?;
+    let before = stored(&node).await?;
+    for args in [vec!["apply", "-f", &one], vec!["apply", "--dry-run", "-f", &one]] {
+        let out = ferry(&url, &args, dir.path()).await;
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("task \"invoices\": is stored but not in this file")
+                && text(&out).contains("--prune"),
+            "{args:?}: {}",
+            text(&out)
+        );
+        assert_eq!(
+            stored(&node).await?,
+            before,
+            "{args:?} changed the stored configuration"
+        );
+    }
+
+    let dry = ferry(&url, &["apply", "--dry-run", "--prune", "-f", &one], dir.path()).await;
+    assert!(dry.status.success(), "{}", text(&dry));
+    assert!(
+        text(&dry).contains("~ task payroll") && text(&dry).contains("- task invoices"),
+        "{}",
+        text(&dry)
+    );
+    assert_eq!(stored(&node).await?, before, "--dry-run stored something");
+
+    let pruned = ferry(&url, &["apply", "--prune", "-f", &one], dir.path()).await;
+    assert!(pruned.status.success(), "{}", text(&pruned));
+    assert!(text(&pruned).contains("- task invoices"), "{}", text(&pruned));
+    let doc: ferry_wire::ConfigDocument = ferry_wire::decode(&stored(&node).await?.1)?;
+    assert_eq!(doc.config.tasks.keys().collect::<Vec<_>>(), ["payroll"]);
+
+    // The JSON answer carries the same changes.
+    let again = ferry(&url, &["--json", "apply", "-f", &both], dir.path()).await;
+    let response: ApplyResponse = serde_json::from_slice(&again.stdout)?;
+    let ApplyResponse::Applied { changes, .. } = response else {
+        panic!("{}", text(&again))
+    };
+    assert_eq!(changes.tasks.added, ["invoices"]);
+    assert_eq!(changes.tasks.changed, ["payroll"]);
+    assert!(changes.tasks.removed.is_empty());
+    node.shutdown().await;
+    Ok(())
+}

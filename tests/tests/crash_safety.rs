@@ -249,6 +249,7 @@ async fn a_run_whose_collector_stopped_while_sending_finishes_with_what_was_sent
         },
         destinations: config.tasks["resume"].destinations.clone(),
         run_started_at: started_at,
+        refused: Vec::new(),
     };
     let sent = WorkBatch {
         batch_id: "batch-sent".into(),

@@ -118,6 +118,7 @@ async fn work_stamped_with_an_older_epoch_is_refused() -> anyhow::Result<()> {
         },
         destinations: task.destinations.clone(),
         run_started_at: Utc::now(),
+        refused: Vec::new(),
     };
     let results = node.js.get_stream(topology::STREAM_RESULTS).await?;
     let reader = results

@@ -113,6 +113,83 @@ async fn delete_after_max_files_exclude_and_macros() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Flattened subfolders (or a file name without `[OrigName]`) send two files of one run to one
+/// path: the later must fail there and keep its source, never replace the earlier and have both
+/// sources deleted; `unique` gives every file its own name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_files_of_a_run_never_share_a_destination_path() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let node = Node::start(settings(&nats.url())).await?;
+    let work = tempfile::tempdir()?;
+    let (src, dst) = (work.path().join("in"), work.path().join("out"));
+    for (rel, body) in [("a/x.csv", "from a"), ("b/x.csv", "from b"), ("b/y.csv", "y")] {
+        let path = src.join(rel);
+        std::fs::create_dir_all(path.parent().expect("nested"))?;
+        std::fs::write(path, body)?;
+    }
+    let source = "subdirectories = true\ndelete_after = true\nnew_files_only = false\nsize_stable_ms = 0";
+    node.apply(&local_task(
+        "flat",
+        &src,
+        &dst,
+        source,
+        "relative_subdirs = false",
+    ))
+    .await?;
+    let run = node.run_task("flat", Duration::from_secs(30)).await?;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.files_delivered, 2);
+    assert_eq!(std::fs::read_to_string(dst.join("x.csv"))?, "from a");
+    assert_eq!(std::fs::read_to_string(dst.join("y.csv"))?, "y");
+    let failed: Vec<_> = run
+        .files
+        .iter()
+        .filter(|f| f.outcome == Outcome::Failed)
+        .collect();
+    assert_eq!(failed.len(), 1, "{:?}", run.files);
+    assert!(
+        failed[0].source_path.ends_with("b/x.csv"),
+        "{}",
+        failed[0].source_path
+    );
+    let why = failed[0].destinations[0].error.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("also where") && why.contains("a/x.csv") && why.contains("overwrite: unique"),
+        "{why}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(src.join("b/x.csv"))?,
+        "from b",
+        "the refused file's source stays"
+    );
+    assert!(!src.join("a/x.csv").exists() && !src.join("b/y.csv").exists());
+
+    // One fixed name for every file, `unique`: each gets its own, nothing is replaced.
+    let (src, dst) = (work.path().join("in2"), work.path().join("out2"));
+    std::fs::create_dir_all(&src)?;
+    for i in 0..3 {
+        std::fs::write(src.join(format!("f{i}.csv")), format!("{i}"))?;
+    }
+    node.apply(&local_task(
+        "one-name",
+        &src,
+        &dst,
+        "delete_after = true\nnew_files_only = false\nsize_stable_ms = 0",
+        "file_name = \"report.csv\"\noverwrite = \"unique\"",
+    ))
+    .await?;
+    let run = node.run_task("one-name", Duration::from_secs(30)).await?;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.files);
+    let mut bodies: Vec<String> = ["report.csv", "report (1).csv", "report (2).csv"]
+        .iter()
+        .map(|n| std::fs::read_to_string(dst.join(n)))
+        .collect::<Result<_, _>>()?;
+    bodies.sort();
+    assert_eq!(bodies, ["0", "1", "2"]);
+    node.shutdown().await;
+    Ok(())
+}
+
 /// A slow task: many files with a fixed size, so a run takes a while.
 fn slow_task(name: &str, work: &std::path::Path) -> anyhow::Result<String> {
     let src = work.join(format!("{name}-in"));

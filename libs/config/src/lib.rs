@@ -46,7 +46,9 @@ impl std::fmt::Display for ConfigError {
         if !self.scope.is_empty() {
             write!(f, "{}: ", self.scope)?;
         }
-        if self.value.is_empty() {
+        if self.value.is_empty() && self.field.is_empty() {
+            write!(f, "{}", self.message)
+        } else if self.value.is_empty() {
             write!(f, "{}: {}", self.field, self.message)
         } else {
             write!(f, "{}: {:?} {}", self.field, self.value, self.message)

@@ -45,15 +45,14 @@ pub async fn watch_lease(
     gate: EpochGate,
     shutdown: CancellationToken,
 ) -> anyhow::Result<watch::Receiver<LeaseView>> {
-    let kv = js
-        .get_key_value(topology::KV_LEASE)
-        .await
-        .map_err(|e| anyhow::anyhow!("open lease bucket: {e}"))?;
+    let kv = crate::nats::open_kv(js, topology::KV_LEASE, &shutdown).await?;
     let (tx, rx) = watch::channel(LeaseView::default());
-    let mut watcher = kv
-        .watch_with_history(topology::LEASE_KEY)
-        .await
-        .map_err(|e| anyhow::anyhow!("watch lease: {e}"))?;
+    let mut watcher = crate::nats::retry("watch lease", &shutdown, || async {
+        kv.watch_with_history(topology::LEASE_KEY)
+            .await
+            .map_err(|e| anyhow::anyhow!("watch lease: {e}"))
+    })
+    .await?;
     tokio::spawn(async move {
         loop {
             let entry = tokio::select! {

@@ -83,6 +83,21 @@ where
     }
 }
 
+/// Open a KV bucket at start-up, retried as [`retry`] does (the bucket's leader may still be
+/// being elected: "no responders").
+pub async fn open_kv(
+    js: &jetstream::Context,
+    bucket: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<jetstream::kv::Store> {
+    retry(&format!("open bucket {bucket}"), shutdown, || async {
+        js.get_key_value(bucket)
+            .await
+            .with_context(|| format!("open bucket {bucket}"))
+    })
+    .await
+}
+
 /// The servers of a comma-separated NATS URL list (async-nats reads one string as one URL).
 pub fn server_addrs(urls: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
     urls.split(',')

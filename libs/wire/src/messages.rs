@@ -66,6 +66,20 @@ pub struct FileItem {
     pub destinations: Vec<Destination>,
     /// The run's start, which date macros expand from.
     pub run_started_at: DateTime<Utc>,
+    /// Destinations the collector already refused for this file, with why: another file of the
+    /// run goes to the same path there (see [`crate::plan::refuse_collisions`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<Refused>,
+}
+
+/// One destination of a [`FileItem`] that fails before any byte moves.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Refused {
+    /// Index into the item's destinations.
+    pub index: usize,
+    /// The destination path the file would have gone to.
+    pub path: String,
+    pub why: String,
 }
 
 /// file-collector → transfer: the JetStream message on the file queue. Small files of one run
@@ -390,6 +404,48 @@ pub struct ApplyRequest {
     /// Validate only; store nothing.
     #[serde(default)]
     pub dry_run: bool,
+    /// Remove the stored tasks and hosts this file does not mention. Without it, an apply that
+    /// would remove any is refused and names them: one file with one task must not silently
+    /// delete every other task.
+    #[serde(default)]
+    pub prune: bool,
+}
+
+/// What an apply adds, changes and removes, by name.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConfigChanges {
+    pub tasks: NameChanges,
+    pub hosts: NameChanges,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NameChanges {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+impl NameChanges {
+    /// Compare two name-keyed maps (sorted names out).
+    pub fn between<V: PartialEq>(
+        before: &std::collections::BTreeMap<String, V>,
+        after: &std::collections::BTreeMap<String, V>,
+    ) -> NameChanges {
+        let mut c = NameChanges::default();
+        for (name, value) in after {
+            match before.get(name) {
+                None => c.added.push(name.clone()),
+                Some(old) if old != value => c.changed.push(name.clone()),
+                Some(_) => {}
+            }
+        }
+        c.removed = before
+            .keys()
+            .filter(|n| !after.contains_key(*n))
+            .cloned()
+            .collect();
+        c
+    }
 }
 
 /// `ferry host test`: connect to a configured host and look at a folder.
@@ -436,10 +492,14 @@ pub enum ApplyResponse {
         tasks: Vec<String>,
         hosts: Vec<String>,
         unchanged: bool,
+        #[serde(default)]
+        changes: ConfigChanges,
     },
     Valid {
         tasks: Vec<String>,
         hosts: Vec<String>,
+        #[serde(default)]
+        changes: ConfigChanges,
     },
     Rejected {
         errors: Vec<ferry_config::ConfigError>,

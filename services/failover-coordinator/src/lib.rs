@@ -148,10 +148,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         shutdown.child_token(),
     )
     .await?;
-    let kv = js
-        .get_key_value(topology::KV_LEASE)
-        .await
-        .context("open lease bucket")?;
+    let kv = nats::open_kv(&js, topology::KV_LEASE, &shutdown).await?;
     let ttl = lease_ttl(&js, &kv, &settings).await?;
     let margin = Duration::from_millis(settings.failover_coordinator.fence_margin_ms).min(ttl / 2);
     let store = RoleStore::new(&settings.data_dir);

@@ -83,18 +83,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         ferry_service::lease::fencing(&client, &js, &settings.node_id, SERVICE, &shutdown).await?;
     let collector = Arc::new(Collector {
         node: settings.node_id.clone(),
-        config_kv: js
-            .get_key_value(topology::KV_CONFIG)
-            .await
-            .context("open config bucket")?,
-        state_kv: js
-            .get_key_value(topology::KV_STATE)
-            .await
-            .context("open state bucket")?,
-        runs_kv: js
-            .get_key_value(topology::KV_RUNS)
-            .await
-            .context("open runs bucket")?,
+        config_kv: nats::open_kv(&js, topology::KV_CONFIG, &shutdown).await?,
+        state_kv: nats::open_kv(&js, topology::KV_STATE, &shutdown).await?,
+        runs_kv: nats::open_kv(&js, topology::KV_RUNS, &shutdown).await?,
         js: js.clone(),
         gate,
         lease: lease.clone(),

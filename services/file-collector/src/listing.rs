@@ -9,11 +9,11 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
-use ferry_config::{Config, Source, Task};
+use ferry_config::{Config, HostKind, Source, Task};
 use ferry_hosts::{Entry, Host, Hosts, path};
 use ferry_wire::{
     BATCH_MAX_BYTES, BATCH_MAX_FILES, FileItem, FileState, RunRequested, SMALL_FILE_BYTES, SourceFile,
-    WorkBatch,
+    WorkBatch, plan,
 };
 
 /// A file found in a source folder.
@@ -97,9 +97,12 @@ pub async fn list_task(
                 },
                 destinations: task.destinations.clone(),
                 run_started_at: started_at,
+                refused: Vec::new(),
             });
         }
     }
+    let folds_case = |host: &str| config.hosts.get(host).is_some_and(|h| h.kind() == HostKind::Smb);
+    plan::refuse_collisions(&mut items, folds_case);
     Ok(items)
 }
 
@@ -288,6 +291,7 @@ mod tests {
             },
             destinations: Vec::new(),
             run_started_at: DateTime::<Utc>::UNIX_EPOCH,
+            refused: Vec::new(),
         }
     }
 

@@ -33,8 +33,8 @@ use ferry_service::ledger::{self, Ledger};
 use ferry_service::settings::MissedRuns;
 use ferry_service::{EpochGate, NodeLease, Settings, api, http, nats};
 use ferry_wire::{
-    ApplyRequest, ApplyResponse, ConfigDocument, Role, RunRequested, RunTaskRequest, RunTaskResponse,
-    ScheduledTask, SchedulerStatus, Trigger, subjects, topology,
+    ApplyRequest, ApplyResponse, ConfigChanges, ConfigDocument, NameChanges, Role, RunRequested,
+    RunTaskRequest, RunTaskResponse, ScheduledTask, SchedulerStatus, Trigger, subjects, topology,
 };
 
 pub use metrics::Metrics;
@@ -80,14 +80,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         shutdown.child_token(),
     )
     .await?;
-    let config_kv = js
-        .get_key_value(topology::KV_CONFIG)
-        .await
-        .context("open config bucket")?;
-    let sched_kv = js
-        .get_key_value(topology::KV_SCHED)
-        .await
-        .context("open scheduler bucket")?;
+    let config_kv = nats::open_kv(&js, topology::KV_CONFIG, &shutdown).await?;
+    let sched_kv = nats::open_kv(&js, topology::KV_SCHED, &shutdown).await?;
     let (gate, lease) =
         ferry_service::lease::fencing(&client, &js, &settings.node_id, SERVICE, &shutdown).await?;
     let config = watch_config(&config_kv, shutdown.child_token()).await?;
@@ -249,21 +243,30 @@ async fn watch_config(
     shutdown: CancellationToken,
 ) -> anyhow::Result<watch::Sender<Arc<Loaded>>> {
     let (tx, _) = watch::channel(Arc::new(Loaded::default()));
-    if let Some(entry) = config_kv
-        .entry(topology::CONFIG_KEY)
-        .await
-        .context("read configuration")?
-    {
+    // Retried: on a cluster still electing the bucket's leader the read fails with "no
+    // responders" (CI saw a standby's scheduler exit on it and its node, once promoted, run
+    // nothing).
+    let stored = nats::retry("read configuration", &shutdown, || async {
+        config_kv
+            .entry(topology::CONFIG_KEY)
+            .await
+            .context("read configuration")
+    })
+    .await?;
+    if let Some(entry) = stored {
         install(
             &tx,
             entry.revision,
             ferry_wire::decode::<ConfigDocument>(&entry.value)?.config,
         );
     }
-    let mut updates = config_kv
-        .watch(topology::CONFIG_KEY)
-        .await
-        .context("watch configuration")?;
+    let mut updates = nats::retry("watch configuration", &shutdown, || async {
+        config_kv
+            .watch(topology::CONFIG_KEY)
+            .await
+            .context("watch configuration")
+    })
+    .await?;
     let watcher_tx = tx.clone();
     tokio::spawn(async move {
         loop {
@@ -316,8 +319,26 @@ fn unopenable_secrets(
     errors
 }
 
+/// One error per stored task or host the applied file leaves out: removing them needs `prune`.
+fn unpruned_removals(changes: &ConfigChanges) -> Vec<ferry_config::ConfigError> {
+    let kinds = [("task", &changes.tasks.removed), ("host", &changes.hosts.removed)];
+    kinds
+        .into_iter()
+        .flat_map(|(kind, names)| names.iter().map(move |name| (kind, name)))
+        .map(|(kind, name)| ferry_config::ConfigError {
+            scope: format!("{kind} {name:?}"),
+            field: String::new(),
+            value: String::new(),
+            message: "is stored but not in this file; applying it would remove it: add it to the \
+                      file, or pass --prune to remove it"
+                .into(),
+        })
+        .collect()
+}
+
 impl Scheduler {
-    /// Validate and store a configuration, all or nothing.
+    /// Validate and store a configuration, all or nothing. Refuses to remove a stored task or
+    /// host the file leaves out unless `prune` says so.
     async fn apply(&self, req: ApplyRequest) -> anyhow::Result<ApplyResponse> {
         let config = match req.config.validate() {
             Ok(c) => c,
@@ -333,16 +354,39 @@ impl Scheduler {
         }
         let tasks: Vec<String> = config.tasks.keys().cloned().collect();
         let hosts: Vec<String> = config.hosts.keys().cloned().collect();
-        if req.dry_run {
-            return Ok(ApplyResponse::Valid { tasks, hosts });
-        }
         let current = self
             .config_kv
             .entry(topology::CONFIG_KEY)
             .await
             .context("read configuration")?;
-        if let Some(entry) = &current
-            && let Ok(doc) = ferry_wire::decode::<ConfigDocument>(&entry.value)
+        let stored = current
+            .as_ref()
+            .and_then(|entry| ferry_wire::decode::<ConfigDocument>(&entry.value).ok());
+        let changes = match &stored {
+            Some(doc) => ConfigChanges {
+                tasks: NameChanges::between(&doc.config.tasks, &config.tasks),
+                hosts: NameChanges::between(&doc.config.hosts, &config.hosts),
+            },
+            None => ConfigChanges {
+                tasks: NameChanges::between(&Default::default(), &config.tasks),
+                hosts: NameChanges::between(&Default::default(), &config.hosts),
+            },
+        };
+        if !req.prune {
+            let removals = unpruned_removals(&changes);
+            if !removals.is_empty() {
+                tracing::info!(source = %req.source_name, removals = removals.len(), "apply would remove tasks or hosts; refused without prune");
+                return Ok(ApplyResponse::Rejected { errors: removals });
+            }
+        }
+        if req.dry_run {
+            return Ok(ApplyResponse::Valid {
+                tasks,
+                hosts,
+                changes,
+            });
+        }
+        if let (Some(entry), Some(doc)) = (&current, &stored)
             && doc.config == config
         {
             return Ok(ApplyResponse::Applied {
@@ -350,6 +394,7 @@ impl Scheduler {
                 tasks,
                 hosts,
                 unchanged: true,
+                changes,
             });
         }
         let doc = ConfigDocument {
@@ -380,6 +425,7 @@ impl Scheduler {
             tasks,
             hosts,
             unchanged: false,
+            changes,
         })
     }
 

@@ -22,7 +22,7 @@ use ferry_hosts::{DynHost, ErrorKind, HostError, HostResult, Upload, WriteTarget
 use ferry_wire::Outcome;
 
 use crate::inflight::{CommitPoint, InFlight, failed};
-use crate::plan;
+use ferry_wire::plan;
 
 /// The hosts of one batch: its source's and each destination's (`Err`: why the destination's
 /// host cannot be used; its outcome says so).

@@ -11,7 +11,7 @@ use ferry_service::NodeLease;
 use ferry_service::ledger::{self, Ledger};
 use ferry_wire::{DestOutcome, FileItem, FileResult, FileState, Outcome};
 
-use crate::plan::{self, Planned};
+use ferry_wire::plan::{self, Planned};
 
 pub struct InFlight {
     pub item: FileItem,
@@ -45,7 +45,12 @@ impl InFlight {
                     .iter()
                     .enumerate()
                     .map(|(i, dest)| match plan::plan(&item, i, dest) {
-                        Ok(p) => Some(p),
+                        Ok(p) => {
+                            if let Some(r) = item.refused.iter().find(|r| r.index == i) {
+                                outcomes[i] = Some(failed(r.path.clone(), r.why.clone()));
+                            }
+                            Some(p)
+                        }
                         Err(e) => {
                             outcomes[i] = Some(failed(String::new(), e));
                             None

@@ -27,7 +27,6 @@ mod hosts_route;
 mod inflight;
 mod local_route;
 mod metrics;
-mod plan;
 
 use inflight::{CommitPoint, InFlight};
 
@@ -105,18 +104,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let transfer = Arc::new(Transfer {
         node: settings.node_id.clone(),
         instance: format!("{}/{}", settings.node_id, uuid::Uuid::now_v7()),
-        runs_kv: js
-            .get_key_value(topology::KV_RUNS)
-            .await
-            .context("open runs bucket")?,
-        state_kv: js
-            .get_key_value(topology::KV_STATE)
-            .await
-            .context("open state bucket")?,
-        config_kv: js
-            .get_key_value(topology::KV_CONFIG)
-            .await
-            .context("open config bucket")?,
+        runs_kv: nats::open_kv(&js, topology::KV_RUNS, &shutdown).await?,
+        state_kv: nats::open_kv(&js, topology::KV_STATE, &shutdown).await?,
+        config_kv: nats::open_kv(&js, topology::KV_CONFIG, &shutdown).await?,
         config_cache: tokio::sync::Mutex::new(None),
         hosts: ferry_hosts::Hosts::new(settings.open_keymat()?),
         js: js.clone(),

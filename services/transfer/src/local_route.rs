@@ -12,7 +12,7 @@ use ferry_hosts::local::fast as local;
 use ferry_wire::Outcome;
 
 use crate::inflight::{CommitPoint, InFlight};
-use crate::plan;
+use ferry_wire::plan;
 
 /// Make folders, find what an earlier attempt already committed, apply the overwrite policy.
 pub fn prepare(f: &mut InFlight, previously_committing: &[Option<String>], buffer: usize) {

@@ -1029,6 +1029,8 @@ impl FerryNode {
             source_name: "ferry-bench".into(),
             applied_by: "ferry-bench".into(),
             dry_run: false,
+            // A test or bench applies its whole configuration each time.
+            prune: true,
         };
         let tasks = match self
             .call(subjects::service::SCHEDULER, subjects::api::APPLY, &request)

@@ -1,0 +1,215 @@
+//! Where each file comes from and goes: the source path rebuilt from its folder and its listed
+//! (confined) relative path, and destination folders and names rendered from the task's
+//! templates. Paths are host paths (`/`-separated strings), the same for every host kind.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use ferry_config::{Destination, MacroContext, Overwrite};
+use ferry_hosts::path;
+
+use crate::{FileItem, Refused};
+
+/// Where one destination's file goes.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub dir: String,
+    /// Final file name (rendered).
+    pub name: String,
+    pub temp_name: String,
+    /// `dir/name`, or a `name (n)` variant once `unique` picked one.
+    pub final_path: String,
+    pub overwrite: Overwrite,
+    pub create_dirs: bool,
+}
+
+impl Planned {
+    pub fn temp_path(&self) -> String {
+        path::join(&self.dir, &self.temp_name)
+    }
+}
+
+/// The source file's path on its host: its folder and the listed relative path, which must stay
+/// beneath the folder (a hostile server may list `../../x`).
+pub fn source_path(item: &FileItem) -> Result<String, String> {
+    let rel = path::confine(&item.source.rel_path).map_err(|e| format!("source file refused: {e}"))?;
+    Ok(path::join(&item.source.folder, rel))
+}
+
+/// Render destination `index` of `item`.
+pub fn plan(item: &FileItem, index: usize, dest: &Destination) -> Result<Planned, String> {
+    let rel = path::confine(&item.source.rel_path).map_err(|e| format!("source file refused: {e}"))?;
+    let orig_name = path::file_name(rel);
+    let run_id = item.run_id.to_string();
+    let ctx = MacroContext {
+        orig_name,
+        task: &item.task,
+        run_id: &run_id,
+        time: item.run_started_at.with_timezone(&chrono::Local),
+    };
+    let folder = dest.folder.render(&ctx);
+    if folder.split('/').any(|part| part == "..") {
+        return Err(format!(
+            "destination folder template {:?} expands to {folder:?}, which leaves its folder",
+            dest.folder.as_str()
+        ));
+    }
+    let mut dir = folder;
+    if dest.relative_subdirs {
+        let parent = path::parent(rel);
+        if !parent.is_empty() {
+            dir = path::join(&dir, parent);
+        }
+    }
+    let name = dest.file_name.render(&ctx);
+    if name.is_empty() || name.contains(['/', '\\', '\0']) || name == "." || name == ".." {
+        return Err(format!(
+            "file name template {:?} expands to {name:?}",
+            dest.file_name.as_str()
+        ));
+    }
+    if name.len() > 255 {
+        return Err(format!(
+            "file name template {:?} expands to a name of {} bytes (at most 255)",
+            dest.file_name.as_str(),
+            name.len()
+        ));
+    }
+    Ok(Planned {
+        temp_name: path::temp_name(&item.item_id, index),
+        final_path: path::join(&dir, &name),
+        dir,
+        name,
+        overwrite: dest.overwrite,
+        create_dirs: dest.create_dirs,
+    })
+}
+
+/// Two files of one run must never go to one path: the later would replace the earlier, and with
+/// `delete_after` both sources would be gone (flattened subfolders, two sources with the same
+/// names, a file name template without `[OrigName]`). For every destination whose policy is not
+/// `unique` (which gives each file its own name), the later file of a colliding pair, in listing
+/// order, is refused there before any byte moves; its source stays for the operator.
+/// `folds_case(host)` names hosts whose file names ignore case (Windows shares).
+pub fn refuse_collisions(items: &mut [FileItem], folds_case: impl Fn(&str) -> bool) {
+    let mut first: HashMap<(String, String), String> = HashMap::new();
+    for item in items.iter_mut() {
+        let Ok(source) = source_path(item) else { continue };
+        let mut refused = Vec::new();
+        for (i, dest) in item.destinations.iter().enumerate() {
+            if dest.overwrite == Overwrite::Unique {
+                continue;
+            }
+            let Ok(p) = plan(item, i, dest) else { continue };
+            let key = if folds_case(&dest.host) {
+                p.final_path.to_lowercase()
+            } else {
+                p.final_path.clone()
+            };
+            let here = format!("{}:{source}", item.source.host);
+            match first.entry((dest.host.clone(), key)) {
+                Entry::Vacant(slot) => {
+                    slot.insert(here);
+                }
+                Entry::Occupied(earlier) => refused.push(Refused {
+                    index: i,
+                    why: format!(
+                        "{}:{} is also where {} of this run goes; not replaced (keep subfolders, \
+                         put [OrigName] in the file name, or use overwrite: unique)",
+                        dest.host,
+                        p.final_path,
+                        earlier.get()
+                    ),
+                    path: p.final_path,
+                }),
+            }
+        }
+        item.refused = refused;
+    }
+}
+
+/// `name.ext` → `name (n).ext`, in the same folder.
+pub fn unique_candidate(final_path: &str, n: u32) -> String {
+    let name = path::file_name(final_path);
+    let (base, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    };
+    path::join(path::parent(final_path), &format!("{base} ({n}){ext}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(source_host: &str, rel: &str, dests: &[(&str, Overwrite)]) -> FileItem {
+        FileItem {
+            run_id: uuid::Uuid::nil(),
+            task: "t".into(),
+            epoch: 1,
+            item_id: rel.into(),
+            source: crate::SourceFile {
+                source_index: 0,
+                host: source_host.into(),
+                folder: "/in".into(),
+                rel_path: rel.into(),
+                size: 1,
+                mtime_ns: 0,
+                state_key: None,
+                delete_after: true,
+            },
+            destinations: dests
+                .iter()
+                .map(|(host, overwrite)| Destination {
+                    host: host.to_string(),
+                    folder: ferry_config::Template::parse("/out").expect("valid"),
+                    file_name: ferry_config::Template::parse("[OrigName]").expect("valid"),
+                    relative_subdirs: false,
+                    create_dirs: true,
+                    overwrite: *overwrite,
+                })
+                .collect(),
+            run_started_at: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+            refused: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_later_file_for_a_taken_path_is_refused_per_destination() {
+        let dests = [
+            ("win", Overwrite::Overwrite),
+            ("sftp", Overwrite::Overwrite),
+            ("s3", Overwrite::Unique),
+        ];
+        let mut items = vec![
+            item("local", "a/Report.csv", &dests),
+            item("local", "b/report.csv", &dests),
+            item("local", "c/Report.csv", &dests),
+        ];
+        refuse_collisions(&mut items, |host| host == "win");
+        assert!(items[0].refused.is_empty());
+        // On the Windows share the names differ only in case: taken. On SFTP they differ.
+        assert_eq!(items[1].refused.iter().map(|r| r.index).collect::<Vec<_>>(), [0]);
+        assert!(
+            items[1].refused[0]
+                .why
+                .contains("win:/out/report.csv is also where local:/in/a/Report.csv"),
+            "{:?}",
+            items[1].refused
+        );
+        // `unique` never refuses: each file gets its own name there.
+        assert_eq!(
+            items[2].refused.iter().map(|r| r.index).collect::<Vec<_>>(),
+            [0, 1]
+        );
+        assert_eq!(items[2].refused[1].path, "/out/Report.csv");
+    }
+
+    #[test]
+    fn unique_names_keep_the_extension() {
+        assert_eq!(unique_candidate("/d/a.csv", 2), "/d/a (2).csv");
+        assert_eq!(unique_candidate("/d/README", 1), "/d/README (1)");
+        assert_eq!(unique_candidate("/d/.hidden", 1), "/d/.hidden (1)");
+        assert_eq!(unique_candidate("a.csv", 1), "a (1).csv");
+    }
+}
