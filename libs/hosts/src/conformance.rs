@@ -18,8 +18,42 @@ use crate::{DynHost, ErrorKind, HostResult, WriteTarget, path};
 type Check = Result<(), String>;
 type CheckFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Check> + Send + 'a>>;
 
-fn sha(data: &[u8]) -> String {
+/// Hex SHA-256 of `data`.
+pub fn sha(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
+}
+
+/// Build host `name` from a configuration text the way the services do: parse, seal its secrets
+/// to a keymat created in `keymat_dir`, validate, connect. For tests of every kind.
+pub fn connect_sealed(toml: &str, name: &str, keymat_dir: &std::path::Path) -> Result<DynHost, String> {
+    let store =
+        ferry_keymat::KeymatStore::open_or_create(&keymat_dir.join("keymat")).map_err(|e| e.to_string())?;
+    let keymat = store.current().map_err(|e| e.to_string())?;
+    let mut raw = ferry_config::parse_toml(toml).map_err(|e| e.to_string())?;
+    ferry_keymat::seal_config(&mut raw, &keymat.public()).map_err(|e| e.to_string())?;
+    let config = raw.validate().map_err(|e| e.to_string())?;
+    let host = config
+        .hosts
+        .get(name)
+        .ok_or_else(|| format!("no host {name:?} in {toml}"))?;
+    crate::connect(host, &store).map_err(|e| e.to_string())
+}
+
+/// SHA-256 and size of a stored file, streamed.
+pub async fn stored_sha(host: &DynHost, path: &str) -> HostResult<(u64, String)> {
+    let mut stream = host.read(path, 0).await?;
+    let (mut hasher, mut size, mut buf) = (Sha256::new(), 0u64, vec![0u8; 1 << 20]);
+    loop {
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| crate::HostError::io(host.name(), &format!("read {path}"), &e))?;
+        if n == 0 {
+            return Ok((size, hex::encode(hasher.finalize())));
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
 }
 
 /// Deterministic test content.
@@ -34,7 +68,8 @@ pub fn content(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-fn target(dir: &str, name: &str, resume: bool, size: u64) -> WriteTarget {
+/// Where a test writes `dir/name` (a temp name derived from the name).
+pub fn target(dir: &str, name: &str, resume: bool, size: u64) -> WriteTarget {
     WriteTarget {
         dir: dir.to_string(),
         name: name.to_string(),

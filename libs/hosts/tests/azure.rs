@@ -6,10 +6,11 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferry_hosts::{DynHost, ErrorKind, HostError, WriteTarget, conformance, path};
+use ferry_hosts::{DynHost, ErrorKind, conformance};
 use ferry_testkit::peers::azurite::{ACCOUNT, ACCOUNT_KEY, AzuriteServer, CONTAINER};
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
+
+mod common;
+use common::{expect_err, sealed, sha, stored_sha, target};
 
 const PART: u64 = 5 << 20;
 
@@ -21,21 +22,13 @@ fn host_with(
     credential: &str,
     settings: &str,
 ) -> (DynHost, tempfile::TempDir) {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = ferry_keymat::KeymatStore::open_or_create(&dir.path().join("keymat")).expect("keymat");
-    let keymat = store.current().expect("keymat");
     let toml = format!(
         "[[host]]\nname = \"blobs\"\nkind = \"azure\"\naccount = \"{ACCOUNT}\"\ncontainer = \"{container}\"\n\
          endpoint = \"{}\"\nallow_http = true\n{credential}\nconnect_timeout_secs = 5\n\
          operation_timeout_secs = 10\n{settings}\n",
         azurite.endpoint()
     );
-    let mut raw = ferry_config::parse_toml(&toml).expect("parse");
-    ferry_keymat::seal_config(&mut raw, &keymat.public()).expect("seal");
-    let config = raw.validate().expect("valid configuration");
-    let host = ferry_hosts::connect(&config.hosts["blobs"], &store).expect("build host");
-    (host, dir)
+    sealed(&toml, "blobs")
 }
 
 fn host(azurite: &AzuriteServer, settings: &str) -> (DynHost, tempfile::TempDir) {
@@ -45,41 +38,6 @@ fn host(azurite: &AzuriteServer, settings: &str) -> (DynHost, tempfile::TempDir)
         &format!("access_key = \"{ACCOUNT_KEY}\""),
         settings,
     )
-}
-
-fn sha(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
-fn expect_err<T>(what: &str, r: Result<T, HostError>) -> HostError {
-    match r {
-        Ok(_) => panic!("{what}: succeeded, expected an error"),
-        Err(e) => e,
-    }
-}
-
-fn target(dir: &str, name: &str, size: u64) -> WriteTarget {
-    WriteTarget {
-        dir: dir.to_string(),
-        name: name.to_string(),
-        temp_name: path::temp_name(&sha(name.as_bytes()), 0),
-        size_hint: size,
-        resume: false,
-    }
-}
-
-/// SHA-256 and size of a stored file, streamed.
-async fn stored_sha(host: &DynHost, p: &str) -> (u64, String) {
-    let mut stream = host.read(p, 0).await.expect("read");
-    let (mut hasher, mut size, mut buf) = (Sha256::new(), 0u64, vec![0u8; 1 << 20]);
-    loop {
-        let n = stream.read(&mut buf).await.expect("read chunk");
-        if n == 0 {
-            return (size, hex::encode(hasher.finalize()));
-        }
-        size += n as u64;
-        hasher.update(&buf[..n]);
-    }
 }
 
 #[tokio::test]

@@ -3,41 +3,27 @@
 //! mode; certificate trust and client certificates; login and sign-on failures; a server killed
 //! mid-upload and a frozen one.
 
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_hosts::{DynHost, ErrorKind, WriteTarget, conformance, path};
-use ferry_keymat::KeymatStore;
 use ferry_testkit::peers::vsftpd::{FtpTls, Vsftpd, VsftpdConfig};
 use ferry_testkit::peers::{TEST_PASSWORD, TEST_USER};
-use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
 
-fn init() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // The process-wide provider, as the services install it; a second install is harmless.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    });
-}
+mod common;
+use common::{sealed, sha};
 
 /// A host on `peer` as the services build it: TOML with the plain password, sealed, validated,
 /// connected. `extra` adds lines to the `[[host]]` table.
 fn host(peer: &Vsftpd, tls: &str, extra: &str) -> (DynHost, tempfile::TempDir) {
-    init();
-    let keymat_dir = tempfile::tempdir().expect("tempdir");
-    let store = KeymatStore::open_or_create(&keymat_dir.path().join("keymat")).expect("keymat");
     let toml = format!(
         "[[host]]\nname = \"partner\"\nkind = \"ftp\"\naddress = \"127.0.0.1\"\nport = {port}\n\
          user = \"{TEST_USER}\"\npassword = \"{TEST_PASSWORD}\"\ntls = \"{tls}\"\n\
          connect_timeout_secs = 5\noperation_timeout_secs = 5\n{extra}\n",
         port = peer.port()
     );
-    let mut raw = ferry_config::parse_toml(&toml).expect("parse");
-    ferry_keymat::seal_config(&mut raw, &store.current().expect("keymat").public()).expect("seal");
-    let config = raw.validate().expect("valid");
-    let host = ferry_hosts::connect(&config.hosts["partner"], &store).expect("build");
-    (host, keymat_dir)
+    sealed(&toml, "partner")
 }
 
 fn ca_line(peer: &Vsftpd) -> String {
@@ -45,10 +31,6 @@ fn ca_line(peer: &Vsftpd) -> String {
         "ca_file = \"{}\"",
         peer.pki().expect("a TLS peer").ca_cert.display()
     )
-}
-
-fn sha(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
 }
 
 #[tokio::test]
@@ -181,18 +163,12 @@ async fn a_wrong_password_is_permanent_and_quotes_the_server() {
     let (host, _keys) = host(&peer, "none", "");
     // Same host, wrong password: rebuild from TOML with another password.
     let wrong = "not-the-password-42";
-    init();
-    let keymat_dir = tempfile::tempdir().expect("tempdir");
-    let store = KeymatStore::open_or_create(&keymat_dir.path().join("keymat")).expect("keymat");
     let toml = format!(
         "[[host]]\nname = \"partner\"\nkind = \"ftp\"\naddress = \"127.0.0.1\"\nport = {}\n\
          user = \"{TEST_USER}\"\npassword = \"{wrong}\"\ntls = \"none\"\n",
         peer.port()
     );
-    let mut raw = ferry_config::parse_toml(&toml).expect("parse");
-    ferry_keymat::seal_config(&mut raw, &store.current().expect("keymat").public()).expect("seal");
-    let config = raw.validate().expect("valid");
-    let bad = ferry_hosts::connect(&config.hosts["partner"], &store).expect("build");
+    let (bad, _bad_keys) = sealed(&toml, "partner");
     let e = bad.list("", false).await.expect_err("wrong password");
     assert_eq!(e.kind, ErrorKind::Permanent, "{e}");
     assert_eq!(
@@ -415,7 +391,6 @@ async fn bench_upload_1gib_against_lftp_and_curl() {
 /// task of their own (from the file through tokio, or one buffer repeated when `source` is
 /// `None`), then finish, size check, commit.
 async fn upload_file(host: &DynHost, source: Option<&std::path::Path>, size: usize, dest: &str) {
-    use tokio::io::AsyncReadExt;
     const CHUNK: usize = 1 << 20;
     let target = WriteTarget {
         dir: String::new(),

@@ -5,10 +5,13 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferry_hosts::{DynHost, ErrorKind, HostError, WriteTarget, conformance, path};
+use ferry_hosts::{DynHost, ErrorKind, conformance, path};
 use ferry_testkit::peers::s3::{Auth, BUCKET, S3Server};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
+
+mod common;
+use common::{expect_err, sealed, sha, stored_sha, target};
 
 const PART: u64 = 5 << 20;
 
@@ -31,10 +34,6 @@ fn host_with(
     bucket: &str,
     settings: &str,
 ) -> (DynHost, tempfile::TempDir) {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = ferry_keymat::KeymatStore::open_or_create(&dir.path().join("keymat")).expect("keymat");
-    let keymat = store.current().expect("keymat");
     let toml = format!(
         "[[host]]\nname = \"bucket\"\nkind = \"s3\"\nbucket = \"{bucket}\"\nendpoint = \"{}\"\n\
          path_style = true\nallow_http = true\naccess_key_id = \"{key_id}\"\n\
@@ -46,46 +45,7 @@ fn host_with(
     } else {
         format!("{toml}operation_timeout_secs = 10\n")
     };
-    let mut raw = ferry_config::parse_toml(&toml).expect("parse");
-    ferry_keymat::seal_config(&mut raw, &keymat.public()).expect("seal");
-    let config = raw.validate().expect("valid configuration");
-    let host = ferry_hosts::connect(&config.hosts["bucket"], &store).expect("build host");
-    (host, dir)
-}
-
-fn sha(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
-fn expect_err<T>(what: &str, r: Result<T, HostError>) -> HostError {
-    match r {
-        Ok(_) => panic!("{what}: succeeded, expected an error"),
-        Err(e) => e,
-    }
-}
-
-fn target(dir: &str, name: &str, size: u64) -> WriteTarget {
-    WriteTarget {
-        dir: dir.to_string(),
-        name: name.to_string(),
-        temp_name: path::temp_name(&sha(name.as_bytes()), 0),
-        size_hint: size,
-        resume: false,
-    }
-}
-
-/// SHA-256 and size of a stored file, streamed.
-async fn stored_sha(host: &DynHost, p: &str) -> (u64, String) {
-    let mut stream = host.read(p, 0).await.expect("read");
-    let (mut hasher, mut size, mut buf) = (Sha256::new(), 0u64, vec![0u8; 1 << 20]);
-    loop {
-        let n = stream.read(&mut buf).await.expect("read chunk");
-        if n == 0 {
-            return (size, hex::encode(hasher.finalize()));
-        }
-        size += n as u64;
-        hasher.update(&buf[..n]);
-    }
+    sealed(&toml, "bucket")
 }
 
 #[tokio::test]

@@ -13,8 +13,10 @@ use ferry_hosts::sftp::SftpHost;
 use ferry_hosts::{DynHost, ErrorKind, HostError, WriteTarget, conformance, path};
 use ferry_testkit::peers::sshd::{Sshd, SshdAuth};
 use ferry_testkit::peers::{TEST_PASSWORD, TEST_USER};
-use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
+
+mod common;
+use common::{expect_err, sha};
 
 /// The configuration of a host named `partner` on `sshd`, sealed the way a stored configuration
 /// is, with the keymat that opens it. `settings` are the TOML lines for credentials and the host
@@ -61,20 +63,6 @@ fn password_host(sshd: &Sshd) -> (DynHost, tempfile::TempDir) {
             sshd.host_key_sha256()
         ),
     )
-}
-
-fn sha(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
-fn expect_err<T>(what: &str, r: Result<T, HostError>) -> HostError {
-    match r {
-        Ok(_) => panic!("{what}: succeeded, expected an error"),
-        Err(e) => {
-            eprintln!("{what}: {e}");
-            e
-        }
-    }
 }
 
 /// Write, commit and read back one small file.

@@ -6,10 +6,14 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferry_hosts::{DynHost, ErrorKind, HostError, WriteTarget, conformance, path};
+use ferry_hosts::{DynHost, ErrorKind, WriteTarget, conformance, path};
 use ferry_testkit::peers::smbd::Smbd;
 use ferry_testkit::peers::{TEST_PASSWORD, TEST_USER};
 use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+mod common;
+use common::{expect_err, sealed, sha};
 
 /// A host named `share` on `smbd`, built the way the services build it (sealed password).
 /// `settings` are extra TOML lines of the `[[host]]` table.
@@ -18,9 +22,6 @@ fn host(smbd: &Smbd, settings: &str) -> (DynHost, tempfile::TempDir) {
 }
 
 fn host_at(share: &str, password: &str, settings: &str) -> (DynHost, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = ferry_keymat::KeymatStore::open_or_create(&dir.path().join("keymat")).expect("keymat");
-    let keymat = store.current().expect("keymat");
     let mut settings = settings.to_string();
     for default in ["connect_timeout_secs = 5", "operation_timeout_secs = 5"] {
         let key = default.split(' ').next().expect("a key");
@@ -32,22 +33,7 @@ fn host_at(share: &str, password: &str, settings: &str) -> (DynHost, tempfile::T
         "[[host]]\nname = \"share\"\nkind = \"smb\"\nshare = '{share}'\nuser = \"{TEST_USER}\"\n\
          password = \"{password}\"\n{settings}\n"
     );
-    let mut raw = ferry_config::parse_toml(&toml).expect("parse");
-    ferry_keymat::seal_config(&mut raw, &keymat.public()).expect("seal");
-    let config = raw.validate().expect("valid configuration");
-    let host = ferry_hosts::connect(&config.hosts["share"], &store).expect("build host");
-    (host, dir)
-}
-
-fn sha(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
-fn expect_err<T>(what: &str, r: Result<T, HostError>) -> HostError {
-    match r {
-        Ok(_) => panic!("{what}: succeeded, expected an error"),
-        Err(e) => e,
-    }
+    sealed(&toml, "share")
 }
 
 #[tokio::test]
@@ -279,7 +265,6 @@ fn pattern(offset: u64, len: usize, seed: u64) -> Vec<u8> {
 /// down, encrypted, through one host (so over its pooled connections), checked by SHA-256.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_gib_up_and_down_encrypted_keeps_its_bytes() {
-    use tokio::io::AsyncReadExt;
     const SIZE: u64 = 1 << 30;
     const PIECE: usize = 1 << 20;
     let smbd = Smbd::start("required").expect("smbd");
@@ -358,7 +343,6 @@ fn settle() {
 /// Upload `source` as `/bench/by-ferry.bin` the way transfer does: write, finish (FLUSH),
 /// verify, commit.
 async fn ferry_upload(host: &DynHost, source: &std::path::Path, size: u64) {
-    use tokio::io::AsyncReadExt;
     let target = WriteTarget {
         dir: "/bench".into(),
         name: "by-ferry.bin".into(),

@@ -58,13 +58,8 @@ pub struct Remote {
 fn client(kind: &str, settings: &str) -> (ferry_hosts::DynHost, tempfile::TempDir) {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = ferry_keymat::KeymatStore::open_or_create(&dir.path().join("keymat")).expect("keymat");
-    let keymat = store.current().expect("keymat");
     let toml = format!("[[host]]\nname = \"check\"\nkind = \"{kind}\"\n{settings}\n");
-    let mut raw = ferry_config::parse_toml(&toml).expect("parse");
-    ferry_keymat::seal_config(&mut raw, &keymat.public()).expect("seal");
-    let config = raw.validate().expect("valid configuration");
-    let host = ferry_hosts::connect(&config.hosts["check"], &store).expect("build host");
+    let host = ferry_hosts::conformance::connect_sealed(&toml, "check", dir.path()).expect("build host");
     (host, dir)
 }
 

@@ -105,8 +105,7 @@ pub fn chown_to(path: &std::path::Path, user: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Servers that fork a session per connection, each in a session of its own (sshd, vsftpd): killing
-/// or pausing the listener alone would leave sessions running, so their peers signal the whole tree.
+/// `chmod` with the path in the error.
 pub(crate) fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
@@ -141,6 +140,73 @@ pub(crate) fn with_descendants(pid: u32) -> Vec<u32> {
         i += 1;
     }
     found
+}
+
+/// A forking server's listener and the sessions it forked (sshd, vsftpd), each in a session of
+/// its own: killing or pausing the listener alone would leave sessions running, so every signal
+/// goes to the whole tree. Killed (resumed first if paused) on drop.
+#[derive(Default)]
+pub(crate) struct ProcessTree {
+    child: Option<std::process::Child>,
+    paused: bool,
+}
+
+impl ProcessTree {
+    /// Keep `child` once it answers on `port`; if it does not, or it exited (another process
+    /// owns the port and answered), kill it and say why with `log`.
+    pub fn adopt(
+        &mut self,
+        mut child: std::process::Child,
+        what: &str,
+        port: u16,
+        log: impl Fn() -> String,
+    ) -> anyhow::Result<()> {
+        let ready = wait_port(port, Duration::from_secs(10), what, &log);
+        if let Err(e) = ready.and_then(|()| match child.try_wait()? {
+            Some(status) => bail!("{what} exited ({status}):\n{}", log()),
+            None => Ok(()),
+        }) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL the listener and every session (connections break without a goodbye).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&with_descendants(child.id()), libc::SIGKILL);
+            let _ = child.wait();
+            self.paused = false;
+        }
+    }
+
+    /// Freeze the listener and every session (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&mut self) {
+        if let Some(child) = &self.child {
+            signal(&with_descendants(child.id()), libc::SIGSTOP);
+            self.paused = true;
+        }
+    }
+
+    /// Undo [`ProcessTree::pause`].
+    pub fn resume(&mut self) {
+        if let Some(child) = &self.child {
+            signal(&with_descendants(child.id()), libc::SIGCONT);
+            self.paused = false;
+        }
+    }
+}
+
+impl Drop for ProcessTree {
+    fn drop(&mut self) {
+        if self.paused {
+            self.resume();
+        }
+        self.kill();
+    }
 }
 
 pub(crate) fn signal(pids: &[u32], sig: libc::c_int) {

@@ -7,15 +7,11 @@
 //! process descended from it, found through `/proc`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
-use super::{
-    TEST_PASSWORD, TEST_USER, chown_to, ensure_user, free_port, is_root, set_mode, signal, wait_port,
-    with_descendants,
-};
+use super::{ProcessTree, TEST_PASSWORD, TEST_USER, chown_to, ensure_user, free_port, is_root, set_mode};
 
 /// How users may log in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,13 +24,12 @@ pub enum SshdAuth {
 
 /// A running sshd on a random loopback port, killed (with all its sessions) on drop.
 pub struct Sshd {
-    child: Option<Child>,
+    tree: ProcessTree,
     dir: tempfile::TempDir,
     conf: PathBuf,
     port: u16,
     fingerprint: String,
     public_key: String,
-    paused: bool,
 }
 
 impl Sshd {
@@ -97,13 +92,12 @@ impl Sshd {
         );
         let conf_path = dir.path().join("sshd_config");
         let mut server = Sshd {
-            child: None,
+            tree: ProcessTree::default(),
             dir,
             conf: conf_path,
             port: 0,
             fingerprint,
             public_key,
-            paused: false,
         };
         // A port picked by `free_port` can be taken before sshd binds it: try a few.
         let mut last = None;
@@ -155,17 +149,12 @@ impl Sshd {
 
     /// sshd's own log (logins, failures).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+        sshd_log(self.dir.path())
     }
 
     /// SIGKILL the listener and every session (connections break without a goodbye).
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pids = with_descendants(child.id());
-            signal(&pids, libc::SIGKILL);
-            let _ = child.wait();
-            self.paused = false;
-        }
+        self.tree.kill();
     }
 
     /// Kill and start again on the same port with the same host key, configuration and files.
@@ -176,18 +165,12 @@ impl Sshd {
 
     /// Freeze the listener and every session (SIGSTOP): connections stay open, nothing answers.
     pub fn pause(&mut self) {
-        if let Some(child) = &self.child {
-            signal(&with_descendants(child.id()), libc::SIGSTOP);
-            self.paused = true;
-        }
+        self.tree.pause();
     }
 
     /// Undo [`Sshd::pause`].
     pub fn resume(&mut self) {
-        if let Some(child) = &self.child {
-            signal(&with_descendants(child.id()), libc::SIGCONT);
-            self.paused = false;
-        }
+        self.tree.resume();
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
@@ -195,7 +178,7 @@ impl Sshd {
             .create(true)
             .append(true)
             .open(self.dir.path().join("sshd.log"))?;
-        let mut child = Command::new(sshd_path())
+        let child = Command::new(sshd_path())
             .arg("-D")
             .arg("-e")
             .arg("-f")
@@ -205,28 +188,13 @@ impl Sshd {
             .stderr(log)
             .spawn()
             .with_context(|| format!("start {}", sshd_path().display()))?;
-        let ready = wait_port(self.port, Duration::from_secs(10), "sshd", || self.log());
-        if let Err(e) = ready.and_then(|()| match child.try_wait()? {
-            // Another process owns the port and answered instead.
-            Some(status) => bail!("sshd exited ({status}):\n{}", self.log()),
-            None => Ok(()),
-        }) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
-        }
-        self.child = Some(child);
-        Ok(())
+        let dir = self.dir.path().to_path_buf();
+        self.tree.adopt(child, "sshd", self.port, move || sshd_log(&dir))
     }
 }
 
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        if self.paused {
-            self.resume();
-        }
-        self.kill();
-    }
+fn sshd_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
 }
 
 fn sshd_path() -> PathBuf {

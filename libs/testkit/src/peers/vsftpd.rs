@@ -9,14 +9,11 @@
 //! process descended from it, found through `/proc`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
-use super::{
-    TEST_PASSWORD, TEST_USER, chown_to, ensure_user, free_port, set_mode, signal, wait_port, with_descendants,
-};
+use super::{ProcessTree, TEST_PASSWORD, TEST_USER, chown_to, ensure_user, free_port, set_mode};
 
 /// How the server protects its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,13 +164,12 @@ fn openssl(args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
 /// A running vsftpd on a random loopback port, serving [`Vsftpd::root`] to
 /// [`TEST_USER`]/[`TEST_PASSWORD`], killed (with all its sessions) on drop.
 pub struct Vsftpd {
-    child: Option<Child>,
+    tree: ProcessTree,
     dir: tempfile::TempDir,
     conf: PathBuf,
     root: PathBuf,
     port: u16,
     pki: Option<TestPki>,
-    paused: bool,
 }
 
 impl Vsftpd {
@@ -243,13 +239,12 @@ impl Vsftpd {
         }
         let conf_path = dir.path().join("vsftpd.conf");
         let mut server = Vsftpd {
-            child: None,
+            tree: ProcessTree::default(),
             dir,
             conf: conf_path,
             root,
             port: 0,
             pki,
-            paused: false,
         };
         // A port picked by `free_port` can be taken before vsftpd binds it: try a few.
         let mut last = None;
@@ -280,19 +275,12 @@ impl Vsftpd {
 
     /// vsftpd's own log (logins, transfers, failures).
     pub fn log(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("vsftpd.log")).unwrap_or_default();
-        let stderr = std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default();
-        format!("{log}{stderr}")
+        vsftpd_log(self.dir.path())
     }
 
     /// SIGKILL the listener and every session (connections break without a goodbye).
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pids = with_descendants(child.id());
-            signal(&pids, libc::SIGKILL);
-            let _ = child.wait();
-            self.paused = false;
-        }
+        self.tree.kill();
     }
 
     /// Kill and start again on the same port with the same configuration and files.
@@ -303,52 +291,33 @@ impl Vsftpd {
 
     /// Freeze the listener and every session (SIGSTOP): connections stay open, nothing answers.
     pub fn pause(&mut self) {
-        if let Some(child) = &self.child {
-            signal(&with_descendants(child.id()), libc::SIGSTOP);
-            self.paused = true;
-        }
+        self.tree.pause();
     }
 
     /// Undo [`Vsftpd::pause`].
     pub fn resume(&mut self) {
-        if let Some(child) = &self.child {
-            signal(&with_descendants(child.id()), libc::SIGCONT);
-            self.paused = false;
-        }
+        self.tree.resume();
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         let stderr = std::fs::File::create(self.dir.path().join("stderr.log"))?;
-        let mut child = Command::new(vsftpd_path())
+        let child = Command::new(vsftpd_path())
             .arg(&self.conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
             .with_context(|| format!("start {}", vsftpd_path().display()))?;
-        let port = self.port;
-        let ready = wait_port(port, Duration::from_secs(10), "vsftpd", || self.log());
-        if let Err(e) = ready.and_then(|()| match child.try_wait()? {
-            // Another process owns the port and answered instead.
-            Some(status) => bail!("vsftpd exited ({status}):\n{}", self.log()),
-            None => Ok(()),
-        }) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
-        }
-        self.child = Some(child);
-        Ok(())
+        let dir = self.dir.path().to_path_buf();
+        self.tree
+            .adopt(child, "vsftpd", self.port, move || vsftpd_log(&dir))
     }
 }
 
-impl Drop for Vsftpd {
-    fn drop(&mut self) {
-        if self.paused {
-            self.resume();
-        }
-        self.kill();
-    }
+fn vsftpd_log(dir: &Path) -> String {
+    let log = std::fs::read_to_string(dir.join("vsftpd.log")).unwrap_or_default();
+    let stderr = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+    format!("{log}{stderr}")
 }
 
 fn vsftpd_path() -> PathBuf {
