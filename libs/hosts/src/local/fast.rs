@@ -252,7 +252,22 @@ fn write_to_all(outputs: &mut [File], temps: &[PathBuf], data: &[u8]) -> Result<
 /// Buffers in flight between the reader, the writer and the verifier.
 const PIPELINE_DEPTH: usize = 4;
 /// Start writeback after this many bytes, so the final fsync has little left to do.
-const WRITEBACK_EVERY: u64 = 8 << 20;
+pub(crate) const WRITEBACK_EVERY: u64 = 8 << 20;
+
+/// Start writing `len` bytes of `file` from `from` back to the disk, without waiting.
+pub(crate) fn start_writeback(file: &File, from: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor; the call only starts writeback of a range of it and
+    // touches no memory of ours.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            from as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
 
 /// Read + hash, write, and re-read + compare on three threads. Returns the size and hash of what
 /// was read; fails unless every temp file, re-read after it was written (through `readers`, one
@@ -270,7 +285,6 @@ fn pipelined(
     buffer_bytes: usize,
     should_stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<(u64, String), String> {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
     use std::sync::mpsc::sync_channel;
 
@@ -345,16 +359,7 @@ fn pipelined(
                 offset += n as u64;
                 if offset - flushed >= WRITEBACK_EVERY {
                     for out in outputs.iter() {
-                        // SAFETY: a valid open descriptor; the call only starts writeback of a
-                        // range of it and touches no memory of ours.
-                        unsafe {
-                            libc::sync_file_range(
-                                out.as_raw_fd(),
-                                flushed as libc::off64_t,
-                                (offset - flushed) as libc::off64_t,
-                                libc::SYNC_FILE_RANGE_WRITE,
-                            );
-                        }
+                        start_writeback(out, flushed, offset - flushed);
                     }
                     flushed = offset;
                 }

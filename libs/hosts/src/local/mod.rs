@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
 
 use crate::{
     ByteStream, Capabilities, Entry, Host, HostError, HostResult, Meta, Probe, Staged, Upload, Verification,
@@ -212,18 +211,19 @@ impl Host for LocalHost {
             Ok((f, 0))
         })
         .await?;
-        let mut file = tokio::fs::File::from_std(file);
-        if offset > 0 {
-            use tokio::io::AsyncSeekExt;
-            file.seek(SeekFrom::Start(offset))
-                .await
-                .map_err(|e| HostError::io(&self.name, "seek temp file", &e))?;
-        }
+        // The writer runs on the blocking pool: it writes each chunk, re-reads it from the file
+        // and compares (so the read-back overlaps the transfer instead of following it), starts
+        // writeback every few MiB, and fsyncs when the stream ends.
+        let (tx, rx) = tokio::sync::mpsc::channel(WRITE_QUEUE);
+        let (host, temp) = (self.name.clone(), PathBuf::from(target.temp_path()));
+        let worker = tokio::task::spawn_blocking(move || write_and_check(&host, &temp, file, offset, rx));
         Ok(Box::new(LocalUpload {
             host: self.name.clone(),
             temp: PathBuf::from(target.temp_path()),
-            file,
             offset,
+            tx: Some(tx),
+            worker: Some(worker),
+            ended: None,
         }))
     }
 
@@ -264,11 +264,81 @@ impl Host for LocalHost {
     }
 }
 
+/// Chunks queued for the writer.
+const WRITE_QUEUE: usize = 4;
+
 struct LocalUpload {
     host: String,
     temp: PathBuf,
-    file: tokio::fs::File,
     offset: u64,
+    tx: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    worker: Option<tokio::task::JoinHandle<HostResult<(u64, String)>>>,
+    /// The writer's outcome once it ended early (an error).
+    ended: Option<HostError>,
+}
+
+impl LocalUpload {
+    /// Wait for the writer: the file's size and the hash of its bytes as read back, durable.
+    async fn join(&mut self) -> HostResult<(u64, String)> {
+        if let Some(e) = &self.ended {
+            return Err(e.clone());
+        }
+        self.tx = None;
+        let worker = self.worker.take().expect("joined once");
+        let result = worker
+            .await
+            .map_err(|e| HostError::permanent(&self.host, format!("file-system task failed: {e}")))?;
+        if let Err(e) = &result {
+            self.ended = Some(e.clone());
+        }
+        result
+    }
+}
+
+/// The writer of a [`LocalUpload`]: append each chunk, read it back and hash what was read (a
+/// resumed file's existing prefix first), start writeback every [`fast::WRITEBACK_EVERY`] bytes,
+/// and fsync at the end. Returns the file's size and the SHA-256 of its bytes as read back.
+fn write_and_check(
+    host: &str,
+    temp: &Path,
+    mut file: fs::File,
+    offset: u64,
+    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
+) -> HostResult<(u64, String)> {
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let io_err = |what: &str, e: &io::Error| HostError::io(host, &format!("{what} {}", temp.display()), e);
+    let reader = fs::File::open(temp).map_err(|e| io_err("open for verification", &e))?;
+    let mut hasher = Sha256::new();
+    let mut again = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < offset {
+        let n = (offset - at).min(again.len() as u64) as usize;
+        reader
+            .read_exact_at(&mut again[..n], at)
+            .map_err(|e| io_err("verify", &e))?;
+        hasher.update(&again[..n]);
+        at += n as u64;
+    }
+    file.seek(SeekFrom::Start(offset))
+        .map_err(|e| io_err("seek", &e))?;
+    let mut flushed = offset;
+    while let Some(chunk) = rx.blocking_recv() {
+        file.write_all(&chunk).map_err(|e| io_err("write", &e))?;
+        again.resize(chunk.len(), 0);
+        reader
+            .read_exact_at(&mut again, at)
+            .map_err(|e| io_err("verify", &e))?;
+        hasher.update(&again);
+        at += chunk.len() as u64;
+        if at - flushed >= fast::WRITEBACK_EVERY {
+            fast::start_writeback(&file, flushed, at - flushed);
+            flushed = at;
+        }
+    }
+    file.sync_all().map_err(|e| io_err("fsync", &e))?;
+    Ok((at, hex::encode(hasher.finalize())))
 }
 
 #[async_trait]
@@ -278,30 +348,30 @@ impl Upload for LocalUpload {
     }
 
     async fn write(&mut self, data: Bytes) -> HostResult<()> {
-        self.file
-            .write_all(&data)
-            .await
-            .map_err(|e| HostError::io(&self.host, &format!("write {}", self.temp.display()), &e))
+        if let Some(e) = &self.ended {
+            return Err(e.clone());
+        }
+        let tx = self.tx.as_ref().expect("not finished");
+        if tx.send(data).await.is_err() {
+            // The writer stopped: its error says why.
+            return self.join().await.map(|_| ());
+        }
+        Ok(())
     }
 
     async fn finish(mut self: Box<Self>) -> HostResult<Box<dyn Staged>> {
-        let what = format!("fsync {}", self.temp.display());
-        self.file
-            .flush()
-            .await
-            .map_err(|e| HostError::io(&self.host, &what, &e))?;
-        self.file
-            .sync_all()
-            .await
-            .map_err(|e| HostError::io(&self.host, &what, &e))?;
+        let read_back = self.join().await?;
         Ok(Box::new(LocalStaged {
             host: self.host,
             temp: self.temp,
+            read_back,
         }))
     }
 
-    async fn abort(self: Box<Self>) {
-        drop(self.file);
+    async fn abort(mut self: Box<Self>) {
+        // The writer ends on its own once the queue closes (a wasted fsync of a removed file at
+        // worst); nothing waits for it.
+        self.tx = None;
         let _ = tokio::fs::remove_file(&self.temp).await;
     }
 }
@@ -309,22 +379,26 @@ impl Upload for LocalUpload {
 struct LocalStaged {
     host: String,
     temp: PathBuf,
+    /// Size and SHA-256 of the file as read back while it was written.
+    read_back: (u64, String),
 }
 
 #[async_trait]
 impl Staged for LocalStaged {
     async fn verify(&mut self, size: u64, sha256: &str) -> HostResult<Verification> {
-        let (host, temp) = (self.host.clone(), self.temp.clone());
-        let (stored, hash) = blocking(&self.host, move || {
-            fast::hash_file(&temp, 1 << 20)
-                .map_err(|e| HostError::io(&host, &format!("verify {}", temp.display()), &e))
-        })
-        .await?;
-        if stored != size || hash != sha256 {
+        // The bytes were read back and hashed as they were written (overlapping the transfer);
+        // the file must still have that size when verified.
+        let stored = tokio::fs::symlink_metadata(&self.temp)
+            .await
+            .map_err(|e| HostError::io(&self.host, &format!("verify {}", self.temp.display()), &e))?
+            .len();
+        let (read, hash) = &self.read_back;
+        if *read != size || stored != size || hash != sha256 {
             return Err(HostError::permanent(
                 &self.host,
                 format!(
-                    "verification failed for {}: stored {stored} bytes sha256 {hash}, sent {size} bytes sha256 {sha256}",
+                    "verification failed for {}: read back {read} bytes sha256 {hash} ({stored} stored now), \
+                     sent {size} bytes sha256 {sha256}",
                     self.temp.display()
                 ),
             ));
