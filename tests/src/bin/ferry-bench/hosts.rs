@@ -22,8 +22,8 @@ use ferry_testkit::peers::vsftpd::{FtpTls, Vsftpd, VsftpdConfig};
 use ferry_testkit::peers::{TEST_PASSWORD, TEST_USER};
 
 use crate::{
-    Args, Cache, FerryNode, FerryTiming, GIB, MIB, clock_ticks_per_sec, human_bytes, median, mib_per_s,
-    proc_stat, say, secs, thousands, timed, verdict, which, write_random_file, write_small_files,
+    Args, Cache, FerryNode, FerryTiming, GIB, MIB, clock_ticks_per_sec, human_bytes, median, mib_per_s, say,
+    secs, thousands, timed, verdict, which, write_random_file, write_small_files,
 };
 
 /// What one figure counts.
@@ -90,9 +90,9 @@ pub struct HostsResult {
 
 pub const TARGET_RSS_MIB: f64 = 64.0;
 
-/// Server CPU: the listener's own and that of every session it has reaped (user + system).
+/// Server CPU: the listener's and every session's, live or reaped (user + system).
 fn server_ticks(pid: i32) -> u64 {
-    proc_stat(&pid.to_string()).map_or(0, |(_, f)| f.iter().skip(10).take(4).sum())
+    crate::tree_ticks(pid).unwrap_or(0)
 }
 
 fn server_pid(comm: &str) -> i32 {
@@ -753,8 +753,12 @@ impl HostsResult {
              timed from the run request to `RunFinished` (listing, SHA-256 of the source, verification, audit and \
              results inside), the peers from spawn to exit. The download task sets `size_stable_ms = 0`: by \
              default a remote source is listed twice, a second apart, so a file still being written is not \
-             taken — a policy wait of 1 s the peers do not have. Server CPU is the server's listener with every session \
-             it reaped.\n",
+             taken — a policy wait of 1 s the peers do not have. CPU is user + system time of a process tree: \
+             Ferry's transfer with its `ssh` children (the SFTP connections stay open in its pool), a \
+             peer with everything it ran, a server's listener with its live sessions and those it reaped. \
+             sshd's sessions of the peers' own connections do not show in the server column (they end \
+             with the peer and are not reaped into the listener's count), so compare the server CPU of \
+             SFTP only across Ferry's rows.\n",
             self.versions.join("; ")
         );
         for f in &self.figures {

@@ -84,7 +84,7 @@ usage: ferry-bench [--out FILE] [--reps N] [--only big,small,rss,hosts] [--big-m
        ferry-bench --failover-only --out FILE [--failover-latency FILE] [--fault-suite FILE]
 
   --out FILE        write the report (Markdown) to FILE; without it, print it
-  --reps N          repetitions of each timed measurement, median reported (default 3)
+  --reps N          repetitions of each timed measurement, median reported (default 5)
   --only LIST       run only some benchmarks (default big,small,rss,hosts; hosts = SFTP, FTP and
                     S3 against sftp, rclone, lftp and curl on loopback servers, needs root)
   --big-mib N       size of the single large file (default 1024)
@@ -140,7 +140,7 @@ impl Args {
         let raw: Vec<String> = std::env::args().skip(1).collect();
         let mut args = Args {
             out: None,
-            reps: 3,
+            reps: 5,
             big: true,
             small: true,
             rss: true,
@@ -792,10 +792,36 @@ fn proc_stat(pid: &str) -> Option<(String, Vec<u64>)> {
     Some((comm, fields))
 }
 
-/// utime + stime of a process, in clock ticks (fields 14 and 15 of `/proc/<pid>/stat`).
-fn cpu_ticks(pid: i32) -> Option<u64> {
-    let (_, f) = proc_stat(&pid.to_string())?;
-    Some(f.get(10)? + f.get(11)?)
+/// CPU of a process tree, in clock ticks: user + system time of `pid` and of every live
+/// descendant, each with the children it has reaped (fields 14 to 17 of `/proc/<pid>/stat`). A
+/// service's helpers count (the `ssh` processes of the transfer's SFTP connections, an sshd's
+/// sessions), including those still running when it is read.
+fn tree_ticks(pid: i32) -> Option<u64> {
+    let (_, own) = proc_stat(&pid.to_string())?;
+    let ticks = |f: &[u64]| f.iter().skip(10).take(4).sum::<u64>();
+    let all: Vec<(u64, u64, u64)> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+        .filter_map(|p| {
+            proc_stat(&p.to_string()).map(|(_, f)| (p, f.first().copied().unwrap_or(0), ticks(&f)))
+        })
+        .collect();
+    let mut tree = vec![pid as u64];
+    let mut total = ticks(&own);
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        for (child, ppid, t) in &all {
+            if *ppid == parent && !tree.contains(child) {
+                tree.push(*child);
+                total += t;
+            }
+        }
+        i += 1;
+    }
+    Some(total)
 }
 
 /// cutime + cstime of this process: CPU of every child it has waited for, in clock ticks.
@@ -1060,7 +1086,7 @@ impl FerryNode {
         let before: Vec<(String, i32, u64)> = self
             .pids()
             .into_iter()
-            .map(|(name, pid)| (name, pid, cpu_ticks(pid).unwrap_or(0)))
+            .map(|(name, pid)| (name, pid, tree_ticks(pid).unwrap_or(0)))
             .collect();
         let requested_at = Utc::now();
         let started = Instant::now();
@@ -1092,7 +1118,7 @@ impl FerryNode {
         let cpu = before
             .into_iter()
             .map(|(name, pid, ticks)| {
-                let used = cpu_ticks(pid).unwrap_or(ticks).saturating_sub(ticks);
+                let used = tree_ticks(pid).unwrap_or(ticks).saturating_sub(ticks);
                 (name, used as f64 / clock_ticks_per_sec())
             })
             .collect();
