@@ -74,6 +74,12 @@ async fn ftp_hostile_names_cannot_escape() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_hostile_keys_cannot_escape() {
+    let remote = Remote::s3_open().expect("moto");
+    remote::hostile_keys_cannot_escape(&remote).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sftp_500_nested_files_both_ways_a_wrong_password_and_a_growing_file() {
     let remote = Remote::sftp().expect("sshd");
     remote::nested_files_both_ways(&remote).await;

@@ -797,6 +797,70 @@ pub async fn hostile_names_cannot_escape(remote: &Remote) {
     node.shutdown().await;
 }
 
+/// An object store lists keys that are no file names at all: `hostile/../../x.txt` and
+/// `hostile//etc/x` are legal S3 keys (put here with a raw, unnormalised request). Listing them
+/// must fail loudly or skip them, and nothing may be written outside the destination folder.
+pub async fn hostile_keys_cannot_escape(remote: &Remote) {
+    let Peer::S3(server) = &remote.peer else {
+        panic!("hostile keys need an S3 server")
+    };
+    let (_nats, node) = node().await;
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let out = sandbox.path().join("a/b/out");
+    for key in ["hostile/ok.txt", "hostile/../../x.txt", "hostile//etc/x"] {
+        let put = std::process::Command::new("curl")
+            .args(["-sf", "--path-as-is", "-X", "PUT", "--data-binary", "12345"])
+            .arg(format!("{}/{}/{key}", server.endpoint(), s3::BUCKET))
+            .output()
+            .expect("run curl");
+        assert!(
+            put.status.success(),
+            "PUT {key}: {}",
+            String::from_utf8_lossy(&put.stderr)
+        );
+    }
+    let config = [
+        remote.host("bucket", true),
+        task(
+            "hostile",
+            ("bucket", &remote.folder("hostile")),
+            ("local", &out.to_string_lossy()),
+            "",
+        ),
+    ]
+    .join("\n");
+    node.apply(&config).await.expect("apply");
+    let run = run(&node, "hostile").await;
+    let written: Vec<String> = walkdir::WalkDir::new(sandbox.path())
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            e.path()
+                .strip_prefix(sandbox.path())
+                .expect("inside")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert!(
+        written.iter().all(|w| w == "a/b/out/ok.txt"),
+        "written outside the destination folder? {written:?}"
+    );
+    for outside in ["x.txt", "a/x.txt", "etc/x"] {
+        assert!(!sandbox.path().join(outside).exists(), "{outside} written");
+    }
+    if run.status == RunStatus::Succeeded {
+        assert_eq!(written, ["a/b/out/ok.txt"], "{}", summary(&run));
+    } else {
+        // The listing is refused as a whole, naming the key it cannot take as a path.
+        let error = run.error.clone().unwrap_or_default();
+        assert!(error.contains(".."), "{}", summary(&run));
+        assert!(written.is_empty(), "{written:?}");
+    }
+    node.shutdown().await;
+}
+
 /// `ferry host test`: what the server offers, or the exact error.
 pub async fn host_test_reports(remote: &Remote) -> (ferry_wire::HostTestReport, ferry_wire::HostTestReport) {
     let (_nats, node) = node().await;
