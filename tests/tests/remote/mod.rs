@@ -721,6 +721,22 @@ pub async fn server_killed_mid_upload(remote: &mut Remote, down: Duration) {
     node.shutdown().await;
 }
 
+/// Every file below `dir`, as paths relative to it.
+fn files_under(dir: &Path) -> Vec<String> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            e.path()
+                .strip_prefix(dir)
+                .expect("inside")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
 /// A server listing names built to escape: `..\..\x` (a separator on Windows shares), and a name
 /// holding a line break followed by what looks like another listing line, of a file named `..`. Ferry
 /// must not read or write anything outside the configured folders; the normal file still moves,
@@ -755,18 +771,7 @@ pub async fn hostile_names_cannot_escape(remote: &Remote) {
     // is (an odd but legal name); nothing else.
     assert!((1..=2).contains(&run.files_delivered), "{}", summary(&run));
     // Nothing anywhere in the sandbox but inside the destination folder, the good file among it.
-    let written: Vec<String> = walkdir::WalkDir::new(sandbox.path())
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-        .map(|e| {
-            e.path()
-                .strip_prefix(sandbox.path())
-                .expect("inside")
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
+    let written = files_under(sandbox.path());
     assert!(
         written
             .iter()
@@ -831,18 +836,7 @@ pub async fn hostile_keys_cannot_escape(remote: &Remote) {
     .join("\n");
     node.apply(&config).await.expect("apply");
     let run = run(&node, "hostile").await;
-    let written: Vec<String> = walkdir::WalkDir::new(sandbox.path())
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-        .map(|e| {
-            e.path()
-                .strip_prefix(sandbox.path())
-                .expect("inside")
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
+    let written = files_under(sandbox.path());
     assert!(
         written.iter().all(|w| w == "a/b/out/ok.txt"),
         "written outside the destination folder? {written:?}"
