@@ -78,6 +78,12 @@ async fn secrets_are_sealed_and_the_keymat_travels_only_under_a_password() {
     // Apply seals the password; the stored document holds it sealed, under this node's keymat.
     let applied = node.apply(&config(&src, &dst)).await.expect("apply");
     assert!(matches!(applied, ApplyResponse::Applied { .. }), "{applied:?}");
+    // The same file again is sealed again (a fresh nonce), and still changes nothing.
+    let again = node.apply(&config(&src, &dst)).await.expect("apply again");
+    assert!(
+        matches!(&again, ApplyResponse::Applied { unchanged: true, changes, .. } if changes.hosts.changed.is_empty()),
+        "{again:?}"
+    );
     let doc = stored(&node).await;
     assert_eq!(doc.keymat_id.as_deref(), Some(ours.key_id()));
     let raw = serde_json::to_string(&doc).expect("serializes");

@@ -473,6 +473,29 @@ pub enum HostSpec {
     Azure(AzureSpec),
 }
 
+/// The secret fields of a [`HostSpec`], by reference (`as_ref`, `&`) or mutably (`as_mut`,
+/// `&mut`): one list for both.
+macro_rules! secret_fields {
+    ($spec:expr, $as:ident, $($r:tt)+) => {{
+        let fields: Vec<(&'static str, Option<$($r)+ Secret>)> = match $spec {
+            HostSpec::Local => Vec::new(),
+            HostSpec::Sftp(s) => vec![
+                ("password", s.password.$as()),
+                ("private_key", s.private_key.$as()),
+                ("passphrase", s.passphrase.$as()),
+            ],
+            HostSpec::Ftp(s) => vec![("password", s.password.$as()), ("client_key", s.client_key.$as())],
+            HostSpec::Smb(s) => vec![("password", s.password.$as())],
+            HostSpec::S3(s) => vec![
+                ("secret_access_key", Some($($r)+ s.secret_access_key)),
+                ("session_token", s.session_token.$as()),
+            ],
+            HostSpec::Azure(s) => vec![("access_key", s.access_key.$as()), ("sas_token", s.sas_token.$as())],
+        };
+        fields.into_iter().filter_map(|(f, s)| Some((f, s?))).collect()
+    }};
+}
+
 impl HostSpec {
     pub fn kind(&self) -> HostKind {
         match self {
@@ -487,28 +510,13 @@ impl HostSpec {
 
     /// Every secret of the host with its field name.
     pub fn secrets(&self) -> Vec<(&'static str, &Secret)> {
-        let fields: Vec<(&'static str, Option<&Secret>)> = match self {
-            HostSpec::Local => Vec::new(),
-            HostSpec::Sftp(s) => vec![
-                ("password", s.password.as_ref()),
-                ("private_key", s.private_key.as_ref()),
-                ("passphrase", s.passphrase.as_ref()),
-            ],
-            HostSpec::Ftp(s) => vec![
-                ("password", s.password.as_ref()),
-                ("client_key", s.client_key.as_ref()),
-            ],
-            HostSpec::Smb(s) => vec![("password", s.password.as_ref())],
-            HostSpec::S3(s) => vec![
-                ("secret_access_key", Some(&s.secret_access_key)),
-                ("session_token", s.session_token.as_ref()),
-            ],
-            HostSpec::Azure(s) => vec![
-                ("access_key", s.access_key.as_ref()),
-                ("sas_token", s.sas_token.as_ref()),
-            ],
-        };
-        fields.into_iter().filter_map(|(f, s)| Some((f, s?))).collect()
+        secret_fields!(self, as_ref, &)
+    }
+
+    /// Every secret of the host with its field name, to replace (the scheduler keeps a stored
+    /// sealing when a new apply sealed the same plaintext again).
+    pub fn secrets_mut(&mut self) -> Vec<(&'static str, &mut Secret)> {
+        secret_fields!(self, as_mut, &mut)
     }
 }
 

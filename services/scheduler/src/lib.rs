@@ -319,6 +319,30 @@ fn unopenable_secrets(
     errors
 }
 
+/// Sealing uses a fresh nonce each time: a secret that opens to the same plaintext as the stored
+/// one keeps the stored sealing, so applying the same file again changes nothing (no new
+/// revision, no `~ host`, no rebuilt connections).
+fn keep_stored_sealing(config: &mut Config, stored: &Config, keymat: &ferry_keymat::Keymat) {
+    for (name, host) in config.hosts.iter_mut() {
+        let Some(old) = stored.hosts.get(name) else {
+            continue;
+        };
+        let old: std::collections::HashMap<&str, &ferry_config::Secret> =
+            old.spec.secrets().into_iter().collect();
+        for (field, secret) in host.spec.secrets_mut() {
+            let Some(&before) = old.get(field) else {
+                continue;
+            };
+            let binding = ferry_config::Secret::binding(name, field);
+            if let (Ok(new), Ok(was)) = (keymat.open(&binding, secret), keymat.open(&binding, before))
+                && new.as_str() == was.as_str()
+            {
+                *secret = before.clone();
+            }
+        }
+    }
+}
+
 /// One error per stored task or host the applied file leaves out: removing them needs `prune`.
 fn unpruned_removals(changes: &ConfigChanges) -> Vec<ferry_config::ConfigError> {
     let kinds = [("task", &changes.tasks.removed), ("host", &changes.hosts.removed)];
@@ -340,7 +364,7 @@ impl Scheduler {
     /// Validate and store a configuration, all or nothing. Refuses to remove a stored task or
     /// host the file leaves out unless `prune` says so.
     async fn apply(&self, req: ApplyRequest) -> anyhow::Result<ApplyResponse> {
-        let config = match req.config.validate() {
+        let mut config = match req.config.validate() {
             Ok(c) => c,
             Err(errors) => {
                 tracing::info!(source = %req.source_name, problems = errors.0.len(), "configuration rejected");
@@ -362,6 +386,9 @@ impl Scheduler {
         let stored = current
             .as_ref()
             .and_then(|entry| ferry_wire::decode::<ConfigDocument>(&entry.value).ok());
+        if let Some(doc) = &stored {
+            keep_stored_sealing(&mut config, &doc.config, &keymat);
+        }
         let changes = match &stored {
             Some(doc) => ConfigChanges {
                 tasks: NameChanges::between(&doc.config.tasks, &config.tasks),
