@@ -39,23 +39,6 @@ pub fn connect_sealed(toml: &str, name: &str, keymat_dir: &std::path::Path) -> R
     crate::connect(host, &store).map_err(|e| e.to_string())
 }
 
-/// SHA-256 and size of a stored file, streamed.
-pub async fn stored_sha(host: &DynHost, path: &str) -> HostResult<(u64, String)> {
-    let mut stream = host.read(path, 0).await?;
-    let (mut hasher, mut size, mut buf) = (Sha256::new(), 0u64, vec![0u8; 1 << 20]);
-    loop {
-        let n = stream
-            .read(&mut buf)
-            .await
-            .map_err(|e| crate::HostError::io(host.name(), &format!("read {path}"), &e))?;
-        if n == 0 {
-            return Ok((size, hex::encode(hasher.finalize())));
-        }
-        size += n as u64;
-        hasher.update(&buf[..n]);
-    }
-}
-
 /// Deterministic test content.
 pub fn content(len: usize, seed: u8) -> Vec<u8> {
     (0..len)

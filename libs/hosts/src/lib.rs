@@ -62,6 +62,27 @@ pub enum ErrorKind {
     Fenced,
 }
 
+impl ErrorKind {
+    /// How an I/O error of this kind is treated: a lost or refused connection, a timeout or an
+    /// interruption is transient, a missing path is not found, anything else permanent.
+    pub fn of_io(kind: std::io::ErrorKind) -> ErrorKind {
+        use std::io::ErrorKind as K;
+        match kind {
+            K::NotFound => ErrorKind::NotFound,
+            K::Interrupted
+            | K::TimedOut
+            | K::WouldBlock
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::ConnectionRefused
+            | K::BrokenPipe
+            | K::NotConnected
+            | K::UnexpectedEof => ErrorKind::Transient,
+            _ => ErrorKind::Permanent,
+        }
+    }
+}
+
 /// A classified error from one host. Its text is what operators read: host, action, and the
 /// server's own words.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,20 +123,7 @@ impl HostError {
 
     /// Classify a local I/O error (`what` says what was being done, e.g. `open /in/a.csv`).
     pub fn io(host: &str, what: &str, e: &std::io::Error) -> HostError {
-        use std::io::ErrorKind as K;
-        let kind = match e.kind() {
-            K::NotFound => ErrorKind::NotFound,
-            K::Interrupted
-            | K::TimedOut
-            | K::WouldBlock
-            | K::ConnectionReset
-            | K::ConnectionAborted
-            | K::ConnectionRefused
-            | K::BrokenPipe
-            | K::NotConnected
-            | K::UnexpectedEof => ErrorKind::Transient,
-            _ => ErrorKind::Permanent,
-        };
+        let kind = ErrorKind::of_io(e.kind());
         HostError::new(host, kind, format!("{what}: {e}"))
     }
 }
@@ -158,6 +166,31 @@ pub struct Capabilities {
 
 /// A stream of a file's bytes.
 pub type ByteStream = Pin<Box<dyn AsyncRead + Send>>;
+
+/// Size and SHA-256 of the file at `path` on `host`, read back through the host.
+pub async fn hash_stored(host: &DynHost, path: &str) -> HostResult<(u64, String)> {
+    let stream = host.read(path, 0).await?;
+    hash_reader(stream, |e| HostError::io(host.name(), &format!("read {path}"), e)).await
+}
+
+/// Size and SHA-256 of everything `reader` yields (a read-back verification, a recovery check).
+/// `on_error` turns a read error into the kind's own [`HostError`].
+pub async fn hash_reader<R: AsyncRead + Unpin>(
+    mut reader: R,
+    on_error: impl Fn(&std::io::Error) -> HostError,
+) -> HostResult<(u64, String)> {
+    use sha2::{Digest, Sha256};
+    use tokio::io::AsyncReadExt;
+    let (mut hasher, mut size, mut buf) = (Sha256::new(), 0u64, vec![0u8; 256 << 10]);
+    loop {
+        let n = reader.read(&mut buf).await.map_err(|e| on_error(&e))?;
+        if n == 0 {
+            return Ok((size, hex::encode(hasher.finalize())));
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+}
 
 /// Where a write goes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -120,7 +120,7 @@ impl Route {
         // same size; a commit by hard link leaves the temp behind until it is removed, so the
         // temp's presence proves nothing either way).
         if previously_committing.iter().any(Option::is_some) {
-            let source_hash = hash(&self.source, &f.source).await;
+            let source_hash = ferry_hosts::hash_stored(&self.source, &f.source).await;
             for (i, path) in previously_committing.iter().enumerate().take(f.plans.len()) {
                 let (Some(path), None, Ok(host)) = (path, &f.outcomes[i], &self.dests[i]) else {
                     continue;
@@ -130,7 +130,9 @@ impl Route {
                 };
                 let matches = match &source_hash {
                     Ok((size, _)) if *size != meta.size => false,
-                    Ok((_, sha)) => hash(host, path).await.is_ok_and(|(_, h)| &h == sha),
+                    Ok((_, sha)) => ferry_hosts::hash_stored(host, path)
+                        .await
+                        .is_ok_and(|(_, h)| &h == sha),
                     // The source was deleted after the commit (delete_after): the copy stands.
                     Err(e) => e.kind == ErrorKind::NotFound && f.item.source.delete_after,
                 };
@@ -537,24 +539,5 @@ async fn commit_one(staged: &mut Box<dyn ferry_hosts::Staged>, p: &plan::Planned
             }
             failed(p.final_path.clone(), "no free unique name found".into())
         }
-    }
-}
-
-/// Size and SHA-256 of a file, read through its host.
-async fn hash(host: &DynHost, path: &str) -> HostResult<(u64, String)> {
-    let mut stream = host.read(path, 0).await?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = stream
-            .read(&mut buf)
-            .await
-            .map_err(|e| HostError::io(host.name(), &format!("read {path}"), &e))?;
-        if n == 0 {
-            return Ok((size, hex::encode(hasher.finalize())));
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
     }
 }

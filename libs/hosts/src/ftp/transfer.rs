@@ -15,10 +15,9 @@ use std::task::{Context, Poll};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ferry_config::Verify;
-use sha2::{Digest, Sha256};
 use suppaftp::FtpError;
 use suppaftp::tokio::{AsyncRustlsStream, TransferStream};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::time::Sleep;
 
 use super::Shared;
@@ -233,22 +232,10 @@ impl Staged for FtpStaged {
             }
             Verify::ReadBack => {
                 let s = self.shared.session().await?;
-                let mut stream = Download::start(s, &self.temp, 0).await?;
-                let mut hasher = Sha256::new();
-                let mut stored = 0u64;
-                let mut buf = vec![0u8; 256 << 10];
-                loop {
-                    let n = stream
-                        .read(&mut buf)
-                        .await
-                        .map_err(|e| io_error(host, &format!("read back {}", self.temp), &e))?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                    stored += n as u64;
-                }
-                let got = hex::encode(hasher.finalize());
+                let stream = Download::start(s, &self.temp, 0).await?;
+                let (stored, got) =
+                    crate::hash_reader(stream, |e| io_error(host, &format!("read back {}", self.temp), e))
+                        .await?;
                 if stored != size || !got.eq_ignore_ascii_case(sha256) {
                     return Err(HostError::permanent(
                         host,

@@ -11,8 +11,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Bytes, BytesMut};
 use openssh_sftp_client::Error as SftpError;
 use openssh_sftp_client::file::File;
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, ReadBuf};
+use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -48,22 +47,11 @@ pub(super) async fn open(inner: &Arc<Inner>, path: &str, offset: u64) -> HostRes
 
 /// Size and SHA-256 of a stored file, read back.
 pub(super) async fn hash(inner: &Arc<Inner>, path: &str) -> HostResult<(u64, String)> {
-    let mut stream = open(inner, path, 0).await?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 << 10];
-    let mut total = 0u64;
-    loop {
-        let n = stream
-            .read(&mut buf)
-            .await
-            .map_err(|e| HostError::io(&inner.name, &format!("read back {path}"), &e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((total, hex::encode(hasher.finalize())))
+    let stream = open(inner, path, 0).await?;
+    crate::hash_reader(stream, |e| {
+        HostError::io(&inner.name, &format!("read back {path}"), e)
+    })
+    .await
 }
 
 type ReadTask = JoinHandle<Result<Option<BytesMut>, SftpError>>;

@@ -377,18 +377,7 @@ impl Host for SftpHost {
     }
 
     async fn delete(&self, path: &str) -> HostResult<()> {
-        let lease = self.inner.lease().await?;
-        let ctx = lease.ctx();
-        match ctx
-            .run(
-                &format!("delete {path}"),
-                lease.session().sftp.fs().remove_file(remote(path)),
-            )
-            .await
-        {
-            Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
-            other => other,
-        }
+        upload::remove_file(&self.inner, path).await
     }
 
     async fn probe(&self, folder: &str) -> HostResult<Probe> {

@@ -225,7 +225,8 @@ impl Upload for SftpUpload {
     }
 }
 
-async fn remove_file(inner: &Arc<Inner>, path: &str) -> HostResult<()> {
+/// Delete `path`; a file already gone is no error.
+pub(super) async fn remove_file(inner: &Arc<Inner>, path: &str) -> HostResult<()> {
     let lease = inner.lease().await?;
     let ctx = lease.ctx();
     match ctx

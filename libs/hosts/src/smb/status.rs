@@ -172,7 +172,6 @@ pub fn classify(e: &smb::Error) -> Failure {
 /// Classify an I/O error from the crate's read, write and flush calls (whose statuses survive
 /// only as text), or from the socket.
 pub fn classify_io(e: &std::io::Error) -> Failure {
-    use std::io::ErrorKind as K;
     let text = e.to_string();
     if let Some(code) = status_in_text(&text) {
         return status_failure(code);
@@ -188,20 +187,14 @@ pub fn classify_io(e: &std::io::Error) -> Failure {
         "Message processing failed",
         "Failed to send message to worker",
     ];
-    let kind = match e.kind() {
-        K::PermissionDenied => Permanent,
-        K::NotFound => NotFound,
-        K::Interrupted
-        | K::TimedOut
-        | K::WouldBlock
-        | K::ConnectionReset
-        | K::ConnectionAborted
-        | K::ConnectionRefused
-        | K::BrokenPipe
-        | K::NotConnected
-        | K::UnexpectedEof => Transient,
-        _ if connection_words.iter().any(|w| text.contains(w)) => Transient,
-        _ => Permanent,
+    let kind = match ErrorKind::of_io(e.kind()) {
+        Permanent
+            if e.kind() != std::io::ErrorKind::PermissionDenied
+                && connection_words.iter().any(|w| text.contains(w)) =>
+        {
+            Transient
+        }
+        kind => kind,
     };
     if kind == Transient {
         return transient(text);

@@ -24,12 +24,11 @@ use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use bytes::{Buf, Bytes};
-use sha2::{Digest, Sha256};
 use smb::{
     CreateDisposition, CreateOptions, FileAccessMask, FileAttributes, FileCreateArgs,
     FileEndOfFileInformation, FileRenameInformation, GetLen, Resource,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -732,22 +731,11 @@ impl Staged for SmbStaged {
                 Ok(Verification::Size)
             }
             ferry_config::Verify::ReadBack => {
-                let mut stream = read(s.clone(), &self.shown, 0).await?;
-                let mut hasher = Sha256::new();
-                let mut stored = 0u64;
-                let mut buf = vec![0u8; 256 << 10];
-                loop {
-                    let n = stream
-                        .read(&mut buf)
-                        .await
-                        .map_err(|e| HostError::io(s.name(), &format!("read back {}", self.shown), &e))?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                    stored += n as u64;
-                }
-                let hash = hex::encode(hasher.finalize());
+                let stream = read(s.clone(), &self.shown, 0).await?;
+                let (stored, hash) = crate::hash_reader(stream, |e| {
+                    HostError::io(s.name(), &format!("read back {}", self.shown), e)
+                })
+                .await?;
                 if stored != size || hash != sha256 {
                     return Err(mismatch(format!("{stored} bytes sha256 {hash}")));
                 }

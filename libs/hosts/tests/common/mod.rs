@@ -32,5 +32,5 @@ pub fn target(dir: &str, name: &str, size: u64) -> WriteTarget {
 
 /// Size and SHA-256 of a stored file.
 pub async fn stored_sha(host: &DynHost, path: &str) -> (u64, String) {
-    conformance::stored_sha(host, path).await.expect("read back")
+    ferry_hosts::hash_stored(host, path).await.expect("read back")
 }
