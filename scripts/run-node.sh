@@ -165,6 +165,11 @@ done
 
 mkdir -p "$STATE/nats" "$LOGS" "$STATE/data" "$STATE/demo/inbox" "$STATE/demo/outbox"
 
+# --- NATS users -------------------------------------------------------------------------------
+# One nkey user per service and per operator role, each allowed only what it needs (ADR 007).
+# Seeds stay in .ferry/nats-keys across restarts; the ferry CLI here uses the admin's (cli.nk).
+"$BIN/ferry" nats setup --dir "$STATE/nats-keys" --nodes node1 --cli-role admin >/dev/null
+
 # --- nats-server ------------------------------------------------------------------------------
 cat >"$STATE/nats.conf" <<EOF
 # Written by scripts/run-node.sh on every start.
@@ -175,6 +180,8 @@ max_payload: 8MB
 jetstream {
   store_dir: "$STATE/nats"
 }
+# Every client authenticates; anonymous connections are refused.
+include "nats-keys/auth.conf"
 EOF
 say "starting nats-server on 127.0.0.1:$NATS_PORT (JetStream in .ferry/nats, log .ferry/logs/nats-server.log)"
 start nats-server "$LOGS/nats-server.log" "$NATS_BIN" -c "$STATE/nats.conf"
@@ -184,11 +191,16 @@ wait_until 30 "nats-server (JetStream) to be ready" nats_ready
 # --- the five services ------------------------------------------------------------------------
 cat >"$NODE_TOML" <<EOF
 # Node settings, written by scripts/run-node.sh on every start. Every service of the node and the
-# ferry CLI read it (--config or FERRY_CONFIG); FERRY_* variables override it, e.g.
+# ferry CLI read it (--config or FERRY_CONFIG; the CLI reads ./.ferry/node.toml without them);
+# FERRY_* variables override it, e.g.
 # FERRY_TRANSFER__CONCURRENCY=4. See libs/service/src/settings.rs for every field.
 node_id = "node1"
 nats_url = "nats://127.0.0.1:$NATS_PORT"
 data_dir = "$STATE/data"
+
+# Each service connects as its own NATS user; the ferry CLI as {service} = cli (the admin role).
+[nats]
+nkey_seed_file = "$STATE/nats-keys/{node}/{service}.nk"
 
 [scheduler]
 metrics_addr = "127.0.0.1:${METRICS_PORT[scheduler]}"

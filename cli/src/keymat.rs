@@ -175,7 +175,7 @@ fn report(json: bool, key_id: &str, what: &str) {
 }
 
 /// Create `path` with mode 0600 (refusing to follow a symlink there).
-fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

@@ -5,9 +5,10 @@
 //! service); 2 usage errors (from clap).
 
 mod keymat;
+mod nats_setup;
 mod output;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -36,8 +37,65 @@ struct Cli {
     /// Node to talk to (default: from settings).
     #[arg(long, global = true)]
     node: Option<String>,
+    #[command(flatten)]
+    nats: NatsFlags,
     #[command(subcommand)]
     command: Command,
+}
+
+/// NATS credentials for this command. Without them, the settings' `[nats]` table is used with
+/// `{service}` = `cli` (`make run` writes one whose `cli` key is the admin's).
+#[derive(Debug, clap::Args)]
+struct NatsFlags {
+    /// A `.creds` file (JWT + nkey seed).
+    #[arg(long, global = true, value_name = "FILE")]
+    nats_creds: Option<String>,
+    /// A file holding an nkey user seed (as `ferry nats setup` writes them, e.g. viewer.nk).
+    #[arg(long, global = true, value_name = "FILE")]
+    nats_nkey: Option<String>,
+    /// A NATS user; its password from --nats-password-file.
+    #[arg(long, global = true, requires = "nats_password_file")]
+    nats_user: Option<String>,
+    #[arg(long, global = true, value_name = "FILE")]
+    nats_password_file: Option<String>,
+    /// A file holding a NATS token.
+    #[arg(long, global = true, value_name = "FILE")]
+    nats_token_file: Option<String>,
+    /// CA bundle (PEM) the NATS servers' certificates must chain to.
+    #[arg(long, global = true, value_name = "FILE")]
+    nats_ca: Option<String>,
+    /// Client certificate and key (PEM).
+    #[arg(long, global = true, value_name = "FILE", requires = "nats_key")]
+    nats_cert: Option<String>,
+    #[arg(long, global = true, value_name = "FILE")]
+    nats_key: Option<String>,
+}
+
+impl NatsFlags {
+    /// Apply to the settings' `[nats]`: any credential flag replaces the configured credential.
+    fn apply(self, auth: &mut ferry_service::settings::NatsAuth) {
+        if self.nats_creds.is_some()
+            || self.nats_nkey.is_some()
+            || self.nats_user.is_some()
+            || self.nats_token_file.is_some()
+        {
+            auth.creds_file = self.nats_creds;
+            auth.nkey_seed_file = self.nats_nkey;
+            auth.user = self.nats_user;
+            auth.password_file = self.nats_password_file;
+            auth.password_env = None;
+            auth.token_file = self.nats_token_file;
+            auth.token_env = None;
+            auth.inbox_prefix = None;
+        }
+        if self.nats_ca.is_some() {
+            auth.ca_file = self.nats_ca;
+        }
+        if self.nats_cert.is_some() {
+            auth.cert_file = self.nats_cert;
+            auth.key_file = self.nats_key;
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +158,11 @@ enum Command {
         #[command(subcommand)]
         command: keymat::KeymatCommand,
     },
+    /// Least privilege on the bus: NATS users for every service and operator role.
+    Nats {
+        #[command(subcommand)]
+        command: NatsCommand,
+    },
     /// Remote hosts.
     Host {
         #[command(subcommand)]
@@ -133,6 +196,13 @@ enum HostCommand {
         #[arg(long)]
         folder: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum NatsCommand {
+    /// Write an nkey seed per service of each node and per role (viewer, operator, admin), and
+    /// the nats-server `authorization` block (auth.conf) that gives each only what it needs.
+    Setup(nats_setup::SetupArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -250,8 +320,16 @@ impl Ctx {
     }
 }
 
+/// The settings file `make run` writes, read when neither --config nor FERRY_CONFIG names one.
+const RUN_SETTINGS: &str = ".ferry/node.toml";
+
 async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
-    let settings = Settings::load(cli.config.as_deref())?;
+    let config = cli.config.clone().or_else(|| {
+        Path::new(RUN_SETTINGS)
+            .is_file()
+            .then(|| PathBuf::from(RUN_SETTINGS))
+    });
+    let mut settings = Settings::load(config.as_deref())?;
     // The keymat is handled on the node itself: export and import need no bus.
     match &cli.command {
         Command::Keymat {
@@ -265,19 +343,35 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     force,
                 },
         } => return keymat::import(&settings.keymat_path(), file, password, *force, cli.json),
+        Command::Nats {
+            command: NatsCommand::Setup(args),
+        } => return nats_setup::setup(args, cli.json),
         _ => {}
     }
     let keymat_path = settings.keymat_path();
-    let nats_url = cli.nats_url.unwrap_or(settings.nats_url);
-    let node = cli.node.unwrap_or(settings.node_id);
+    if let Some(url) = cli.nats_url {
+        settings.nats_url = url;
+    }
+    if let Some(node) = cli.node {
+        settings.node_id = node;
+    }
+    cli.nats.apply(&mut settings.nats);
+    settings.validate()?;
+    let shown = ferry_service::nats::shown_urls(&settings.nats_url);
+    let node = settings.node_id.clone();
     ferry_service::nats::install_crypto_provider();
-    let client = async_nats::ConnectOptions::new()
+    let client = ferry_service::nats::connect_options(&settings, "cli")
+        .await?
         .name("ferry-cli")
         .connection_timeout(Duration::from_secs(5))
-        .connect(ferry_service::nats::server_addrs(&nats_url)?)
+        .connect(ferry_service::nats::server_addrs(&settings.nats_url)?)
         .await
-        .with_context(|| {
-            format!("connect to NATS at {nats_url} (is the node running? `make run` starts one)")
+        .map_err(|e| match e.kind() {
+            async_nats::ConnectErrorKind::AuthorizationViolation => anyhow::anyhow!(
+                "NATS at {shown} refused these credentials (authorization violation): give --nats-nkey, --nats-creds, --nats-user or --nats-token-file, or set [nats] in the settings"
+            ),
+            _ => anyhow::anyhow!(e)
+                .context(format!("connect to NATS at {shown} (is the node running? `make run` starts one)")),
         })?;
     let js = async_nats::jetstream::new(client.clone());
     let ctx = Ctx {
@@ -329,6 +423,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             command: HostCommand::Test { name, folder },
         } => host_test(&ctx, &name, folder).await,
         Command::Shutdown { drain } => failover(&ctx, FailoverCommand::Shutdown { drain }).await,
+        Command::Nats { .. } => unreachable!("handled before connecting"),
     }
 }
 

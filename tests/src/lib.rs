@@ -118,7 +118,11 @@ impl Node {
 
     pub async fn start_with(settings: Settings, services: Services) -> anyhow::Result<Self> {
         ferry_service::main_scaffold::init_logging();
-        let client = async_nats::connect(settings.nats_url.as_str()).await?;
+        // The test's own client is the node's `cli` user (an operator role when auth is on).
+        let client = ferry_service::nats::connect_options(&settings, "cli")
+            .await?
+            .connect(settings.nats_url.as_str())
+            .await?;
         let js = async_nats::jetstream::new(client.clone());
         let mut node = Node {
             settings,

@@ -69,24 +69,7 @@ async fn work_stamped_with_an_older_epoch_is_refused() -> anyhow::Result<()> {
     assert!(err.contains("not active") || err.contains("fenced"), "{err}");
 
     // A run request stamped with the old epoch is refused by the collector.
-    let run_id = Uuid::now_v7();
-    let request = RunRequested {
-        task: "fenced".into(),
-        run_id,
-        epoch: old_epoch,
-        node: "node1".into(),
-        trigger: Trigger::Manual { by: "test".into() },
-        requested_at: Utc::now(),
-    };
-    node.js
-        .send_publish(
-            subjects::run_request("fenced"),
-            PublishMessage::build().payload(ferry_wire::encode(&request)),
-        )
-        .await?
-        .await?;
-    let finished =
-        ferry_service::streams::wait_for_run(&node.js, "fenced", run_id, Duration::from_secs(30)).await?;
+    let finished = run_stamped(&node, "fenced", old_epoch).await?;
     assert_eq!(finished.status, RunStatus::Skipped);
     assert!(
         finished.error.as_deref().unwrap_or("").contains("epoch"),
@@ -95,16 +78,94 @@ async fn work_stamped_with_an_older_epoch_is_refused() -> anyhow::Result<()> {
     );
 
     // A work batch stamped with the old epoch is refused by transfer.
-    let config = ferry_config::parse_toml(&local_task("fenced", &src, &dst, "", ""))
+    let result = batch_stamped(&node, "fenced", &src, &dst, old_epoch).await?;
+    assert_eq!(result.outcome, Outcome::Failed);
+    assert!(
+        result.error.as_deref().unwrap_or("").contains("fenced"),
+        "{:?}",
+        result.error
+    );
+    assert!(!dst.join("a.txt").exists(), "a fenced batch writes nothing");
+    node.shutdown().await;
+    Ok(())
+}
+
+/// One message stamped with the maximum epoch used to raise every service's gate for good, so
+/// all later work was refused as fenced. A stamp proves nothing: it is refused as forged, and
+/// real work goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_stamped_with_the_maximum_epoch_is_refused_and_work_goes_on() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let node = Node::start(settings(&nats.url())).await?;
+    let work = tempfile::tempdir()?;
+    let (src, dst) = (work.path().join("in"), work.path().join("out"));
+    std::fs::create_dir_all(&src)?;
+    std::fs::write(src.join("a.txt"), "payload")?;
+    node.apply(&local_task("target", &src, &dst, "", "")).await?;
+
+    let forged = run_stamped(&node, "target", u64::MAX).await?;
+    assert_eq!(forged.status, RunStatus::Skipped);
+    assert!(
+        forged.error.as_deref().unwrap_or("").contains("forged"),
+        "{:?}",
+        forged.error
+    );
+    let result = batch_stamped(&node, "target", &src, &dst, u64::MAX).await?;
+    assert_eq!(result.outcome, Outcome::Failed);
+    assert!(
+        result.error.as_deref().unwrap_or("").contains("forged"),
+        "{:?}",
+        result.error
+    );
+    assert!(!dst.join("a.txt").exists(), "a forged batch writes nothing");
+
+    let real = node.run_task("target", Duration::from_secs(30)).await?;
+    assert_eq!(real.status, RunStatus::Succeeded, "{:?}", real.error);
+    assert_eq!(std::fs::read_to_string(dst.join("a.txt"))?, "payload");
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Publish a run request for `task` stamped with `epoch`, as any client on the bus could, and
+/// wait for its `RunFinished`.
+async fn run_stamped(node: &Node, task: &str, epoch: u64) -> anyhow::Result<ferry_wire::RunFinished> {
+    let run_id = Uuid::now_v7();
+    let request = RunRequested {
+        task: task.into(),
+        run_id,
+        epoch,
+        node: "node1".into(),
+        trigger: Trigger::Manual { by: "test".into() },
+        requested_at: Utc::now(),
+    };
+    node.js
+        .send_publish(
+            subjects::run_request(task),
+            PublishMessage::build().payload(ferry_wire::encode(&request)),
+        )
+        .await?
+        .await?;
+    ferry_service::streams::wait_for_run(&node.js, task, run_id, Duration::from_secs(30)).await
+}
+
+/// Publish a work batch moving `src/a.txt` for `task` stamped with `epoch`, and wait for its
+/// one result.
+async fn batch_stamped(
+    node: &Node,
+    task: &str,
+    src: &std::path::Path,
+    dst: &std::path::Path,
+    epoch: u64,
+) -> anyhow::Result<ferry_wire::FileResult> {
+    let config = ferry_config::parse_toml(&local_task(task, src, dst, "", ""))
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .validate()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let task = &config.tasks["fenced"];
     let item_run = Uuid::now_v7();
     let item = FileItem {
         run_id: item_run,
-        task: "fenced".into(),
-        epoch: old_epoch,
+        task: task.into(),
+        epoch,
         item_id: format!("{:032x}", 7),
         source: SourceFile {
             source_index: 0,
@@ -116,7 +177,7 @@ async fn work_stamped_with_an_older_epoch_is_refused() -> anyhow::Result<()> {
             state_key: None,
             delete_after: false,
         },
-        destinations: task.destinations.clone(),
+        destinations: config.tasks[task].destinations.clone(),
         run_started_at: Utc::now(),
         refused: Vec::new(),
     };
@@ -142,18 +203,9 @@ async fn work_stamped_with_an_older_epoch_is_refused() -> anyhow::Result<()> {
     let message = tokio::time::timeout(Duration::from_secs(30), messages.next())
         .await?
         .expect("a result")?;
-    let batch: BatchResult = ferry_wire::decode(&message.payload)?;
-    assert_eq!(batch.results.len(), 1);
-    let result = &batch.results[0];
-    assert_eq!(result.outcome, Outcome::Failed);
-    assert!(
-        result.error.as_deref().unwrap_or("").contains("fenced"),
-        "{:?}",
-        result.error
-    );
-    assert!(!dst.join("a.txt").exists(), "a fenced batch writes nothing");
-    node.shutdown().await;
-    Ok(())
+    let mut batch: BatchResult = ferry_wire::decode(&message.payload)?;
+    anyhow::ensure!(batch.results.len() == 1, "one result: {:?}", batch.results);
+    Ok(batch.results.remove(0))
 }
 
 /// Standard NATS tooling finds every service: `$SRV.PING` answers for all five.

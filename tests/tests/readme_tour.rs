@@ -492,13 +492,32 @@ folder = "{}"
 
 /// The `toml` code block of README.md that declares task `name`.
 fn readme_toml_block(name: &str) -> String {
+    readme_toml_block_with(&format!("name = \"{name}\""))
+}
+
+/// The first `toml` code block of README.md that contains `text`.
+fn readme_toml_block_with(text: &str) -> String {
     let readme = std::fs::read_to_string(workspace_root().join("README.md")).expect("read README.md");
     readme
         .split("```toml\n")
         .skip(1)
         .filter_map(|rest| rest.split_once("\n```").map(|(block, _)| block.to_string()))
-        .find(|block| block.contains(&format!("name = \"{name}\"")))
-        .unwrap_or_else(|| panic!("README.md has no toml block with task {name:?}"))
+        .find(|block| block.contains(text))
+        .unwrap_or_else(|| panic!("README.md has no toml block with {text:?}"))
+}
+
+/// The README's `[nats]` example is valid node settings: each service its own seed file.
+#[test]
+fn readme_nats_settings_are_valid_node_settings() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("node.toml");
+    std::fs::write(&file, readme_toml_block_with("[nats]")).expect("write the example");
+    let settings = ferry_service::Settings::load(Some(&file)).expect("the README's [nats] loads");
+    let auth = settings.nats.expand("node2", "transfer");
+    assert_eq!(
+        auth.nkey_seed_file.as_deref(),
+        Some("/etc/ferry/nats/node2/transfer.nk")
+    );
 }
 
 /// The README's configuration example, with its `/srv/ferry` folders moved under `root`.
@@ -843,6 +862,51 @@ fn make_run_starts_a_node_that_moves_files_and_ctrl_c_stops_everything() {
     assert_eq!(
         std::fs::read_to_string(dir.path().join(".ferry/demo/outbox/hello.txt")).expect("delivered"),
         "hello\n"
+    );
+
+    // The node's NATS takes no anonymous client (ADR 007); the CLI run where `make run` ran
+    // reads .ferry/node.toml by itself and is the admin; the viewer's key cannot run a task.
+    let cli_here = |args: &[&str]| {
+        std::process::Command::new(ferry_tests::bin_path("ferry"))
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("FERRY_CONFIG")
+            .env_remove("FERRY_NATS_URL")
+            .output()
+            .expect("run the CLI")
+    };
+    let empty = dir.path().join("no-credentials.toml");
+    std::fs::write(&empty, "").expect("write an empty settings file");
+    let anonymous = cli_here(&[
+        "--config",
+        empty.to_str().expect("utf-8"),
+        "--nats-url",
+        &format!("nats://127.0.0.1:{nats_port}"),
+        "tasks",
+        "list",
+    ]);
+    let text = String::from_utf8_lossy(&anonymous.stderr);
+    assert!(
+        !anonymous.status.success() && text.contains("refused these credentials"),
+        "{text}"
+    );
+    let status = cli_here(&["failover", "status"]);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let viewer = cli_here(&[
+        "--nats-nkey",
+        ".ferry/nats-keys/viewer.nk",
+        "task",
+        "run",
+        "quickstart",
+    ]);
+    let text = String::from_utf8_lossy(&viewer.stderr);
+    assert!(
+        !viewer.status.success() && text.contains("permission denied"),
+        "{text}"
     );
 
     // Ctrl-C: the script stops every process it started, then exits 0.

@@ -105,20 +105,42 @@ pub async fn call_within<Req: Serialize, Resp: DeserializeOwned>(
     limit: std::time::Duration,
 ) -> anyhow::Result<Resp> {
     let subject = ferry_wire::subjects::api(node, service, endpoint);
-    let reply = tokio::time::timeout(
-        limit,
-        client.send_request(
-            subject.clone(),
-            async_nats::Request::new()
-                .payload(ferry_wire::encode(body))
-                .timeout(Some(limit)),
-        ),
-    )
+    // NATS drops a publish this user may not make and says so only on the side: watch for that,
+    // or a refused call would look like a silent service.
+    let mut denials = crate::nats::denials();
+    let quoted = format!("\"{subject}\"");
+    let refused = async move {
+        loop {
+            match denials.recv().await {
+                Ok(text) if text.contains(&quoted) => return text,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+            }
+        }
+    };
+    let request = client.send_request(
+        subject.clone(),
+        async_nats::Request::new()
+            .payload(ferry_wire::encode(body))
+            .timeout(Some(limit)),
+    );
+    let reply = tokio::time::timeout(limit, async {
+        tokio::select! {
+            reply = request => Ok(reply),
+            text = refused => Err(text),
+        }
+    })
     .await
     .map_err(|_| {
         anyhow::anyhow!(
             "ferry-{service} on node {node} did not answer within {} s",
             limit.as_secs()
+        )
+    })?
+    .map_err(|text| {
+        anyhow::anyhow!(
+            "permission denied: this NATS user may not call {endpoint} of ferry-{service} ({})",
+            text.trim_matches('\'')
         )
     })?
     .map_err(|e| match e.kind() {

@@ -20,22 +20,96 @@ pub struct LeaseView {
     pub acquired_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// Highest epoch seen by this service. Cheap to clone.
+/// Highest epoch seen by this service, raised only by what proves an epoch: the lease key (its
+/// watch, or a read of it through the stream's leader) and grants from the node's own coordinator
+/// — never by a message's stamp, or one message stamped with the maximum epoch would stop all work
+/// for good. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct EpochGate {
     highest: Arc<AtomicU64>,
+    /// The lease bucket's stream, to check a stamp ahead of what the watch has shown so far.
+    lease: Arc<std::sync::OnceLock<jetstream::stream::Stream>>,
+}
+
+/// What a message's epoch stamp is worth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamp {
+    /// The current epoch: the work may proceed (if this node holds the lease for it).
+    Current,
+    /// Older than the current epoch: the work was fenced.
+    Stale,
+    /// Above every lease there has been: forged or corrupt. Refuse it for good.
+    Unknown,
 }
 
 impl EpochGate {
-    /// Record `epoch` and say whether work stamped with it may proceed (it is not older than the
-    /// highest epoch seen).
-    pub fn admit(&self, epoch: Epoch) -> bool {
-        let before = self.highest.fetch_max(epoch, Ordering::SeqCst);
-        epoch >= before
+    /// Record an epoch proven by the lease key or a grant.
+    pub fn raise(&self, epoch: Epoch) {
+        self.highest.fetch_max(epoch, Ordering::SeqCst);
+    }
+
+    /// Judge a message's stamp against the epochs seen, without raising anything. A stamp ahead
+    /// of the watch may be one the watch has not delivered yet: the lease key is read through its
+    /// stream's leader before the stamp is called [`Stamp::Unknown`].
+    pub async fn check(&self, epoch: Epoch) -> Stamp {
+        if epoch > self.highest()
+            && let Some(stream) = self.lease.get()
+        {
+            match current_lease_epoch(stream).await {
+                Ok(Some(current)) => self.raise(current),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "read the lease to check an epoch stamp"),
+            }
+        }
+        self.judge(epoch)
+    }
+
+    /// Why work stamped `epoch` is refused ([`Self::check`]), or `None` when it may proceed.
+    pub async fn refusal(&self, epoch: Epoch) -> Option<String> {
+        let verdict = self.check(epoch).await;
+        let current = self.highest();
+        match verdict {
+            Stamp::Current => None,
+            Stamp::Stale => Some(format!(
+                "refused: stamped with epoch {epoch} but epoch {current} is current (fenced)"
+            )),
+            Stamp::Unknown => Some(format!(
+                "refused: stamped with epoch {epoch}, above every lease there has been (epoch {current} is current): forged or corrupt"
+            )),
+        }
+    }
+
+    fn judge(&self, epoch: Epoch) -> Stamp {
+        let highest = self.highest();
+        match epoch.cmp(&highest) {
+            std::cmp::Ordering::Less => Stamp::Stale,
+            std::cmp::Ordering::Equal => Stamp::Current,
+            std::cmp::Ordering::Greater => Stamp::Unknown,
+        }
     }
 
     pub fn highest(&self) -> Epoch {
         self.highest.load(Ordering::SeqCst)
+    }
+}
+
+/// The lease key's epoch as the stream's leader has it (`None`: never written).
+async fn current_lease_epoch(stream: &jetstream::stream::Stream) -> anyhow::Result<Option<Epoch>> {
+    let subject = format!("$KV.{}.{}", topology::KV_LEASE, topology::LEASE_KEY);
+    match stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(message) => {
+            let deleted = message
+                .headers
+                .get("KV-Operation")
+                .is_some_and(|op| op.as_str() != "PUT");
+            let epoch = match (deleted, ferry_wire::decode::<Lease>(&message.payload)) {
+                (false, Ok(lease)) => lease.epoch_at(message.sequence),
+                _ => message.sequence,
+            };
+            Ok(Some(epoch))
+        }
+        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("{e}")),
     }
 }
 
@@ -46,6 +120,13 @@ pub async fn watch_lease(
     shutdown: CancellationToken,
 ) -> anyhow::Result<watch::Receiver<LeaseView>> {
     let kv = crate::nats::open_kv(js, topology::KV_LEASE, &shutdown).await?;
+    let stream = crate::nats::retry("open the lease stream", &shutdown, || async {
+        js.get_stream(format!("KV_{}", topology::KV_LEASE))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    })
+    .await?;
+    let _ = gate.lease.set(stream);
     let (tx, rx) = watch::channel(LeaseView::default());
     let mut watcher = crate::nats::retry("watch lease", &shutdown, || async {
         kv.watch_with_history(topology::LEASE_KEY)
@@ -62,7 +143,7 @@ pub async fn watch_lease(
             match entry {
                 Some(Ok(entry)) => {
                     let view = view_of(&entry);
-                    gate.admit(view.epoch);
+                    gate.raise(view.epoch);
                     tx.send_replace(view);
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "lease watch error"),
@@ -103,12 +184,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn older_epochs_are_refused() {
+    fn stamps_are_judged_but_never_raise_the_epoch() {
         let gate = EpochGate::default();
-        assert!(gate.admit(5));
-        assert!(gate.admit(5), "the current epoch is fine");
-        assert!(gate.admit(7));
-        assert!(!gate.admit(6), "older than one already seen");
+        gate.raise(5);
+        assert_eq!(gate.judge(5), Stamp::Current);
+        assert_eq!(gate.judge(4), Stamp::Stale);
+        assert_eq!(gate.judge(u64::MAX), Stamp::Unknown);
+        assert_eq!(gate.highest(), 5, "a stamp does not raise the gate");
+        assert_eq!(gate.judge(5), Stamp::Current, "the current epoch still works");
+        gate.raise(7);
+        gate.raise(6);
         assert_eq!(gate.highest(), 7);
+        assert_eq!(gate.judge(5), Stamp::Stale);
     }
 }

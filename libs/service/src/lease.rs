@@ -262,7 +262,7 @@ async fn ask(
         }
     };
     if grant.epoch > 0 {
-        gate.admit(grant.epoch);
+        gate.raise(grant.epoch);
     }
     if !apply {
         return;

@@ -15,7 +15,7 @@ pub mod nats;
 pub mod settings;
 pub mod streams;
 
-pub use epoch::{EpochGate, LeaseView};
+pub use epoch::{EpochGate, LeaseView, Stamp};
 pub use lease::NodeLease;
 pub use settings::Settings;
 

@@ -17,9 +17,12 @@ pub struct Settings {
     /// NATS server URL(s), comma-separated.
     #[serde(default = "default_nats_url")]
     pub nats_url: String,
-    /// Allow a plain-text, unauthenticated NATS connection to a non-loopback address (dev only).
+    /// Allow a plain-text NATS connection to a non-loopback address (dev only).
     #[serde(default)]
     pub allow_insecure_nats: bool,
+    /// How this process proves who it is to NATS, and which servers it trusts.
+    #[serde(default)]
+    pub nats: NatsAuth,
     /// Replicas of every stream and bucket: 1 on a single NATS server, 3 on a three-server cluster.
     #[serde(default = "default_replicas")]
     pub replicas: usize,
@@ -45,6 +48,103 @@ pub struct Settings {
     pub cert_handler: PlainServiceSettings,
     #[serde(default)]
     pub failover_coordinator: FailoverSettings,
+}
+
+/// NATS credentials and TLS of one process (ADR 007). At most one way to authenticate: a creds
+/// file (JWT + nkey), an nkey seed file, a user with a password, or a token. Secrets come from
+/// files or environment variables, never from the settings text or the URL (async-nats does not
+/// send credentials embedded in a URL). Every path, the user and the inbox prefix may contain
+/// `{node}` (the node id) and `{service}` (`scheduler`, `file-collector`, `transfer`,
+/// `cert-handler`, `failover-coordinator`; `cli` for the `ferry` command), so the services of a
+/// node share one settings file and still each use their own NATS user.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsAuth {
+    /// A `.creds` file (a user JWT and its nkey seed, as `nsc` writes them).
+    pub creds_file: Option<String>,
+    /// A file holding an nkey user seed (`SU…`), as `ferry nats setup` writes them.
+    pub nkey_seed_file: Option<String>,
+    /// A user name; its password from `password_file` or `password_env`.
+    pub user: Option<String>,
+    pub password_file: Option<String>,
+    /// The name of an environment variable holding the password.
+    pub password_env: Option<String>,
+    /// A token from a file or an environment variable.
+    pub token_file: Option<String>,
+    pub token_env: Option<String>,
+    /// CA bundle (PEM) the servers' certificates must chain to (with `tls://` URLs).
+    pub ca_file: Option<String>,
+    /// Client certificate and key (PEM), for servers that verify clients.
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    /// Subject prefix of this process's reply inboxes. Default: `_INBOX.<public key>` with an
+    /// nkey seed (what `ferry nats setup` permits each user to subscribe to), else `_INBOX`.
+    pub inbox_prefix: Option<String>,
+}
+
+impl NatsAuth {
+    /// This process's view: `{node}` and `{service}` replaced.
+    pub fn expand(&self, node: &str, service: &str) -> NatsAuth {
+        let x = |v: &Option<String>| {
+            v.as_ref()
+                .map(|v| v.replace("{node}", node).replace("{service}", service))
+        };
+        NatsAuth {
+            creds_file: x(&self.creds_file),
+            nkey_seed_file: x(&self.nkey_seed_file),
+            user: x(&self.user),
+            password_file: x(&self.password_file),
+            password_env: x(&self.password_env),
+            token_file: x(&self.token_file),
+            token_env: x(&self.token_env),
+            ca_file: x(&self.ca_file),
+            cert_file: x(&self.cert_file),
+            key_file: x(&self.key_file),
+            inbox_prefix: x(&self.inbox_prefix),
+        }
+    }
+
+    /// Refuse combinations that cannot mean anything.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let ways = [
+            ("creds_file", self.creds_file.is_some()),
+            ("nkey_seed_file", self.nkey_seed_file.is_some()),
+            ("user", self.user.is_some()),
+            (
+                "token_file/token_env",
+                self.token_file.is_some() || self.token_env.is_some(),
+            ),
+        ];
+        let chosen: Vec<&str> = ways.iter().filter(|(_, on)| *on).map(|(n, _)| *n).collect();
+        if chosen.len() > 1 {
+            bail!(
+                "nats: choose one way to authenticate, not {}",
+                chosen.join(" and ")
+            );
+        }
+        match (
+            self.user.is_some(),
+            self.password_file.is_some(),
+            self.password_env.is_some(),
+        ) {
+            (true, true, true) => bail!("nats: password_file and password_env: choose one"),
+            (true, false, false) => bail!("nats.user needs password_file or password_env"),
+            (false, true, _) | (false, _, true) => bail!("nats: a password needs nats.user"),
+            _ => {}
+        }
+        if self.token_file.is_some() && self.token_env.is_some() {
+            bail!("nats: token_file and token_env: choose one");
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            bail!("nats: cert_file and key_file go together");
+        }
+        if let Some(prefix) = &self.inbox_prefix
+            && (prefix.is_empty() || prefix.contains([' ', '*', '>']) || prefix.ends_with('.'))
+        {
+            bail!("nats.inbox_prefix: {prefix:?} is not a subject prefix");
+        }
+        Ok(())
+    }
 }
 
 /// What to do on start-up about schedule slots that passed while the scheduler was down.
@@ -216,6 +316,7 @@ impl Default for Settings {
             node_id: default_node_id(),
             nats_url: default_nats_url(),
             allow_insecure_nats: false,
+            nats: NatsAuth::default(),
             replicas: default_replicas(),
             data_dir: default_data_dir(),
             keymat: None,
@@ -235,6 +336,7 @@ const SETTING_NAMES: &[&str] = &[
     "node_id",
     "nats_url",
     "allow_insecure_nats",
+    "nats",
     "replicas",
     "data_dir",
     "keymat",
@@ -288,8 +390,15 @@ impl Settings {
                 self.node_id
             );
         }
+        self.nats.validate()?;
         for url in self.nats_url.split(',') {
             let url = url.trim();
+            if url.split("://").last().unwrap_or(url).contains('@') {
+                bail!(
+                    "nats_url: {:?} carries credentials, which the NATS client would not send; put them in [nats] (user with password_file or password_env, token_file, nkey_seed_file or creds_file)",
+                    crate::nats::shown_urls(url)
+                );
+            }
             let plain = !url.starts_with("tls://");
             let host = url
                 .split("://")
@@ -371,6 +480,63 @@ mod tests {
         keys.sort();
         names.sort();
         assert_eq!(keys, names);
+    }
+
+    #[test]
+    fn nats_credentials_are_one_way_from_files_or_variables_never_the_url() {
+        let with = |nats: NatsAuth| Settings {
+            nats,
+            ..Settings::default()
+        };
+        let err = Settings {
+            nats_url: "nats://ferry:hunter2@127.0.0.1:4222".into(),
+            ..Settings::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("carries credentials") && err.contains("***@127.0.0.1"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+        let two = with(NatsAuth {
+            nkey_seed_file: Some("a.nk".into()),
+            token_env: Some("T".into()),
+            ..NatsAuth::default()
+        });
+        assert!(two.validate().unwrap_err().to_string().contains("choose one way"));
+        let no_password = with(NatsAuth {
+            user: Some("u".into()),
+            ..NatsAuth::default()
+        });
+        assert!(
+            no_password
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("password_file or password_env")
+        );
+        let half_tls = with(NatsAuth {
+            cert_file: Some("c.pem".into()),
+            ..NatsAuth::default()
+        });
+        assert!(
+            half_tls
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("go together")
+        );
+        let templated = NatsAuth {
+            nkey_seed_file: Some("/keys/{node}/{service}.nk".into()),
+            ..NatsAuth::default()
+        }
+        .expand("node1", "transfer");
+        assert_eq!(
+            templated.nkey_seed_file.as_deref(),
+            Some("/keys/node1/transfer.nk")
+        );
     }
 
     #[test]

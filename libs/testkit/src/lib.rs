@@ -65,18 +65,31 @@ pub struct NatsServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     port: u16,
+    /// Extra configuration lines (e.g. an `include` of an `authorization` block).
+    extra: String,
 }
 
 impl NatsServer {
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with("")
+    }
+
+    /// A server whose configuration also has `extra` (e.g. an `authorization` block).
+    pub fn start_with(extra: &str) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("ferry-nats-").tempdir()?;
         let mut server = Self {
             child: None,
             dir,
             port: 0,
+            extra: extra.to_string(),
         };
         server.spawn(0)?;
         Ok(server)
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
     }
 
     pub fn url(&self) -> String {
@@ -116,12 +129,16 @@ impl NatsServer {
         std::fs::write(
             &conf,
             format!(
-                "listen: \"127.0.0.1:{listen}\"\nmax_payload: 8MB\nports_file_dir: \"{}\"\njetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 20GB\n}}\n",
+                "listen: \"127.0.0.1:{listen}\"\nmax_payload: 8MB\nports_file_dir: \"{}\"\njetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 20GB\n}}\n{}\n",
                 ports_dir.display(),
-                store.display()
+                store.display(),
+                self.extra
             ),
         )?;
-        let log = std::fs::File::create(self.dir.path().join("nats.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("nats.log"))?;
         self.child = Some(spawn_nats_server(&conf, log)?);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

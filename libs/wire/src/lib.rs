@@ -4,6 +4,7 @@
 //! so a change of contract is a change of this crate.
 
 pub mod messages;
+pub mod permissions;
 pub mod plan;
 pub mod subjects;
 pub mod topology;

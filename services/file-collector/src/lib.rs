@@ -227,12 +227,7 @@ impl Collector {
     /// outcome (including task problems) ends in a published `RunFinished`.
     async fn execute(&self, request: &RunRequested) -> anyhow::Result<()> {
         let started_at = Utc::now();
-        if !self.gate.admit(request.epoch) {
-            let why = format!(
-                "refused: stamped with epoch {} but epoch {} is current",
-                request.epoch,
-                self.gate.highest()
-            );
+        if let Some(why) = self.gate.refusal(request.epoch).await {
             return self
                 .finish(request, started_at, RunStatus::Skipped, Some(why), Vec::new())
                 .await;

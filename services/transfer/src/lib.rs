@@ -361,12 +361,7 @@ impl Transfer {
             _ => Vec::new(),
         };
 
-        let mut results = if !self.gate.admit(first.epoch) {
-            let why = format!(
-                "refused: stamped with epoch {} but epoch {} is current (fenced)",
-                first.epoch,
-                self.gate.highest()
-            );
+        let mut results = if let Some(why) = self.gate.refusal(first.epoch).await {
             let now = Utc::now();
             batch
                 .items

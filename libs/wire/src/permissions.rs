@@ -1,0 +1,331 @@
+//! Least privilege on the bus: what each NATS user may publish and subscribe to (ADR 007).
+//!
+//! One user per service per node and three operator roles for the `ferry` command. The lists are
+//! built from the same subject and topology constants the services use, so a new subject cannot
+//! be forgotten here without a test (`tests/tests/nats_auth.rs`) failing. `ferry nats setup`
+//! renders them as a nats-server `authorization` block.
+//!
+//! What the lists guarantee:
+//! - only the coordinator of node N answers `ferry.api.N.failover-coordinator.*` (a lease grant
+//!   cannot be forged by another user) and only coordinators write the lease bucket;
+//! - only the scheduler writes the configuration bucket (an apply goes through its validation);
+//! - a service reads and writes only the streams and buckets its work needs;
+//! - replies reach only the asker: each user subscribes to its own inbox prefix
+//!   (`_INBOX.<its public key>`) and publishes to an inbox only as a response
+//!   (`allow_responses`);
+//! - *viewer* reads status, runs, the audit trail and the configuration; *operator* also runs
+//!   tasks and starts or stops schedules; *admin* also applies configurations and changes roles.
+
+use crate::subjects::{self, api, service};
+use crate::topology;
+
+/// What one user may do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Permissions {
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+    /// May publish to the reply subject of a request it received (a responder).
+    pub allow_responses: bool,
+}
+
+/// An operator role of the `ferry` command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Viewer, Role::Operator, Role::Admin];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+/// The five services of a node.
+pub const SERVICES: [&str; 5] = [
+    service::SCHEDULER,
+    service::FILE_COLLECTOR,
+    service::TRANSFER,
+    service::CERT_HANDLER,
+    service::FAILOVER_COORDINATOR,
+];
+
+const STREAMS: [&str; 5] = [
+    topology::STREAM_RUNQ,
+    topology::STREAM_FILEQ,
+    topology::STREAM_RESULTS,
+    topology::STREAM_EVENTS,
+    topology::STREAM_AUDIT,
+];
+const BUCKETS: [&str; 5] = [
+    topology::KV_CONFIG,
+    topology::KV_STATE,
+    topology::KV_RUNS,
+    topology::KV_SCHED,
+    topology::KV_LEASE,
+];
+
+fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
+impl Permissions {
+    fn publish(&mut self, subjects: impl IntoIterator<Item = impl Into<String>>) -> &mut Self {
+        self.publish.extend(subjects.into_iter().map(Into::into));
+        self
+    }
+
+    fn subscribe(&mut self, subjects: impl IntoIterator<Item = impl Into<String>>) -> &mut Self {
+        self.subscribe.extend(subjects.into_iter().map(Into::into));
+        self
+    }
+
+    /// Read a stream: its info, single messages (direct and through the API), and consumers of
+    /// any kind on it (create, fetch, ack, flow control, delete).
+    fn read_stream(&mut self, stream: &str) -> &mut Self {
+        self.publish([
+            format!("$JS.API.STREAM.INFO.{stream}"),
+            format!("$JS.API.STREAM.MSG.GET.{stream}"),
+            format!("$JS.API.DIRECT.GET.{stream}"),
+            format!("$JS.API.DIRECT.GET.{stream}.>"),
+            format!("$JS.API.CONSUMER.CREATE.{stream}"),
+            format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+            format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.>"),
+            format!("$JS.API.CONSUMER.INFO.{stream}.>"),
+            format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
+            format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.>"),
+            format!("$JS.ACK.{stream}.>"),
+            format!("$JS.FC.{stream}.>"),
+        ])
+    }
+
+    fn read_bucket(&mut self, bucket: &str) -> &mut Self {
+        self.read_stream(&kv_stream(bucket))
+    }
+
+    /// Read a bucket and put, update and delete its keys.
+    fn write_bucket(&mut self, bucket: &str) -> &mut Self {
+        self.read_bucket(bucket).publish([format!("$KV.{bucket}.>")])
+    }
+
+    /// What every service does: create the topology if it is missing (creating an existing
+    /// stream with its own configuration changes nothing), ask its coordinator for the lease and
+    /// follow the lease bucket, ask other services of its node for their status, serve its API
+    /// (also to `$SRV` discovery), stop when told to.
+    fn service_base(node: &str, service_name: &str) -> Self {
+        let mut p = Permissions {
+            allow_responses: true,
+            ..Permissions::default()
+        };
+        p.publish(["$JS.API.INFO".to_string()]);
+        for stream in STREAMS
+            .iter()
+            .map(|s| s.to_string())
+            .chain(BUCKETS.iter().map(|b| kv_stream(b)))
+        {
+            p.publish([
+                format!("$JS.API.STREAM.INFO.{stream}"),
+                format!("$JS.API.STREAM.CREATE.{stream}"),
+            ]);
+        }
+        p.read_bucket(topology::KV_LEASE)
+            .publish([
+                subjects::api(node, service::FAILOVER_COORDINATOR, api::LEASE),
+                subjects::api(node, "*", api::STATUS),
+            ])
+            .subscribe([
+                subjects::node_stop(node),
+                subjects::node_lease(node),
+                format!("{}.>", subjects::api_group(node, service_name)),
+                "$SRV.>".to_string(),
+            ]);
+        p
+    }
+}
+
+/// The permissions of `service_name` on `node`.
+pub fn for_service(node: &str, service_name: &str) -> Permissions {
+    let mut p = Permissions::service_base(node, service_name);
+    match service_name {
+        service::SCHEDULER => {
+            p.write_bucket(topology::KV_CONFIG)
+                .write_bucket(topology::KV_SCHED)
+                .read_bucket(topology::KV_RUNS)
+                .read_stream(topology::STREAM_RUNQ)
+                .publish([subjects::RUN_REQUESTS])
+                .subscribe([subjects::TRIGGERS]);
+        }
+        service::FILE_COLLECTOR => {
+            p.read_stream(topology::STREAM_RUNQ)
+                .read_stream(topology::STREAM_FILEQ)
+                .read_stream(topology::STREAM_RESULTS)
+                .read_stream(topology::STREAM_EVENTS)
+                .read_bucket(topology::KV_CONFIG)
+                .write_bucket(topology::KV_STATE)
+                .write_bucket(topology::KV_RUNS)
+                .publish([subjects::FILE_BATCHES, "ferry.event.run.>"]);
+        }
+        service::TRANSFER => {
+            p.read_stream(topology::STREAM_FILEQ)
+                .read_bucket(topology::KV_CONFIG)
+                .write_bucket(topology::KV_STATE)
+                .write_bucket(topology::KV_RUNS)
+                .publish([subjects::BATCH_RESULTS.to_string(), subjects::audit_file("*")]);
+        }
+        service::FAILOVER_COORDINATOR => {
+            p.write_bucket(topology::KV_LEASE)
+                .read_stream(topology::STREAM_EVENTS)
+                .read_stream(topology::STREAM_AUDIT)
+                .publish([
+                    subjects::role_changed(node),
+                    subjects::audit_role(node),
+                    subjects::node_lease(node),
+                    subjects::node_stop(node),
+                    format!("{}.>", subjects::api_group(node, "*")),
+                ]);
+        }
+        _ => {}
+    }
+    p
+}
+
+/// The permissions of an operator role (on every node).
+pub fn for_role(role: Role) -> Permissions {
+    let mut p = Permissions::default();
+    p.publish(["$JS.API.INFO".to_string(), subjects::api("*", "*", api::STATUS)])
+        .publish([subjects::api("*", service::SCHEDULER, api::KEYMAT)])
+        .read_stream(topology::STREAM_EVENTS)
+        .read_stream(topology::STREAM_AUDIT)
+        .read_stream(topology::STREAM_RESULTS)
+        .read_bucket(topology::KV_CONFIG)
+        .read_bucket(topology::KV_RUNS)
+        .read_bucket(topology::KV_SCHED)
+        .read_bucket(topology::KV_LEASE);
+    if role >= Role::Operator {
+        p.publish([
+            subjects::api("*", service::SCHEDULER, api::RUN),
+            subjects::api("*", service::SCHEDULER, api::START),
+            subjects::api("*", service::SCHEDULER, api::STOP),
+            subjects::api("*", service::TRANSFER, api::HOST_TEST),
+            subjects::TRIGGERS.to_string(),
+        ]);
+    }
+    if role >= Role::Admin {
+        p.publish([subjects::api("*", service::SCHEDULER, api::APPLY)]);
+        for verb in [
+            api::PROMOTE,
+            api::DEMOTE,
+            api::DISABLE,
+            api::ENABLE,
+            api::SHUTDOWN,
+        ] {
+            p.publish([subjects::api("*", service::FAILOVER_COORDINATOR, verb)]);
+        }
+        p.publish([subjects::node_stop("*")]);
+    }
+    p
+}
+
+/// A user of the server's `authorization` block: its public nkey, a comment, its permissions.
+pub struct User {
+    pub comment: String,
+    pub nkey: String,
+    pub permissions: Permissions,
+}
+
+/// Render `users` as a nats-server configuration fragment (`include` it from the server's
+/// configuration). Every user may also subscribe to its own reply inbox, `_INBOX.<nkey>.>`.
+pub fn server_config(users: &[User]) -> String {
+    let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    let list = |items: &[String]| items.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ");
+    let mut out = String::from(
+        "# Written by `ferry nats setup`: one nkey user per service per node and per operator role.\n\
+         # Regenerate it with the same command rather than editing it.\nauthorization {\n  users = [\n",
+    );
+    for user in users {
+        let mut subscribe = user.permissions.subscribe.clone();
+        subscribe.push(format!("_INBOX.{}.>", user.nkey));
+        out += &format!(
+            "    # {}\n    {{\n      nkey: {}\n      permissions: {{\n        publish: {{ allow: [{}] }}\n        subscribe: {{ allow: [{}] }}\n{}      }}\n    }}\n",
+            user.comment,
+            quote(&user.nkey),
+            list(&user.permissions.publish),
+            list(&subscribe),
+            if user.permissions.allow_responses {
+                "        allow_responses: true\n"
+            } else {
+                ""
+            }
+        );
+    }
+    out += "  ]\n}\n";
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_grow_and_only_the_admin_applies_or_changes_roles() {
+        let [viewer, operator, admin] = Role::ALL.map(for_role);
+        for p in [&viewer, &operator] {
+            assert!(
+                !p.publish
+                    .iter()
+                    .any(|s| s.ends_with(".apply") || s.ends_with(".promote"))
+            );
+        }
+        assert!(!viewer.publish.iter().any(|s| s.ends_with(".run")));
+        assert!(operator.publish.iter().any(|s| s.ends_with("scheduler.run")));
+        assert!(admin.publish.iter().any(|s| s.ends_with("scheduler.apply")));
+        for (small, big) in [(&viewer, &operator), (&operator, &admin)] {
+            assert!(small.publish.iter().all(|s| big.publish.contains(s)));
+        }
+    }
+
+    #[test]
+    fn only_the_nodes_coordinator_answers_lease_requests_and_writes_the_lease() {
+        for service_name in SERVICES {
+            let p = for_service("node1", service_name);
+            let answers = p
+                .subscribe
+                .iter()
+                .any(|s| s.starts_with("ferry.api.node1.failover-coordinator"));
+            let writes = p.publish.iter().any(|s| s.starts_with("$KV.ferry_lease"));
+            let coordinator = service_name == service::FAILOVER_COORDINATOR;
+            assert_eq!((answers, writes), (coordinator, coordinator), "{service_name}");
+            let config = p.publish.iter().any(|s| s.starts_with("$KV.ferry_config"));
+            assert_eq!(config, service_name == service::SCHEDULER, "{service_name}");
+            // No service may forge replies: publishing to an inbox is only a response.
+            assert!(
+                !p.publish.iter().any(|s| s.starts_with("_INBOX")),
+                "{service_name}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_server_config_quotes_every_subject_and_adds_the_users_inbox() {
+        let text = server_config(&[User {
+            comment: "node1 transfer".into(),
+            nkey: "UABC".into(),
+            permissions: for_service("node1", service::TRANSFER),
+        }]);
+        assert!(text.contains("nkey: \"UABC\""), "{text}");
+        assert!(text.contains("\"_INBOX.UABC.>\""), "{text}");
+        assert!(text.contains("\"$KV.ferry_state.>\""), "{text}");
+        assert!(text.contains("allow_responses: true"), "{text}");
+    }
+}
