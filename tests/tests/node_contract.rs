@@ -126,6 +126,50 @@ async fn a_message_stamped_with_the_maximum_epoch_is_refused_and_work_goes_on() 
     Ok(())
 }
 
+/// A second process started with a `node_id` that is already running would take the node's lease
+/// for its own: its coordinator refuses to start, naming the other, and the running node stays
+/// active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_coordinator_with_the_same_node_id_refuses_to_start() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let node = Node::start(settings(&nats.url())).await?;
+    let work = tempfile::tempdir()?;
+    let (src, dst) = (work.path().join("in"), work.path().join("out"));
+    std::fs::create_dir_all(&src)?;
+    std::fs::write(src.join("a.txt"), "payload")?;
+    node.apply(&local_task("still", &src, &dst, "", "")).await?;
+
+    let mut twin = ferry_tests::ServiceProcess::start(
+        "failover-coordinator",
+        &ferry_tests::process_env(&nats.url(), "node1"),
+        work.path(),
+    )?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while twin.is_running() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the twin coordinator is still running"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(&twin.log)?;
+    assert!(
+        log.contains("another failover coordinator is running as node_id")
+            && log.contains("node1")
+            && log.contains("give every node its own node_id"),
+        "{log}"
+    );
+    let run = node.run_task("still", Duration::from_secs(30)).await?;
+    assert_eq!(
+        run.status,
+        RunStatus::Succeeded,
+        "the running node stays active: {:?}",
+        run.error
+    );
+    node.shutdown().await;
+    Ok(())
+}
+
 /// Publish a run request for `task` stamped with `epoch`, as any client on the bus could, and
 /// wait for its `RunFinished`.
 async fn run_stamped(node: &Node, task: &str, epoch: u64) -> anyhow::Result<ferry_wire::RunFinished> {

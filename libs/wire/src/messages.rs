@@ -376,6 +376,10 @@ pub struct NodeSeen {
     pub role: Role,
     pub mode: FailoverMode,
     pub seen_at: DateTime<Utc>,
+    /// The coordinator process that wrote it (`pid N on HOST, <nonce>`): a second process
+    /// started with the same `node_id` sees another instance renewing it and refuses to start.
+    #[serde(default)]
+    pub instance: String,
 }
 
 /// A role change of a node: an event on `ferry.event.role.<node>` and an audit record.

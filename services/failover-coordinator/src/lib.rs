@@ -76,6 +76,8 @@ struct Shared {
     /// A demote, disable or shutdown is in progress: acquire nothing, whatever the role says.
     stepping_down: bool,
     grantees: HashMap<String, Grantee>,
+    /// The KV revision of this process's last node announcement (0: none yet).
+    announced: u64,
 }
 
 impl Shared {
@@ -123,6 +125,8 @@ enum Acquire {
 
 struct Coordinator {
     node: String,
+    /// This process, as its node announcements name it.
+    instance: String,
     mode: FailoverMode,
     ttl: Duration,
     margin: Duration,
@@ -150,6 +154,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     .await?;
     let kv = nats::open_kv(&js, topology::KV_LEASE, &shutdown).await?;
     let ttl = lease_ttl(&js, &kv, &settings).await?;
+    let instance = format!(
+        "pid {} on {}, {}",
+        std::process::id(),
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "an unknown host".into()),
+        uuid::Uuid::new_v4().simple()
+    );
+    refuse_a_twin(&kv, &settings.node_id, &instance, ttl, &shutdown).await?;
     let margin = Duration::from_millis(settings.failover_coordinator.fence_margin_ms).min(ttl / 2);
     let store = RoleStore::new(&settings.data_dir);
     let role = match store.load()? {
@@ -164,6 +177,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     tracing::info!(node = %settings.node_id, %role, mode = settings.failover_coordinator.mode.as_str(), ttl_ms = ttl.as_millis() as u64, "failover coordinator starting");
     let coordinator = Arc::new(Coordinator {
         node: settings.node_id.clone(),
+        instance,
         mode: settings.failover_coordinator.mode,
         ttl,
         margin,
@@ -185,6 +199,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             fence_reported: false,
             stepping_down: false,
             grantees: HashMap::new(),
+            announced: 0,
         }),
         writes: tokio::sync::Mutex::new(()),
         shutdown: shutdown.clone(),
@@ -260,11 +275,64 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     // Stopping: give the lease up cleanly if every service confirms it holds no grant in time;
     // otherwise leave it to lapse (it is fenced either way).
     coordinator.revoke_and_release(Duration::from_secs(3)).await;
+    // A clean stop says so, so that a restart need not wait to be sure no twin is running.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        coordinator.kv.delete(topology::node_key(&coordinator.node)),
+    )
+    .await;
     lease_endpoint.cancel();
     for endpoint in endpoints {
         let _ = endpoint.await;
     }
     let _ = service.stop().await;
+    Ok(())
+}
+
+/// Two processes started with one `node_id` would both take the node's lease for theirs (and
+/// both serve its services' grant requests): refuse to start while another coordinator instance
+/// keeps announcing this node. An announcement left by a process that died stops being renewed
+/// and lapses within one TTL (the bucket's `max_age`); a clean stop deletes it.
+async fn refuse_a_twin(
+    kv: &kv::Store,
+    node: &str,
+    instance: &str,
+    ttl: Duration,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let key = topology::node_key(node);
+    let read = || async {
+        match tokio::time::timeout(Duration::from_secs(2), kv.entry(&key)).await {
+            Ok(Ok(Some(entry))) if entry.operation == kv::Operation::Put => {
+                ferry_wire::decode::<NodeSeen>(&entry.value)
+                    .ok()
+                    .map(|seen| (entry.revision, seen))
+            }
+            _ => None,
+        }
+    };
+    let Some((first, seen)) = read().await else {
+        return Ok(());
+    };
+    if seen.instance.is_empty() || seen.instance == instance {
+        return Ok(());
+    }
+    tracing::info!(node, other = %seen.instance, "node {node} was announced by another process moments ago: waiting up to one lease TTL to see whether it is still running");
+    let deadline = Instant::now() + ttl;
+    while Instant::now() < deadline {
+        tokio::select! {
+            _ = shutdown.cancelled() => anyhow::bail!("shut down while checking for another coordinator of node {node}"),
+            _ = tokio::time::sleep(ttl / 10) => {}
+        }
+        match read().await {
+            None => return Ok(()),
+            Some((revision, seen)) if revision > first && seen.instance != instance => anyhow::bail!(
+                "another failover coordinator is running as node_id {node:?} ({}); two nodes configured with one node_id would both take the lease for theirs: give every node its own node_id",
+                seen.instance
+            ),
+            Some(_) => {}
+        }
+    }
     Ok(())
 }
 
@@ -696,12 +764,31 @@ impl Coordinator {
             role: self.shared().role,
             mode: self.mode,
             seen_at: Utc::now(),
+            instance: self.instance.clone(),
         };
+        // Someone else announced this node since this process last did: a second process
+        // started with the same node_id (both at once, so neither refused to start). Stop: a node
+        // without a coordinator fences itself, two coordinators of one node might both be active.
+        let announced = self.shared().announced;
+        if announced > 0
+            && let Ok(Ok(Some(entry))) = tokio::time::timeout(
+                Duration::from_secs(1),
+                self.kv.entry(topology::node_key(&self.node)),
+            )
+            .await
+            && entry.revision > announced
+            && let Ok(other) = ferry_wire::decode::<NodeSeen>(&entry.value)
+            && other.instance != self.instance
+        {
+            tracing::error!(node = %self.node, other = %other.instance, "another failover coordinator announces this node_id: stopping; give every node its own node_id");
+            self.shutdown.cancel();
+            return;
+        }
         let put = self
             .kv
             .put(topology::node_key(&self.node), ferry_wire::encode(&seen));
         match tokio::time::timeout(Duration::from_secs(1), put).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(revision)) => self.shared().announced = revision,
             Ok(Err(e)) => tracing::debug!(error = %e, "announce node"),
             Err(_) => tracing::debug!("announce node timed out"),
         }
