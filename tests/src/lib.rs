@@ -380,6 +380,36 @@ pub fn process_env(nats_url: &str, node: &str) -> BTreeMap<String, String> {
     env
 }
 
+/// `ferry nats setup` in `dir` for `nodes` (comma-separated), each node's `cli` key the admin's:
+/// the nats-server `authorization` block to give the server (inline: the server resolves an
+/// `include` against its own configuration's folder).
+pub fn nats_keys(dir: &Path, nodes: &str) -> anyhow::Result<String> {
+    let out = Command::new(bin_path("ferry"))
+        .args(["nats", "setup", "--nodes", nodes, "--cli-role", "admin", "--dir"])
+        .arg(dir)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ferry nats setup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(std::fs::read_to_string(dir.join("auth.conf"))?)
+}
+
+/// A client authenticated with the nkey seed in `seed` (its inbox prefix the one that user may
+/// subscribe to), connected to `servers`.
+pub async fn connect_as(
+    seed: &Path,
+    servers: impl async_nats::ToServerAddrs,
+) -> anyhow::Result<async_nats::Client> {
+    let mut settings = Settings::default();
+    settings.nats.nkey_seed_file = Some(seed.display().to_string());
+    Ok(ferry_service::nats::connect_options(&settings, "cli")
+        .await?
+        .connect(servers)
+        .await?)
+}
+
 /// Run the `ferry` CLI against `nats_url`.
 pub fn ferry_cli(nats_url: &str, args: &[&str], cwd: &Path) -> Output {
     Command::new(bin_path("ferry"))

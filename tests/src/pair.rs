@@ -37,6 +37,9 @@ pub struct NodeSetup {
     /// A keymat file shared with the other node (the primary's, imported once), so either can
     /// open the configuration's secrets; `None`: the node's own in its data dir.
     pub keymat: Option<PathBuf>,
+    /// `ferry nats setup`'s folder: each service connects as `<keys>/<node>/<service>.nk`.
+    /// `None`: without credentials.
+    pub nats_keys: Option<PathBuf>,
 }
 
 impl NodeSetup {
@@ -54,6 +57,12 @@ impl NodeSetup {
         }
         if let Some(keymat) = &self.keymat {
             set("FERRY_KEYMAT", keymat.to_string_lossy().into_owned());
+        }
+        if let Some(keys) = &self.nats_keys {
+            set(
+                "FERRY_NATS__NKEY_SEED_FILE",
+                format!("{}/{{node}}/{{service}}.nk", keys.display()),
+            );
         }
         set("FERRY_REPLICAS", self.replicas.to_string());
         set("FERRY_FAILOVER_COORDINATOR__MODE", self.mode.into());

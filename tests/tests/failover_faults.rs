@@ -135,7 +135,10 @@ impl Pair {
         for d in ["in-sched", "out-sched", "in-event", "out-event", "staging"] {
             std::fs::create_dir_all(dir.path().join(d))?;
         }
-        let cluster = tokio::task::block_in_place(|| NatsCluster::start("0.0.0.0"))?;
+        // Authentication on: every service is its own NATS user (ADR 007), the harness the admin.
+        let keys = dir.path().join("nats-keys");
+        let auth = ferry_tests::nats_keys(&keys, &NODES.join(","))?;
+        let cluster = tokio::task::block_in_place(|| NatsCluster::start_with("0.0.0.0", &auth))?;
         let sshd = match event_to {
             EventDestination::Local => None,
             EventDestination::Sftp => Some(ferry_testkit::peers::sshd::Sshd::start_listening(
@@ -147,9 +150,7 @@ impl Pair {
             Some(s) => s.folder("out-event")?,
             None => dir.path().join("out-event"),
         };
-        let client = async_nats::ConnectOptions::new()
-            .connect(cluster.url_list("127.0.0.1"))
-            .await?;
+        let client = ferry_tests::connect_as(&keys.join("admin.nk"), cluster.url_list("127.0.0.1")).await?;
         let js = async_nats::jetstream::new(client.clone());
         let mut nodes = Vec::new();
         for (i, id) in NODES.iter().enumerate() {
@@ -170,6 +171,7 @@ impl Pair {
                 start_with_scheduler_disabled: false,
                 // One keymat for both, as after `ferry keymat import` on the standby.
                 keymat: Some(dir.path().join("keymat")),
+                nats_keys: Some(keys.clone()),
             };
             let logs = dir.path().join(format!("logs-{id}"));
             let node = if i == 0 && !alpha_env.is_empty() {
@@ -514,7 +516,12 @@ async fn fault_suite(event_to: EventDestination) -> anyhow::Result<()> {
     eprintln!("failover fault suite ({event_to:?} destination): {trials} trials, FERRY_SEED={seed}");
     let mut rng = Rng::new(seed);
     let mut pair = Pair::start_with(&[], event_to).await?;
-    let result = run_trials(&mut pair, trials, seed, &mut rng, event_to).await;
+    let result = match a_twin_of_alpha_refuses_to_start(&pair).await {
+        Ok(()) => run_trials(&mut pair, trials, seed, &mut rng, event_to)
+            .await
+            .and_then(|()| no_permission_violations(&pair)),
+        Err(e) => Err(e),
+    };
     if result.is_err() {
         // The nodes' log tails first: the error itself is printed last, where CI's excerpt of
         // the output (its tail) shows it.
@@ -524,6 +531,46 @@ async fn fault_suite(event_to: EventDestination) -> anyhow::Result<()> {
         eprintln!("kept the suite's folders, ledgers and logs in {}", kept.display());
     }
     result
+}
+
+/// A third process started with alpha's settings (a copied settings file: the same `node_id`)
+/// would take alpha's lease for its own: its coordinator must refuse to start.
+async fn a_twin_of_alpha_refuses_to_start(pair: &Pair) -> anyhow::Result<()> {
+    let mut setup = pair.nodes[0].setup.clone();
+    setup.data_dir = pair.dir.path().join("data-alpha-twin");
+    setup.ledger = None;
+    setup.nats_url = pair.cluster.urls("127.0.0.1");
+    let mut twin = ferry_tests::ServiceProcess::start("failover-coordinator", &setup.env(), pair.dir.path())?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while twin.is_running() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "a second coordinator with node_id alpha is still running after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(&twin.log)?;
+    anyhow::ensure!(
+        log.contains("another failover coordinator is running as node_id"),
+        "the twin stopped for another reason:\n{log}"
+    );
+    eprintln!("a second coordinator configured as alpha refused to start");
+    Ok(())
+}
+
+/// Every service did its work, through every fault, within its NATS permissions: no server
+/// logged a violation.
+fn no_permission_violations(pair: &Pair) -> anyhow::Result<()> {
+    for i in 0..3 {
+        let log = std::fs::read_to_string(pair.cluster.dir(i).join("nats.log"))?;
+        let violations: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();
+        anyhow::ensure!(
+            violations.is_empty(),
+            "NATS server {} refused the node's own work: {violations:#?}",
+            pair.cluster.name(i)
+        );
+    }
+    Ok(())
 }
 
 async fn run_trials(

@@ -53,6 +53,7 @@ impl Pair {
             replicas: 1,
             start_with_scheduler_disabled: false,
             keymat: None,
+            nats_keys: None,
         };
         let node1 = ProcNode::start(setup(NODE1, "active"), None, &work.path().join("logs-node1"))?;
         let mut setup2 = setup(NODE2, "standby");

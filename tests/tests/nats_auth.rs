@@ -7,30 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use ferry_service::settings::NatsAuth;
-use ferry_tests::{NatsServer, Node, bin_path, local_task, settings};
+use ferry_tests::{NatsServer, Node, bin_path, local_task, nats_keys, settings};
 use ferry_wire::RunStatus;
-
-/// `ferry nats setup` for node1, its `cli` key the admin's.
-fn setup_keys(dir: &Path) -> anyhow::Result<()> {
-    let out = std::process::Command::new(bin_path("ferry"))
-        .args([
-            "nats",
-            "setup",
-            "--nodes",
-            "node1",
-            "--cli-role",
-            "admin",
-            "--dir",
-        ])
-        .arg(dir)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "ferry nats setup: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
 
 /// The settings of node1 with every process using `<keys>/node1/<service>.nk`.
 fn authed_settings(url: &str, keys: &Path) -> ferry_service::Settings {
@@ -102,9 +80,7 @@ async fn every_service_runs_as_its_own_user_and_each_role_is_refused_the_next_ro
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let keys = dir.path().join("keys");
-    setup_keys(&keys)?;
-    // nats-server resolves an `include` against its own configuration's folder: inline it.
-    let nats = NatsServer::start_with(&std::fs::read_to_string(keys.join("auth.conf"))?)?;
+    let nats = NatsServer::start_with(&nats_keys(&keys, "node1")?)?;
     let url = nats.url();
 
     // No credentials: NATS refuses the connection, and the CLI says what to do.

@@ -45,10 +45,16 @@ impl NatsCluster {
     /// On a starved machine the first JetStream requests may still go unanswered (a re-election
     /// right after forming): callers retry their first write, as services do.
     pub fn start(client_host: &str) -> anyhow::Result<Self> {
+        Self::start_with(client_host, "")
+    }
+
+    /// [`NatsCluster::start`] with `extra` in every server's configuration (e.g. an
+    /// `authorization` block: it covers clients, not the routes between the servers).
+    pub fn start_with(client_host: &str, extra: &str) -> anyhow::Result<Self> {
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
             let ports = free_ports(client_host)?;
-            match Self::try_start(client_host, ports) {
+            match Self::try_start(client_host, ports, extra) {
                 Ok(cluster) => return Ok(cluster),
                 Err(StartError::PortClash(e)) => last_err = Some(e),
                 Err(StartError::Other(e)) => return Err(e),
@@ -151,7 +157,7 @@ impl NatsCluster {
         self.servers[i].dir.path()
     }
 
-    fn try_start(client_host: &str, ports: [(u16, u16, u16); 3]) -> Result<Self, StartError> {
+    fn try_start(client_host: &str, ports: [(u16, u16, u16); 3], extra: &str) -> Result<Self, StartError> {
         let mut servers = Vec::with_capacity(3);
         for (i, &(client_port, route_port, http_port)) in ports.iter().enumerate() {
             let dir = tempfile::Builder::new()
@@ -184,7 +190,7 @@ impl NatsCluster {
         let routes = routes.join(", ");
         for server in &mut cluster.servers {
             server
-                .write_config(&cluster.client_host, &routes)
+                .write_config(&cluster.client_host, &routes, extra)
                 .map_err(StartError::Other)?;
             server.spawn().map_err(StartError::Other)?;
         }
@@ -239,7 +245,7 @@ impl Server {
         self.dir.path().join("nats.log")
     }
 
-    fn write_config(&self, client_host: &str, routes: &str) -> anyhow::Result<()> {
+    fn write_config(&self, client_host: &str, routes: &str, extra: &str) -> anyhow::Result<()> {
         let store = self.dir.path().join("jetstream");
         let conf = format!(
             "server_name: {name}\n\
@@ -247,7 +253,7 @@ impl Server {
              http: \"127.0.0.1:{http}\"\n\
              max_payload: 8MB\n\
              jetstream {{\n  store_dir: \"{store}\"\n  max_memory_store: 256MB\n  max_file_store: 20GB\n}}\n\
-             cluster {{\n  name: ferry-test\n  listen: \"127.0.0.1:{route}\"\n  routes: [{routes}]\n}}\n",
+             cluster {{\n  name: ferry-test\n  listen: \"127.0.0.1:{route}\"\n  routes: [{routes}]\n}}\n{extra}\n",
             name = self.name,
             client = self.client_port,
             http = self.http_port,
@@ -377,7 +383,7 @@ mod tests {
         let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
         let mut ports = free_ports("127.0.0.1").expect("free ports");
         ports[1].2 = taken.local_addr().expect("local addr").port();
-        match NatsCluster::try_start("127.0.0.1", ports) {
+        match NatsCluster::try_start("127.0.0.1", ports, "") {
             Err(StartError::PortClash(e)) => {
                 assert!(format!("{e:#}").contains("address already in use"), "{e:#}")
             }
