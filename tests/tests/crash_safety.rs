@@ -236,7 +236,7 @@ async fn a_run_whose_collector_stopped_while_sending_finishes_with_what_was_sent
         run_id,
         task: "resume".into(),
         epoch,
-        item_id: format!("item-{name}"),
+        item_id: format!("item-{}", name.trim_end_matches(".txt")),
         source: SourceFile {
             source_index: 0,
             host: "local".into(),
@@ -244,7 +244,11 @@ async fn a_run_whose_collector_stopped_while_sending_finishes_with_what_was_sent
             rel_path: name.into(),
             size: name.len() as u64,
             mtime_ns: 0,
-            state_key: None,
+            // New-files-only is on by default: the key the collector would give it.
+            state_key: Some(ferry_wire::plan::state_key(
+                &ferry_wire::plan::state_source_key("resume", "local", &src.to_string_lossy()),
+                name,
+            )),
             delete_after: false,
         },
         destinations: config.tasks["resume"].destinations.clone(),
@@ -260,11 +264,11 @@ async fn a_run_whose_collector_stopped_while_sending_finishes_with_what_was_sent
         batches: vec![
             PlannedBatch {
                 batch_id: sent.batch_id.clone(),
-                item_ids: vec!["item-a.txt".into(), "item-b.txt".into()],
+                item_ids: vec!["item-a".into(), "item-b".into()],
             },
             PlannedBatch {
                 batch_id: "batch-never-sent".into(),
-                item_ids: vec!["item-c.txt".into()],
+                item_ids: vec!["item-c".into()],
             },
         ],
         published: false,
@@ -303,7 +307,7 @@ async fn a_run_whose_collector_stopped_while_sending_finishes_with_what_was_sent
     assert_eq!(finished.status, RunStatus::Failed);
     assert_eq!((finished.files_delivered, finished.files_failed), (2, 1));
     let ids: Vec<&str> = finished.files.iter().map(|f| f.item_id.as_str()).collect();
-    assert_eq!(ids, ["item-a.txt", "item-b.txt", "item-c.txt"], "listing order");
+    assert_eq!(ids, ["item-a", "item-b", "item-c"], "listing order");
     let unsent = &finished.files[2];
     assert_eq!(unsent.outcome, Outcome::Failed);
     assert!(

@@ -17,13 +17,7 @@ use uuid::Uuid;
 /// by the file-collector and by transfer, and nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn work_stamped_with_an_older_epoch_is_refused() -> anyhow::Result<()> {
-    let nats = NatsServer::start()?;
-    let node = Node::start(settings(&nats.url())).await?;
-    let work = tempfile::tempdir()?;
-    let (src, dst) = (work.path().join("in"), work.path().join("out"));
-    std::fs::create_dir_all(&src)?;
-    std::fs::write(src.join("a.txt"), "payload")?;
-    node.apply(&local_task("fenced", &src, &dst, "", "")).await?;
+    let (_nats, node, _work, src, dst) = node_with_task("fenced").await?;
 
     let lease_kv = node.js.get_key_value(topology::KV_LEASE).await?;
     let old = lease_kv
@@ -37,6 +31,7 @@ async fn work_stamped_with_an_older_epoch_is_refused() -> anyhow::Result<()> {
         acquired_at: Utc::now(),
         epoch: 0,
         mode: "manual".into(),
+        instance: String::new(),
     };
     let new_epoch = lease_kv
         .update(topology::LEASE_KEY, ferry_wire::encode(&newer), old.revision)
@@ -95,13 +90,7 @@ async fn work_stamped_with_an_older_epoch_is_refused() -> anyhow::Result<()> {
 /// real work goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_message_stamped_with_the_maximum_epoch_is_refused_and_work_goes_on() -> anyhow::Result<()> {
-    let nats = NatsServer::start()?;
-    let node = Node::start(settings(&nats.url())).await?;
-    let work = tempfile::tempdir()?;
-    let (src, dst) = (work.path().join("in"), work.path().join("out"));
-    std::fs::create_dir_all(&src)?;
-    std::fs::write(src.join("a.txt"), "payload")?;
-    node.apply(&local_task("target", &src, &dst, "", "")).await?;
+    let (_nats, node, _work, src, dst) = node_with_task("target").await?;
 
     let forged = run_stamped(&node, "target", u64::MAX).await?;
     assert_eq!(forged.status, RunStatus::Skipped);
@@ -131,13 +120,7 @@ async fn a_message_stamped_with_the_maximum_epoch_is_refused_and_work_goes_on() 
 /// active.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_second_coordinator_with_the_same_node_id_refuses_to_start() -> anyhow::Result<()> {
-    let nats = NatsServer::start()?;
-    let node = Node::start(settings(&nats.url())).await?;
-    let work = tempfile::tempdir()?;
-    let (src, dst) = (work.path().join("in"), work.path().join("out"));
-    std::fs::create_dir_all(&src)?;
-    std::fs::write(src.join("a.txt"), "payload")?;
-    node.apply(&local_task("still", &src, &dst, "", "")).await?;
+    let (nats, node, work, _src, _dst) = node_with_task("still").await?;
 
     let mut twin = ferry_tests::ServiceProcess::start(
         "failover-coordinator",
@@ -168,6 +151,26 @@ async fn a_second_coordinator_with_the_same_node_id_refuses_to_start() -> anyhow
     );
     node.shutdown().await;
     Ok(())
+}
+
+/// A node on a fresh server with one local task moving `in/a.txt` ("payload") to `out`.
+async fn node_with_task(
+    task: &str,
+) -> anyhow::Result<(
+    NatsServer,
+    Node,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+)> {
+    let nats = NatsServer::start()?;
+    let node = Node::start(settings(&nats.url())).await?;
+    let work = tempfile::tempdir()?;
+    let (src, dst) = (work.path().join("in"), work.path().join("out"));
+    std::fs::create_dir_all(&src)?;
+    std::fs::write(src.join("a.txt"), "payload")?;
+    node.apply(&local_task(task, &src, &dst, "", "")).await?;
+    Ok((nats, node, work, src, dst))
 }
 
 /// Publish a run request for `task` stamped with `epoch`, as any client on the bus could, and
@@ -218,7 +221,11 @@ async fn batch_stamped(
             rel_path: "a.txt".into(),
             size: 7,
             mtime_ns: 0,
-            state_key: None,
+            // What the collector would send: the item is refused for its epoch alone.
+            state_key: Some(ferry_wire::plan::state_key(
+                &ferry_wire::plan::state_source_key(task, "local", &src.to_string_lossy()),
+                "a.txt",
+            )),
             delete_after: false,
         },
         destinations: config.tasks[task].destinations.clone(),

@@ -50,28 +50,41 @@ pub fn confine(rel: &str) -> Result<&str, String> {
     }
     if rel.starts_with('/') {
         return Err(format!(
-            "{:?} is an absolute path, not a name inside the folder",
-            rel
+            "{} is an absolute path, not a name inside the folder",
+            shown(rel)
         ));
     }
     if rel.contains('\0') {
-        return Err(format!("{:?} contains a NUL byte", rel));
+        return Err(format!("{} contains a NUL byte", shown(rel)));
     }
     if rel.contains('\\') {
         return Err(format!(
-            "{:?} contains a backslash, which Windows shares read as a folder separator",
-            rel
+            "{} contains a backslash, which Windows shares read as a folder separator",
+            shown(rel)
         ));
     }
     for part in rel.split('/') {
         match part {
-            "" => return Err(format!("{:?} has an empty path component", rel)),
-            "." | ".." => return Err(format!("{:?} leaves its folder ({part:?})", rel)),
-            p if p.len() > 255 => return Err(format!("{:?} has a component longer than 255 bytes", rel)),
+            "" => return Err(format!("{} has an empty path component", shown(rel))),
+            "." | ".." => return Err(format!("{} leaves its folder ({part:?})", shown(rel))),
+            p if p.len() > 255 => {
+                return Err(format!("{} has a component longer than 255 bytes", shown(rel)));
+            }
             _ => {}
         }
     }
     Ok(rel)
+}
+
+/// A name from a listing or a message, as it may appear in an error or a log: quoted, control
+/// characters escaped, at most 200 characters (a hostile name may be a megabyte).
+pub fn shown(name: &str) -> String {
+    const MAX: usize = 200;
+    let mut out: String = name.chars().take(MAX).flat_map(char::escape_debug).collect();
+    if name.chars().nth(MAX).is_some() {
+        out.push('…');
+    }
+    format!("\"{out}\"")
 }
 
 #[cfg(test)]

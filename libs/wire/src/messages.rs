@@ -285,6 +285,10 @@ pub struct Lease {
     /// The holder's failover mode, for `ferry failover status` on other nodes.
     #[serde(default)]
     pub mode: String,
+    /// The coordinator process holding it (as in [`NodeSeen::instance`]): another process with
+    /// the same node id never takes it up as its own.
+    #[serde(default)]
+    pub instance: String,
 }
 
 impl Lease {

@@ -138,6 +138,23 @@ pub fn unique_candidate(final_path: &str, n: u32) -> String {
     path::join(path::parent(final_path), &format!("{base} ({n}){ext}"))
 }
 
+/// 128 bits of SHA-256, hex: the ids of items and the keys of new-files-only state.
+pub fn short_hash(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(bytes)[..16])
+}
+
+/// The new-files-only state of one source of a task: every key starts `nfo.<this>.`.
+pub fn state_source_key(task: &str, host: &str, folder: &str) -> String {
+    short_hash(format!("{task}\0{host}\0{}", folder.trim_end_matches('/')).as_bytes())
+}
+
+/// The new-files-only state key of one file (by its path relative to the source folder). The
+/// collector puts it in the work item; transfer writes the state under it only if it is this.
+pub fn state_key(source_key: &str, rel_path: &str) -> String {
+    format!("nfo.{source_key}.{}", short_hash(rel_path.as_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -162,7 +162,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             .unwrap_or_else(|_| "an unknown host".into()),
         uuid::Uuid::new_v4().simple()
     );
-    refuse_a_twin(&kv, &settings.node_id, &instance, ttl, &shutdown).await?;
+    refuse_a_twin(&js, &settings.node_id, &instance, ttl, &shutdown).await?;
     let margin = Duration::from_millis(settings.failover_coordinator.fence_margin_ms).min(ttl / 2);
     let store = RoleStore::new(&settings.data_dir);
     let role = match store.load()? {
@@ -291,46 +291,74 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
 /// Two processes started with one `node_id` would both take the node's lease for theirs (and
 /// both serve its services' grant requests): refuse to start while another coordinator instance
-/// keeps announcing this node. An announcement left by a process that died stops being renewed
-/// and lapses within one TTL (the bucket's `max_age`); a clean stop deletes it.
+/// keeps renewing this node's lease or announcing this node. What a process that died left
+/// stops being renewed and lapses within one TTL (the bucket's `max_age`); a clean stop deletes
+/// its announcement. Both keys are read through the stream's leader: a replica may lag.
 async fn refuse_a_twin(
-    kv: &kv::Store,
+    js: &jetstream::Context,
     node: &str,
     instance: &str,
     ttl: Duration,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let key = topology::node_key(node);
-    let read = || async {
-        match tokio::time::timeout(Duration::from_secs(2), kv.entry(&key)).await {
-            Ok(Ok(Some(entry))) if entry.operation == kv::Operation::Put => {
-                ferry_wire::decode::<NodeSeen>(&entry.value)
-                    .ok()
-                    .map(|seen| (entry.revision, seen))
+    let stream = nats::retry("open the lease stream", shutdown, || async {
+        js.get_stream(format!("KV_{}", topology::KV_LEASE))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    })
+    .await?;
+    // The newest write of `key` by another instance of this node: (revision, that instance).
+    let other = |key: String| {
+        let stream = stream.clone();
+        async move {
+            let subject = format!("$KV.{}.{key}", topology::KV_LEASE);
+            let message = tokio::time::timeout(
+                Duration::from_secs(2),
+                stream.get_last_raw_message_by_subject(&subject),
+            )
+            .await
+            .ok()?
+            .ok()?;
+            if message
+                .headers
+                .get("KV-Operation")
+                .is_some_and(|op| op.as_str() != "PUT")
+            {
+                return None;
             }
-            _ => None,
+            let (owner, writer) = match ferry_wire::decode::<Lease>(&message.payload) {
+                Ok(lease) if key == topology::LEASE_KEY => (lease.node, lease.instance),
+                _ => {
+                    let seen = ferry_wire::decode::<NodeSeen>(&message.payload).ok()?;
+                    (seen.node, seen.instance)
+                }
+            };
+            (owner == node && !writer.is_empty() && writer != instance).then_some((message.sequence, writer))
         }
     };
-    let Some((first, seen)) = read().await else {
+    let keys = [topology::LEASE_KEY.to_string(), topology::node_key(node)];
+    let mut first = Vec::new();
+    for key in &keys {
+        first.push(other(key.clone()).await);
+    }
+    let Some((_, seen)) = first.iter().flatten().next() else {
         return Ok(());
     };
-    if seen.instance.is_empty() || seen.instance == instance {
-        return Ok(());
-    }
-    tracing::info!(node, other = %seen.instance, "node {node} was announced by another process moments ago: waiting up to one lease TTL to see whether it is still running");
-    let deadline = Instant::now() + ttl;
+    tracing::info!(node, other = %seen, "node {node} was held or announced by another process moments ago: waiting up to one lease TTL to see whether it is still running");
+    let deadline = Instant::now() + ttl + Duration::from_millis(500);
     while Instant::now() < deadline {
         tokio::select! {
             _ = shutdown.cancelled() => anyhow::bail!("shut down while checking for another coordinator of node {node}"),
             _ = tokio::time::sleep(ttl / 10) => {}
         }
-        match read().await {
-            None => return Ok(()),
-            Some((revision, seen)) if revision > first && seen.instance != instance => anyhow::bail!(
-                "another failover coordinator is running as node_id {node:?} ({}); two nodes configured with one node_id would both take the lease for theirs: give every node its own node_id",
-                seen.instance
-            ),
-            Some(_) => {}
+        for (key, before) in keys.iter().zip(&first) {
+            if let Some((revision, writer)) = other(key.clone()).await
+                && before.as_ref().is_none_or(|(r, _)| revision > *r)
+            {
+                anyhow::bail!(
+                    "another failover coordinator is running as node_id {node:?} ({writer}); two nodes configured with one node_id would both take the lease for theirs: give every node its own node_id"
+                );
+            }
         }
     }
     Ok(())
@@ -538,6 +566,7 @@ impl Coordinator {
             acquired_at: now,
             epoch: 0,
             mode: self.mode.as_str().to_string(),
+            instance: self.instance.clone(),
         };
         let sent = Instant::now();
         let created = tokio::time::timeout(
@@ -577,9 +606,19 @@ impl Coordinator {
                 acquired_at: current.acquired_at,
             });
         }
+        if !current.instance.is_empty() && current.instance != self.instance {
+            // Another process of this node id holds it (a predecessor whose lease has not lapsed
+            // yet, or a misconfigured twin): never take that up as ours.
+            anyhow::bail!(
+                "the lease of node {} is held by another coordinator process ({}); waiting for it to lapse",
+                self.node,
+                current.instance
+            );
+        }
         let resumed = Lease {
             epoch,
             mode: self.mode.as_str().to_string(),
+            instance: self.instance.clone(),
             ..current
         };
         let sent = Instant::now();
@@ -623,6 +662,7 @@ impl Coordinator {
             acquired_at: acquired_at.unwrap_or_else(Utc::now),
             epoch,
             mode: self.mode.as_str().to_string(),
+            instance: self.instance.clone(),
         };
         let sent = Instant::now();
         // Waiting past the fence deadline would gain nothing: the grant has run out by then.

@@ -179,8 +179,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
 impl Collector {
     async fn handle(&self, message: jetstream::Message, shutdown: CancellationToken) {
-        let request: RunRequested = match ferry_wire::decode(&message.payload) {
-            Ok(r) => r,
+        let request: RunRequested = match ferry_wire::decode::<RunRequested>(&message.payload) {
+            // The task name becomes a KV key and a subject token: anything else could only fail
+            // again and again.
+            Ok(r) if ferry_config::is_valid_name(&r.task) => r,
+            Ok(r) => {
+                tracing::error!(task = %ferry_hosts::path::shown(&r.task), "dropping a run request whose task is not a valid name");
+                let _ = message.ack_with(AckKind::Term).await;
+                return;
+            }
             Err(e) => {
                 tracing::error!(error = %e, "dropping unreadable run request");
                 let _ = message.ack_with(AckKind::Term).await;
@@ -586,11 +593,26 @@ impl Collector {
                     Some(m) => m.context("read run result")?,
                     None => anyhow::bail!("results stream ended"),
                 };
-                let batch: BatchResult = ferry_wire::decode(&message.payload)?;
-                if wanted.contains(batch.batch_id.as_str()) && seen.insert(batch.batch_id) {
-                    for result in batch.results {
-                        answered.insert(result.item_id.clone(), result);
+                // Anything on the results subject of this run is checked against the run's plan:
+                // an unreadable or unexpected message is recorded and skipped, never trusted and
+                // never allowed to wedge the run (only a result matching its batch counts).
+                let batch: BatchResult = match ferry_wire::decode(&message.payload) {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        tracing::error!(run_id = %request.run_id, subject = %message.subject, error = %e, "skipping an unreadable batch result");
+                        continue;
                     }
+                };
+                if !wanted.contains(batch.batch_id.as_str()) || seen.contains(&batch.batch_id) {
+                    continue;
+                }
+                if let Err(why) = matches_plan(record, &batch) {
+                    tracing::error!(run_id = %request.run_id, batch = %ferry_hosts::path::shown(&batch.batch_id), "skipping a batch result that does not match the run's plan: {why}");
+                    continue;
+                }
+                seen.insert(batch.batch_id);
+                for result in batch.results {
+                    answered.insert(result.item_id.clone(), result);
                 }
             }
         }
@@ -694,4 +716,27 @@ impl From<anyhow::Error> for RunError {
     fn from(e: anyhow::Error) -> Self {
         RunError::Infra(e)
     }
+}
+
+/// A batch result counts only if it answers for exactly the items its batch was planned with,
+/// each once.
+fn matches_plan(record: &RunRecord, batch: &BatchResult) -> Result<(), String> {
+    let planned = record
+        .batches
+        .iter()
+        .find(|b| b.batch_id == batch.batch_id)
+        .ok_or("no such batch in the plan")?;
+    let mut expected: HashSet<&str> = planned.item_ids.iter().map(String::as_str).collect();
+    for result in &batch.results {
+        if !expected.remove(result.item_id.as_str()) {
+            return Err(format!(
+                "item {} is not in the batch or answered twice",
+                ferry_hosts::path::shown(&result.item_id)
+            ));
+        }
+    }
+    if !expected.is_empty() {
+        return Err(format!("{} planned item(s) have no result", expected.len()));
+    }
+    Ok(())
 }

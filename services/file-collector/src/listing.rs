@@ -46,13 +46,13 @@ pub async fn list_task(
         let found = list_source(host.as_ref(), source, host_config.is_local())
             .await
             .map_err(|e| format!("source[{index}]: {e}"))?;
-        let source_key = state_source_key(&task.name, &source.host, &source.folder);
+        let source_key = plan::state_source_key(&task.name, &source.host, &source.folder);
         let with_keys: Vec<(Found, Option<String>)> = found
             .into_iter()
             .map(|f| {
                 let key = source
                     .new_files_only
-                    .then(|| format!("nfo.{source_key}.{}", short_hash(f.rel_path.as_bytes())));
+                    .then(|| plan::state_key(&source_key, &f.rel_path));
                 (f, key)
             })
             .collect();
@@ -79,7 +79,7 @@ pub async fn list_task(
             fresh.truncate(source.max_files as usize);
         }
         for (f, state_key) in fresh {
-            let item_id = short_hash(format!("{}\0{index}\0{}", request.run_id, f.rel_path).as_bytes());
+            let item_id = plan::short_hash(format!("{}\0{index}\0{}", request.run_id, f.rel_path).as_bytes());
             items.push(FileItem {
                 run_id: request.run_id,
                 task: task.name.clone(),
@@ -113,7 +113,8 @@ const BATCH_SPREAD: usize = 16;
 /// Pack a run's items, in listing order, into work batches (ADR 005): consecutive small files
 /// share a batch of at most [`BATCH_MAX_FILES`] files and [`BATCH_MAX_BYTES`] bytes (fewer when
 /// the run is small, see [`BATCH_SPREAD`]); a file larger than [`SMALL_FILE_BYTES`] travels
-/// alone. The same listing always gives the same batches and batch ids.
+/// alone; files of different sources never share a batch (transfer takes one route per batch,
+/// from its first file's hosts). The same listing always gives the same batches and batch ids.
 pub fn pack(items: Vec<FileItem>) -> Vec<WorkBatch> {
     let per_batch = (items.len() / BATCH_SPREAD).clamp(1, BATCH_MAX_FILES);
     let mut batches = Vec::new();
@@ -122,7 +123,12 @@ pub fn pack(items: Vec<FileItem>) -> Vec<WorkBatch> {
     for item in items {
         let size = item.source.size;
         let small = size <= SMALL_FILE_BYTES;
-        if !current.is_empty() && (!small || current.len() == per_batch || bytes + size > BATCH_MAX_BYTES) {
+        let other_source = current
+            .last()
+            .is_some_and(|last| last.source.source_index != item.source.source_index);
+        if !current.is_empty()
+            && (!small || other_source || current.len() == per_batch || bytes + size > BATCH_MAX_BYTES)
+        {
             batches.push(seal(std::mem::take(&mut current)));
             bytes = 0;
         }
@@ -189,17 +195,6 @@ async fn source_state(state_kv: &kv::Store, source_key: &str) -> anyhow::Result<
         }
     }
     Ok(known)
-}
-
-/// New-files-only state is keyed by task, host and folder — not by mask — so editing a mask
-/// never re-sends files already delivered.
-fn state_source_key(task: &str, host: &str, folder: &str) -> String {
-    short_hash(format!("{task}\0{host}\0{}", folder.trim_end_matches('/')).as_bytes())
-}
-
-/// 128 bits of SHA-256 in hex: a KV-key-safe, collision-free-in-practice name.
-fn short_hash(bytes: &[u8]) -> String {
-    hex::encode(&Sha256::digest(bytes)[..16])
 }
 
 /// The files of one source that this run takes: listed through the source's host, filtered by
@@ -326,6 +321,19 @@ mod tests {
             batches.iter().all(|b| b.items.len() == 1
                 || b.items.iter().map(|i| i.source.size).sum::<u64>() <= BATCH_MAX_BYTES)
         );
+        // Two sources (say a local folder and an SFTP server): never in one batch.
+        let mut two: Vec<FileItem> = (0..2000).map(|i| item(i, 4096)).collect();
+        for it in two.iter_mut().skip(1000) {
+            it.source.source_index = 1;
+        }
+        for b in pack(two) {
+            let first = b.items[0].source.source_index;
+            assert!(
+                b.items.iter().all(|i| i.source.source_index == first),
+                "{}",
+                b.batch_id
+            );
+        }
     }
 
     #[tokio::test]

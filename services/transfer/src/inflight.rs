@@ -80,6 +80,19 @@ impl InFlight {
         }
     }
 
+    /// Refuse the whole file before anything is done with it: every destination fails with why.
+    pub fn refuse(&mut self, why: &str) {
+        for (i, o) in self.outcomes.iter_mut().enumerate() {
+            let path = self.plans[i]
+                .as_ref()
+                .map(|p| p.final_path.clone())
+                .unwrap_or_default();
+            *o = Some(failed(path, why.to_string()));
+        }
+        self.open.clear();
+        self.error = Some(why.to_string());
+    }
+
     pub fn plan(&self, i: usize) -> &Planned {
         self.plans[i].as_ref().expect("open destinations have a plan")
     }

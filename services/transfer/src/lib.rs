@@ -271,9 +271,16 @@ impl Transfer {
 
     async fn handle(&self, message: jetstream::Message) {
         let batch: WorkBatch = match ferry_wire::decode(&message.payload) {
-            Ok(b @ WorkBatch { .. }) if !b.items.is_empty() => b,
+            // Ids become KV keys and message ids: anything else could only fail again and again.
+            Ok(b @ WorkBatch { .. })
+                if !b.items.is_empty()
+                    && ferry_config::is_valid_name(&b.batch_id)
+                    && b.items.iter().all(|i| ferry_config::is_valid_name(&i.item_id)) =>
+            {
+                b
+            }
             Ok(_) => {
-                tracing::error!("dropping an empty work batch");
+                tracing::error!(subject = %message.subject, "dropping a work batch that is empty or whose ids are not names");
                 let _ = message.ack_with(AckKind::Term).await;
                 return;
             }
@@ -454,6 +461,22 @@ impl Transfer {
             .map(|i| previously_committing.get(i).cloned().unwrap_or_default())
             .collect();
         let mut files: Vec<InFlight> = batch.items.iter().cloned().map(InFlight::new).collect();
+        // Trust no message: every file must be what the stored configuration says its task
+        // moves (source host, folder and move flag, destinations), all of one task and source,
+        // or nothing of the batch is touched.
+        let config = self.config().await?;
+        if let Some(why) = batch
+            .items
+            .iter()
+            .find_map(|item| conforms(&config, item, batch.first()).err())
+        {
+            let why = format!("refused: {why}");
+            tracing::error!(batch = %batch.batch_id, "{why}");
+            for f in &mut files {
+                f.refuse(&why);
+            }
+            return Ok(files.into_iter().map(|f| f.result(&self.node)).collect());
+        }
         let way = match self.way(batch.first()).await? {
             Ok(way) => way,
             Err(why) => {
@@ -799,4 +822,54 @@ enum Processed {
     Reported,
     /// Another live instance holds the claim: let JetStream redeliver later.
     ClaimedElsewhere,
+}
+
+/// Whether a work item is what the stored configuration says its task moves: the task exists,
+/// the item's source is that task's source (host, folder, move flag) and its destinations are
+/// the task's, and it belongs to the same task and source as the batch's first item. A work
+/// batch that passes can only make transfer read and write where an operator configured it to.
+fn conforms(config: &ferry_config::Config, item: &FileItem, first: &FileItem) -> Result<(), String> {
+    let task = config.tasks.get(&item.task).ok_or_else(|| {
+        format!(
+            "work for task {}, which is not configured",
+            ferry_hosts::path::shown(&item.task)
+        )
+    })?;
+    let source = task.sources.get(item.source.source_index).ok_or_else(|| {
+        format!(
+            "work for source {} of task {}, which has {}",
+            item.source.source_index,
+            task.name,
+            task.sources.len()
+        )
+    })?;
+    if item.source.host != source.host
+        || item.source.folder != source.folder
+        || item.source.delete_after != source.delete_after
+    {
+        return Err(format!(
+            "a work item's source is not task {}'s source {} as stored (host, folder or delete_after differ)",
+            task.name, item.source.source_index
+        ));
+    }
+    let state_key = source.new_files_only.then(|| {
+        let source_key = ferry_wire::plan::state_source_key(&task.name, &source.host, &source.folder);
+        ferry_wire::plan::state_key(&source_key, &item.source.rel_path)
+    });
+    if item.source.state_key != state_key {
+        return Err(format!(
+            "a work item's new-files-only key is not the one task {}'s source {} and the file's path give",
+            task.name, item.source.source_index
+        ));
+    }
+    if item.destinations != task.destinations {
+        return Err(format!(
+            "a work item's destinations are not task {}'s as stored",
+            task.name
+        ));
+    }
+    if item.task != first.task || item.source.source_index != first.source.source_index {
+        return Err("a work batch mixes tasks or sources".into());
+    }
+    Ok(())
 }
