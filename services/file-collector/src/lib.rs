@@ -49,8 +49,10 @@ pub use metrics::Metrics;
 pub const SERVICE: &str = subjects::service::FILE_COLLECTOR;
 
 /// How long a run request may go unacknowledged before JetStream redelivers it; a run in
-/// progress sends progress well within it.
-const RUN_ACK_WAIT: Duration = Duration::from_secs(30);
+/// progress sends progress every third of it. It is also how long requests held by a collector
+/// that died stay out of reach: with `max_ack_pending` = the node's running-task limit, those can
+/// block every run of the node that takes over (at 30 s, failovers took 21 s instead of 6).
+const RUN_ACK_WAIT: Duration = Duration::from_secs(10);
 
 /// Work batches published before their acks are awaited; below async-nats' limit of acks in
 /// flight per JetStream context (5,000), which would otherwise stall a larger run for good.
