@@ -229,6 +229,18 @@ impl Node {
         ferry_service::streams::wait_for_run(&self.js, task, run_id, timeout).await
     }
 
+    /// The epoch of the lease as stored now (the node's own, while it is active).
+    pub async fn current_epoch(&self) -> anyhow::Result<u64> {
+        let lease = self
+            .js
+            .get_key_value(ferry_wire::topology::KV_LEASE)
+            .await?
+            .entry(ferry_wire::topology::LEASE_KEY)
+            .await?
+            .context("no node holds the lease")?;
+        Ok(ferry_wire::decode::<ferry_wire::Lease>(&lease.value)?.epoch_at(lease.revision))
+    }
+
     pub async fn request_run(&self, task: &str) -> anyhow::Result<Uuid> {
         ferry_service::api::request_run(&self.client, &self.settings.node_id, task, "test").await
     }
@@ -378,6 +390,14 @@ pub fn process_env(nats_url: &str, node: &str) -> BTreeMap<String, String> {
     }
     env.insert("FERRY_TRANSFER__ACK_WAIT_SECS".into(), "5".into());
     env
+}
+
+/// A configuration text parsed and validated, as the scheduler stores it.
+pub fn validated(toml_text: &str) -> anyhow::Result<ferry_config::Config> {
+    ferry_config::parse_toml(toml_text)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// `ferry nats setup` in `dir` for `nodes` (comma-separated), each node's `cli` key the admin's:

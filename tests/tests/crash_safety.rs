@@ -203,9 +203,7 @@ async fn sigkill_of_transfer_mid_run(sftp: Option<&ferry_testkit::peers::sshd::S
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_whose_collector_stopped_while_sending_finishes_with_what_was_sent() -> anyhow::Result<()> {
     use async_nats::jetstream::message::PublishMessage;
-    use ferry_wire::{
-        FileItem, Lease, PlannedBatch, RunRecord, RunRequested, SourceFile, Trigger, WorkBatch,
-    };
+    use ferry_wire::{FileItem, PlannedBatch, RunRecord, RunRequested, SourceFile, Trigger, WorkBatch};
 
     let nats = NatsServer::start()?;
     let node = Node::start(settings(&nats.url())).await?;
@@ -217,18 +215,8 @@ async fn a_run_whose_collector_stopped_while_sending_finishes_with_what_was_sent
     }
     let task_toml = local_task("resume", &src, &dst, "", "");
     node.apply(&task_toml).await?;
-    let config = ferry_config::parse_toml(&task_toml)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .validate()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let lease = node
-        .js
-        .get_key_value(ferry_wire::topology::KV_LEASE)
-        .await?
-        .entry(ferry_wire::topology::LEASE_KEY)
-        .await?
-        .expect("the coordinator holds the lease");
-    let epoch = ferry_wire::decode::<Lease>(&lease.value)?.epoch_at(lease.revision);
+    let config = ferry_tests::validated(&task_toml)?;
+    let epoch = node.current_epoch().await?;
 
     let run_id = uuid::Uuid::now_v7();
     let started_at = chrono::Utc::now();

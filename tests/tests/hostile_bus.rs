@@ -12,8 +12,8 @@ use chrono::Utc;
 use ferry_service::settings::NatsAuth;
 use ferry_tests::{NatsServer, Node, connect_as, local_task, nats_keys, settings};
 use ferry_wire::{
-    BatchResult, FileItem, FileResult, Lease, Outcome, RunRequested, RunStatus, SourceFile, Trigger,
-    WorkBatch, subjects, topology,
+    BatchResult, FileItem, FileResult, Outcome, RunRequested, RunStatus, SourceFile, Trigger, WorkBatch,
+    subjects, topology,
 };
 use uuid::Uuid;
 
@@ -43,17 +43,8 @@ async fn hostile_messages_on_every_consumed_subject_change_nothing_and_work_goes
     std::fs::write(src.join("a.txt"), "a")?;
     let toml = local_task("victim", &src, &dst, "new_files_only = true", "");
     node.apply(&toml).await?;
-    let config = ferry_config::parse_toml(&toml)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .validate()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let task = config.tasks["victim"].clone();
-    let lease_kv = node.js.get_key_value(topology::KV_LEASE).await?;
-    let lease = lease_kv
-        .entry(topology::LEASE_KEY)
-        .await?
-        .expect("the node holds the lease");
-    let epoch = ferry_wire::decode::<Lease>(&lease.value)?.epoch_at(lease.revision);
+    let task = ferry_tests::validated(&toml)?.tasks["victim"].clone();
+    let epoch = node.current_epoch().await?;
 
     let as_ = |service: &str| keys.join("node1").join(format!("{service}.nk"));
     let scheduler = jetstream::new(connect_as(&as_("scheduler"), nats.url()).await?);

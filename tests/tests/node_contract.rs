@@ -204,10 +204,7 @@ async fn batch_stamped(
     dst: &std::path::Path,
     epoch: u64,
 ) -> anyhow::Result<ferry_wire::FileResult> {
-    let config = ferry_config::parse_toml(&local_task(task, src, dst, "", ""))
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .validate()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = ferry_tests::validated(&local_task(task, src, dst, "", ""))?;
     let item_run = Uuid::now_v7();
     let item = FileItem {
         run_id: item_run,

@@ -95,18 +95,50 @@ impl EpochGate {
 
 /// The lease key's epoch as the stream's leader has it (`None`: never written).
 async fn current_lease_epoch(stream: &jetstream::stream::Stream) -> anyhow::Result<Option<Epoch>> {
-    let subject = format!("$KV.{}.{}", topology::KV_LEASE, topology::LEASE_KEY);
-    match stream.get_last_raw_message_by_subject(&subject).await {
+    Ok(lease_key_by_leader(stream, topology::LEASE_KEY)
+        .await?
+        .map(
+            |(revision, value)| match value.map(|v| ferry_wire::decode::<Lease>(&v)) {
+                Some(Ok(lease)) => lease.epoch_at(revision),
+                _ => revision,
+            },
+        ))
+}
+
+/// The lease bucket's stream, opened with retry until `shutdown` (for reads through its leader).
+pub async fn open_lease_stream(
+    js: &jetstream::Context,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<jetstream::stream::Stream> {
+    crate::nats::retry("open the lease stream", shutdown, || async {
+        js.get_stream(format!("KV_{}", topology::KV_LEASE))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    })
+    .await
+}
+
+/// The newest write of `key` in the lease bucket as the stream's leader has it — a replica may
+/// lag — within 2 s: its revision and its value (`None` when the write deletes the key).
+/// `Ok(None)`: never written.
+pub async fn lease_key_by_leader(
+    stream: &jetstream::stream::Stream,
+    key: &str,
+) -> anyhow::Result<Option<(u64, Option<bytes::Bytes>)>> {
+    let subject = format!("$KV.{}.{key}", topology::KV_LEASE);
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        stream.get_last_raw_message_by_subject(&subject),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("read {subject} timed out"))?;
+    match read {
         Ok(message) => {
             let deleted = message
                 .headers
                 .get("KV-Operation")
                 .is_some_and(|op| op.as_str() != "PUT");
-            let epoch = match (deleted, ferry_wire::decode::<Lease>(&message.payload)) {
-                (false, Ok(lease)) => lease.epoch_at(message.sequence),
-                _ => message.sequence,
-            };
-            Ok(Some(epoch))
+            Ok(Some((message.sequence, (!deleted).then_some(message.payload))))
         }
         Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
         Err(e) => Err(anyhow::anyhow!("{e}")),
@@ -120,13 +152,7 @@ pub async fn watch_lease(
     shutdown: CancellationToken,
 ) -> anyhow::Result<watch::Receiver<LeaseView>> {
     let kv = crate::nats::open_kv(js, topology::KV_LEASE, &shutdown).await?;
-    let stream = crate::nats::retry("open the lease stream", &shutdown, || async {
-        js.get_stream(format!("KV_{}", topology::KV_LEASE))
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))
-    })
-    .await?;
-    let _ = gate.lease.set(stream);
+    let _ = gate.lease.set(open_lease_stream(js, &shutdown).await?);
     let (tx, rx) = watch::channel(LeaseView::default());
     let mut watcher = crate::nats::retry("watch lease", &shutdown, || async {
         kv.watch_with_history(topology::LEASE_KEY)

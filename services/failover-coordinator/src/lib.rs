@@ -301,39 +301,23 @@ async fn refuse_a_twin(
     ttl: Duration,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let stream = nats::retry("open the lease stream", shutdown, || async {
-        js.get_stream(format!("KV_{}", topology::KV_LEASE))
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))
-    })
-    .await?;
+    let stream = ferry_service::epoch::open_lease_stream(js, shutdown).await?;
     // The newest write of `key` by another instance of this node: (revision, that instance).
     let other = |key: String| {
         let stream = stream.clone();
         async move {
-            let subject = format!("$KV.{}.{key}", topology::KV_LEASE);
-            let message = tokio::time::timeout(
-                Duration::from_secs(2),
-                stream.get_last_raw_message_by_subject(&subject),
-            )
-            .await
-            .ok()?
-            .ok()?;
-            if message
-                .headers
-                .get("KV-Operation")
-                .is_some_and(|op| op.as_str() != "PUT")
-            {
-                return None;
-            }
-            let (owner, writer) = match ferry_wire::decode::<Lease>(&message.payload) {
+            let (revision, value) = ferry_service::epoch::lease_key_by_leader(&stream, &key)
+                .await
+                .ok()??;
+            let value = value?;
+            let (owner, writer) = match ferry_wire::decode::<Lease>(&value) {
                 Ok(lease) if key == topology::LEASE_KEY => (lease.node, lease.instance),
                 _ => {
-                    let seen = ferry_wire::decode::<NodeSeen>(&message.payload).ok()?;
+                    let seen = ferry_wire::decode::<NodeSeen>(&value).ok()?;
                     (seen.node, seen.instance)
                 }
             };
-            (owner == node && !writer.is_empty() && writer != instance).then_some((message.sequence, writer))
+            (owner == node && !writer.is_empty() && writer != instance).then_some((revision, writer))
         }
     };
     let keys = [topology::LEASE_KEY.to_string(), topology::node_key(node)];

@@ -477,7 +477,7 @@ impl Transfer {
             }
             return Ok(files.into_iter().map(|f| f.result(&self.node)).collect());
         }
-        let way = match self.way(batch.first()).await? {
+        let way = match self.way(&config, batch.first()) {
             Ok(way) => way,
             Err(why) => {
                 for f in &mut files {
@@ -586,15 +586,10 @@ impl Transfer {
     }
 
     /// How the files of a batch travel: resolved from the stored configuration by the host names
-    /// the batch carries. `Ok(Err(why))`: the batch cannot be moved (its files fail with why);
-    /// `Err`: the configuration could not be read (retry the batch).
-    async fn way(&self, item: &FileItem) -> anyhow::Result<Result<Way, String>> {
-        let config = self.config().await?;
+    /// the batch carries. `Err(why)`: the batch cannot be moved (its files fail with why).
+    fn way(&self, config: &ferry_config::Config, item: &FileItem) -> Result<Way, String> {
         let Some(source) = config.hosts.get(&item.source.host) else {
-            return Ok(Err(format!(
-                "source host {:?} is not configured",
-                item.source.host
-            )));
+            return Err(format!("source host {:?} is not configured", item.source.host));
         };
         let dests: Vec<Option<&ferry_config::Host>> = item
             .destinations
@@ -602,16 +597,16 @@ impl Transfer {
             .map(|d| config.hosts.get(&d.host))
             .collect();
         if source.is_local() && dests.iter().all(|d| d.is_some_and(|h| h.is_local())) {
-            return Ok(Ok(Way::Local));
+            return Ok(Way::Local);
         }
         let source_host = match self.hosts.get(source) {
             Ok(h) => h,
-            Err(e) => return Ok(Err(e.to_string())),
+            Err(e) => return Err(e.to_string()),
         };
         let mut remote: Vec<&ferry_config::Host> = vec![source];
         remote.extend(dests.iter().flatten().copied());
         let remote: Vec<&ferry_config::Host> = remote.into_iter().filter(|h| !h.is_local()).collect();
-        Ok(Ok(Way::Hosts(hosts_route::Route {
+        Ok(Way::Hosts(hosts_route::Route {
             source: source_host,
             dests: item
                 .destinations
@@ -635,7 +630,7 @@ impl Transfer {
             resumed_bytes: self.metrics.resumed_bytes.clone(),
             refused: Default::default(),
             ready: Default::default(),
-        })))
+        }))
     }
 
     /// `ferry host test`: connect, look at a folder, say what the server offers. Failures are in
