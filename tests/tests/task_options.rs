@@ -164,10 +164,12 @@ async fn two_files_of_a_run_never_share_a_destination_path() -> anyhow::Result<(
     );
     assert!(!src.join("a/x.csv").exists() && !src.join("b/y.csv").exists());
 
-    // One fixed name for every file, `unique`: each gets its own, nothing is replaced.
+    // One fixed name for every file, `unique`: each gets its own, nothing is replaced, and
+    // batches racing for one name count on from the rendered name (`report (2).csv`, never
+    // `report (1) (1).csv`).
     let (src, dst) = (work.path().join("in2"), work.path().join("out2"));
     std::fs::create_dir_all(&src)?;
-    for i in 0..3 {
+    for i in 0..16 {
         std::fs::write(src.join(format!("f{i}.csv")), format!("{i}"))?;
     }
     node.apply(&local_task(
@@ -180,12 +182,22 @@ async fn two_files_of_a_run_never_share_a_destination_path() -> anyhow::Result<(
     .await?;
     let run = node.run_task("one-name", Duration::from_secs(30)).await?;
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.files);
-    let mut bodies: Vec<String> = ["report.csv", "report (1).csv", "report (2).csv"]
+    let mut names: Vec<String> = std::fs::read_dir(&dst)?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<_>>()?;
+    names.sort();
+    let mut expected: Vec<String> = (1..16).map(|k| format!("report ({k}).csv")).collect();
+    expected.push("report.csv".into());
+    expected.sort();
+    assert_eq!(names, expected);
+    let mut bodies: Vec<String> = names
         .iter()
         .map(|n| std::fs::read_to_string(dst.join(n)))
         .collect::<Result<_, _>>()?;
+    let mut sent: Vec<String> = (0..16).map(|i| i.to_string()).collect();
     bodies.sort();
-    assert_eq!(bodies, ["0", "1", "2"]);
+    sent.sort();
+    assert_eq!(bodies, sent);
     node.shutdown().await;
     Ok(())
 }

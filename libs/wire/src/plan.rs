@@ -27,6 +27,20 @@ impl Planned {
     pub fn temp_path(&self) -> String {
         path::join(&self.dir, &self.temp_name)
     }
+
+    /// The names `unique` tries at the commit, in order: the planned final path (a free name the
+    /// prepare step found), then `name (1)`, `name (2)`, … of the rendered name. Counting from the
+    /// rendered name, not from the planned one, matters when batches race for one name: a batch
+    /// that planned `a (1).csv` and lost it to another goes on with `a (2).csv`, never
+    /// `a (1) (1).csv`.
+    pub fn unique_candidates(&self) -> impl Iterator<Item = String> + '_ {
+        let rendered = path::join(&self.dir, &self.name);
+        std::iter::once(self.final_path.clone()).chain(
+            (1..)
+                .map(move |k| unique_candidate(&rendered, k))
+                .filter(move |c| *c != self.final_path),
+        )
+    }
 }
 
 /// The source file's path on its host: its folder and the listed relative path, which must stay
@@ -220,6 +234,23 @@ mod tests {
             [0, 1]
         );
         assert_eq!(items[2].refused[1].path, "/out/Report.csv");
+    }
+
+    #[test]
+    fn racing_batches_count_from_the_rendered_name() {
+        let planned = Planned {
+            dir: "/d".into(),
+            name: "report.csv".into(),
+            temp_name: "t".into(),
+            final_path: "/d/report (1).csv".into(),
+            overwrite: Overwrite::Unique,
+            create_dirs: false,
+        };
+        let tried: Vec<String> = planned.unique_candidates().take(3).collect();
+        assert_eq!(
+            tried,
+            ["/d/report (1).csv", "/d/report (2).csv", "/d/report (3).csv"]
+        );
     }
 
     #[test]

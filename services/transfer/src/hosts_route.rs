@@ -529,11 +529,10 @@ async fn commit_one(staged: &mut Box<dyn ferry_hosts::Staged>, p: &plan::Planned
             Err(e) => failed(p.final_path.clone(), e.to_string()),
         },
         Overwrite::Unique => {
-            let mut candidate = p.final_path.clone();
-            for k in 1..100 {
+            for candidate in p.unique_candidates().take(100) {
                 match staged.commit(&candidate, false).await {
                     Ok(true) => return delivered(candidate),
-                    Ok(false) => candidate = plan::unique_candidate(&p.final_path, k),
+                    Ok(false) => {}
                     Err(e) => return failed(candidate, e.to_string()),
                 }
             }

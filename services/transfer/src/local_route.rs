@@ -179,12 +179,10 @@ fn rename(p: &plan::Planned) -> ferry_wire::DestOutcome {
         Overwrite::Skip | Overwrite::Fail => local::rename_noreplace(&temp, Path::new(&p.final_path))
             .map(|done| done.then(|| p.final_path.clone())),
         Overwrite::Unique => (|| {
-            let mut candidate = p.final_path.clone();
-            for k in 1..10_000 {
+            for candidate in p.unique_candidates().take(10_000) {
                 if local::rename_noreplace(&temp, Path::new(&candidate))? {
                     return Ok(Some(candidate));
                 }
-                candidate = plan::unique_candidate(&p.final_path, k);
             }
             Ok(None)
         })(),
