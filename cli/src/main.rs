@@ -113,6 +113,11 @@ enum Command {
         #[arg(long)]
         prune: bool,
     },
+    /// The stored configuration: compare a file with it, list its revisions, go back to one.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// List tasks.
     Tasks {
         #[command(subcommand)]
@@ -203,6 +208,26 @@ enum NatsCommand {
     /// Write an nkey seed per service of each node and per role (viewer, operator, admin), and
     /// the nats-server `authorization` block (auth.conf) that gives each only what it needs.
     Setup(nats_setup::SetupArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Show every task, host and field a file changes against the stored configuration
+    /// (including what it would remove, which `apply` does only with --prune). Exit status 0:
+    /// identical, 1: different, 2: the file is invalid.
+    Diff {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Every kept revision of the configuration: when, by whom, from which file, what changed.
+    History,
+    /// Store an earlier revision's configuration again, whole, as a new revision.
+    Rollback {
+        revision: u64,
+        /// Only show what would change.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -383,6 +408,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
 
     match cli.command {
         Command::Apply { file, dry_run, prune } => apply(&ctx, &file, dry_run, prune).await,
+        Command::Config { command } => config_command(&ctx, command).await,
         Command::Tasks {
             command: TasksCommand::List,
         } => tasks_list(&ctx).await,
@@ -492,12 +518,28 @@ fn operator() -> String {
 }
 
 async fn apply(ctx: &Ctx, file: &std::path::Path, dry_run: bool, prune: bool) -> anyhow::Result<ExitCode> {
+    let Some(response) = send_apply(ctx, file, dry_run, prune).await? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let ok = !matches!(response, ApplyResponse::Rejected { .. });
+    output::applied(ctx.json, &file.display().to_string(), &response);
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Parse, seal and send a configuration file to the scheduler; `None` when it was refused here
+/// (the errors are printed).
+async fn send_apply(
+    ctx: &Ctx,
+    file: &std::path::Path,
+    dry_run: bool,
+    prune: bool,
+) -> anyhow::Result<Option<ApplyResponse>> {
     let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
     let mut raw = match ferry_config::parse_toml(&text) {
         Ok(raw) => raw,
         Err(errors) => {
             output::rejected(ctx.json, &file.display().to_string(), &errors.0);
-            return Ok(ExitCode::FAILURE);
+            return Ok(None);
         }
     };
     raw.resolve_relative_paths(&std::env::current_dir().context("working directory")?);
@@ -506,7 +548,7 @@ async fn apply(ctx: &Ctx, file: &std::path::Path, dry_run: bool, prune: bool) ->
         Ok(()) => {}
         Err(Ok(errors)) => {
             output::rejected(ctx.json, &file.display().to_string(), &errors.0);
-            return Ok(ExitCode::FAILURE);
+            return Ok(None);
         }
         Err(Err(e)) => return Err(e.context("ask the node for its keymat to seal secrets")),
     }
@@ -517,12 +559,79 @@ async fn apply(ctx: &Ctx, file: &std::path::Path, dry_run: bool, prune: bool) ->
         dry_run,
         prune,
     };
-    let response: ApplyResponse = ctx
-        .call(subjects::service::SCHEDULER, subjects::api::APPLY, &request)
-        .await?;
-    let ok = !matches!(response, ApplyResponse::Rejected { .. });
-    output::applied(ctx.json, &file.display().to_string(), &response);
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    ctx.call(subjects::service::SCHEDULER, subjects::api::APPLY, &request)
+        .await
+        .map(Some)
+}
+
+async fn config_command(ctx: &Ctx, command: ConfigCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ConfigCommand::Diff { file } => {
+            let shown = file.display().to_string();
+            let Some(response) = send_apply(ctx, &file, true, true).await? else {
+                return Ok(ExitCode::from(2));
+            };
+            let same = output::config_diff(ctx.json, &shown, &response);
+            Ok(match (&response, same) {
+                (ApplyResponse::Rejected { .. }, _) => ExitCode::from(2),
+                (_, true) => ExitCode::SUCCESS,
+                (_, false) => ExitCode::FAILURE,
+            })
+        }
+        ConfigCommand::History => {
+            let kv = ctx
+                .js
+                .get_key_value(topology::KV_CONFIG)
+                .await
+                .context("open configuration bucket")?;
+            let mut history = kv
+                .history(topology::CONFIG_KEY)
+                .await
+                .context("read the configuration history")?;
+            let mut revisions = Vec::new();
+            let mut before: Option<ferry_config::Config> = None;
+            while let Some(entry) = futures::StreamExt::next(&mut history).await {
+                // An empty bucket answers "no messages" rather than an empty history.
+                let Ok(entry) = entry else { break };
+                let doc = (entry.operation == async_nats::jetstream::kv::Operation::Put)
+                    .then(|| ferry_wire::decode::<ConfigDocument>(&entry.value).ok())
+                    .flatten();
+                let changes = doc.as_ref().map(|d| {
+                    ferry_wire::ConfigChanges::between(
+                        before.as_ref().unwrap_or(&Default::default()),
+                        &d.config,
+                    )
+                });
+                before = doc.as_ref().map(|d| d.config.clone());
+                revisions.push(output::ConfigRevision {
+                    revision: entry.revision,
+                    stored_at: chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::from(
+                        entry.created,
+                    )),
+                    applied_by: doc.as_ref().map(|d| d.applied_by.clone()),
+                    source_name: doc.as_ref().map(|d| d.source_name.clone()),
+                    tasks: doc.as_ref().map_or(0, |d| d.config.tasks.len()),
+                    hosts: doc.as_ref().map_or(0, |d| d.config.hosts.len()),
+                    changes,
+                });
+            }
+            output::config_history(ctx.json, &revisions);
+            Ok(ExitCode::SUCCESS)
+        }
+        ConfigCommand::Rollback { revision, dry_run } => {
+            let request = ferry_wire::RollbackRequest {
+                revision,
+                applied_by: operator(),
+                dry_run,
+            };
+            let response: ApplyResponse = ctx
+                .call(subjects::service::SCHEDULER, subjects::api::ROLLBACK, &request)
+                .await?;
+            let ok = !matches!(response, ApplyResponse::Rejected { .. });
+            output::applied(ctx.json, &format!("revision {revision}"), &response);
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
 }
 
 async fn host_test(ctx: &Ctx, name: &str, folder: Option<String>) -> anyhow::Result<ExitCode> {

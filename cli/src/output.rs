@@ -17,6 +17,25 @@ fn json<T: Serialize + ?Sized>(value: &T) {
     );
 }
 
+/// Text from the store as the terminal gets it: control characters and bidirectional overrides
+/// (which could fake or hide what follows) escaped, everything else as is.
+fn shown(text: &str) -> String {
+    let hidden = |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(hidden) {
+        return text.to_string();
+    }
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if hidden(c) {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
 fn local(t: &DateTime<Utc>) -> String {
     t.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S").to_string()
 }
@@ -80,19 +99,97 @@ pub fn applied(as_json: bool, file: &str, response: &ApplyResponse) {
     }
 }
 
-/// `+ task a`, `~ host b`, `- task c`: one line per name an apply adds, changes or removes.
-fn config_changes(changes: &ferry_wire::ConfigChanges) {
+/// `+ task a`, `~ host b` (with a line per changed field), `- task c`: one line per name an
+/// apply adds, changes or removes. Returns whether there was any.
+fn config_changes(changes: &ferry_wire::ConfigChanges) -> bool {
     let mut any = false;
     for (kind, c) in [("host", &changes.hosts), ("task", &changes.tasks)] {
         for (mark, names) in [("+", &c.added), ("~", &c.changed), ("-", &c.removed)] {
             for name in names {
-                println!("  {mark} {kind} {name}");
+                println!("  {mark} {kind} {}", shown(name));
                 any = true;
+                if mark != "~" {
+                    continue;
+                }
+                let scope = format!("{kind} {name:?}");
+                for f in changes.fields.iter().filter(|f| f.scope == scope) {
+                    let value = |v: &Option<String>| v.as_deref().map_or("(unset)".to_string(), shown);
+                    println!(
+                        "      {}: {} -> {}",
+                        shown(&f.field),
+                        value(&f.before),
+                        value(&f.after)
+                    );
+                }
             }
         }
     }
     if !any {
         println!("  (no task or host changes)");
+    }
+    any
+}
+
+/// `ferry config diff`: what the file changes; true when nothing.
+pub fn config_diff(as_json: bool, file: &str, response: &ApplyResponse) -> bool {
+    let changes = match response {
+        ApplyResponse::Valid { changes, .. } | ApplyResponse::Applied { changes, .. } => changes,
+        ApplyResponse::Rejected { errors } => {
+            if as_json {
+                json(response);
+            } else {
+                eprint!("{file}: {}", ferry_config::ConfigErrors(errors.clone()));
+            }
+            return false;
+        }
+    };
+    if as_json {
+        json(changes);
+        return changes == &ferry_wire::ConfigChanges::default();
+    }
+    println!("{file} against the stored configuration:");
+    let any = config_changes(changes);
+    if !changes.tasks.removed.is_empty() || !changes.hosts.removed.is_empty() {
+        println!("  (`ferry apply` removes what this file leaves out only with --prune)");
+    }
+    !any
+}
+
+/// One row of `ferry config history`.
+#[derive(Serialize)]
+pub struct ConfigRevision {
+    pub revision: u64,
+    pub stored_at: DateTime<Utc>,
+    pub applied_by: Option<String>,
+    pub source_name: Option<String>,
+    pub tasks: usize,
+    pub hosts: usize,
+    /// Against the revision before it (`None`: a deletion).
+    pub changes: Option<ferry_wire::ConfigChanges>,
+}
+
+pub fn config_history(as_json: bool, revisions: &[ConfigRevision]) {
+    if as_json {
+        return json(revisions);
+    }
+    if revisions.is_empty() {
+        println!("no configuration stored");
+    }
+    for r in revisions {
+        let (Some(by), Some(source), Some(changes)) = (&r.applied_by, &r.source_name, &r.changes) else {
+            println!("revision {:<5} {}  (deleted)", r.revision, local(&r.stored_at));
+            continue;
+        };
+        println!(
+            "revision {:<5} {}  by {}  from {}: {} task(s), {} host(s)",
+            r.revision,
+            local(&r.stored_at),
+            shown(by),
+            shown(source),
+            r.tasks,
+            r.hosts
+        );
+        config_changes(changes);
     }
 }
 

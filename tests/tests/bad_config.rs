@@ -301,3 +301,121 @@ async fn an_apply_that_would_remove_tasks_needs_prune_and_says_what_changes() ->
     node.shutdown().await;
     Ok(())
 }
+
+/// `ferry config diff` shows every task, host and field a file changes (exit 1), nothing for the
+/// stored file (exit 0), and refuses an invalid file (exit 2), storing nothing; `history` lists
+/// each revision with who, from where and what changed; `rollback` stores an earlier revision
+/// again, whole, as a new revision, and refuses one the bucket does not keep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn config_diff_history_and_rollback() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let url = nats.url();
+    let node = Node::start(settings(&url)).await?;
+    let dir = tempfile::tempdir()?;
+    let task = |name: &str, extra: &str| {
+        local_task(name, &dir.path().join(name), &dir.path().join("out"), extra, "")
+    };
+    let write = |file: &str, text: String| -> anyhow::Result<String> {
+        let path = dir.path().join(file);
+        std::fs::write(&path, text)?;
+        Ok(path.to_string_lossy().into_owned())
+    };
+    let text = |out: &Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let both = write(
+        "both.toml",
+        format!("{}{}", task("payroll", ""), task("invoices", "")),
+    )?;
+    let out = ferry(&url, &["apply", "-f", &both], dir.path()).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let (first, first_doc) = stored(&node).await?;
+
+    let same = ferry(&url, &["config", "diff", "-f", &both], dir.path()).await;
+    assert_eq!(same.status.code(), Some(0), "{}", text(&same));
+    assert!(
+        text(&same).contains("(no task or host changes)"),
+        "{}",
+        text(&same)
+    );
+
+    let one = write("one.toml", task("payroll", "masks = \"*.csv\""))?;
+    let diff = ferry(&url, &["config", "diff", "-f", &one], dir.path()).await;
+    assert_eq!(diff.status.code(), Some(1), "{}", text(&diff));
+    let shown = text(&diff);
+    assert!(
+        shown.contains("~ task payroll")
+            && shown.contains("sources[0].masks: \"*.*\" -> \"*.csv\"")
+            && shown.contains("\"*.csv\"")
+            && shown.contains("- task invoices")
+            && shown.contains("--prune"),
+        "{shown}"
+    );
+    let bad = write("bad.toml", task("payroll", "masks = 7"))?;
+    let refused = ferry(&url, &["config", "diff", "-f", &bad], dir.path()).await;
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert_eq!(
+        stored(&node).await?,
+        (first, first_doc.clone()),
+        "diff stored something"
+    );
+
+    let out = ferry(&url, &["apply", "--prune", "-f", &one], dir.path()).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let (second, _) = stored(&node).await?;
+
+    let history = ferry(&url, &["config", "history"], dir.path()).await;
+    assert!(history.status.success(), "{}", text(&history));
+    let listed = text(&history);
+    let at = |needle: &str| {
+        listed
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} not in {listed}"))
+    };
+    assert!(at(&format!("revision {first} ")) < at("+ task invoices"));
+    assert!(at(&format!("revision {second} ")) < at("- task invoices"));
+    assert!(
+        listed.contains("from ") && listed.contains("one.toml"),
+        "{listed}"
+    );
+
+    let dry = ferry(
+        &url,
+        &["config", "rollback", &first.to_string(), "--dry-run"],
+        dir.path(),
+    )
+    .await;
+    assert!(dry.status.success(), "{}", text(&dry));
+    assert!(text(&dry).contains("+ task invoices"), "{}", text(&dry));
+    assert_eq!(stored(&node).await?.0, second, "--dry-run stored something");
+
+    let back = ferry(&url, &["config", "rollback", &first.to_string()], dir.path()).await;
+    assert!(back.status.success(), "{}", text(&back));
+    let (third, doc) = stored(&node).await?;
+    assert!(third > second);
+    let (was, now): (ferry_wire::ConfigDocument, ferry_wire::ConfigDocument) =
+        (ferry_wire::decode(&first_doc)?, ferry_wire::decode(&doc)?);
+    assert_eq!(
+        now.config, was.config,
+        "the rollback stores revision {first}'s configuration"
+    );
+    assert_eq!(
+        now.source_name,
+        format!("rollback to revision {first} ({})", was.source_name)
+    );
+
+    let gone = ferry(&url, &["config", "rollback", "9999"], dir.path()).await;
+    assert!(!gone.status.success());
+    assert!(
+        text(&gone).contains("revision 9999") && text(&gone).contains("is not in the configuration history"),
+        "{}",
+        text(&gone)
+    );
+    assert_eq!(stored(&node).await?.0, third);
+    node.shutdown().await;
+    Ok(())
+}

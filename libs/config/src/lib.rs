@@ -13,7 +13,7 @@ pub mod template;
 
 pub use hosts::{
     AzureSpec, FtpMode, FtpSpec, FtpTls, Host, HostKeyCheck, HostKind, HostOptions, HostSpec, S3Spec,
-    SECRET_FIELDS, Secret, SftpSpec, SmbEncryption, SmbSpec, Verify,
+    SEALED_PREFIX, SECRET_FIELDS, Secret, SftpSpec, SmbEncryption, SmbSpec, Verify,
 };
 pub use mask::MaskList;
 pub use model::*;

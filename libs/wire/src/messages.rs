@@ -419,11 +419,135 @@ pub struct ApplyRequest {
     pub prune: bool,
 }
 
-/// What an apply adds, changes and removes, by name.
+/// `ferry config rollback REV`: store the configuration of an earlier revision again (as a new
+/// revision), whole: tasks and hosts it does not have are removed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    pub revision: u64,
+    pub applied_by: String,
+    /// Only show what would change.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What an apply adds, changes and removes, by name, and every field it changes.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ConfigChanges {
     pub tasks: NameChanges,
     pub hosts: NameChanges,
+    /// One entry per changed field of a task or host both configurations have.
+    #[serde(default)]
+    pub fields: Vec<FieldChange>,
+}
+
+/// One changed setting: `task "a"`, `destinations[0].overwrite`, `"skip"` → `"unique"`. Values
+/// are JSON text; a sealed secret shows as `(secret)`, never its sealed text.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FieldChange {
+    pub scope: String,
+    pub field: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+}
+
+impl ConfigChanges {
+    /// Compare two whole configurations.
+    pub fn between(before: &Config, after: &Config) -> ConfigChanges {
+        let mut fields = Vec::new();
+        for (kind, old, new) in [
+            ("host", to_values(&before.hosts), to_values(&after.hosts)),
+            ("task", to_values(&before.tasks), to_values(&after.tasks)),
+        ] {
+            for (name, was) in &old {
+                if let Some(now) = new.get(name) {
+                    diff_values(&format!("{kind} {name:?}"), "", was, now, &mut fields);
+                }
+            }
+        }
+        ConfigChanges {
+            tasks: NameChanges::between(&before.tasks, &after.tasks),
+            hosts: NameChanges::between(&before.hosts, &after.hosts),
+            fields,
+        }
+    }
+}
+
+fn to_values<V: Serialize>(
+    map: &std::collections::BTreeMap<String, V>,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    map.iter()
+        .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or_default()))
+        .collect()
+}
+
+/// The leaves where `before` and `after` differ, as `a.b[2].c` paths.
+fn diff_values(
+    scope: &str,
+    at: &str,
+    before: &serde_json::Value,
+    after: &serde_json::Value,
+    out: &mut Vec<FieldChange>,
+) {
+    use serde_json::Value;
+    if before == after {
+        return;
+    }
+    let key = |k: &str| {
+        if at.is_empty() {
+            k.to_string()
+        } else {
+            format!("{at}.{k}")
+        }
+    };
+    match (before, after) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for k in keys {
+                let null = Value::Null;
+                diff_values(
+                    scope,
+                    &key(k),
+                    a.get(k).unwrap_or(&null),
+                    b.get(k).unwrap_or(&null),
+                    out,
+                );
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for i in 0..a.len().max(b.len()) {
+                let null = Value::Null;
+                diff_values(
+                    scope,
+                    &format!("{at}[{i}]"),
+                    a.get(i).unwrap_or(&null),
+                    b.get(i).unwrap_or(&null),
+                    out,
+                );
+            }
+        }
+        _ => {
+            let shown = |v: &Value| match v {
+                Value::Null => None,
+                Value::String(s) if s.starts_with(ferry_config::SEALED_PREFIX) => {
+                    Some("(secret)".to_string())
+                }
+                v => Some(v.to_string()),
+            };
+            let (was, now) = (shown(before), shown(after));
+            // Two sealings of secrets are different text even for one secret; the scheduler keeps
+            // the stored sealing when the secret is the same, so a difference here is a change.
+            let (was, now) = match (was, now) {
+                (Some(a), Some(b)) if a == b => (Some(a), Some("(another secret)".to_string())),
+                pair => pair,
+            };
+            out.push(FieldChange {
+                scope: scope.to_string(),
+                field: at.to_string(),
+                before: was,
+                after: now,
+            });
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -222,7 +222,10 @@ pub fn for_role(role: Role) -> Permissions {
         ]);
     }
     if role >= Role::Admin {
-        p.publish([subjects::api("*", service::SCHEDULER, api::APPLY)]);
+        p.publish([
+            subjects::api("*", service::SCHEDULER, api::APPLY),
+            subjects::api("*", service::SCHEDULER, api::ROLLBACK),
+        ]);
         for verb in [
             api::PROMOTE,
             api::DEMOTE,
@@ -284,12 +287,13 @@ mod tests {
             assert!(
                 !p.publish
                     .iter()
-                    .any(|s| s.ends_with(".apply") || s.ends_with(".promote"))
+                    .any(|s| s.ends_with(".apply") || s.ends_with(".rollback") || s.ends_with(".promote"))
             );
         }
         assert!(!viewer.publish.iter().any(|s| s.ends_with(".run")));
         assert!(operator.publish.iter().any(|s| s.ends_with("scheduler.run")));
         assert!(admin.publish.iter().any(|s| s.ends_with("scheduler.apply")));
+        assert!(admin.publish.iter().any(|s| s.ends_with("scheduler.rollback")));
         for (small, big) in [(&viewer, &operator), (&operator, &admin)] {
             assert!(small.publish.iter().all(|s| big.publish.contains(s)));
         }

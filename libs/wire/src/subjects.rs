@@ -113,6 +113,8 @@ pub mod service {
 pub mod api {
     /// scheduler: validate and store a configuration ([`crate::ApplyRequest`]).
     pub const APPLY: &str = "apply";
+    /// scheduler: store an earlier revision again ([`crate::RollbackRequest`]).
+    pub const ROLLBACK: &str = "rollback";
     /// scheduler: start a run now ([`crate::RunTaskRequest`]).
     pub const RUN: &str = "run";
     /// scheduler: start / stop firing schedules on this node.

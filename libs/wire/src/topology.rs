@@ -14,6 +14,8 @@ pub const STREAM_RESULTS: &str = "FERRY_RESULTS";
 pub const STREAM_EVENTS: &str = "FERRY_EVENTS";
 /// The audit trail: one record per file movement.
 pub const STREAM_AUDIT: &str = "FERRY_AUDIT";
+/// Revisions of the configuration the bucket keeps (`ferry config history` / `rollback`).
+pub const CONFIG_HISTORY: i64 = 20;
 
 /// Durable consumer names.
 pub const CONSUMER_COLLECTOR: &str = "file-collector";
@@ -112,7 +114,7 @@ pub async fn ensure(js: &jetstream::Context, options: Options) -> Result<(), asy
         }
     }
     let buckets = [
-        (KV_CONFIG, 20, Duration::ZERO),
+        (KV_CONFIG, CONFIG_HISTORY, Duration::ZERO),
         (KV_STATE, 1, Duration::ZERO),
         (KV_RUNS, 1, 7 * day),
         (KV_SCHED, 1, Duration::ZERO),

@@ -33,7 +33,7 @@ use ferry_service::ledger::{self, Ledger};
 use ferry_service::settings::MissedRuns;
 use ferry_service::{EpochGate, NodeLease, Settings, api, http, nats};
 use ferry_wire::{
-    ApplyRequest, ApplyResponse, ConfigChanges, ConfigDocument, NameChanges, Role, RunRequested,
+    ApplyRequest, ApplyResponse, ConfigChanges, ConfigDocument, Role, RollbackRequest, RunRequested,
     RunTaskRequest, RunTaskResponse, ScheduledTask, SchedulerStatus, Trigger, subjects, topology,
 };
 
@@ -129,6 +129,19 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             move |req: ApplyRequest| {
                 let s = s.clone();
                 async move { s.apply(req).await.map_err(|e| format!("{e:#}")) }
+            },
+        )
+        .await?,
+    );
+    let s = scheduler.clone();
+    endpoints.push(
+        api::serve_json(
+            &group,
+            subjects::api::ROLLBACK,
+            shutdown.child_token(),
+            move |req: RollbackRequest| {
+                let s = s.clone();
+                async move { s.rollback(req).await.map_err(|e| format!("{e:#}")) }
             },
         )
         .await?,
@@ -343,6 +356,14 @@ fn keep_stored_sealing(config: &mut Config, stored: &Config, keymat: &ferry_keym
     }
 }
 
+/// How [`Scheduler::store`] stores a configuration.
+struct Store {
+    source_name: String,
+    applied_by: String,
+    dry_run: bool,
+    prune: bool,
+}
+
 /// One error per stored task or host the applied file leaves out: removing them needs `prune`.
 fn unpruned_removals(changes: &ConfigChanges) -> Vec<ferry_config::ConfigError> {
     let kinds = [("task", &changes.tasks.removed), ("host", &changes.hosts.removed)];
@@ -364,13 +385,76 @@ impl Scheduler {
     /// Validate and store a configuration, all or nothing. Refuses to remove a stored task or
     /// host the file leaves out unless `prune` says so.
     async fn apply(&self, req: ApplyRequest) -> anyhow::Result<ApplyResponse> {
-        let mut config = match req.config.validate() {
+        let config = match req.config.validate() {
             Ok(c) => c,
             Err(errors) => {
                 tracing::info!(source = %req.source_name, problems = errors.0.len(), "configuration rejected");
                 return Ok(ApplyResponse::Rejected { errors: errors.0 });
             }
         };
+        let store = Store {
+            source_name: req.source_name,
+            applied_by: req.applied_by,
+            dry_run: req.dry_run,
+            prune: req.prune,
+        };
+        self.store(config, store).await
+    }
+
+    /// `ferry config rollback`: store an earlier revision's configuration again, whole, as a new
+    /// revision (history stays linear; the rollback itself can be rolled back).
+    async fn rollback(&self, req: RollbackRequest) -> anyhow::Result<ApplyResponse> {
+        let refused = |message: String| {
+            Ok(ApplyResponse::Rejected {
+                errors: vec![ferry_config::ConfigError {
+                    scope: format!("revision {}", req.revision),
+                    field: String::new(),
+                    value: String::new(),
+                    message,
+                }],
+            })
+        };
+        let entry = match self
+            .config_kv
+            .entry_for_revision(topology::CONFIG_KEY, req.revision)
+            .await
+        {
+            Ok(Some(entry)) if entry.operation == kv::Operation::Put => entry,
+            Ok(Some(_)) => return refused("is a deletion, not a configuration".into()),
+            Ok(None) => {
+                return refused(format!(
+                    "is not in the configuration history (it keeps the last {} revisions; \
+                     `ferry config history` lists them)",
+                    topology::CONFIG_HISTORY
+                ));
+            }
+            Err(e) => {
+                // The server answers "no message found" for a revision it no longer keeps.
+                if e.to_string().contains("no message found") || e.to_string().contains("not found") {
+                    return refused(format!(
+                        "is not in the configuration history (it keeps the last {} revisions; \
+                         `ferry config history` lists them)",
+                        topology::CONFIG_HISTORY
+                    ));
+                }
+                return Err(anyhow::Error::new(e).context("read the configuration history"));
+            }
+        };
+        let doc: ConfigDocument = match ferry_wire::decode(&entry.value) {
+            Ok(doc) => doc,
+            Err(e) => return refused(format!("cannot be read: {e}")),
+        };
+        let store = Store {
+            source_name: format!("rollback to revision {} ({})", req.revision, doc.source_name),
+            applied_by: req.applied_by,
+            dry_run: req.dry_run,
+            prune: true,
+        };
+        self.store(doc.config, store).await
+    }
+
+    /// Store a validated configuration, all or nothing, and say what it changed.
+    async fn store(&self, mut config: Config, how: Store) -> anyhow::Result<ApplyResponse> {
         let keymat = self.keymat.current().context("read the node's keymat")?;
         let unopened = unopenable_secrets(&config, &keymat);
         if !unopened.is_empty() {
@@ -389,24 +473,16 @@ impl Scheduler {
         if let Some(doc) = &stored {
             keep_stored_sealing(&mut config, &doc.config, &keymat);
         }
-        let changes = match &stored {
-            Some(doc) => ConfigChanges {
-                tasks: NameChanges::between(&doc.config.tasks, &config.tasks),
-                hosts: NameChanges::between(&doc.config.hosts, &config.hosts),
-            },
-            None => ConfigChanges {
-                tasks: NameChanges::between(&Default::default(), &config.tasks),
-                hosts: NameChanges::between(&Default::default(), &config.hosts),
-            },
-        };
-        if !req.prune {
+        let empty = Config::default();
+        let changes = ConfigChanges::between(stored.as_ref().map_or(&empty, |d| &d.config), &config);
+        if !how.prune {
             let removals = unpruned_removals(&changes);
             if !removals.is_empty() {
-                tracing::info!(source = %req.source_name, removals = removals.len(), "apply would remove tasks or hosts; refused without prune");
+                tracing::info!(source = %how.source_name, removals = removals.len(), "apply would remove tasks or hosts; refused without prune");
                 return Ok(ApplyResponse::Rejected { errors: removals });
             }
         }
-        if req.dry_run {
+        if how.dry_run {
             return Ok(ApplyResponse::Valid {
                 tasks,
                 hosts,
@@ -426,8 +502,8 @@ impl Scheduler {
         }
         let doc = ConfigDocument {
             applied_at: Utc::now(),
-            applied_by: req.applied_by,
-            source_name: req.source_name,
+            applied_by: how.applied_by,
+            source_name: how.source_name,
             keymat_id: Some(keymat.key_id().to_string()),
             config: config.clone(),
         };
