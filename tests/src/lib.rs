@@ -442,6 +442,13 @@ pub fn ferry_cli(nats_url: &str, args: &[&str], cwd: &Path) -> Output {
 }
 
 /// SHA-256 of a file, hex.
+/// A file's modification time in nanoseconds since the Unix epoch, as listings carry it.
+pub fn mtime_ns(path: &Path) -> i128 {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).expect("stat");
+    meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128
+}
+
 pub fn sha256_file(path: &Path) -> String {
     use sha2::{Digest, Sha256};
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));

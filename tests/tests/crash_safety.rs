@@ -231,7 +231,8 @@ async fn a_run_whose_collector_stopped_while_sending_finishes_with_what_was_sent
             folder: src.to_string_lossy().into_owned(),
             rel_path: name.into(),
             size: name.len() as u64,
-            mtime_ns: 0,
+            // As listed: transfer refuses a source whose size or mtime differs from its listing.
+            mtime_ns: ferry_tests::mtime_ns(&src.join(name)),
             // New-files-only is on by default: the key the collector would give it.
             state_key: Some(ferry_wire::plan::state_key(
                 &ferry_wire::plan::state_source_key("resume", "local", &src.to_string_lossy()),

@@ -168,6 +168,33 @@ async fn hostile_messages_on_every_consumed_subject_change_nothing_and_work_goes
         );
     }
 
+    // A link swapped in for a listed file after the listing, with the listed size and mtime of
+    // what it points to: never followed, nothing written.
+    std::os::unix::fs::symlink(outside.join("secret.txt"), src.join("link.txt"))?;
+    let mut swapped = item("link.txt");
+    swapped.source.size = "not for you".len() as u64;
+    swapped.source.mtime_ns = ferry_tests::mtime_ns(&outside.join("secret.txt"));
+    let (run_id, batch_id) = (swapped.run_id, format!("{:032x}", rand_id()));
+    let batch = WorkBatch {
+        batch_id: batch_id.clone(),
+        items: vec![swapped],
+    };
+    put(
+        &collector,
+        subjects::file_batch(run_id, &batch_id),
+        ferry_wire::encode(&batch).to_vec(),
+    )
+    .await?;
+    let result = result_of(&node, run_id, &batch_id).await?;
+    assert_eq!(result.outcome, Outcome::Failed, "{result:?}");
+    assert!(
+        result.error.as_deref().unwrap_or("").contains("symbolic link"),
+        "{:?}",
+        result.error
+    );
+    assert!(!dst.join("link.txt").exists(), "the link was not followed");
+    std::fs::remove_file(src.join("link.txt"))?;
+
     // Results (transfer's subject) for a run that then really runs: garbage and a result for a
     // batch the run never planned must not wedge it.
     let run_id = Uuid::now_v7();

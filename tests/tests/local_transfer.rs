@@ -20,6 +20,11 @@ async fn thousand_nested_files_move_once_and_changed_ones_again() -> anyhow::Res
             format!("file {i} ").repeat(i % 50 + 1),
         )?;
     }
+    // Payroll-like files keep their narrow permission bits (a new file's default is wider).
+    for (i, mode) in [(1, 0o600), (2, 0o640)] {
+        let path = src.join(format!("d{}/e{}/f{i:04}.dat", i % 10, i % 7));
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    }
     let toml = local_task(
         "nested",
         &src,
@@ -51,6 +56,15 @@ async fn thousand_nested_files_move_once_and_changed_ones_again() -> anyhow::Res
             "reported hash of {rel}"
         );
     }
+
+    let mode = |path: &std::path::Path| -> std::io::Result<u32> {
+        Ok(std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path)?.permissions()) & 0o777)
+    };
+    for i in 1..=3 {
+        let rel = format!("d{}/e{}/f{i:04}.dat", i % 10, i % 7);
+        assert_eq!(mode(&dst.join(&rel))?, mode(&src.join(&rel))?, "{rel}");
+    }
+    assert_eq!(mode(&dst.join("d1/e1/f0001.dat"))?, 0o600);
 
     let second = node.run_task("nested", Duration::from_secs(60)).await?;
     assert_eq!(second.status, RunStatus::Succeeded);

@@ -71,6 +71,16 @@ fn prepare_dir(dir: &Path, create: bool) -> Result<(), String> {
     }
 }
 
+/// The source as listed: its folder, its confined path beneath it, its size and mtime.
+fn source_of(f: &InFlight) -> local::Source {
+    let listed = &f.item.source;
+    local::Source {
+        folder: PathBuf::from(&listed.folder),
+        rel: PathBuf::from(ferry_hosts::path::confine(&listed.rel_path).unwrap_or_default()),
+        listed: Some((listed.size, listed.mtime_ns)),
+    }
+}
+
 fn temps(f: &InFlight) -> Vec<PathBuf> {
     f.open
         .iter()
@@ -81,18 +91,18 @@ fn temps(f: &InFlight) -> Vec<PathBuf> {
 /// Copy every file with open destinations into its temp files and verify them: a lone file with
 /// its own fsync (the pipelined copy above one buffer), several small ones with one group commit.
 pub fn copy(files: &mut [InFlight], buffer: usize, stop: &(dyn Fn() -> bool + Sync)) {
-    let jobs: Vec<(usize, (PathBuf, Vec<PathBuf>))> = files
+    let jobs: Vec<(usize, (local::Source, Vec<PathBuf>))> = files
         .iter()
         .enumerate()
         .filter(|(_, f)| !f.open.is_empty())
-        .map(|(i, f)| (i, (PathBuf::from(&f.source), temps(f))))
+        .map(|(i, f)| (i, (source_of(f), temps(f))))
         .collect();
     let copies: Vec<Result<local::Copied, String>> = if files.len() == 1 {
         jobs.iter()
             .map(|(_, (source, temps))| local::copy_verified(source, temps, buffer, stop))
             .collect()
     } else {
-        let jobs: Vec<(PathBuf, Vec<PathBuf>)> = jobs.iter().map(|(_, j)| j.clone()).collect();
+        let jobs: Vec<(local::Source, Vec<PathBuf>)> = jobs.iter().map(|(_, j)| j.clone()).collect();
         local::copy_batch_verified(&jobs, buffer, stop)
     };
     for ((i, _), copied) in jobs.iter().zip(copies) {

@@ -14,6 +14,100 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+/// A source file: its folder, its path beneath the folder, and what the listing saw.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub folder: PathBuf,
+    pub rel: PathBuf,
+    /// Size and modification time (ns) at listing: the file opened must still match them.
+    pub listed: Option<(u64, i128)>,
+}
+
+impl Source {
+    /// A file by its path, with no listing to compare against.
+    pub fn at(path: &Path) -> Source {
+        Source {
+            folder: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            rel: path.file_name().map(PathBuf::from).unwrap_or_default(),
+            listed: None,
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.folder.join(&self.rel)
+    }
+
+    /// Open to read, never through a symbolic link beneath the folder (a link swapped in after
+    /// the listing would hand over whatever it points to) and never blocking on a FIFO; the
+    /// opened file must be a regular file that still has the listed size and modification time.
+    fn open(&self) -> Result<(File, fs::Metadata), String> {
+        let path = self.path();
+        let shown = path.display();
+        let file = open_beneath(&self.folder, &self.rel).map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) | Some(libc::EXDEV) => {
+                format!("source {shown} is a symbolic link or lies under one; it is not followed")
+            }
+            _ => format!("open source {shown}: {e}"),
+        })?;
+        let meta = file.metadata().map_err(|e| format!("stat source {shown}: {e}"))?;
+        if !meta.is_file() {
+            return Err(format!("source {shown} is no longer a regular file; not read"));
+        }
+        if let Some((size, mtime_ns)) = self.listed
+            && (meta.len() != size || mtime_of(&meta) != mtime_ns)
+        {
+            return Err(format!(
+                "source {shown} changed since it was listed (size or modification time); it will be picked up again"
+            ));
+        }
+        Ok((file, meta))
+    }
+}
+
+fn mtime_of(meta: &fs::Metadata) -> i128 {
+    meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128
+}
+
+/// `openat2(folder, rel, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, read-only and non-blocking;
+/// where the kernel lacks `openat2` (before 5.6, or filtered), the whole path with `O_NOFOLLOW`
+/// (a link as the last component is still refused).
+fn open_beneath(folder: &Path, rel: &Path) -> io::Result<File> {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+    let dir = File::open(folder)?;
+    let rel_c = CString::new(rel.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: `open_how` is plain integers; all zero is its documented default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = flags as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
+    // SAFETY: a valid directory descriptor, a NUL-terminated path and an `open_how` of the size
+    // passed, all alive across the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            rel_c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: a descriptor the kernel just returned, owned by nobody else.
+        return Ok(unsafe { File::from_raw_fd(fd as i32) });
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ENOSYS) | Some(libc::EPERM) => OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+            .open(folder.join(rel)),
+        _ => Err(err),
+    }
+}
+
 /// The source as it was read.
 #[derive(Debug, Clone)]
 pub struct Copied {
@@ -31,7 +125,7 @@ pub struct Copied {
 /// compare — with writeback started every few MiB, so hashing, verifying and the final fsync
 /// overlap the I/O instead of following it.
 pub fn copy_verified(
-    source: &Path,
+    source: &Source,
     temps: &[PathBuf],
     buffer_bytes: usize,
     should_stop: &(dyn Fn() -> bool + Sync),
@@ -49,7 +143,7 @@ pub fn copy_verified(
 /// each file system they are on is synced once (`syncfs(2)`, which also reports write-back
 /// errors) — instead of one fsync (one disk cache flush) per file. One result per job, in order.
 pub fn copy_batch_verified(
-    jobs: &[(PathBuf, Vec<PathBuf>)],
+    jobs: &[(Source, Vec<PathBuf>)],
     buffer_bytes: usize,
     should_stop: &(dyn Fn() -> bool + Sync),
 ) -> Vec<Result<Copied, String>> {
@@ -115,19 +209,18 @@ struct Written {
 /// Open the source and the temps, and copy (hashing the source; a large file through the
 /// pipeline, which also verifies).
 fn write_temps(
-    source: &Path,
+    source: &Source,
     temps: &[PathBuf],
     buffer_bytes: usize,
     should_stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<Written, String> {
-    let mut input = File::open(source).map_err(|e| format!("open source {}: {e}", source.display()))?;
-    let before = input
-        .metadata()
-        .map_err(|e| format!("stat source {}: {e}", source.display()))?;
+    let (mut input, before) = source.open()?;
+    let source = &source.path();
     let mut outputs = temps
         .iter()
         .map(|t| create_temp(t).map_err(|e| format!("create {}: {e}", t.display())))
         .collect::<Result<Vec<File>, String>>()?;
+    set_modes(&outputs, temps, (before.mode() & 0o777) | 0o600)?;
     let pipeline = before.len() as usize > buffer_bytes;
     let (size, sha256) = if pipeline {
         let readers = temps
@@ -164,26 +257,50 @@ fn write_temps(
     })
 }
 
+/// Set the permission bits of open temps (`fchmod`: a path swapped meanwhile is not followed).
+fn set_modes(outputs: &[File], temps: &[PathBuf], mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    for (out, t) in outputs.iter().zip(temps) {
+        out.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("set the permissions of {}: {e}", t.display()))?;
+    }
+    Ok(())
+}
+
 /// Once the temps are durable: re-read and hash a small file's temps, and check the source did
 /// not change while it was read.
-fn finish(written: Written, source: &Path, temps: &[PathBuf], buffer_bytes: usize) -> Result<Copied, String> {
+/// The temps get the source's permission bits (not set-id or sticky bits), never the wider
+/// default of a new file.
+fn finish(
+    written: Written,
+    source: &Source,
+    temps: &[PathBuf],
+    buffer_bytes: usize,
+) -> Result<Copied, String> {
     let Written {
         input,
         before,
+        outputs,
         size,
         sha256,
         verified,
-        ..
     } = written;
+    let source = &source.path();
     let copied = Copied {
         size,
         sha256,
-        mtime_ns: before.mtime() as i128 * 1_000_000_000 + before.mtime_nsec() as i128,
+        mtime_ns: mtime_of(&before),
     };
     if !verified {
         for t in temps {
             verify(t, &copied, (size as usize + 1).clamp(4096, buffer_bytes))?;
         }
+    }
+    // `write_temps` gave them the source's bits plus the owner's read and write (to write and
+    // verify them) before they were synced; a source without those gets its exact bits now.
+    let mode = before.mode() & 0o777;
+    if mode & 0o600 != 0o600 {
+        set_modes(&outputs, temps, mode)?;
     }
     let after = input
         .metadata()
@@ -476,11 +593,11 @@ mod tests {
         std::fs::write(&src, vec![7u8; 3 << 20]).expect("write");
         let temps = [dir.path().join(".a.part"), dir.path().join(".b.part")];
         // 3 MiB through 1 MiB buffers: the pipelined path.
-        let copied = copy_verified(&src, &temps, 1 << 20, &|| false).expect("copies");
+        let copied = copy_verified(&Source::at(&src), &temps, 1 << 20, &|| false).expect("copies");
         assert_eq!(copied.size, 3 << 20);
         assert_eq!(copied.sha256, hash_file(&src, 4096).expect("hashes").1);
         // One buffer: the sequential path gives the same result.
-        let small = copy_verified(&src, &temps, 4 << 20, &|| false).expect("copies");
+        let small = copy_verified(&Source::at(&src), &temps, 4 << 20, &|| false).expect("copies");
         assert_eq!((small.size, &small.sha256), (copied.size, &copied.sha256));
         for t in &temps {
             verify(t, &copied, 4096).expect("verifies");
@@ -534,10 +651,10 @@ mod tests {
         for i in 0..5u8 {
             let src = dir.path().join(format!("src{i}"));
             std::fs::write(&src, vec![i; 4096 + i as usize]).expect("write");
-            jobs.push((src, vec![dir.path().join(format!(".t{i}.part"))]));
+            jobs.push((Source::at(&src), vec![dir.path().join(format!(".t{i}.part"))]));
         }
         // One source is missing: only its job fails.
-        jobs[3].0 = dir.path().join("gone");
+        jobs[3].0 = Source::at(&dir.path().join("gone"));
         let results = copy_batch_verified(&jobs, 1 << 20, &|| false);
         assert_eq!(results.len(), 5);
         for (i, r) in results.iter().enumerate() {
@@ -547,7 +664,10 @@ mod tests {
             }
             let copied = r.as_ref().expect("copied");
             assert_eq!(copied.size, 4096 + i as u64);
-            assert_eq!(copied.sha256, hash_file(&jobs[i].0, 4096).expect("hashes").1);
+            assert_eq!(
+                copied.sha256,
+                hash_file(&jobs[i].0.path(), 4096).expect("hashes").1
+            );
             assert_eq!(
                 std::fs::read(&jobs[i].1[0]).expect("read"),
                 vec![i as u8; 4096 + i]
@@ -558,14 +678,58 @@ mod tests {
     }
 
     #[test]
+    fn a_source_link_is_never_followed_and_a_changed_source_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (folder, secret) = (dir.path().join("in"), dir.path().join("secret"));
+        std::fs::create_dir_all(folder.join("sub")).expect("mkdir");
+        std::fs::write(&secret, b"not yours").expect("write");
+        let temp = [dir.path().join(".t.part")];
+        let source = |rel: &str, listed| Source {
+            folder: folder.clone(),
+            rel: rel.into(),
+            listed,
+        };
+        // A link as the file, and a link as a folder on the way.
+        std::os::unix::fs::symlink(&secret, folder.join("a.csv")).expect("symlink");
+        std::os::unix::fs::symlink(dir.path(), folder.join("up")).expect("symlink");
+        for rel in ["a.csv", "up/secret"] {
+            let err = copy_verified(&source(rel, None), &temp, 4096, &|| false).unwrap_err();
+            assert!(err.contains("symbolic link"), "{rel}: {err}");
+            assert!(!temp[0].exists(), "{rel}: nothing read");
+        }
+        // A FIFO swapped in is refused without blocking.
+        let fifo = std::ffi::CString::new(folder.join("f.csv").to_str().expect("utf-8")).expect("path");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let err = copy_verified(&source("f.csv", None), &temp, 4096, &|| false).unwrap_err();
+        assert!(err.contains("no longer a regular file"), "{err}");
+        // The listing's size and mtime must still hold.
+        std::fs::write(folder.join("sub/b.csv"), b"payroll").expect("write");
+        let err = copy_verified(&source("sub/b.csv", Some((3, 0))), &temp, 4096, &|| false).unwrap_err();
+        assert!(err.contains("changed since it was listed"), "{err}");
+        // The temp gets the source's bits, never the default's wider ones.
+        for mode in [0o600, 0o640, 0o400] {
+            std::fs::set_permissions(folder.join("sub/b.csv"), std::fs::Permissions::from_mode(mode))
+                .expect("chmod");
+            copy_verified(&source("sub/b.csv", None), &temp, 4096, &|| false).expect("copies");
+            let got = std::fs::metadata(&temp[0]).expect("stat").permissions().mode() & 0o777;
+            assert_eq!(got, mode, "{mode:o}");
+            std::fs::set_permissions(&temp[0], std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+    }
+
+    #[test]
     fn copy_stops_when_fenced() {
         let dir = tempfile::tempdir().expect("tempdir");
         let src = dir.path().join("src.bin");
         std::fs::write(&src, b"data").expect("write");
-        let err = copy_verified(&src, &[dir.path().join(".t.part")], 4096, &|| true).unwrap_err();
+        let err =
+            copy_verified(&Source::at(&src), &[dir.path().join(".t.part")], 4096, &|| true).unwrap_err();
         assert!(err.contains("fenced"), "{err}");
         std::fs::write(&src, vec![1u8; 1 << 20]).expect("write");
-        let err = copy_verified(&src, &[dir.path().join(".t.part")], 4096, &|| true).unwrap_err();
+        let err =
+            copy_verified(&Source::at(&src), &[dir.path().join(".t.part")], 4096, &|| true).unwrap_err();
         assert!(err.contains("fenced"), "pipelined path too: {err}");
     }
 }
