@@ -133,8 +133,10 @@ enum Command {
         #[command(subcommand)]
         command: RunsCommand,
     },
-    /// The audit trail of file movements.
+    /// The audit trail of file movements (`ferry audit verify` checks its hash chain).
     Audit {
+        #[command(subcommand)]
+        command: Option<AuditCommand>,
         /// Only this task.
         #[arg(long)]
         task: Option<String>,
@@ -208,6 +210,14 @@ enum NatsCommand {
     /// Write an nkey seed per service of each node and per role (viewer, operator, admin), and
     /// the nats-server `authorization` block (auth.conf) that gives each only what it needs.
     Setup(nats_setup::SetupArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the audit trail against its seals: every sealed record present and unchanged, every
+    /// seal chained to the one before. Names the first break (exit status 1); prints the chain's
+    /// head hash, worth keeping elsewhere.
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]
@@ -425,6 +435,19 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             command: RunsCommand::Show { run_id },
         } => runs_show(&ctx, run_id).await,
         Command::Audit {
+            command: Some(AuditCommand::Verify),
+            ..
+        } => {
+            let verdict = ferry_service::audit_seal::verify(&ctx.js).await?;
+            output::audit_verdict(ctx.json, &verdict);
+            Ok(if verdict.broken.is_none() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Audit {
+            command: None,
             task,
             run,
             since,

@@ -155,6 +155,22 @@ pub fn config_diff(as_json: bool, file: &str, response: &ApplyResponse) -> bool 
     !any
 }
 
+pub fn audit_verdict(as_json: bool, v: &ferry_wire::seal::Verdict) {
+    if as_json {
+        return json(v);
+    }
+    match &v.broken {
+        Some(why) => println!("audit trail BROKEN: {why}"),
+        None => println!(
+            "audit trail intact: {} record(s) checked against {} seal(s); {} newer record(s) not sealed yet",
+            v.records, v.seals, v.unsealed
+        ),
+    }
+    if let Some(head) = &v.head {
+        println!("head of the chain: {head}");
+    }
+}
+
 /// One row of `ferry config history`.
 #[derive(Serialize)]
 pub struct ConfigRevision {

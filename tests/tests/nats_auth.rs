@@ -115,6 +115,19 @@ async fn every_service_runs_as_its_own_user_and_each_role_is_refused_the_next_ro
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
     assert_eq!(run.files_delivered, 20);
     assert_eq!(std::fs::read_dir(&dst)?.count(), 20);
+    // The coordinator seals the audit trail within its permissions; a viewer verifies it.
+    let viewer = keys.join("viewer.nk");
+    let mut unsealed = String::new();
+    for _ in 0..40 {
+        let (ok, text) = cli(&url, Some(&viewer), &["audit", "verify"], dir.path());
+        assert!(ok, "a viewer verifies the audit trail: {text}");
+        unsealed = text;
+        if unsealed.contains(" 0 newer record(s)") && !unsealed.contains("intact: 0 record(s)") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(unsealed.contains(" 0 newer record(s)"), "{unsealed}");
     let log = nats.log();
     let violations: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();
     assert!(

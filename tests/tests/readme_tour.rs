@@ -375,6 +375,18 @@ fn readme_tour_moves_a_dropped_file_on_schedule_and_the_cli_shows_it() {
         .collect();
     assert_eq!(actions, ["transfer", "delete_source"], "{audit_json}");
 
+    // ferry audit verify: the trail is sealed within seconds and intact.
+    let sealed = (0..40).find_map(|_| {
+        let text = node.ferry(&["audit", "verify"]);
+        if text.contains("audit trail intact") && text.contains(" 0 newer record(s)") {
+            return Some(text);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        None
+    });
+    let sealed = sealed.expect("the audit trail is sealed within 20 s");
+    assert!(sealed.contains("head of the chain: "), "{sealed}");
+
     // ferry task run quickstart --wait: a manual run, now; exit 0 when it succeeds.
     away_from_slot();
     let second = drop_file(&inbox, "second.txt", "the fast path\n");

@@ -6,6 +6,7 @@
 //! differs between services lives in that service's `lib.rs::run(settings, shutdown)`.
 
 pub mod api;
+pub mod audit_seal;
 pub mod epoch;
 pub mod http;
 pub mod lease;

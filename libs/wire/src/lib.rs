@@ -6,6 +6,7 @@
 pub mod messages;
 pub mod permissions;
 pub mod plan;
+pub mod seal;
 pub mod subjects;
 pub mod topology;
 

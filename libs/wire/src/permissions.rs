@@ -61,12 +61,13 @@ pub const SERVICES: [&str; 5] = [
     service::FAILOVER_COORDINATOR,
 ];
 
-const STREAMS: [&str; 5] = [
+const STREAMS: [&str; 6] = [
     topology::STREAM_RUNQ,
     topology::STREAM_FILEQ,
     topology::STREAM_RESULTS,
     topology::STREAM_EVENTS,
     topology::STREAM_AUDIT,
+    topology::STREAM_AUDIT_SEALS,
 ];
 const BUCKETS: [&str; 5] = [
     topology::KV_CONFIG,
@@ -187,7 +188,9 @@ pub fn for_service(node: &str, service_name: &str) -> Permissions {
             p.write_bucket(topology::KV_LEASE)
                 .read_stream(topology::STREAM_EVENTS)
                 .read_stream(topology::STREAM_AUDIT)
+                .read_stream(topology::STREAM_AUDIT_SEALS)
                 .publish([
+                    subjects::AUDIT_SEAL.to_string(),
                     subjects::role_changed(node),
                     subjects::audit_role(node),
                     subjects::node_lease(node),
@@ -207,6 +210,7 @@ pub fn for_role(role: Role) -> Permissions {
         .publish([subjects::api("*", service::SCHEDULER, api::KEYMAT)])
         .read_stream(topology::STREAM_EVENTS)
         .read_stream(topology::STREAM_AUDIT)
+        .read_stream(topology::STREAM_AUDIT_SEALS)
         .read_stream(topology::STREAM_RESULTS)
         .read_bucket(topology::KV_CONFIG)
         .read_bucket(topology::KV_RUNS)

@@ -80,6 +80,8 @@ pub fn audit_filter(task: Option<&str>) -> String {
     }
 }
 pub const AUDIT: &str = "ferry.audit.>";
+/// The audit trail's seals (stream [`crate::topology::STREAM_AUDIT_SEALS`], [`crate::seal`]).
+pub const AUDIT_SEAL: &str = "ferry.seal.audit";
 
 /// NATS-event trigger of a task: any publish on `ferry.trigger.<task>` starts a run.
 pub fn trigger(task: &str) -> String {

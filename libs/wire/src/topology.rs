@@ -14,6 +14,8 @@ pub const STREAM_RESULTS: &str = "FERRY_RESULTS";
 pub const STREAM_EVENTS: &str = "FERRY_EVENTS";
 /// The audit trail: one record per file movement.
 pub const STREAM_AUDIT: &str = "FERRY_AUDIT";
+/// The audit trail's hash chain ([`crate::seal`]); kept longer than the records it seals.
+pub const STREAM_AUDIT_SEALS: &str = "FERRY_AUDIT_SEALS";
 /// Revisions of the configuration the bucket keeps (`ferry config history` / `rollback`).
 pub const CONFIG_HISTORY: i64 = 20;
 
@@ -93,6 +95,12 @@ pub async fn ensure(js: &jetstream::Context, options: Options) -> Result<(), asy
             crate::subjects::AUDIT,
             stream::RetentionPolicy::Limits,
             365 * day,
+        ),
+        (
+            STREAM_AUDIT_SEALS,
+            crate::subjects::AUDIT_SEAL,
+            stream::RetentionPolicy::Limits,
+            400 * day,
         ),
     ];
     for (name, subject, retention, max_age) in streams {

@@ -271,7 +271,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         );
     }
 
+    // The audit trail's hash chain: every coordinator seals (a seal is stored only if it follows
+    // the last one, so sealers on several nodes never fork the chain).
+    let sealer = tokio::spawn(ferry_service::audit_seal::run_sealer(
+        coordinator.js.clone(),
+        settings.node_id.clone(),
+        shutdown.child_token(),
+    ));
     coordinator.clone().drive(shutdown.clone()).await;
+    let _ = sealer.await;
     // Stopping: give the lease up cleanly if every service confirms it holds no grant in time;
     // otherwise leave it to lapse (it is fenced either way).
     coordinator.revoke_and_release(Duration::from_secs(3)).await;
