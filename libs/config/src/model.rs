@@ -810,8 +810,23 @@ fn check_folder(
         check.error(field, folder, "must be an absolute path on a local host");
         return false;
     }
+    if folder.split(['/', '\\']).any(|part| part == "..") {
+        check.error(
+            field,
+            folder,
+            "contains \"..\": write the folder it means (a path that climbs hides where files go)",
+        );
+        return false;
+    }
+    if folder.contains('\0') {
+        check.error(field, folder, "contains a NUL character");
+        return false;
+    }
     true
 }
+
+/// Ten years: a larger minimum age can only be a mistake.
+const MAX_MIN_AGE_SECS: u64 = 10 * 365 * 86_400;
 
 fn validate_source(
     value: &toml::Value,
@@ -826,6 +841,13 @@ fn validate_source(
             format!("{path}.size_stable_ms"),
             s.size_stable_ms.to_string(),
             "is out of range (0 to 600000 milliseconds)",
+        );
+    }
+    if s.min_age_secs > MAX_MIN_AGE_SECS {
+        check.error(
+            format!("{path}.min_age_secs"),
+            s.min_age_secs.to_string(),
+            format!("is out of range (0 to {MAX_MIN_AGE_SECS} seconds, ten years)"),
         );
     }
     check_folder(path, &s.host, &s.folder, hosts, false, check);

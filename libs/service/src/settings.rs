@@ -418,30 +418,63 @@ impl Settings {
                 );
             }
         }
-        if self.transfer.concurrency == 0 {
-            bail!("transfer.concurrency: 0 must be at least 1");
-        }
-        if self.file_collector.max_running_tasks == 0 {
-            bail!("file_collector.max_running_tasks: 0 must be at least 1");
-        }
+        let range = |field: &str, value: u64, min: u64, max: u64, unit: &str| -> anyhow::Result<()> {
+            if value < min || value > max {
+                bail!("{field}: {value} is out of range ({min} to {max}{unit})");
+            }
+            Ok(())
+        };
+        range(
+            "transfer.concurrency",
+            self.transfer.concurrency.into(),
+            1,
+            1024,
+            "",
+        )?;
+        range(
+            "transfer.buffer_bytes",
+            self.transfer.buffer_bytes as u64,
+            4096,
+            64 << 20,
+            " bytes",
+        )?;
+        range(
+            "transfer.ack_wait_secs",
+            self.transfer.ack_wait_secs,
+            3,
+            3600,
+            " seconds",
+        )?;
+        range(
+            "file_collector.max_running_tasks",
+            self.file_collector.max_running_tasks.into(),
+            1,
+            1024,
+            "",
+        )?;
+        range(
+            "scheduler.missed_runs_window_secs",
+            self.scheduler.missed_runs_window_secs,
+            0,
+            7 * 86_400,
+            " seconds",
+        )?;
+        range(
+            "failover_coordinator.lease_ttl_ms",
+            self.failover_coordinator.lease_ttl_ms,
+            1_000,
+            300_000,
+            " milliseconds",
+        )?;
         if !(1..=5).contains(&self.replicas) {
             bail!("replicas: {} must be between 1 and 5", self.replicas);
         }
         let ttl = self.failover_coordinator.lease_ttl_ms;
         let margin = self.failover_coordinator.fence_margin_ms;
-        if ttl < 1_000 {
-            bail!("failover_coordinator.lease_ttl_ms: {ttl} must be at least 1000");
-        }
         if margin < 100 || margin > ttl / 2 {
             bail!(
                 "failover_coordinator.fence_margin_ms: {margin} must be between 100 and half the lease TTL ({})",
                 ttl / 2
-            );
-        }
-        if self.transfer.ack_wait_secs < 3 {
-            bail!(
-                "transfer.ack_wait_secs: {} must be at least 3",
-                self.transfer.ack_wait_secs
             );
         }
         Ok(())

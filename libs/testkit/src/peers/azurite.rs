@@ -128,8 +128,21 @@ impl AzuriteServer {
         Ok(String::from_utf8(out.stdout)?.trim().to_string())
     }
 
-    /// Stop with SIGKILL.
+    /// Stop with SIGKILL — once the test container is in Azurite's saved metadata (it saves every
+    /// 5 s): a server that loses its container on a kill is not what the kill tests are about, and
+    /// a client retrying before `restart` made it again would be told the container is gone.
     pub fn kill(&mut self) {
+        let saved = self.dir.path().join("data/__azurite_db_blob__.json");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline
+            && !std::fs::read_to_string(&saved).is_ok_and(|db| db.contains(CONTAINER))
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill_now();
+    }
+
+    fn kill_now(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -137,7 +150,7 @@ impl AzuriteServer {
     }
 
     /// Kill and start again on the same port and data. Azurite saves its metadata every few
-    /// seconds, so what the last seconds made may be gone (the container is made again).
+    /// seconds, so what the last seconds made may be gone (the container is made again, too).
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
         self.spawn()?;
@@ -169,6 +182,6 @@ impl AzuriteServer {
 
 impl Drop for AzuriteServer {
     fn drop(&mut self) {
-        self.kill();
+        self.kill_now();
     }
 }

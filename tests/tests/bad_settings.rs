@@ -1,0 +1,88 @@
+//! Bad node settings are refused before anything starts: every file in `tests/bad-settings` is
+//! loaded the way each service loads its settings. Each must be refused with an error holding the
+//! substrings of its `# expect:` line (the setting, the value, the rule), and no error may echo a
+//! credential. A service started with one exits non-zero with the same words and binds nothing.
+//! Adding a file adds a case.
+
+use std::path::{Path, PathBuf};
+
+use ferry_tests::bin_path;
+
+fn cases() -> anyhow::Result<Vec<(PathBuf, Vec<String>)>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bad-settings");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    paths.retain(|p| p.extension().is_some_and(|e| e == "toml"));
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path)?;
+            let expect = text
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("# expect: "))
+                .ok_or_else(|| anyhow::anyhow!("{}: first line is not `# expect: ...`", path.display()))?
+                .split(" | ")
+                .map(|s| s.trim().to_string())
+                .collect();
+            Ok((path, expect))
+        })
+        .collect()
+}
+
+#[test]
+fn every_bad_settings_file_is_refused_with_its_setting_value_and_rule() -> anyhow::Result<()> {
+    let cases = cases()?;
+    assert!(cases.len() >= 25, "{} cases", cases.len());
+    let mut problems = Vec::new();
+    for (path, expect) in &cases {
+        let name = path.file_name().expect("a file").to_string_lossy();
+        let error = match ferry_service::Settings::load(Some(path)) {
+            Ok(_) => {
+                problems.push(format!("{name}: accepted"));
+                continue;
+            }
+            Err(e) => format!("{e:#}"),
+        };
+        for part in expect {
+            if !error.contains(part.as_str()) {
+                problems.push(format!("{name}: error lacks {part:?}: {error}"));
+            }
+        }
+        if error.contains("hunter2") {
+            problems.push(format!("{name}: the error echoes a credential: {error}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    Ok(())
+}
+
+#[test]
+fn a_service_with_bad_settings_exits_with_the_error() -> anyhow::Result<()> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bad-settings/07-tiny-copy-buffer.toml");
+    let mut child = std::process::Command::new(bin_path("ferry-transfer"))
+        .arg("--config")
+        .arg(&path)
+        .env_remove("FERRY_NATS_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait()?.is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ferry-transfer started with a 10-byte copy buffer instead of refusing it");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("transfer.buffer_bytes: 10 is out of range (4096 to 67108864 bytes)"),
+        "{stderr}"
+    );
+    Ok(())
+}
