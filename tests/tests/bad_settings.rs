@@ -86,3 +86,44 @@ fn a_service_with_bad_settings_exits_with_the_error() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `docs/bad-input.md` lists every configuration and settings case with its expected words.
+#[test]
+fn the_bad_input_table_lists_every_case() -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("../docs/bad-input.md"))?;
+    let mut missing = Vec::new();
+    let mut count = 0;
+    for dir in ["bad-configs", "bad-settings"] {
+        for entry in std::fs::read_dir(root.join(dir))? {
+            let path = entry?.path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            count += 1;
+            let name = path.file_name().expect("a file").to_string_lossy().into_owned();
+            let expect = std::fs::read_to_string(&path)?
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("# expect: "))
+                .unwrap_or_default()
+                .replace('|', "·");
+            let row = doc.lines().find(|l| l.contains(&format!("`{name}`")));
+            match row {
+                Some(row) if row.contains(expect.trim()) => {}
+                _ => missing.push(format!("{dir}/{name}: {expect}")),
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "rows missing or stale in docs/bad-input.md:\n{}",
+        missing.join("\n")
+    );
+    let rows = doc
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| kind"))
+        .count();
+    assert!(rows >= 50 && count >= 50, "{rows} rows, {count} corpus files");
+    Ok(())
+}
