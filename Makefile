@@ -8,6 +8,8 @@ NATS_SERVER  := $(TOOLS)/bin/nats-server
 export FERRY_NATS_SERVER := $(NATS_SERVER)
 # Bounded fault-injection trials in `make test`; raise locally (FERRY_TRIALS=200 make test).
 export FERRY_TRIALS ?= 3
+# Seconds of fuzzing per parser (configuration, settings) in `make test`; FERRY_FUZZ_SEED repeats a run.
+export FERRY_FUZZ_SECS ?= 10
 # Trials of `make fault-suite` (not exported: `make test` keeps the suite's short default).
 FERRY_FAILOVER_TRIALS ?= 200
 
