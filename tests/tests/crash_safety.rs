@@ -314,3 +314,56 @@ async fn a_run_whose_collector_stopped_while_sending_finishes_with_what_was_sent
     node.shutdown().await;
     Ok(())
 }
+
+/// A work batch every transfer worker takes and never finishes (here: a worker that gives each
+/// delivery back at once) is dead-lettered after `MAX_DELIVER` deliveries: the run finishes
+/// instead of waiting for good, its files fail with why, their sources stay, the batch leaves the
+/// queue, and `ferry runs show` says it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_no_transfer_finishes_is_dead_lettered_and_the_run_finishes() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let node = Node::start_with(settings(&nats.url()), Services::NO_TRANSFER).await?;
+    let work = tempfile::tempdir()?;
+    let (src, dst) = (work.path().join("in"), work.path().join("out"));
+    std::fs::create_dir_all(&src)?;
+    std::fs::write(src.join("poison.csv"), "takes every worker down")?;
+    node.apply(&local_task("poison", &src, &dst, "delete_after = true", ""))
+        .await?;
+    // The consumer exactly as transfer makes it; a "worker" that hands every delivery back.
+    let consumer = ferry_transfer::file_queue_consumer(&node.js, Duration::from_secs(5)).await?;
+    let run_id = node.request_run("poison").await?;
+    let mut deliveries = 0;
+    let mut batches = consumer.messages().await?;
+    while deliveries < ferry_wire::topology::MAX_DELIVER {
+        let message = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut batches))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the queue ended"))??;
+        deliveries += 1;
+        message
+            .ack_with(async_nats::jetstream::AckKind::Nak(None))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let finished =
+        ferry_service::streams::wait_for_run(&node.js, "poison", run_id, Duration::from_secs(30)).await?;
+    assert_eq!(finished.status, RunStatus::Failed);
+    assert_eq!((finished.files_delivered, finished.files_failed), (0, 1));
+    let why = finished.files[0].error.as_deref().unwrap_or_default();
+    assert!(
+        why.starts_with("dead-lettered: transfer took this file's work batch 10 times"),
+        "{why}"
+    );
+    assert!(src.join("poison.csv").exists(), "the source stays");
+    assert!(!dst.join("poison.csv").exists());
+    let queue = node.js.get_stream(ferry_wire::topology::STREAM_FILEQ).await?;
+    assert_eq!(
+        queue.clone().info().await?.state.messages,
+        0,
+        "the batch left the queue"
+    );
+    let shown = ferry_tests::ferry_cli(&nats.url(), &["runs", "show", &run_id.to_string()], work.path());
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains("dead-lettered"), "{text}");
+    node.shutdown().await;
+    Ok(())
+}

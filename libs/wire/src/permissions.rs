@@ -175,7 +175,17 @@ pub fn for_service(node: &str, service_name: &str) -> Permissions {
                 .read_bucket(topology::KV_CONFIG)
                 .write_bucket(topology::KV_STATE)
                 .write_bucket(topology::KV_RUNS)
-                .publish([subjects::FILE_BATCHES, "ferry.event.run.>"]);
+                .publish([
+                    subjects::FILE_BATCHES.to_string(),
+                    "ferry.event.run.>".to_string(),
+                    // Answering a dead-lettered work batch in transfer's place.
+                    subjects::BATCH_RESULTS.to_string(),
+                    format!("$JS.API.STREAM.MSG.DELETE.{}", topology::STREAM_FILEQ),
+                ])
+                .subscribe([subjects::max_deliveries_advisory(
+                    topology::STREAM_FILEQ,
+                    topology::CONSUMER_TRANSFER,
+                )]);
         }
         service::TRANSFER => {
             p.read_stream(topology::STREAM_FILEQ)

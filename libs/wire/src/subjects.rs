@@ -80,6 +80,11 @@ pub fn audit_filter(task: Option<&str>) -> String {
     }
 }
 pub const AUDIT: &str = "ferry.audit.>";
+/// JetStream's advisory that `consumer` of `stream` gave up on a message after its maximum
+/// deliveries.
+pub fn max_deliveries_advisory(stream: &str, consumer: &str) -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}")
+}
 /// The audit trail's seals (stream [`crate::topology::STREAM_AUDIT_SEALS`], [`crate::seal`]).
 pub const AUDIT_SEAL: &str = "ferry.seal.audit";
 

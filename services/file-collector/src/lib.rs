@@ -19,6 +19,7 @@
 //!   reason; nothing of them was written, and the next run picks those files up.
 //! - Requests stamped with an epoch older than the highest seen are refused.
 
+mod dead_letter;
 mod listing;
 mod metrics;
 
@@ -94,6 +95,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         metrics,
         hosts: ferry_hosts::Hosts::new(settings.open_keymat()?),
     });
+    let dead_letters = tokio::spawn(dead_letter::follow(
+        client.clone(),
+        js.clone(),
+        settings.node_id.clone(),
+        shutdown.child_token(),
+    ));
     let (service, group) =
         ferry_service::api::register(&client, &settings.node_id, SERVICE, "Ferry file collector").await?;
     let running = collector.metrics.running.clone();
@@ -175,6 +182,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     // Runs in progress stop waiting; their requests are redelivered and resumed after restart.
     runs.shutdown().await;
     let _ = status.await;
+    let _ = dead_letters.await;
     let _ = service.stop().await;
     Ok(())
 }

@@ -165,7 +165,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 }
 
 /// The shared durable consumer of the file queue.
-async fn file_queue_consumer(
+pub async fn file_queue_consumer(
     js: &jetstream::Context,
     ack_wait: Duration,
 ) -> anyhow::Result<consumer::PullConsumer> {
@@ -178,6 +178,7 @@ async fn file_queue_consumer(
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait,
         max_ack_pending: 10_000,
+        max_deliver: topology::MAX_DELIVER,
         filter_subject: subjects::FILE_BATCHES.to_string(),
         ..Default::default()
     };
@@ -185,13 +186,20 @@ async fn file_queue_consumer(
         .get_or_create_consumer(topology::CONSUMER_TRANSFER, config.clone())
         .await
         .context("create file-queue consumer")?;
-    let filter = consumer
+    let existing = consumer
         .info()
         .await
         .context("read file-queue consumer")?
         .config
-        .filter_subject
         .clone();
+    let filter = existing.filter_subject.clone();
+    if filter == config.filter_subject && existing.max_deliver != config.max_deliver {
+        // Made before batches were dead-lettered: give it the delivery limit.
+        consumer = stream
+            .update_consumer(config.clone())
+            .await
+            .context("update file-queue consumer")?;
+    }
     if filter != config.filter_subject {
         // Made by an older Ferry, for the subjects of per-file messages: make it anew.
         tracing::warn!(old = %filter, new = %config.filter_subject, "replacing the file-queue consumer of an older version");
