@@ -72,8 +72,8 @@ async fn answer(js: &jetstream::Context, node: &str, seq: u64, deliveries: u64) 
     };
     let why = format!(
         "dead-lettered: transfer took this file's work batch {deliveries} times and never finished it \
-         (a worker crashed or stalled each time: see the transfer logs); nothing was committed by a \
-         finished attempt, the source stays and a later run sends it again"
+         (a worker crashed or stalled each time: see the transfer logs); the source stays and a later \
+         run sends it again"
     );
     let now = Utc::now();
     let results: Vec<FileResult> = batch
