@@ -442,6 +442,40 @@ pub fn ferry_cli(nats_url: &str, args: &[&str], cwd: &Path) -> Output {
 }
 
 /// SHA-256 of a file, hex.
+/// One file of a bad-input corpus (`tests/<dir>/*.toml`): its path, text, and the parts of its
+/// first line, `# expect: <part> | <part> | ...`.
+pub struct CorpusCase {
+    pub path: PathBuf,
+    pub text: String,
+    pub expect: Vec<String>,
+}
+
+/// Every case of the corpus in `tests/<dir>`, sorted by file name.
+pub fn corpus(dir: &str) -> anyhow::Result<Vec<CorpusCase>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    paths.retain(|p| p.extension().is_some_and(|e| e == "toml"));
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path)?;
+            let expect = text
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("# expect: "))
+                .ok_or_else(|| anyhow::anyhow!("{}: first line is not `# expect: ...`", path.display()))?
+                .split(" | ")
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            Ok(CorpusCase { path, text, expect })
+        })
+        .collect()
+}
+
 /// A file's modification time in nanoseconds since the Unix epoch, as listings carry it.
 pub fn mtime_ns(path: &Path) -> i128 {
     use std::os::unix::fs::MetadataExt;

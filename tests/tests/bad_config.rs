@@ -21,37 +21,26 @@ struct Case {
 }
 
 fn cases() -> anyhow::Result<Vec<Case>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bad-configs");
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)?
-        .map(|entry| entry.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
-    paths.retain(|p| p.extension().is_some_and(|e| e == "toml"));
-    paths.sort();
-    paths
+    ferry_tests::corpus("bad-configs")?
         .into_iter()
-        .map(|path| {
-            let text = std::fs::read_to_string(&path)?;
-            let mut lines = text.lines();
-            let expect: Vec<String> = lines
-                .next()
-                .and_then(|l| l.strip_prefix("# expect: "))
-                .ok_or_else(|| anyhow::anyhow!("{}: first line is not `# expect: ...`", path.display()))?
-                .split(" | ")
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect();
+        .map(|case| {
             anyhow::ensure!(
-                expect.len() >= 2,
+                case.expect.len() >= 2,
                 "{}: `# expect:` must list at least the field and the value",
-                path.display()
+                case.path.display()
             );
-            let problems = match lines.next().and_then(|l| l.strip_prefix("# problems: ")) {
+            let problems = match case
+                .text
+                .lines()
+                .nth(1)
+                .and_then(|l| l.strip_prefix("# problems: "))
+            {
                 Some(n) => n.trim().parse()?,
                 None => 1,
             };
             Ok(Case {
-                path,
-                expect,
+                path: case.path,
+                expect: case.expect,
                 problems,
             })
         })
@@ -219,6 +208,22 @@ async fn every_bad_configuration_is_rejected_clearly_and_changes_nothing() -> an
     Ok(())
 }
 
+/// Write `text` to `file` in `dir`; its path.
+fn write_in(dir: &Path, file: &str, text: String) -> anyhow::Result<String> {
+    let path = dir.join(file);
+    std::fs::write(&path, text)?;
+    Ok(path.to_string_lossy().into_owned())
+}
+
+/// What a CLI run printed, stdout then stderr.
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Applying a file with one task must not silently remove every other task: such an apply is
 /// refused and names what it would remove; `--prune` removes them; every apply says what it adds
 /// (`+`), changes (`~`) and removes (`-`), and `--dry-run` shows it without storing.
@@ -231,18 +236,7 @@ async fn an_apply_that_would_remove_tasks_needs_prune_and_says_what_changes() ->
     let task = |name: &str, extra: &str| {
         local_task(name, &dir.path().join(name), &dir.path().join("out"), extra, "")
     };
-    let write = |file: &str, text: String| -> anyhow::Result<String> {
-        let path = dir.path().join(file);
-        std::fs::write(&path, text)?;
-        Ok(path.to_string_lossy().into_owned())
-    };
-    let text = |out: &Output| {
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    };
+    let write = |file: &str, text: String| write_in(dir.path(), file, text);
     let both = write(
         "both.toml",
         format!("{}{}", task("payroll", ""), task("invoices", "")),
@@ -315,18 +309,7 @@ async fn config_diff_history_and_rollback() -> anyhow::Result<()> {
     let task = |name: &str, extra: &str| {
         local_task(name, &dir.path().join(name), &dir.path().join("out"), extra, "")
     };
-    let write = |file: &str, text: String| -> anyhow::Result<String> {
-        let path = dir.path().join(file);
-        std::fs::write(&path, text)?;
-        Ok(path.to_string_lossy().into_owned())
-    };
-    let text = |out: &Output| {
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    };
+    let write = |file: &str, text: String| write_in(dir.path(), file, text);
     let both = write(
         "both.toml",
         format!("{}{}", task("payroll", ""), task("invoices", "")),

@@ -9,27 +9,10 @@ use std::path::{Path, PathBuf};
 use ferry_tests::bin_path;
 
 fn cases() -> anyhow::Result<Vec<(PathBuf, Vec<String>)>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bad-settings");
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)?
-        .map(|entry| entry.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
-    paths.retain(|p| p.extension().is_some_and(|e| e == "toml"));
-    paths.sort();
-    paths
+    Ok(ferry_tests::corpus("bad-settings")?
         .into_iter()
-        .map(|path| {
-            let text = std::fs::read_to_string(&path)?;
-            let expect = text
-                .lines()
-                .next()
-                .and_then(|l| l.strip_prefix("# expect: "))
-                .ok_or_else(|| anyhow::anyhow!("{}: first line is not `# expect: ...`", path.display()))?
-                .split(" | ")
-                .map(|s| s.trim().to_string())
-                .collect();
-            Ok((path, expect))
-        })
-        .collect()
+        .map(|case| (case.path, case.expect))
+        .collect())
 }
 
 #[test]
@@ -95,22 +78,18 @@ fn the_bad_input_table_lists_every_case() -> anyhow::Result<()> {
     let mut missing = Vec::new();
     let mut count = 0;
     for dir in ["bad-configs", "bad-settings"] {
-        for entry in std::fs::read_dir(root.join(dir))? {
-            let path = entry?.path();
-            if path.extension().is_none_or(|e| e != "toml") {
-                continue;
-            }
+        for case in ferry_tests::corpus(dir)? {
             count += 1;
-            let name = path.file_name().expect("a file").to_string_lossy().into_owned();
-            let expect = std::fs::read_to_string(&path)?
-                .lines()
-                .next()
-                .and_then(|l| l.strip_prefix("# expect: "))
-                .unwrap_or_default()
-                .replace('|', "·");
+            let name = case
+                .path
+                .file_name()
+                .expect("a file")
+                .to_string_lossy()
+                .into_owned();
+            let expect = case.expect.join(" · ");
             let row = doc.lines().find(|l| l.contains(&format!("`{name}`")));
             match row {
-                Some(row) if row.contains(expect.trim()) => {}
+                Some(row) if row.contains(&expect) => {}
                 _ => missing.push(format!("{dir}/{name}: {expect}")),
             }
         }

@@ -141,15 +141,9 @@ fn mutate(rng: &mut Rng, seeds: &[String]) -> String {
 }
 
 fn seeds(dirs: &[&str], extra: &[&str]) -> anyhow::Result<Vec<String>> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut out: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     for dir in dirs {
-        for entry in std::fs::read_dir(root.join(dir))? {
-            let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                out.push(std::fs::read_to_string(path)?);
-            }
-        }
+        out.extend(ferry_tests::corpus(dir)?.into_iter().map(|case| case.text));
     }
     Ok(out)
 }
