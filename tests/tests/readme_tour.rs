@@ -744,6 +744,14 @@ fn free_ports(n: u16) -> u16 {
 
 /// `scripts/run-node.sh` (what `make run` runs) in `dir`, with the debug binaries and free ports.
 fn run_node_script(dir: &Path, nats_port: u16) -> std::process::Command {
+    // The monitoring and five metrics ports, never overlapping the NATS port: it is free until
+    // the script starts nats-server, so a separate search could pick it again.
+    let others = loop {
+        let base = free_ports(6);
+        if !(base..base + 6).contains(&nats_port) {
+            break base;
+        }
+    };
     use std::os::unix::process::CommandExt;
     let bin_dir = ferry_tests::bin_path("ferry")
         .parent()
@@ -756,8 +764,8 @@ fn run_node_script(dir: &Path, nats_port: u16) -> std::process::Command {
         .env("FERRY_BIN_DIR", bin_dir)
         .env("FERRY_NATS_SERVER", ferry_testkit::nats_server_path())
         .env("FERRY_NATS_PORT", nats_port.to_string())
-        .env("FERRY_NATS_HTTP_PORT", free_ports(1).to_string())
-        .env("FERRY_METRICS_BASE_PORT", free_ports(5).to_string())
+        .env("FERRY_NATS_HTTP_PORT", others.to_string())
+        .env("FERRY_METRICS_BASE_PORT", (others + 1).to_string())
         .env_remove("FERRY_NATS_URL")
         .env_remove("FERRY_CONFIG")
         .stdin(std::process::Stdio::null())
