@@ -5,13 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream::{
-    self,
-    consumer::{DeliverPolicy, pull},
-    context::PublishErrorKind,
-    message::PublishMessage,
+    self, consumer::DeliverPolicy, context::PublishErrorKind, message::PublishMessage,
     stream::LastRawMessageErrorKind,
 };
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use ferry_wire::seal::{self, Seal, Stored};
@@ -100,40 +96,20 @@ async fn read_records(
     start: u64,
     limit: Option<usize>,
 ) -> anyhow::Result<Vec<Stored>> {
-    let consumer = audit
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: subjects::AUDIT.to_string(),
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: start,
-            },
-            ..Default::default()
-        })
+    let policy = DeliverPolicy::ByStartSequence {
+        start_sequence: start,
+    };
+    let records = crate::streams::read_raw(audit, subjects::AUDIT, policy, limit)
         .await
         .context("read the audit stream")?;
-    let mut out = Vec::new();
-    if consumer.cached_info().num_pending == 0 {
-        return Ok(out);
-    }
-    let mut messages = consumer.messages().await.context("read the audit stream")?;
-    while let Some(message) = tokio::time::timeout(Duration::from_secs(10), messages.next())
-        .await
-        .context("audit stream read timed out")?
-    {
-        let message = message.context("read an audit record")?;
-        let info = message
-            .info()
-            .map_err(|e| anyhow::anyhow!("audit record without metadata: {e}"))?;
-        let (seq, pending) = (info.stream_sequence, info.pending);
-        out.push(Stored {
-            seq,
-            digest: seal::record_digest(seq, message.subject.as_str(), &message.payload),
-            subject: message.subject.to_string(),
-        });
-        if pending == 0 || limit.is_some_and(|l| out.len() >= l) {
-            break;
-        }
-    }
-    Ok(out)
+    Ok(records
+        .into_iter()
+        .map(|r| Stored {
+            seq: r.seq,
+            digest: seal::record_digest(r.seq, r.message.subject.as_str(), &r.message.payload),
+            subject: r.message.subject.to_string(),
+        })
+        .collect())
 }
 
 /// Read every seal and every kept record back and check the chain.
@@ -148,36 +124,18 @@ pub async fn verify(js: &jetstream::Context) -> anyhow::Result<seal::Verdict> {
         .context("audit seal stream info")?
         .state
         .clone();
-    let mut seals = Vec::new();
-    if seal_state.messages > 0 {
-        let consumer = seals_stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: subjects::AUDIT_SEAL.to_string(),
-                ..Default::default()
-            })
-            .await
-            .context("read the audit seals")?;
-        let mut messages = consumer.messages().await.context("read the audit seals")?;
-        while let Some(message) = tokio::time::timeout(Duration::from_secs(10), messages.next())
-            .await
-            .context("audit seal read timed out")?
-        {
-            let message = message.context("read an audit seal")?;
-            let info = message
-                .info()
-                .map_err(|e| anyhow::anyhow!("audit seal without metadata: {e}"))?;
-            let (seq, pending) = (info.stream_sequence, info.pending);
-            match ferry_wire::decode::<Seal>(&message.payload) {
-                Ok(seal) => seals.push((seq, seal)),
-                Err(e) => {
-                    return Ok(seal::Verdict {
-                        broken: Some(format!("seal {seq} cannot be read ({e}): seal changed")),
-                        ..Default::default()
-                    });
-                }
-            }
-            if pending == 0 {
-                break;
+    let stored = crate::streams::read_raw(&seals_stream, subjects::AUDIT_SEAL, DeliverPolicy::All, None)
+        .await
+        .context("read the audit seals")?;
+    let mut seals = Vec::with_capacity(stored.len());
+    for s in stored {
+        match ferry_wire::decode::<Seal>(&s.message.payload) {
+            Ok(seal) => seals.push((s.seq, seal)),
+            Err(e) => {
+                return Ok(seal::Verdict {
+                    broken: Some(format!("seal {} cannot be read ({e}): seal changed", s.seq)),
+                    ..Default::default()
+                });
             }
         }
     }
@@ -190,11 +148,7 @@ pub async fn verify(js: &jetstream::Context) -> anyhow::Result<seal::Verdict> {
         .first()
         .map_or(1, |(_, s)| s.first_seq())
         .max(state.first_sequence);
-    let records = if state.messages == 0 {
-        Vec::new()
-    } else {
-        read_records(&audit, start, None).await?
-    };
+    let records = read_records(&audit, start, None).await?;
     Ok(seal::verify(
         &seals,
         seal_state.first_sequence <= 1,

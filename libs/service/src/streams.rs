@@ -44,10 +44,6 @@ pub async fn read<T: DeserializeOwned>(
     filter: &str,
     since: Option<Duration>,
 ) -> anyhow::Result<Vec<T>> {
-    let stream = js
-        .get_stream(stream)
-        .await
-        .with_context(|| format!("open stream {stream}"))?;
     let deliver_policy = match since {
         Some(since) => DeliverPolicy::ByStartTime {
             start_time: chrono::Utc::now()
@@ -55,6 +51,30 @@ pub async fn read<T: DeserializeOwned>(
         },
         None => DeliverPolicy::All,
     };
+    let stream = js
+        .get_stream(stream)
+        .await
+        .with_context(|| format!("open stream {stream}"))?;
+    read_raw(&stream, filter, deliver_policy, None)
+        .await?
+        .into_iter()
+        .map(|m| Ok(ferry_wire::decode(&m.message.payload)?))
+        .collect()
+}
+
+/// A stored message with its stream sequence.
+pub struct Stored {
+    pub seq: u64,
+    pub message: async_nats::Message,
+}
+
+/// The messages on `filter` from `deliver_policy` on, oldest first, at most `limit`, as stored.
+pub async fn read_raw(
+    stream: &jetstream::stream::Stream,
+    filter: &str,
+    deliver_policy: DeliverPolicy,
+    limit: Option<usize>,
+) -> anyhow::Result<Vec<Stored>> {
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
             filter_subject: filter.to_string(),
@@ -64,7 +84,7 @@ pub async fn read<T: DeserializeOwned>(
         .await
         .context("create reader")?;
     let pending = consumer.cached_info().num_pending;
-    let mut out = Vec::with_capacity(pending as usize);
+    let mut out = Vec::with_capacity(limit.map_or(pending as usize, |l| l.min(pending as usize)));
     if pending == 0 {
         return Ok(out);
     }
@@ -74,8 +94,15 @@ pub async fn read<T: DeserializeOwned>(
         .context("stream read timed out")?
     {
         let message = message.context("read message")?;
-        out.push(ferry_wire::decode(&message.payload)?);
-        if message.info().map(|i| i.pending).unwrap_or(0) == 0 {
+        let info = message
+            .info()
+            .map_err(|e| anyhow::anyhow!("a message without metadata: {e}"))?;
+        let (seq, left) = (info.stream_sequence, info.pending);
+        out.push(Stored {
+            seq,
+            message: message.message,
+        });
+        if left == 0 || limit.is_some_and(|l| out.len() >= l) {
             break;
         }
     }
