@@ -10,6 +10,8 @@ export FERRY_NATS_SERVER := $(NATS_SERVER)
 export FERRY_TRIALS ?= 3
 # Seconds of fuzzing per parser (configuration, settings) in `make test`; FERRY_FUZZ_SEED repeats a run.
 export FERRY_FUZZ_SECS ?= 10
+# Files in the large-run test (local_transfer.rs); FERRY_BIG_RUN_FILES=1000000 for the long suite.
+export FERRY_BIG_RUN_FILES ?= 100000
 # Trials of `make fault-suite` (not exported: `make test` keeps the suite's short default).
 FERRY_FAILOVER_TRIALS ?= 200
 

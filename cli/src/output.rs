@@ -17,23 +17,9 @@ fn json<T: Serialize + ?Sized>(value: &T) {
     );
 }
 
-/// Text from the store as the terminal gets it: control characters and bidirectional overrides
-/// (which could fake or hide what follows) escaped, everything else as is.
+/// Text from the store as the terminal gets it (see [`ferry_hosts::path::printable`]).
 fn shown(text: &str) -> String {
-    let hidden = |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-    if !text.chars().any(hidden) {
-        return text.to_string();
-    }
-    text.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if hidden(c) {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
+    ferry_hosts::path::printable(text)
 }
 
 fn local(t: &DateTime<Utc>) -> String {
@@ -392,15 +378,18 @@ pub fn run(as_json: bool, run: &RunFinished, with_files: bool) {
         let dest = f
             .destinations
             .iter()
-            .map(|d| d.path.as_str())
+            .map(|d| shown(&d.path))
             .collect::<Vec<_>>()
             .join(", ");
         println!(
             "  {:<9} {} -> {}{}",
             outcome(f.outcome),
-            f.source_path,
+            shown(&f.source_path),
             dest,
-            f.error.as_ref().map(|e| format!("  ({e})")).unwrap_or_default()
+            f.error
+                .as_ref()
+                .map(|e| format!("  ({})", shown(e)))
+                .unwrap_or_default()
         );
     }
 }
@@ -424,10 +413,10 @@ pub fn audit(as_json: bool, records: &[AuditRecord]) {
             r.node,
             r.epoch,
             r.source_host,
-            r.source_path,
+            shown(&r.source_path),
             match (&r.dest_host, &r.dest_path) {
-                (Some(h), Some(p)) => format!("{h}:{p}"),
-                (None, Some(p)) => p.clone(),
+                (Some(h), Some(p)) => format!("{h}:{}", shown(p)),
+                (None, Some(p)) => shown(p),
                 _ => "-".to_string(),
             },
             r.size,

@@ -104,6 +104,12 @@ async fn sftp_hostile_names_cannot_escape() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sftp_refuses_a_name_that_is_not_utf8_naming_it() {
+    let remote = Remote::sftp().expect("sshd");
+    remote::a_name_that_is_not_utf8(&remote).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn host_test_shows_the_sftp_key_and_the_ftps_certificate_or_the_error() {
     let sftp = Remote::sftp().expect("sshd");
     let (good, _) = remote::host_test_reports(&sftp).await;

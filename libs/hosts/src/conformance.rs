@@ -101,6 +101,28 @@ fn ok<T>(what: &str, r: HostResult<T>) -> Result<T, String> {
     r.map_err(|e| format!("{what}: {e}"))
 }
 
+/// A whole file through [`crate::Host::read_chunks`], checked to come in `chunk`-sized chunks (the
+/// last one shorter, none empty). Every chunk is held until the end, so a reader that reused a
+/// buffer still in the caller's hands would show up as different bytes.
+pub async fn get_chunks(host: &DynHost, path: &str, chunk: usize) -> Result<Vec<u8>, String> {
+    use futures::StreamExt;
+    let mut chunks = ok("read_chunks", host.read_chunks(path, chunk).await)?;
+    let mut held: Vec<Bytes> = Vec::new();
+    while let Some(c) = chunks.next().await {
+        held.push(ok("read_chunks", c)?);
+    }
+    for (i, c) in held.iter().enumerate() {
+        let last = i + 1 == held.len();
+        ensure!(
+            !c.is_empty() && (c.len() == chunk || last && c.len() < chunk),
+            "read_chunks({path}, {chunk}): chunk {i} of {} has {} bytes",
+            held.len(),
+            c.len()
+        );
+    }
+    Ok(held.concat())
+}
+
 /// Run every check against `host` in `folder` (which must exist and be empty).
 pub async fn run(host: &DynHost, folder: &str) -> Check {
     let checks: Vec<(&str, CheckFuture<'_>)> = vec![
@@ -153,6 +175,12 @@ async fn round_trip(host: &DynHost, folder: &str) -> Check {
             data.len()
         );
         ensure!(back == data, "{name}: read back different bytes");
+        for chunk in [64 << 10, (1 << 20) + 3] {
+            ensure!(
+                get_chunks(host, &p, chunk).await? == data,
+                "{name}: read in chunks of {chunk} bytes, different bytes"
+            );
+        }
         let meta = ok("stat", host.stat(&p).await)?.ok_or(format!("stat {p}: missing"))?;
         ensure!(meta.size == len as u64 && !meta.is_dir, "stat {p}: {meta:?}");
         if len > 10 {
@@ -313,6 +341,16 @@ async fn missing_things(host: &DynHost, folder: &str) -> Check {
         ok("stat missing", host.stat(&path::join(&missing, "x")).await)?.is_none(),
         "stat of a missing file is not None"
     );
+    match host.read_chunks(&path::join(folder, "no-such-file"), 4096).await {
+        Err(e) if e.kind == ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(format!(
+                "reading a missing file in chunks: {:?} error, expected NotFound: {e}",
+                e.kind
+            ));
+        }
+        Ok(_) => return Err("reading a missing file in chunks succeeded".into()),
+    }
     match host.read(&path::join(folder, "no-such-file"), 0).await {
         Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
         Err(e) => Err(format!(
@@ -351,12 +389,18 @@ async fn odd_names(host: &DynHost, folder: &str) -> Check {
     let dir = path::join(folder, "odd names ä");
     ok("create_dir_all", host.create_dir_all(&dir).await)?;
     let long = format!("{}.txt", "l".repeat(196));
-    for name in [
+    // Hosts whose names are bytes also keep a name that is not UTF-8 (Latin-1 `café`).
+    let latin1 = path::from_bytes(b"caf\xe9.csv");
+    let mut names_in = vec![
         "with space.csv",
         "ümlaut-€.txt",
         "semi;colon,comma.txt",
         long.as_str(),
-    ] {
+    ];
+    if host.capabilities().byte_names {
+        names_in.push(&latin1);
+    }
+    for &name in &names_in {
         ensure!(
             ok("put", put(host, &dir, name, name.as_bytes(), true).await)?,
             "put {name} refused"
@@ -365,14 +409,17 @@ async fn odd_names(host: &DynHost, folder: &str) -> Check {
     let listed = ok("list", host.list(&dir, false).await)?;
     let mut names: Vec<&str> = listed.iter().map(|e| e.rel_path.as_str()).collect();
     names.sort();
-    let mut want = vec![
-        "with space.csv",
-        "ümlaut-€.txt",
-        "semi;colon,comma.txt",
-        long.as_str(),
-    ];
+    let mut want = names_in.clone();
     want.sort();
     ensure!(names == want, "listing {names:?}");
+    for name in names_in {
+        let got = ok("get", get(host, &path::join(&dir, name), 0).await)?;
+        ensure!(
+            got == name.as_bytes(),
+            "{} read back other bytes",
+            path::shown(name)
+        );
+    }
     Ok(())
 }
 

@@ -162,10 +162,39 @@ pub struct Capabilities {
     pub resume: bool,
     /// Written bytes can be made durable (fsync or the like) before the commit.
     pub durable: bool,
+    /// File names are bytes and may be stored as they are even when they are not UTF-8 (see
+    /// [`path`]); on hosts whose names are strings such a name is refused, naming it.
+    pub byte_names: bool,
 }
 
 /// A stream of a file's bytes.
 pub type ByteStream = Pin<Box<dyn AsyncRead + Send>>;
+
+/// A file's bytes as chunks (see [`Host::read_chunks`]).
+pub type Chunks = futures::stream::BoxStream<'static, HostResult<Bytes>>;
+
+/// `stream` as chunks of `chunk` bytes (the last may be shorter), each read error turned into
+/// the host's own error for `path`.
+pub fn chunks_of(host: &str, path: &str, stream: ByteStream, chunk: usize) -> Chunks {
+    use tokio::io::AsyncReadExt;
+    let (host, path) = (host.to_string(), path.to_string());
+    let chunk = chunk.max(1);
+    Box::pin(futures::stream::unfold(Some(stream), move |state| {
+        let (host, path) = (host.clone(), path.clone());
+        async move {
+            let mut stream = state?;
+            let mut buf = bytes::BytesMut::with_capacity(chunk);
+            while buf.len() < chunk {
+                match stream.read_buf(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => return Some((Err(HostError::io(&host, &format!("read {path}"), &e)), None)),
+                }
+            }
+            (!buf.is_empty()).then(|| (Ok(buf.freeze()), Some(stream)))
+        }
+    }))
+}
 
 /// Size and SHA-256 of the file at `path` on `host`, read back through the host.
 pub async fn hash_stored(host: &DynHost, path: &str) -> HostResult<(u64, String)> {
@@ -289,6 +318,13 @@ pub trait Host: Send + Sync {
     async fn stat(&self, path: &str) -> HostResult<Option<Meta>>;
     /// Read a file from `offset` to its end.
     async fn read(&self, path: &str, offset: u64) -> HostResult<ByteStream>;
+    /// Read a file from its start as chunks of about `chunk` bytes, for streaming it to other
+    /// hosts. By default [`Host::read`] cut into chunks; a kind with a cheaper way overrides it
+    /// (a local file is read straight into the chunks, off the async workers).
+    async fn read_chunks(&self, path: &str, chunk: usize) -> HostResult<Chunks> {
+        let stream = self.read(path, 0).await?;
+        Ok(chunks_of(self.name(), path, stream, chunk))
+    }
     /// Create a folder and its parents (`mkdir -p`); an existing folder is fine.
     async fn create_dir_all(&self, path: &str) -> HostResult<()>;
     /// Start writing a file (see [`WriteTarget`]).

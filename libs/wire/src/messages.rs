@@ -158,7 +158,13 @@ pub enum RunStatus {
     Skipped,
 }
 
-/// One per run, at its end.
+/// A run's `RunFinished` carries its per-file outcomes only up to this many files; a larger run
+/// is a summary, and its per-file outcomes are its batch results (stream `FERRY_RESULTS`).
+pub const FILES_IN_RUN_FINISHED: usize = 1000;
+
+/// One per run, at its end: counts, bytes and status, and — for a run of at most
+/// [`FILES_IN_RUN_FINISHED`] files — every file's outcome in listing order. A larger run leaves
+/// `files` empty and sets `files_in_results`: a run of any size fits one message.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunFinished {
     pub task: String,
@@ -175,6 +181,10 @@ pub struct RunFinished {
     pub bytes: u64,
     pub error: Option<String>,
     pub files: Vec<FileResult>,
+    /// The run had more files than `files` may carry: read the per-file outcomes from its batch
+    /// results (`ferry runs show RUN` does).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub files_in_results: bool,
 }
 
 /// Published when a run starts (after its source listing).
@@ -255,20 +265,23 @@ pub struct TaskLock {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunRecord {
     pub started_at: DateTime<Utc>,
-    /// The run's batches in listing order, each with its items' ids.
+    /// The run's batches in listing order.
     pub batches: Vec<PlannedBatch>,
     pub published: bool,
 }
 
+/// A batch of the plan: its id — [`crate::plan::batch_id`] of its items' ids, so a result is
+/// checked against the plan by hashing the ids it answers for — and how many items it has. About
+/// 50 bytes a batch, so a run of a million files (15,625 batches) stays well within one message.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PlannedBatch {
     pub batch_id: String,
-    pub item_ids: Vec<String>,
+    pub items: usize,
 }
 
 impl RunRecord {
     pub fn item_count(&self) -> usize {
-        self.batches.iter().map(|b| b.item_ids.len()).sum()
+        self.batches.iter().map(|b| b.items).sum()
     }
 }
 

@@ -76,17 +76,20 @@ pub fn plan(item: &FileItem, index: usize, dest: &Destination) -> Result<Planned
         }
     }
     let name = dest.file_name.render(&ctx);
-    if name.is_empty() || name.contains(['/', '\\', '\0']) || name == "." || name == ".." {
-        return Err(format!(
-            "file name template {:?} expands to {name:?}",
-            dest.file_name.as_str()
-        ));
-    }
-    if name.len() > 255 {
+    // The rendered name is one component that stays in its folder ([`path::confine`] also keeps
+    // the escaped bytes of a source name that is not UTF-8, and measures it in bytes).
+    if path::byte_len(&name) > 255 {
         return Err(format!(
             "file name template {:?} expands to a name of {} bytes (at most 255)",
             dest.file_name.as_str(),
-            name.len()
+            path::byte_len(&name)
+        ));
+    }
+    if name.contains('/') || path::confine(&name).is_err() {
+        return Err(format!(
+            "file name template {:?} expands to {}",
+            dest.file_name.as_str(),
+            path::shown(&name)
         ));
     }
     Ok(Planned {
@@ -150,6 +153,18 @@ pub fn unique_candidate(final_path: &str, n: u32) -> String {
         _ => (name, ""),
     };
     path::join(path::parent(final_path), &format!("{base} ({n}){ext}"))
+}
+
+/// A work batch's id: a hash of its items' ids in order (unique per run, as they are). A batch
+/// result answers for exactly the planned items, in order, when its items' ids hash to it.
+pub fn batch_id<'a>(item_ids: impl IntoIterator<Item = &'a str>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for id in item_ids {
+        hasher.update(id.as_bytes());
+        hasher.update([0]);
+    }
+    hex::encode(&hasher.finalize()[..16])
 }
 
 /// 128 bits of SHA-256, hex: the ids of items and the keys of new-files-only state.

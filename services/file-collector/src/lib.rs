@@ -41,8 +41,8 @@ use tokio_util::sync::CancellationToken;
 
 use ferry_service::{EpochGate, NodeLease, Settings, http, nats};
 use ferry_wire::{
-    BatchResult, ConfigDocument, FileResult, Outcome, PlannedBatch, RunFinished, RunRecord, RunRequested,
-    RunStarted, RunStatus, TaskLock, subjects, topology,
+    BatchResult, ConfigDocument, FILES_IN_RUN_FINISHED, FileResult, Outcome, PlannedBatch, RunFinished,
+    RunRecord, RunRequested, RunStarted, RunStatus, TaskLock, plan, subjects, topology,
 };
 
 pub use metrics::Metrics;
@@ -245,9 +245,7 @@ impl Collector {
     async fn execute(&self, request: &RunRequested) -> anyhow::Result<()> {
         let started_at = Utc::now();
         if let Some(why) = self.gate.refusal(request.epoch).await {
-            return self
-                .finish(request, started_at, RunStatus::Skipped, Some(why), Vec::new())
-                .await;
+            return self.skipped(request, started_at, why).await;
         }
         if !self.lease.allows(request.epoch) {
             // Not older than any epoch seen, but this node cannot commit under it right now
@@ -270,30 +268,45 @@ impl Collector {
         if !resumed && let Some(holder) = self.take_lock(&lock_key, request).await? {
             let why = format!("task is already running (run {holder})");
             tracing::info!(task = %request.task, run_id = %request.run_id, %holder, "skipped: already running");
-            return self
-                .finish(request, started_at, RunStatus::Skipped, Some(why), Vec::new())
-                .await;
+            return self.skipped(request, started_at, why).await;
         }
         self.metrics.running.inc();
         let result = self.collect(request).await;
         self.metrics.running.dec();
-        let (status, error, files, started_at) = match result {
-            Ok((files, started_at)) => {
-                let failed = files.iter().any(|f| f.outcome == Outcome::Failed);
-                let status = if failed {
+        let (status, error, tally, started_at) = match result {
+            Ok((tally, started_at)) => {
+                let status = if tally.failed > 0 {
                     RunStatus::Failed
                 } else {
                     RunStatus::Succeeded
                 };
-                (status, None, files, started_at)
+                let error = tally.unsent.clone();
+                (status, error, tally, started_at)
             }
-            Err(RunError::Task(message)) => (RunStatus::Failed, Some(message), Vec::new(), started_at),
+            Err(RunError::Task(message)) => (RunStatus::Failed, Some(message), Tally::default(), started_at),
             Err(RunError::Infra(e)) => return Err(e),
         };
         // Release before announcing the end, so a run requested on seeing `RunFinished` is not
         // refused as overlapping.
         self.release_lock(&lock_key, &run_id).await;
-        self.finish(request, started_at, status, error, files).await
+        self.finish(request, started_at, status, error, tally).await
+    }
+
+    /// End `request` as skipped (not run), saying why.
+    async fn skipped(
+        &self,
+        request: &RunRequested,
+        started_at: chrono::DateTime<Utc>,
+        why: String,
+    ) -> anyhow::Result<()> {
+        self.finish(
+            request,
+            started_at,
+            RunStatus::Skipped,
+            Some(why),
+            Tally::default(),
+        )
+        .await
     }
 
     /// Take the task lock for `request`. Returns the run holding it instead, if any. A lock of an
@@ -361,10 +374,7 @@ impl Collector {
     }
 
     /// List (or resume), publish the work batches, collect results.
-    async fn collect(
-        &self,
-        request: &RunRequested,
-    ) -> Result<(Vec<FileResult>, chrono::DateTime<Utc>), RunError> {
+    async fn collect(&self, request: &RunRequested) -> Result<(Tally, chrono::DateTime<Utc>), RunError> {
         let record_key = format!("run.{}", request.run_id);
         let existing = self.runs_kv.get(&record_key).await.context("read run record")?;
         let (record, unsent) = match existing {
@@ -410,7 +420,9 @@ impl Collector {
                         .await
                         .map_err(RunError::Task)?;
                 let files = items.len() as u64;
-                let batches = listing::pack(items);
+                let batches = tokio::task::spawn_blocking(move || listing::pack(items))
+                    .await
+                    .context("pack work batches")?;
                 // The plan is stored before the first batch is sent, so a restart knows what the
                 // run consists of without listing again.
                 let mut record = RunRecord {
@@ -419,7 +431,7 @@ impl Collector {
                         .iter()
                         .map(|b| PlannedBatch {
                             batch_id: b.batch_id.clone(),
-                            item_ids: b.items.iter().map(|i| i.item_id.clone()).collect(),
+                            items: b.items.len(),
                         })
                         .collect(),
                     published: false,
@@ -567,22 +579,22 @@ impl Collector {
     }
 
     /// Read the run's batch results (from the beginning, so a resumed run sees earlier ones
-    /// too) until every sent batch has one; return one result per planned file, in listing
-    /// order. Files of batches never sent fail with a reason.
+    /// too) until every sent batch has one, adding them up as they come (see [`Tally`]). Files
+    /// of batches never sent count as failed, with a reason.
     async fn await_results(
         &self,
         request: &RunRequested,
         record: &RunRecord,
         unsent: &HashSet<String>,
-    ) -> anyhow::Result<Vec<FileResult>> {
-        let wanted: HashSet<&str> = record
+    ) -> anyhow::Result<Tally> {
+        let planned: HashMap<&str, usize> = record
             .batches
             .iter()
-            .map(|b| b.batch_id.as_str())
-            .filter(|id| !unsent.contains(*id))
+            .filter(|b| !unsent.contains(&b.batch_id))
+            .map(|b| (b.batch_id.as_str(), b.items))
             .collect();
-        let mut answered: HashMap<String, FileResult> = HashMap::with_capacity(record.item_count());
-        if !wanted.is_empty() {
+        let mut tally = Tally::new(record);
+        if !planned.is_empty() {
             let stream = self
                 .js
                 .get_stream(topology::STREAM_RESULTS)
@@ -597,8 +609,8 @@ impl Collector {
                 .await
                 .context("read run results")?;
             let mut messages = consumer.messages().await.context("read run results")?;
-            let mut seen: HashSet<String> = HashSet::with_capacity(wanted.len());
-            while seen.len() < wanted.len() {
+            let mut seen: HashSet<String> = HashSet::with_capacity(planned.len());
+            while seen.len() < planned.len() {
                 let message = match messages.next().await {
                     Some(m) => m.context("read run result")?,
                     None => anyhow::bail!("results stream ended"),
@@ -613,45 +625,34 @@ impl Collector {
                         continue;
                     }
                 };
-                if !wanted.contains(batch.batch_id.as_str()) || seen.contains(&batch.batch_id) {
+                let Some(&items) = planned.get(batch.batch_id.as_str()) else {
+                    continue;
+                };
+                if seen.contains(&batch.batch_id) {
                     continue;
                 }
-                if let Err(why) = matches_plan(record, &batch) {
+                if let Err(why) = matches_plan(items, &batch) {
                     tracing::error!(run_id = %request.run_id, batch = %ferry_hosts::path::shown(&batch.batch_id), "skipping a batch result that does not match the run's plan: {why}");
                     continue;
                 }
-                seen.insert(batch.batch_id);
-                for result in batch.results {
-                    answered.insert(result.item_id.clone(), result);
-                }
+                seen.insert(batch.batch_id.clone());
+                tally.add(batch);
             }
         }
-        // Keep the listing order.
-        let now = Utc::now();
-        Ok(record
+        let not_sent: usize = record
             .batches
             .iter()
-            .flat_map(|b| b.item_ids.iter())
-            .map(|id| {
-                answered.remove(id).unwrap_or_else(|| FileResult {
-                    item_id: id.clone(),
-                    source_path: String::new(),
-                    size: 0,
-                    sha256: None,
-                    outcome: Outcome::Failed,
-                    destinations: Vec::new(),
-                    error: Some(
-                        "not sent: the file-collector stopped while publishing this run; \
-                         nothing was written and the next run picks the file up"
-                            .into(),
-                    ),
-                    node: self.node.clone(),
-                    epoch: request.epoch,
-                    started_at: record.started_at,
-                    finished_at: now,
-                })
-            })
-            .collect())
+            .filter(|b| unsent.contains(&b.batch_id))
+            .map(|b| b.items)
+            .sum();
+        if not_sent > 0 {
+            tally.failed += not_sent as u64;
+            tally.unsent = Some(format!(
+                "{not_sent} file(s) were not sent: the file-collector stopped while publishing this run; \
+                 nothing was written for them and the next run picks them up"
+            ));
+        }
+        Ok(tally)
     }
 
     async fn finish(
@@ -660,9 +661,9 @@ impl Collector {
         started_at: chrono::DateTime<Utc>,
         status: RunStatus,
         error: Option<String>,
-        files: Vec<FileResult>,
+        tally: Tally,
     ) -> anyhow::Result<()> {
-        let count = |o: Outcome| files.iter().filter(|f| f.outcome == o).count() as u64;
+        let files_in_results = tally.by_batch.is_none() && tally.delivered + tally.skipped + tally.failed > 0;
         let finished = RunFinished {
             task: request.task.clone(),
             run_id: request.run_id,
@@ -672,16 +673,13 @@ impl Collector {
             status,
             started_at,
             finished_at: Utc::now(),
-            files_delivered: count(Outcome::Delivered),
-            files_skipped: count(Outcome::Skipped),
-            files_failed: count(Outcome::Failed),
-            bytes: files
-                .iter()
-                .filter(|f| f.outcome == Outcome::Delivered)
-                .map(|f| f.size)
-                .sum(),
+            files_delivered: tally.delivered,
+            files_skipped: tally.skipped,
+            files_failed: tally.failed,
+            bytes: tally.bytes,
             error,
-            files,
+            files: tally.files(),
+            files_in_results,
         };
         ferry_service::streams::store(
             &self.js,
@@ -729,24 +727,76 @@ impl From<anyhow::Error> for RunError {
 }
 
 /// A batch result counts only if it answers for exactly the items its batch was planned with,
-/// each once.
-fn matches_plan(record: &RunRecord, batch: &BatchResult) -> Result<(), String> {
-    let planned = record
-        .batches
-        .iter()
-        .find(|b| b.batch_id == batch.batch_id)
-        .ok_or("no such batch in the plan")?;
-    let mut expected: HashSet<&str> = planned.item_ids.iter().map(String::as_str).collect();
-    for result in &batch.results {
-        if !expected.remove(result.item_id.as_str()) {
-            return Err(format!(
-                "item {} is not in the batch or answered twice",
-                ferry_hosts::path::shown(&result.item_id)
-            ));
-        }
+/// in order: as many as planned, whose ids hash to the batch's id ([`plan::batch_id`]).
+fn matches_plan(items: usize, batch: &BatchResult) -> Result<(), String> {
+    if batch.results.len() != items {
+        return Err(format!(
+            "{} result(s) for a batch of {items} item(s)",
+            batch.results.len()
+        ));
     }
-    if !expected.is_empty() {
-        return Err(format!("{} planned item(s) have no result", expected.len()));
+    if plan::batch_id(batch.results.iter().map(|r| r.item_id.as_str())) != batch.batch_id {
+        return Err("its items are not the batch's".into());
     }
     Ok(())
+}
+
+/// A run's results added up as they arrive: counts and bytes for any number of files; each
+/// file's outcome only for a run of at most [`FILES_IN_RUN_FINISHED`] files, which
+/// `RunFinished` carries in listing order (a larger run's stay in its batch results).
+#[derive(Default)]
+struct Tally {
+    delivered: u64,
+    skipped: u64,
+    failed: u64,
+    bytes: u64,
+    /// Each answered batch's results (`None`: a large run), and the planned batch order.
+    by_batch: Option<HashMap<String, Vec<FileResult>>>,
+    order: Vec<String>,
+    /// Why some files were never sent, if any were not.
+    unsent: Option<String>,
+}
+
+impl Tally {
+    fn new(record: &RunRecord) -> Tally {
+        let small = record.item_count() <= FILES_IN_RUN_FINISHED;
+        Tally {
+            by_batch: small.then(HashMap::new),
+            order: if small {
+                record.batches.iter().map(|b| b.batch_id.clone()).collect()
+            } else {
+                Vec::new()
+            },
+            ..Tally::default()
+        }
+    }
+
+    fn add(&mut self, batch: BatchResult) {
+        for f in &batch.results {
+            match f.outcome {
+                Outcome::Delivered => {
+                    self.delivered += 1;
+                    self.bytes += f.size;
+                }
+                Outcome::Skipped => self.skipped += 1,
+                Outcome::Failed => self.failed += 1,
+            }
+        }
+        if let Some(results) = &mut self.by_batch {
+            results.insert(batch.batch_id, batch.results);
+        }
+    }
+
+    /// The per-file outcomes in listing order (empty for a large run).
+    fn files(&self) -> Vec<FileResult> {
+        let Some(results) = &self.by_batch else {
+            return Vec::new();
+        };
+        self.order
+            .iter()
+            .filter_map(|id| results.get(id))
+            .flatten()
+            .cloned()
+            .collect()
+    }
 }

@@ -7,7 +7,6 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 
 use ferry_config::{Config, HostKind, Source, Task};
 use ferry_hosts::{Entry, Host, Hosts, path};
@@ -47,15 +46,6 @@ pub async fn list_task(
             .await
             .map_err(|e| format!("source[{index}]: {e}"))?;
         let source_key = plan::state_source_key(&task.name, &source.host, &source.folder);
-        let with_keys: Vec<(Found, Option<String>)> = found
-            .into_iter()
-            .map(|f| {
-                let key = source
-                    .new_files_only
-                    .then(|| plan::state_key(&source_key, &f.rel_path));
-                (f, key)
-            })
-            .collect();
         // New-files-only: drop files whose size and modification time match their last delivery.
         let known = if source.new_files_only {
             source_state(state_kv, &source_key)
@@ -64,46 +54,50 @@ pub async fn list_task(
         } else {
             HashMap::new()
         };
-        let checked: Vec<Option<(Found, Option<String>)>> = with_keys
-            .into_iter()
-            .map(|(f, key)| {
-                let delivered = key.as_ref().and_then(|k| known.get(k));
-                match delivered {
-                    Some(state) if state.size == f.size && state.mtime_ns == f.mtime_ns => None,
-                    _ => Some((f, key)),
-                }
+        // Hashing, checking and building a million items is seconds of CPU: off the async workers.
+        let fresh = {
+            let (task, source, source_key) = (task.clone(), source.clone(), source_key.clone());
+            let (run_id, epoch) = (request.run_id, request.epoch);
+            tokio::task::spawn_blocking(move || {
+                fresh_items(
+                    &task,
+                    index,
+                    &source,
+                    &source_key,
+                    found,
+                    known,
+                    run_id,
+                    epoch,
+                    started_at,
+                )
             })
-            .collect();
-        let mut fresh: Vec<(Found, Option<String>)> = checked.into_iter().flatten().collect();
-        if source.max_files > 0 {
-            fresh.truncate(source.max_files as usize);
+            .await
+            .map_err(|e| format!("source[{index}]: listing task failed: {e}"))?
+        };
+        // Two sources of the task on one folder (other masks) share its state: neither prunes.
+        let shared = task
+            .sources
+            .iter()
+            .filter(|s| plan::state_source_key(&task.name, &s.host, &s.folder) == source_key)
+            .count()
+            > 1;
+        if !shared {
+            prune(state_kv, fresh.gone).await;
         }
-        for (f, state_key) in fresh {
-            let item_id = plan::short_hash(format!("{}\0{index}\0{}", request.run_id, f.rel_path).as_bytes());
-            items.push(FileItem {
-                run_id: request.run_id,
-                task: task.name.clone(),
-                epoch: request.epoch,
-                item_id,
-                source: SourceFile {
-                    source_index: index,
-                    host: source.host.clone(),
-                    folder: source.folder.clone(),
-                    rel_path: f.rel_path,
-                    size: f.size,
-                    mtime_ns: f.mtime_ns,
-                    state_key,
-                    delete_after: source.delete_after,
-                },
-                destinations: task.destinations.clone(),
-                run_started_at: started_at,
-                refused: Vec::new(),
-            });
-        }
+        items.extend(fresh.items);
     }
-    let folds_case = |host: &str| config.hosts.get(host).is_some_and(|h| h.kind() == HostKind::Smb);
-    plan::refuse_collisions(&mut items, folds_case);
-    Ok(items)
+    let smb: std::collections::HashSet<String> = config
+        .hosts
+        .iter()
+        .filter(|(_, h)| h.kind() == HostKind::Smb)
+        .map(|(name, _)| name.clone())
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        plan::refuse_collisions(&mut items, |host: &str| smb.contains(host));
+        items
+    })
+    .await
+    .map_err(|e| format!("listing task failed: {e}"))
 }
 
 /// Batches a run is spread over at least, when it has enough files: as many as the transfer's
@@ -147,15 +141,99 @@ pub fn pack(items: Vec<FileItem>) -> Vec<WorkBatch> {
 
 /// A batch's id is a hash of its items' ids (which are unique per run).
 fn seal(items: Vec<FileItem>) -> WorkBatch {
-    let mut hasher = Sha256::new();
-    for item in &items {
-        hasher.update(item.item_id.as_bytes());
-        hasher.update([0]);
-    }
     WorkBatch {
-        batch_id: hex::encode(&hasher.finalize()[..16]),
+        batch_id: plan::batch_id(items.iter().map(|i| i.item_id.as_str())),
         items,
     }
+}
+
+/// What one source's listing adds to a run.
+struct Fresh {
+    /// Work items of the files to move, in path order.
+    items: Vec<FileItem>,
+    /// New-files-only keys of files this listing no longer shows (see [`prune`]).
+    gone: Vec<String>,
+}
+
+/// The work items of the files of one source that new-files-only does not leave (at most
+/// `max_files`), and the state keys of files no longer listed.
+#[allow(clippy::too_many_arguments)]
+fn fresh_items(
+    task: &Task,
+    index: usize,
+    source: &Source,
+    source_key: &str,
+    found: Vec<Found>,
+    mut known: HashMap<String, FileState>,
+    run_id: uuid::Uuid,
+    epoch: u64,
+    started_at: DateTime<Utc>,
+) -> Fresh {
+    let mut fresh: Vec<(Found, Option<String>)> = Vec::new();
+    for f in found {
+        let key = source
+            .new_files_only
+            .then(|| plan::state_key(source_key, &f.rel_path));
+        // Taken out of `known` as it is listed: what is left at the end is no longer listed.
+        let delivered = key.as_ref().and_then(|k| known.remove(k));
+        let unchanged = delivered.is_some_and(|state| state.size == f.size && state.mtime_ns == f.mtime_ns);
+        if !unchanged {
+            fresh.push((f, key));
+        }
+    }
+    if source.max_files > 0 {
+        fresh.truncate(source.max_files as usize);
+    }
+    let items = fresh
+        .into_iter()
+        .map(|(f, state_key)| FileItem {
+            run_id,
+            task: task.name.clone(),
+            epoch,
+            item_id: plan::short_hash(format!("{run_id}\0{index}\0{}", f.rel_path).as_bytes()),
+            source: SourceFile {
+                source_index: index,
+                host: source.host.clone(),
+                folder: source.folder.clone(),
+                rel_path: f.rel_path,
+                size: f.size,
+                mtime_ns: f.mtime_ns,
+                state_key,
+                delete_after: source.delete_after,
+            },
+            destinations: task.destinations.clone(),
+            run_started_at: started_at,
+            refused: Vec::new(),
+        })
+        .collect();
+    Fresh {
+        items,
+        gone: known.into_keys().collect(),
+    }
+}
+
+/// Forget the new-files-only state of files a listing no longer shows (deleted, renamed away, or
+/// no longer matching the masks), so the state of a source does not grow for good: a file that
+/// comes back later is a new file. Best effort — a key left behind is only space.
+async fn prune(state_kv: &kv::Store, gone: Vec<String>) {
+    if gone.is_empty() {
+        return;
+    }
+    let total = gone.len();
+    let mut deletes = futures::stream::iter(gone.into_iter().map(|key| {
+        let kv = state_kv.clone();
+        async move { kv.delete(key).await.is_err() }
+    }))
+    .buffer_unordered(64);
+    let mut failed = 0;
+    while let Some(lost) = deletes.next().await {
+        failed += usize::from(lost);
+    }
+    tracing::info!(
+        pruned = total - failed,
+        failed,
+        "forgot the new-files-only state of files no longer listed"
+    );
 }
 
 /// The new-files-only state of one source (key → state), read in one pass: an ordered consumer

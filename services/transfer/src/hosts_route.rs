@@ -11,7 +11,8 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use futures::StreamExt;
 use futures::future::join_all;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
@@ -76,6 +77,18 @@ impl Route {
                 .cloned();
             if let Some(error) = earlier {
                 f.fail(i, format!("{error} (not tried again for this file: the host refused an earlier file of its batch)"));
+                continue;
+            }
+            if !host.capabilities().byte_names && !ferry_hosts::path::is_utf8(&p.final_path) {
+                f.fail(
+                    i,
+                    format!(
+                        "{}: the name {} is not UTF-8, and this host stores names as UTF-8 text only \
+                         (rename the source file, or name it with a file name template)",
+                        host.name(),
+                        ferry_hosts::path::shown(&p.final_path)
+                    ),
+                );
                 continue;
             }
             let key = (host.name().to_string(), p.dir.clone());
@@ -269,8 +282,8 @@ impl Route {
         let reader = {
             let (source, path, buffer) = (source.clone(), f.source.clone(), self.buffer);
             tokio::spawn(async move {
-                let mut stream = match source.read(&path, 0).await {
-                    Ok(s) => s,
+                let mut chunks = match source.read_chunks(&path, buffer).await {
+                    Ok(c) => c,
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
                         return None;
@@ -278,29 +291,21 @@ impl Route {
                 };
                 let mut hasher = Sha256::new();
                 let mut size = 0u64;
-                loop {
-                    let mut chunk = BytesMut::with_capacity(buffer);
-                    while chunk.len() < buffer {
-                        match stream.read_buf(&mut chunk).await {
-                            Ok(0) => break,
-                            Ok(_) => {}
-                            Err(e) => {
-                                let _ = tx
-                                    .send(Err(HostError::io(source.name(), &format!("read {path}"), &e)))
-                                    .await;
-                                return None;
-                            }
+                while let Some(chunk) = chunks.next().await {
+                    let chunk = match chunk {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return None;
                         }
-                    }
-                    if chunk.is_empty() {
-                        return Some((size, hex::encode(hasher.finalize())));
-                    }
+                    };
                     hasher.update(&chunk);
                     size += chunk.len() as u64;
-                    if tx.send(Ok(chunk.freeze())).await.is_err() {
+                    if tx.send(Ok(chunk)).await.is_err() {
                         return None;
                     }
                 }
+                Some((size, hex::encode(hasher.finalize())))
             })
         };
         let mut position = 0u64;

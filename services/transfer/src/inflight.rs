@@ -193,9 +193,10 @@ impl InFlight {
         }
     }
 
-    /// The new-files-only state to record: only when nothing failed.
+    /// The new-files-only state to record: only when nothing failed, and not for a moved file
+    /// whose source is now deleted (it cannot be listed again; its state would only pile up).
     pub fn new_files_only_state(&self) -> Option<FileState> {
-        if self.any_failed() || self.error.is_some() {
+        if self.any_failed() || self.error.is_some() || self.should_delete_source() {
             return None;
         }
         let (size, sha256) = self.size_and_hash();

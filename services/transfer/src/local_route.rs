@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use ferry_config::Overwrite;
 use ferry_hosts::local::fast as local;
+use ferry_hosts::path::os;
 use ferry_wire::Outcome;
 
 use crate::inflight::{CommitPoint, InFlight};
@@ -18,19 +19,19 @@ use ferry_wire::plan;
 pub fn prepare(f: &mut InFlight, previously_committing: &[Option<String>], buffer: usize) {
     for i in f.undecided() {
         let p = f.plan(i);
-        if let Err(e) = prepare_dir(Path::new(&p.dir), p.create_dirs) {
+        if let Err(e) = prepare_dir(&os(&p.dir), p.create_dirs) {
             f.fail(i, e);
         }
     }
     // A previous attempt died while committing: find destinations it already completed.
     if previously_committing.iter().any(Option::is_some) {
-        let source_hash = local::hash_file(Path::new(&f.source), buffer);
+        let source_hash = local::hash_file(&os(&f.source), buffer);
         for (i, path) in previously_committing.iter().enumerate().take(f.plans.len()) {
             let Some(path) = path else { continue };
             if f.outcomes[i].is_some() {
                 continue;
             }
-            let existing = local::hash_file(Path::new(path), buffer);
+            let existing = local::hash_file(&os(path), buffer);
             let matches = match (&source_hash, &existing) {
                 (Ok(src), Ok(dst)) => src == dst,
                 // The source was deleted after the commit (delete_after): the copy stands.
@@ -44,10 +45,10 @@ pub fn prepare(f: &mut InFlight, previously_committing: &[Option<String>], buffe
     }
     // Apply the overwrite policy to destinations that exist already.
     for i in f.undecided() {
-        if Path::new(&f.plan(i).final_path).exists() && f.exists_at(i) {
+        if os(&f.plan(i).final_path).exists() && f.exists_at(i) {
             let first = f.plan(i).final_path.clone();
             let mut k = 1;
-            while Path::new(&plan::unique_candidate(&first, k)).exists() {
+            while os(&plan::unique_candidate(&first, k)).exists() {
                 k += 1;
             }
             f.plans[i].as_mut().expect("planned").final_path = plan::unique_candidate(&first, k);
@@ -75,17 +76,14 @@ fn prepare_dir(dir: &Path, create: bool) -> Result<(), String> {
 fn source_of(f: &InFlight) -> local::Source {
     let listed = &f.item.source;
     local::Source {
-        folder: PathBuf::from(&listed.folder),
-        rel: PathBuf::from(ferry_hosts::path::confine(&listed.rel_path).unwrap_or_default()),
+        folder: os(&listed.folder),
+        rel: os(ferry_hosts::path::confine(&listed.rel_path).unwrap_or_default()),
         listed: Some((listed.size, listed.mtime_ns)),
     }
 }
 
 fn temps(f: &InFlight) -> Vec<PathBuf> {
-    f.open
-        .iter()
-        .map(|&i| PathBuf::from(f.plan(i).temp_path()))
-        .collect()
+    f.open.iter().map(|&i| os(&f.plan(i).temp_path())).collect()
 }
 
 /// Copy every file with open destinations into its temp files and verify them: a lone file with
@@ -141,7 +139,7 @@ pub fn commit(files: &mut [InFlight], point: &CommitPoint<'_>) {
                     outcome
                 }
                 Err(why) => {
-                    let _ = std::fs::remove_file(p.temp_path());
+                    let _ = std::fs::remove_file(os(&p.temp_path()));
                     crate::inflight::failed(p.final_path.clone(), why.into())
                 }
             };
@@ -152,7 +150,7 @@ pub fn commit(files: &mut [InFlight], point: &CommitPoint<'_>) {
     // that cannot be synced fails its destinations (the file may not survive a crash), so the
     // source of a move is kept and the next run delivers it again.
     for (dir, delivered) in renamed_into {
-        if let Err(e) = local::sync_dir(Path::new(&dir)) {
+        if let Err(e) = local::sync_dir(&os(&dir)) {
             tracing::error!(%dir, error = %e, "fsync destination folder");
             for (n, i) in delivered {
                 let path = files[n].outcomes[i]
@@ -170,7 +168,7 @@ pub fn commit(files: &mut [InFlight], point: &CommitPoint<'_>) {
     }
     for f in files.iter_mut() {
         if f.should_delete_source()
-            && let Err(e) = std::fs::remove_file(&f.source)
+            && let Err(e) = std::fs::remove_file(os(&f.source))
             && e.kind() != std::io::ErrorKind::NotFound
         {
             f.error = Some(format!(
@@ -183,14 +181,17 @@ pub fn commit(files: &mut [InFlight], point: &CommitPoint<'_>) {
 
 /// Rename the verified temp file into place according to the overwrite policy.
 fn rename(p: &plan::Planned) -> ferry_wire::DestOutcome {
-    let temp = PathBuf::from(p.temp_path());
+    let temp = os(&p.temp_path());
     let renamed = match p.overwrite {
-        Overwrite::Overwrite => std::fs::rename(&temp, &p.final_path).map(|()| Some(p.final_path.clone())),
-        Overwrite::Skip | Overwrite::Fail => local::rename_noreplace(&temp, Path::new(&p.final_path))
-            .map(|done| done.then(|| p.final_path.clone())),
+        Overwrite::Overwrite => {
+            std::fs::rename(&temp, os(&p.final_path)).map(|()| Some(p.final_path.clone()))
+        }
+        Overwrite::Skip | Overwrite::Fail => {
+            local::rename_noreplace(&temp, &os(&p.final_path)).map(|done| done.then(|| p.final_path.clone()))
+        }
         Overwrite::Unique => (|| {
             for candidate in p.unique_candidates().take(10_000) {
-                if local::rename_noreplace(&temp, Path::new(&candidate))? {
+                if local::rename_noreplace(&temp, &os(&candidate))? {
                     return Ok(Some(candidate));
                 }
             }

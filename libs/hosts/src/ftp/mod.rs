@@ -50,6 +50,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     resume: true,
     // No fsync in FTP: the server's 226 says the file is written, not that it is on disk.
     durable: false,
+    byte_names: false,
 };
 
 /// An FTP or FTPS server.

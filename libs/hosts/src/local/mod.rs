@@ -13,6 +13,7 @@ pub mod fast;
 
 use std::fs;
 use std::io::{self, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -43,6 +44,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     server_sha256: false,
     resume: true,
     durable: true,
+    byte_names: true,
 };
 
 /// Run a blocking file-system call on the blocking pool.
@@ -102,12 +104,14 @@ pub fn walk(host: &str, root: &Path, recursive: bool) -> HostResult<Vec<Entry>> 
                 ));
             }
         };
-        let rel = entry
-            .path()
-            .strip_prefix(root)
-            .expect("walkdir yields paths under its root")
-            .to_string_lossy()
-            .into_owned();
+        let rel = crate::path::from_bytes(
+            entry
+                .path()
+                .strip_prefix(root)
+                .expect("walkdir yields paths under its root")
+                .as_os_str()
+                .as_bytes(),
+        );
         found.push(Entry {
             rel_path: rel,
             size: meta.len(),
@@ -125,6 +129,54 @@ fn open_nofollow(path: &Path) -> io::Result<fs::File> {
         .open(path)
 }
 
+/// Read up to `chunk` bytes of `file` (fewer only at its end) into `buf` (emptied first), without
+/// zeroing it.
+fn fill(file: &fs::File, buf: &mut Vec<u8>, chunk: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    buf.clear();
+    buf.reserve(chunk);
+    while buf.len() < chunk {
+        let want = chunk - buf.len();
+        let spare = &mut buf.spare_capacity_mut()[..want];
+        // SAFETY: read(2) writes at most `spare.len()` bytes into memory this buffer owns and
+        // returns how many it wrote.
+        let n = unsafe { libc::read(file.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
+        match n {
+            0 => break,
+            // SAFETY: the first `n` bytes of the spare capacity were just written by read(2).
+            n if n > 0 => unsafe { buf.set_len(buf.len() + n as usize) },
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A chunk's buffer, handed back to its reader when the last [`Bytes`] of it is dropped, so a
+/// long file is read into a few recycled buffers instead of a fresh (page-faulting) allocation
+/// per chunk.
+struct Recycled {
+    data: Vec<u8>,
+    back: std::sync::mpsc::SyncSender<Vec<u8>>,
+}
+
+impl AsRef<[u8]> for Recycled {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Recycled {
+    fn drop(&mut self) {
+        // A full pool or a finished reader: the buffer is simply freed.
+        let _ = self.back.try_send(std::mem::take(&mut self.data));
+    }
+}
+
 #[async_trait]
 impl Host for LocalHost {
     fn name(&self) -> &str {
@@ -136,12 +188,12 @@ impl Host for LocalHost {
     }
 
     async fn list(&self, folder: &str, recursive: bool) -> HostResult<Vec<Entry>> {
-        let (host, root) = (self.name.clone(), PathBuf::from(folder));
+        let (host, root) = (self.name.clone(), crate::path::os(folder));
         blocking(&self.name, move || walk(&host, &root, recursive)).await
     }
 
     async fn stat(&self, path: &str) -> HostResult<Option<Meta>> {
-        let (host, p) = (self.name.clone(), PathBuf::from(path));
+        let (host, p) = (self.name.clone(), crate::path::os(path));
         blocking(&self.name, move || match fs::symlink_metadata(&p) {
             Ok(m) => Ok(Some(Meta {
                 size: m.len(),
@@ -155,7 +207,7 @@ impl Host for LocalHost {
     }
 
     async fn read(&self, path: &str, offset: u64) -> HostResult<ByteStream> {
-        let (host, p) = (self.name.clone(), PathBuf::from(path));
+        let (host, p) = (self.name.clone(), crate::path::os(path));
         let file = blocking(&self.name, move || {
             let mut f =
                 open_nofollow(&p).map_err(|e| HostError::io(&host, &format!("open {}", p.display()), &e))?;
@@ -169,8 +221,45 @@ impl Host for LocalHost {
         Ok(Box::pin(tokio::fs::File::from_std(file)))
     }
 
+    async fn read_chunks(&self, path: &str, chunk: usize) -> HostResult<crate::Chunks> {
+        let (host, p) = (self.name.clone(), crate::path::os(path));
+        let file = blocking(&self.name, move || {
+            open_nofollow(&p).map_err(|e| HostError::io(&host, &format!("open {}", p.display()), &e))
+        })
+        .await?;
+        // Read on the blocking pool straight into the chunks (no copy through the async runtime),
+        // a few chunks ahead of the consumer; its dropping the stream ends the reads.
+        let (tx, rx) = tokio::sync::mpsc::channel::<HostResult<Bytes>>(2);
+        let (host, shown, chunk) = (self.name.clone(), path.to_string(), chunk.max(1));
+        tokio::task::spawn_blocking(move || {
+            let (back, recycled) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+            loop {
+                let mut data = recycled.try_recv().unwrap_or_default();
+                let read = fill(&file, &mut data, chunk)
+                    .map(|()| {
+                        Bytes::from_owner(Recycled {
+                            data,
+                            back: back.clone(),
+                        })
+                    })
+                    .map_err(|e| HostError::io(&host, &format!("read {shown}"), &e));
+                let end = matches!(&read, Ok(c) if c.len() < chunk) || read.is_err();
+                let send = match read {
+                    Ok(c) if c.is_empty() => return,
+                    r => tx.blocking_send(r),
+                };
+                if end || send.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|c| (c, rx))
+        })))
+    }
+
     async fn create_dir_all(&self, path: &str) -> HostResult<()> {
-        let (host, p) = (self.name.clone(), PathBuf::from(path));
+        let (host, p) = (self.name.clone(), crate::path::os(path));
         blocking(&self.name, move || {
             match fs::metadata(&p) {
                 Ok(m) if m.is_dir() => return Ok(()),
@@ -191,7 +280,7 @@ impl Host for LocalHost {
     async fn write(&self, target: &WriteTarget) -> HostResult<Box<dyn Upload>> {
         let (host, temp, resume) = (
             self.name.clone(),
-            PathBuf::from(target.temp_path()),
+            crate::path::os(&target.temp_path()),
             target.resume,
         );
         let (file, offset) = blocking(&self.name, move || {
@@ -215,11 +304,11 @@ impl Host for LocalHost {
         // and compares (so the read-back overlaps the transfer instead of following it), starts
         // writeback every few MiB, and fsyncs when the stream ends.
         let (tx, rx) = tokio::sync::mpsc::channel(WRITE_QUEUE);
-        let (host, temp) = (self.name.clone(), PathBuf::from(target.temp_path()));
+        let (host, temp) = (self.name.clone(), crate::path::os(&target.temp_path()));
         let worker = tokio::task::spawn_blocking(move || write_and_check(&host, &temp, file, offset, rx));
         Ok(Box::new(LocalUpload {
             host: self.name.clone(),
-            temp: PathBuf::from(target.temp_path()),
+            temp: crate::path::os(&target.temp_path()),
             offset,
             tx: Some(tx),
             worker: Some(worker),
@@ -228,7 +317,7 @@ impl Host for LocalHost {
     }
 
     async fn delete(&self, path: &str) -> HostResult<()> {
-        let (host, p) = (self.name.clone(), PathBuf::from(path));
+        let (host, p) = (self.name.clone(), crate::path::os(path));
         blocking(&self.name, move || match fs::remove_file(&p) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -238,7 +327,7 @@ impl Host for LocalHost {
     }
 
     async fn sync_dir(&self, dir: &str) -> HostResult<()> {
-        let (host, p) = (self.name.clone(), PathBuf::from(dir));
+        let (host, p) = (self.name.clone(), crate::path::os(dir));
         blocking(&self.name, move || {
             fast::sync_dir(&p).map_err(|e| HostError::io(&host, &format!("fsync folder {}", p.display()), &e))
         })
@@ -407,7 +496,7 @@ impl Staged for LocalStaged {
     }
 
     async fn commit(&mut self, final_path: &str, replace: bool) -> HostResult<bool> {
-        let (host, temp, to) = (self.host.clone(), self.temp.clone(), PathBuf::from(final_path));
+        let (host, temp, to) = (self.host.clone(), self.temp.clone(), crate::path::os(final_path));
         blocking(&self.host, move || {
             let what = || format!("rename into {}", to.display());
             if replace {

@@ -169,6 +169,7 @@ impl Shared {
             resume: false,
             // What the store acknowledged is stored; a committed object needs no sync.
             durable: true,
+            byte_names: false,
         }
     }
 

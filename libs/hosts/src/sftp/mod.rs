@@ -73,6 +73,7 @@ const UNKNOWN_SERVER: Capabilities = Capabilities {
     server_sha256: false,
     resume: true,
     durable: false,
+    byte_names: false,
 };
 
 /// Folders listed at once during a recursive listing.

@@ -61,6 +61,7 @@ impl Facts {
             server_sha256: false,
             resume: true,
             durable: self.fsync,
+            byte_names: false,
         }
     }
 }

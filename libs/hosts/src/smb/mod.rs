@@ -59,6 +59,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     server_sha256: false,
     resume: true,
     durable: true,
+    byte_names: false,
 };
 
 /// A share on an SMB server.

@@ -5,6 +5,8 @@
 //! - one 1 GiB file local → local against `cp` followed by `sync FILE` (target: at least 0.95× its
 //!   throughput; Ferry's copy is durable and verified, a plain `cp` is reported beside it);
 //! - 10,000 × 4 KiB files end to end against `rclone copy` (target: at least 1× its files/s);
+//! - 100,000 × 4 KiB files end to end beside `rclone copy` (issue 10: a run of any size; files/s
+//!   reported, no target);
 //! - the transfer service's peak RSS while it moves a 2 GiB file (target: below 64 MiB).
 //!
 //! With `--failover-latency FILE` and/or `--fault-suite FILE` the report also gets a "Failover"
@@ -48,6 +50,9 @@ const GIB: u64 = 1 << 30;
 /// the report for reference).
 const TARGET_BIG_RATIO: f64 = 0.95;
 const TARGET_SMALL_RATIO: f64 = 1.0;
+/// Files of the large run (reported beside `rclone copy`, no target), and its repetitions at most.
+const MANY_FILES: usize = 100_000;
+const MANY_REPS: usize = 3;
 const TARGET_RSS_MIB: f64 = 64.0;
 /// Failover targets: automatic failover at TTL 5 s, over at least 30 failovers.
 const TARGET_FAILOVER_P50_S: f64 = 6.0;
@@ -77,8 +82,8 @@ const SERVICES: [&str; 5] = [
 ];
 
 const USAGE: &str = "\
-usage: ferry-bench [--out FILE] [--reps N] [--big-reps N] [--only big,small,rss,hosts] [--big-mib N] [--small-files N]
-                   [--small-kib N] [--rss-mib N] [--host-big-mib N] [--host-small-files N]
+usage: ferry-bench [--out FILE] [--reps N] [--big-reps N] [--only big,small,many,rss,hosts] [--big-mib N]
+                   [--small-files N] [--small-kib N] [--many-files N] [--rss-mib N] [--host-big-mib N] [--host-small-files N]
                    [--s3-small-files N] [--set FERRY_KEY=VALUE]... [--warm] [--keep]
                    [--failover-latency FILE] [--fault-suite FILE]
        ferry-bench --failover-only --out FILE [--failover-latency FILE] [--fault-suite FILE]
@@ -87,10 +92,12 @@ usage: ferry-bench [--out FILE] [--reps N] [--big-reps N] [--only big,small,rss,
   --reps N          repetitions of each timed measurement, median reported (default 5)
   --big-reps N      repetitions of the local 1 GiB copy (default 9: a rep costs seconds, and on a
                     virtual disk its times vary the most)
-  --only LIST       run only some benchmarks (default big,small,rss,hosts; hosts = SFTP, FTP and
-                    S3 against sftp, rclone, lftp and curl on loopback servers, needs root)
+  --only LIST       run only some benchmarks (default big,small,many,rss,hosts; hosts = SFTP, FTP
+                    and S3 against sftp, rclone, lftp and curl on loopback servers, needs root)
   --big-mib N       size of the single large file (default 1024)
   --small-files N   number of small files (default 10000), --small-kib N their size (default 4)
+  --many-files N    number of files of the large run (default 100000, of --small-kib each; 3
+                    repetitions at most)
   --rss-mib N       size of the file moved while the transfer's RSS is watched (default 2048)
   --host-big-mib N  size of the large file sent to and from the remote hosts (default 1024)
   --host-small-files N  4 KiB files sent to SFTP (default 5000); --s3-small-files N  64 KiB files
@@ -117,11 +124,13 @@ struct Args {
     big_reps: usize,
     big: bool,
     small: bool,
+    many: bool,
     rss: bool,
     hosts: bool,
     big_bytes: u64,
     small_files: usize,
     small_bytes: usize,
+    many_files: usize,
     rss_bytes: u64,
     host_big_bytes: u64,
     host_small_files: usize,
@@ -148,11 +157,13 @@ impl Args {
             big_reps: 9,
             big: true,
             small: true,
+            many: true,
             rss: true,
             hosts: true,
             big_bytes: GIB,
             small_files: 10_000,
             small_bytes: 4096,
+            many_files: MANY_FILES,
             rss_bytes: 2 * GIB,
             host_big_bytes: hosts::HOST_BIG_BYTES,
             host_small_files: hosts::HOST_SMALL_FILES,
@@ -177,6 +188,7 @@ impl Args {
                 "--big-reps" => args.big_reps = number(&value("--big-reps")?, "--big-reps")?,
                 "--big-mib" => args.big_bytes = number::<u64>(&value("--big-mib")?, "--big-mib")? * MIB,
                 "--small-files" => args.small_files = number(&value("--small-files")?, "--small-files")?,
+                "--many-files" => args.many_files = number(&value("--many-files")?, "--many-files")?,
                 "--small-kib" => {
                     args.small_bytes = number::<usize>(&value("--small-kib")?, "--small-kib")? * 1024
                 }
@@ -192,14 +204,16 @@ impl Args {
                 }
                 "--only" => {
                     let list = value("--only")?;
-                    (args.big, args.small, args.rss, args.hosts) = (false, false, false, false);
+                    (args.big, args.small, args.many, args.rss, args.hosts) =
+                        (false, false, false, false, false);
                     for b in list.split(',') {
                         match b.trim() {
                             "big" => args.big = true,
                             "small" => args.small = true,
+                            "many" => args.many = true,
                             "rss" => args.rss = true,
                             "hosts" => args.hosts = true,
-                            other => bail!("--only: {other:?} is not one of big, small, rss, hosts"),
+                            other => bail!("--only: {other:?} is not one of big, small, many, rss, hosts"),
                         }
                     }
                 }
@@ -248,6 +262,7 @@ impl Args {
     fn is_default_workload(&self) -> bool {
         self.big_bytes == GIB
             && self.small_files == 10_000
+            && self.many_files == MANY_FILES
             && self.small_bytes == 4096
             && self.rss_bytes == 2 * GIB
             && self.host_big_bytes == hosts::HOST_BIG_BYTES
@@ -371,7 +386,7 @@ async fn measure(
     for tool in ["cp", "sync"] {
         ensure!(which(tool), "{tool} is not installed");
     }
-    if args.small {
+    if args.small || args.many {
         ensure!(
             which("rclone"),
             "rclone is not installed (make bench installs it: scripts/install-deps.sh bench)"
@@ -400,6 +415,18 @@ async fn measure(
             human_bytes(args.small_bytes as u64)
         ));
         write_small_files(&dir, args.small_files, args.small_bytes)?;
+        Some(dir)
+    } else {
+        None
+    };
+    let many = if args.many {
+        let dir = data.join("many-src");
+        say(&format!(
+            "creating {} files of {}",
+            args.many_files,
+            human_bytes(args.small_bytes as u64)
+        ));
+        write_small_files(&dir, args.many_files, args.small_bytes)?;
         Some(dir)
     } else {
         None
@@ -437,12 +464,13 @@ async fn measure(
             );
         }
     }
-    for rep in 1..=args.reps {
-        if let Some(dir) = &small {
+    for (workload, dir) in [(Workload::small(args), &small), (Workload::many(args), &many)] {
+        let Some(dir) = dir else { continue };
+        for rep in 1..=workload.reps {
             tasks += &local_task(
-                &format!("bench-small-{rep}"),
+                &workload.task(rep),
                 dir,
-                &out.join(format!("ferry-small-{rep}")),
+                &out.join(workload.ferry_dir(rep)),
                 "subdirectories = true",
                 "relative_subdirs = true",
             );
@@ -470,6 +498,7 @@ async fn measure(
         started: Utc::now(),
         big: None,
         small: None,
+        many: None,
         rss: None,
         hosts: None,
         transfer_hwm_before_rss: None,
@@ -480,7 +509,11 @@ async fn measure(
         report.big = Some(bench_big(args, &node, &report.cache, file, sha, &out, logs).await?);
     }
     if let Some(dir) = &small {
-        report.small = Some(bench_small(args, &node, &report.cache, dir, &out, logs).await?);
+        report.small =
+            Some(bench_small(&Workload::small(args), &node, &report.cache, dir, &out, logs).await?);
+    }
+    if let Some(dir) = &many {
+        report.many = Some(bench_small(&Workload::many(args), &node, &report.cache, dir, &out, logs).await?);
     }
     if let Some((_, file, sha)) = &rss {
         report.transfer_hwm_before_rss = proc_status_kib(node.pid("transfer"), "VmHWM");
@@ -619,29 +652,70 @@ struct SmallRep {
 struct SmallResult {
     files: usize,
     file_bytes: usize,
+    /// The ratio's target, if this workload has one.
+    target: Option<f64>,
     rclone_command: String,
     reps: Vec<SmallRep>,
 }
 
+/// A many-files benchmark: the targeted one (`small`) or the large run (`many`).
+struct Workload {
+    label: &'static str,
+    files: usize,
+    file_bytes: usize,
+    reps: usize,
+    target: Option<f64>,
+}
+
+impl Workload {
+    fn small(args: &Args) -> Workload {
+        Workload {
+            label: "small",
+            files: args.small_files,
+            file_bytes: args.small_bytes,
+            reps: args.reps,
+            target: Some(TARGET_SMALL_RATIO),
+        }
+    }
+
+    fn many(args: &Args) -> Workload {
+        Workload {
+            label: "many",
+            files: args.many_files,
+            file_bytes: args.small_bytes,
+            reps: args.reps.min(MANY_REPS),
+            target: None,
+        }
+    }
+
+    fn task(&self, rep: usize) -> String {
+        format!("bench-{}-{rep}", self.label)
+    }
+
+    fn ferry_dir(&self, rep: usize) -> String {
+        format!("ferry-{}-{rep}", self.label)
+    }
+}
+
 async fn bench_small(
-    args: &Args,
+    w: &Workload,
     node: &FerryNode,
     cache: &Cache,
     src: &Path,
     out: &Path,
     logs: &Path,
 ) -> anyhow::Result<SmallResult> {
-    let n = args.small_files;
+    let n = w.files;
     let mut reps = Vec::new();
     let rclone_command = format!(
         "rclone copy {} {}",
         src.display(),
-        out.join("rclone-small-N").display()
+        out.join(format!("rclone-{}-N", w.label)).display()
     );
-    for rep in 1..=args.reps {
-        let rclone_dir = out.join(format!("rclone-small-{rep}"));
-        let ferry_dir = out.join(format!("ferry-small-{rep}"));
-        let task = format!("bench-small-{rep}");
+    for rep in 1..=w.reps {
+        let rclone_dir = out.join(format!("rclone-{}-{rep}", w.label));
+        let ferry_dir = out.join(w.ferry_dir(rep));
+        let task = w.task(rep);
         let mut rclone_times = None;
         let mut ferry = None;
         for turn in 0..2 {
@@ -656,8 +730,9 @@ async fn bench_small(
                 let copied = count_files(&rclone_dir);
                 ensure!(copied == n, "rclone copied {copied} files, expected {n}");
                 say(&format!(
-                    "small {rep}/{}: rclone {} ({}), rclone + sync -f {} ({})",
-                    args.reps,
+                    "{} {rep}/{}: rclone {} ({}), rclone + sync -f {} ({})",
+                    w.label,
+                    w.reps,
                     secs(rclone),
                     files_per_s(n, rclone),
                     secs(rclone + sync),
@@ -670,8 +745,9 @@ async fn bench_small(
                 let delivered = count_files(&ferry_dir);
                 ensure!(delivered == n, "Ferry delivered {delivered} files, expected {n}");
                 say(&format!(
-                    "small {rep}/{}: ferry {} ({}), transfer stage {} ({})",
-                    args.reps,
+                    "{} {rep}/{}: ferry {} ({}), transfer stage {} ({})",
+                    w.label,
+                    w.reps,
                     secs(timing.e2e),
                     files_per_s(n, timing.e2e),
                     secs(timing.transfer_span()),
@@ -692,7 +768,8 @@ async fn bench_small(
     }
     Ok(SmallResult {
         files: n,
-        file_bytes: args.small_bytes,
+        file_bytes: w.file_bytes,
+        target: w.target,
         rclone_command,
         reps,
     })
@@ -1416,6 +1493,7 @@ struct Report {
     started: DateTime<Utc>,
     big: Option<BigResult>,
     small: Option<SmallResult>,
+    many: Option<SmallResult>,
     rss: Option<RssResult>,
     hosts: Option<hosts::HostsResult>,
     transfer_hwm_before_rss: Option<u64>,
@@ -1479,6 +1557,13 @@ fn thousands(n: usize) -> String {
     out
 }
 
+/// `rclone copy` files/s, Ferry files/s, their ratio.
+fn files_figures(s: &SmallResult) -> (f64, f64, f64) {
+    let rclone = files_s(s.files, median(s.reps.iter().map(|r| r.rclone).collect()));
+    let ferry = files_s(s.files, median(s.reps.iter().map(|r| r.ferry.e2e).collect()));
+    (rclone, ferry, ferry / rclone)
+}
+
 impl Report {
     /// `cp` + `sync` MiB/s, Ferry MiB/s, their ratio.
     fn big_figures(&self) -> Option<(f64, f64, f64)> {
@@ -1489,10 +1574,7 @@ impl Report {
     }
 
     fn small_figures(&self) -> Option<(f64, f64, f64)> {
-        let s = self.small.as_ref()?;
-        let rclone = files_s(s.files, median(s.reps.iter().map(|r| r.rclone).collect()));
-        let ferry = files_s(s.files, median(s.reps.iter().map(|r| r.ferry.e2e).collect()));
-        Some((rclone, ferry, ferry / rclone))
+        self.small.as_ref().map(files_figures)
     }
 
     fn summary(&self) -> String {
@@ -1510,6 +1592,14 @@ impl Report {
                 s,
                 "  small files: rclone {rclone:.0} files/s, Ferry {ferry:.0} files/s, ratio {ratio:.2}x (target >= {TARGET_SMALL_RATIO}x) {}",
                 verdict(ratio >= TARGET_SMALL_RATIO).trim_matches('*')
+            );
+        }
+        if let Some(m) = &self.many {
+            let (rclone, ferry, ratio) = files_figures(m);
+            let _ = writeln!(
+                s,
+                "  {} files: rclone {rclone:.0} files/s, Ferry {ferry:.0} files/s, ratio {ratio:.2}x (reported, no target)",
+                thousands(m.files)
             );
         }
         if let Some(r) = &self.rss {
@@ -1545,7 +1635,7 @@ impl Report {
             let _ = writeln!(
                 o,
                 "\n> This run used a non-default workload; the targets are defined for the defaults \
-                 (1 GiB, 10,000 × 4 KiB, 2 GiB)."
+                 (1 GiB, 10,000 × 4 KiB, 100,000 × 4 KiB, 2 GiB)."
             );
         }
         let _ = writeln!(o, "\n## Machine\n");
@@ -1592,8 +1682,12 @@ impl Report {
         let _ = writeln!(o, "\n## Results\n");
         let _ = writeln!(
             o,
-            "Medians of {} alternating repetitions ({} for the local large-file copy, whose times vary the most).\n",
-            self.args.reps, self.args.big_reps
+            "Medians of {} alternating repetitions ({} for the local large-file copy, whose times vary the most; \
+             {} for the {}-file run).\n",
+            self.args.reps,
+            self.args.big_reps,
+            self.args.reps.min(MANY_REPS),
+            thousands(self.args.many_files)
         );
         let _ = writeln!(
             o,
@@ -1616,6 +1710,15 @@ impl Report {
                 verdict(ratio >= TARGET_SMALL_RATIO)
             );
         }
+        if let Some(m) = &self.many {
+            let (rclone, ferry, ratio) = files_figures(m);
+            let _ = writeln!(
+                o,
+                "| {} × {} files, end to end (one run) | `rclone copy`: {rclone:.0} files/s | {ferry:.0} files/s | {ratio:.2}× | reported | — |",
+                thousands(m.files),
+                human_bytes(m.file_bytes as u64)
+            );
+        }
         if let Some(r) = &self.rss {
             let mib = r.hwm_kib as f64 / 1024.0;
             let _ = writeln!(
@@ -1634,6 +1737,9 @@ impl Report {
         }
         if let Some(s) = &self.small {
             self.render_small(&mut o, s);
+        }
+        if let Some(m) = &self.many {
+            self.render_small(&mut o, m);
         }
         if let Some(r) = &self.rss {
             self.render_rss(&mut o, r);
@@ -1767,9 +1873,13 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "\nRatio (Ferry end to end ÷ `rclone copy`, files/s): **{:.2}×** (target ≥ {TARGET_SMALL_RATIO}×). \
+            "\nRatio (Ferry end to end ÷ `rclone copy`, files/s): **{:.2}×** ({}). \
              Against `rclone copy` followed by `sync -f` (rclone 1.60 writes in place and does not fsync) the ratio is {:.2}×.",
             rclone.as_secs_f64() / e2e.as_secs_f64(),
+            match s.target {
+                Some(t) => format!("target ≥ {t}×"),
+                None => "reported, no target: the run-of-any-size figure, one run of all the files".into(),
+            },
             rclone_sync.as_secs_f64() / e2e.as_secs_f64()
         );
         render_spread(
