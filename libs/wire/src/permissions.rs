@@ -334,6 +334,34 @@ mod tests {
         }
     }
 
+    /// Whether NATS subject pattern `pattern` (`*` one token, `>` the rest) covers `subject`.
+    fn covers(pattern: &str, subject: &str) -> bool {
+        let (mut p, mut s) = (pattern.split('.'), subject.split('.'));
+        loop {
+            match (p.next(), s.next()) {
+                (Some(">"), Some(_)) => return true,
+                (Some("*"), Some(_)) => {}
+                (Some(a), Some(b)) if a == b => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+
+    #[test]
+    fn no_user_can_forge_a_server_advisory() {
+        let advisory = subjects::max_deliveries_advisory(topology::STREAM_FILEQ, topology::CONSUMER_TRANSFER);
+        assert!(covers("$JS.EVENT.>", &advisory) && !covers("$JS.API.>", &advisory));
+        let users = SERVICES
+            .iter()
+            .map(|s| (s.to_string(), for_service("node1", s)))
+            .chain(Role::ALL.map(|r| (r.name().to_string(), for_role(r))));
+        for (who, p) in users {
+            let forging = p.publish.iter().find(|pattern| covers(pattern, &advisory));
+            assert_eq!(forging, None, "{who} may publish the max-deliveries advisory");
+        }
+    }
+
     #[test]
     fn the_server_config_quotes_every_subject_and_adds_the_users_inbox() {
         let text = server_config(&[User {

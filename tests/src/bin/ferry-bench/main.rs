@@ -407,30 +407,20 @@ async fn measure(
     } else {
         None
     };
-    let small = if args.small {
-        let dir = data.join("small-src");
+    let small_files = |wanted: bool, name: &str, files: usize| -> anyhow::Result<Option<PathBuf>> {
+        if !wanted {
+            return Ok(None);
+        }
+        let dir = data.join(name);
         say(&format!(
-            "creating {} files of {}",
-            args.small_files,
+            "creating {files} files of {}",
             human_bytes(args.small_bytes as u64)
         ));
-        write_small_files(&dir, args.small_files, args.small_bytes)?;
-        Some(dir)
-    } else {
-        None
+        write_small_files(&dir, files, args.small_bytes)?;
+        Ok(Some(dir))
     };
-    let many = if args.many {
-        let dir = data.join("many-src");
-        say(&format!(
-            "creating {} files of {}",
-            args.many_files,
-            human_bytes(args.small_bytes as u64)
-        ));
-        write_small_files(&dir, args.many_files, args.small_bytes)?;
-        Some(dir)
-    } else {
-        None
-    };
+    let small = small_files(args.small, "small-src", args.small_files)?;
+    let many = small_files(args.many, "many-src", args.many_files)?;
     let rss = if args.rss {
         let dir = data.join("rss-src");
         fs::create_dir_all(&dir)?;
