@@ -373,3 +373,69 @@ async fn a_batch_no_transfer_finishes_is_dead_lettered_and_the_run_finishes() ->
     node.shutdown().await;
     Ok(())
 }
+
+/// A work batch that leaves the file queue without a result (here purged by hand; in life also
+/// deleted, or expired after the queue's 7 days while no transfer ran) no longer holds its run
+/// and its task for good: after two checks (`lost_batch_check_secs`) the run finishes, its files
+/// fail with why, their sources stay, and once a transfer runs the next run delivers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_gone_from_the_queue_without_a_result_ends_its_run_and_frees_the_task() -> anyhow::Result<()>
+{
+    let nats = NatsServer::start()?;
+    let mut s = settings(&nats.url());
+    s.file_collector.lost_batch_check_secs = 1;
+    let mut node = Node::start_with(s, Services::NO_TRANSFER).await?;
+    let work = tempfile::tempdir()?;
+    let (src, dst) = (work.path().join("in"), work.path().join("out"));
+    std::fs::create_dir_all(&src)?;
+    for name in ["a.csv", "b.csv", "c.csv"] {
+        std::fs::write(src.join(name), name)?;
+    }
+    node.apply(&local_task("lost", &src, &dst, "delete_after = true", ""))
+        .await?;
+    let run_id = node.request_run("lost").await?;
+    let queue = node.js.get_stream(ferry_wire::topology::STREAM_FILEQ).await?;
+    eventually(Duration::from_secs(30), "the run's batch in the queue", || {
+        let mut queue = queue.clone();
+        async move {
+            queue
+                .info()
+                .await
+                .ok()
+                .filter(|i| i.state.messages > 0)
+                .map(|_| ())
+        }
+    })
+    .await?;
+    queue.purge().await?;
+    let started = std::time::Instant::now();
+    let finished =
+        ferry_service::streams::wait_for_run(&node.js, "lost", run_id, Duration::from_secs(30)).await?;
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "missing at two checks a whole interval apart, not at one"
+    );
+    assert_eq!(finished.status, RunStatus::Failed);
+    assert_eq!((finished.files_delivered, finished.files_failed), (0, 3));
+    let why = finished.error.as_deref().unwrap_or_default();
+    assert!(
+        why.starts_with("3 file(s) have no result: their work batches left the file queue unanswered"),
+        "{why}"
+    );
+    for name in ["a.csv", "b.csv", "c.csv"] {
+        assert!(src.join(name).exists(), "the source of {name} stays");
+    }
+
+    // The task is free again, and its files were never marked as delivered.
+    node.spawn("transfer", |s, t| Box::pin(ferry_transfer::run(s, t)));
+    let again = node.run_task("lost", Duration::from_secs(60)).await?;
+    assert_eq!(
+        (again.status, again.files_delivered),
+        (RunStatus::Succeeded, 3),
+        "{:?}",
+        again.error
+    );
+    assert_eq!(std::fs::read_to_string(dst.join("b.csv"))?, "b.csv");
+    node.shutdown().await;
+    Ok(())
+}

@@ -189,6 +189,11 @@ pub struct CollectorSettings {
     pub metrics_addr: SocketAddr,
     /// Node-wide maximum of task runs in progress; further runs queue in arrival order.
     pub max_running_tasks: u32,
+    /// How long a run may go without a batch result before the collector checks that the
+    /// batches it still waits for are in the file queue. A batch found missing at two checks in a
+    /// row (deleted, purged, or expired after the queue's 7 days) fails its files, so the run
+    /// ends and its task can run again instead of waiting for good.
+    pub lost_batch_check_secs: u64,
 }
 
 impl Default for CollectorSettings {
@@ -196,6 +201,7 @@ impl Default for CollectorSettings {
         Self {
             metrics_addr: "127.0.0.1:9182".parse().expect("literal address"),
             max_running_tasks: 4,
+            lost_batch_check_secs: 60,
         }
     }
 }
@@ -451,6 +457,13 @@ impl Settings {
             1,
             1024,
             "",
+        )?;
+        range(
+            "file_collector.lost_batch_check_secs",
+            self.file_collector.lost_batch_check_secs,
+            1,
+            3600,
+            " seconds",
         )?;
         range(
             "scheduler.missed_runs_window_secs",

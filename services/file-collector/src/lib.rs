@@ -70,6 +70,8 @@ struct Collector {
     metrics: Metrics,
     /// Connected source hosts, one per configured host.
     hosts: ferry_hosts::Hosts,
+    /// How long a run waits for a result before it looks for lost batches.
+    lost_batch_check: Duration,
 }
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -94,6 +96,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         lease: lease.clone(),
         metrics,
         hosts: ferry_hosts::Hosts::new(settings.open_keymat()?),
+        lost_batch_check: Duration::from_secs(settings.file_collector.lost_batch_check_secs),
     });
     let dead_letters = tokio::spawn(dead_letter::follow(
         client.clone(),
@@ -280,7 +283,7 @@ impl Collector {
                 } else {
                     RunStatus::Succeeded
                 };
-                let error = tally.unsent.clone();
+                let error = tally.error();
                 (status, error, tally, started_at)
             }
             Err(RunError::Task(message)) => (RunStatus::Failed, Some(message), Tally::default(), started_at),
@@ -580,7 +583,8 @@ impl Collector {
 
     /// Read the run's batch results (from the beginning, so a resumed run sees earlier ones
     /// too) until every sent batch has one, adding them up as they come (see [`Tally`]). Files
-    /// of batches never sent count as failed, with a reason.
+    /// of batches never sent count as failed, with a reason; so do those of batches that left
+    /// the file queue without a result (see [`Collector::queued_batches`]).
     async fn await_results(
         &self,
         request: &RunRequested,
@@ -610,10 +614,38 @@ impl Collector {
                 .context("read run results")?;
             let mut messages = consumer.messages().await.context("read run results")?;
             let mut seen: HashSet<String> = HashSet::with_capacity(planned.len());
+            // Batches missing from the file queue at the last check, without a result.
+            let mut missing_before: HashSet<String> = HashSet::new();
             while seen.len() < planned.len() {
-                let message = match messages.next().await {
-                    Some(m) => m.context("read run result")?,
-                    None => anyhow::bail!("results stream ended"),
+                let message = match tokio::time::timeout(self.lost_batch_check, messages.next()).await {
+                    Ok(Some(m)) => m.context("read run result")?,
+                    Ok(None) => anyhow::bail!("results stream ended"),
+                    Err(_) => {
+                        // No result for a while. A batch waiting or in progress is in the queue
+                        // (a transfer removes it only after storing its result); one missing
+                        // at two checks in a row — a whole interval for its result to arrive —
+                        // was deleted, purged or expired, and would otherwise hold the run and
+                        // its task for good.
+                        let queued = match self.queued_batches(request.run_id).await {
+                            Ok(q) => q,
+                            Err(e) => {
+                                tracing::warn!(run_id = %request.run_id, error = format!("{e:#}"), "cannot look for lost work batches");
+                                continue;
+                            }
+                        };
+                        let missing: HashSet<String> = planned
+                            .keys()
+                            .filter(|b| !seen.contains(**b) && !queued.contains(**b))
+                            .map(|b| b.to_string())
+                            .collect();
+                        for lost in missing.intersection(&missing_before) {
+                            tracing::error!(run_id = %request.run_id, batch = %lost, "a work batch left the file queue without a result: its files count as failed");
+                            tally.lost += planned[lost.as_str()] as u64;
+                            seen.insert(lost.clone());
+                        }
+                        missing_before = missing.into_iter().filter(|b| !seen.contains(b)).collect();
+                        continue;
+                    }
                 };
                 // Anything on the results subject of this run is checked against the run's plan:
                 // an unreadable or unexpected message is recorded and skipped, never trusted and
@@ -645,14 +677,32 @@ impl Collector {
             .filter(|b| unsent.contains(&b.batch_id))
             .map(|b| b.items)
             .sum();
-        if not_sent > 0 {
-            tally.failed += not_sent as u64;
-            tally.unsent = Some(format!(
-                "{not_sent} file(s) were not sent: the file-collector stopped while publishing this run; \
-                 nothing was written for them and the next run picks them up"
-            ));
-        }
+        tally.unsent = not_sent as u64;
+        tally.failed += tally.unsent + tally.lost;
         Ok(tally)
+    }
+
+    /// The ids of the run's batches in the file queue now (waiting, or taken by a transfer that
+    /// has not finished them): one request, however many batches the run has.
+    async fn queued_batches(&self, run_id: uuid::Uuid) -> anyhow::Result<HashSet<String>> {
+        let queue = self
+            .js
+            .get_stream(topology::STREAM_FILEQ)
+            .await
+            .context("open file queue")?;
+        let prefix = subjects::file_batch(run_id, "");
+        let mut subjects = queue
+            .info_with_subjects(format!("{prefix}*"))
+            .await
+            .context("list the run's queued batches")?;
+        let mut queued = HashSet::new();
+        while let Some(entry) = subjects.next().await {
+            let (subject, _count) = entry.context("list the run's queued batches")?;
+            if let Some(batch_id) = subject.strip_prefix(&prefix) {
+                queued.insert(batch_id.to_string());
+            }
+        }
+        Ok(queued)
     }
 
     async fn finish(
@@ -753,8 +803,10 @@ struct Tally {
     /// Each answered batch's results (`None`: a large run), and the planned batch order.
     by_batch: Option<HashMap<String, Vec<FileResult>>>,
     order: Vec<String>,
-    /// Why some files were never sent, if any were not.
-    unsent: Option<String>,
+    /// Files never sent (the collector stopped while publishing the run): counted as failed.
+    unsent: u64,
+    /// Files whose batch left the file queue without a result: counted as failed.
+    lost: u64,
 }
 
 impl Tally {
@@ -785,6 +837,27 @@ impl Tally {
         if let Some(results) = &mut self.by_batch {
             results.insert(batch.batch_id, batch.results);
         }
+    }
+
+    /// The run's error, when files failed without a result of their own.
+    fn error(&self) -> Option<String> {
+        let mut why = Vec::new();
+        if self.unsent > 0 {
+            why.push(format!(
+                "{} file(s) were not sent: the file-collector stopped while publishing this run; \
+                 nothing was written for them and the next run picks them up",
+                self.unsent
+            ));
+        }
+        if self.lost > 0 {
+            why.push(format!(
+                "{} file(s) have no result: their work batches left the file queue unanswered \
+                 (deleted, purged, or expired after 7 days); the audit trail shows anything written, \
+                 and the next run picks up the files still in their sources",
+                self.lost
+            ));
+        }
+        (!why.is_empty()).then(|| why.join("; "))
     }
 
     /// The per-file outcomes in listing order (empty for a large run).
