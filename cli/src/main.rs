@@ -758,36 +758,10 @@ async fn runs_show(ctx: &Ctx, run_id: Uuid) -> anyhow::Result<ExitCode> {
         bail!("no finished run {run_id} (still running, or older than the events stream keeps)");
     };
     if run.files_in_results {
-        run.files = run_files(ctx, run_id).await?;
+        run.files = ferry_service::streams::run_files(&ctx.js, run_id).await?;
     }
     output::run(ctx.json, &run, true);
     Ok(ExitCode::SUCCESS)
-}
-
-/// The per-file outcomes of a run too large for its `RunFinished` to carry them: its batch
-/// results (kept 7 days), the first for each batch, as the file-collector counted them —
-/// anything unreadable, or whose items do not hash to its batch id, is not a result of the run.
-async fn run_files(ctx: &Ctx, run_id: Uuid) -> anyhow::Result<Vec<ferry_wire::FileResult>> {
-    let stream = ctx
-        .js
-        .get_stream(topology::STREAM_RESULTS)
-        .await
-        .context("open the batch results")?;
-    let stored = ferry_service::streams::read_raw(
-        &stream,
-        &subjects::run_results(run_id),
-        async_nats::jetstream::consumer::DeliverPolicy::All,
-        None,
-    )
-    .await?;
-    let mut seen = std::collections::HashSet::new();
-    Ok(stored
-        .iter()
-        .filter_map(|m| ferry_wire::decode::<ferry_wire::BatchResult>(&m.message.payload).ok())
-        .filter(|b| ferry_wire::plan::batch_id(b.results.iter().map(|r| r.item_id.as_str())) == b.batch_id)
-        .filter(|b| seen.insert(b.batch_id.clone()))
-        .flat_map(|b| b.results)
-        .collect())
 }
 
 async fn audit(

@@ -141,3 +141,22 @@ pub async fn wait_for_run(
         .context("read event")?;
     Ok(ferry_wire::decode(&message.payload)?)
 }
+
+/// Every file's outcome of a run whose `RunFinished` is a summary (`files_in_results`): its
+/// batch results (kept 7 days), the first for each batch, as the file-collector counted them —
+/// anything unreadable, or whose items do not hash to its batch id, is not a result of the run.
+pub async fn run_files(js: &jetstream::Context, run_id: Uuid) -> anyhow::Result<Vec<ferry_wire::FileResult>> {
+    let stream = js
+        .get_stream(topology::STREAM_RESULTS)
+        .await
+        .context("open the batch results")?;
+    let stored = read_raw(&stream, &subjects::run_results(run_id), DeliverPolicy::All, None).await?;
+    let mut seen = std::collections::HashSet::new();
+    Ok(stored
+        .iter()
+        .filter_map(|m| ferry_wire::decode::<ferry_wire::BatchResult>(&m.message.payload).ok())
+        .filter(|b| ferry_wire::plan::batch_id(b.results.iter().map(|r| r.item_id.as_str())) == b.batch_id)
+        .filter(|b| seen.insert(b.batch_id.clone()))
+        .flat_map(|b| b.results)
+        .collect())
+}

@@ -1167,8 +1167,12 @@ impl FerryNode {
         let requested_at = Utc::now();
         let started = Instant::now();
         let run_id = ferry_service::api::request_run(&self.client, NODE, task, "ferry-bench").await?;
-        let finished = ferry_service::streams::wait_for_run(&self.js, task, run_id, timeout).await?;
+        let mut finished = ferry_service::streams::wait_for_run(&self.js, task, run_id, timeout).await?;
         let e2e = started.elapsed();
+        // A large run's `RunFinished` is a summary: its files' times are in its batch results.
+        if finished.files_in_results {
+            finished.files = ferry_service::streams::run_files(&self.js, run_id).await?;
+        }
         ensure!(
             finished.status == RunStatus::Succeeded && finished.files_delivered == files,
             "run {} of {task}: {:?}, {} of {files} files delivered, error {:?}; service logs in {}",
