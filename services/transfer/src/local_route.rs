@@ -160,7 +160,8 @@ pub fn commit(files: &mut [InFlight], point: &CommitPoint<'_>) {
                 files[n].outcomes[i] = Some(crate::inflight::failed(
                     path,
                     format!(
-                        "written, but the folder {dir} could not be made durable (fsync: {e}); the source is kept"
+                        "written, but the folder {} could not be made durable (fsync: {e}); the source is kept",
+                        ferry_hosts::path::shown(&dir)
                     ),
                 ));
             }
@@ -173,7 +174,7 @@ pub fn commit(files: &mut [InFlight], point: &CommitPoint<'_>) {
         {
             f.error = Some(format!(
                 "delivered, but deleting the source {} failed: {e}",
-                f.source
+                ferry_hosts::path::shown(&f.source)
             ));
         }
     }
@@ -221,7 +222,10 @@ fn rename(p: &plan::Planned) -> ferry_wire::DestOutcome {
         }
         Err(e) => {
             let _ = std::fs::remove_file(&temp);
-            crate::inflight::failed(p.final_path.clone(), format!("rename into {}: {e}", p.final_path))
+            crate::inflight::failed(
+                p.final_path.clone(),
+                format!("rename into {}: {e}", ferry_hosts::path::shown(&p.final_path)),
+            )
         }
     }
 }
