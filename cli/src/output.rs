@@ -292,6 +292,14 @@ pub fn task(as_json: bool, task: &Task) {
     for s in task.compiled_schedules() {
         println!("  schedule       {}", s.describe());
     }
+    if task.retries.is_some() || task.retry_wait_secs.is_some() {
+        let or_hosts = |v: Option<String>| v.unwrap_or_else(|| "the hosts'".into());
+        println!(
+            "  retries        {} (first wait {} s, doubling)",
+            or_hosts(task.retries.map(|n| n.to_string())),
+            or_hosts(task.retry_wait_secs.map(|n| n.to_string())),
+        );
+    }
 }
 
 pub fn run_requested(as_json: bool, task: &str, run_id: Uuid) {

@@ -98,6 +98,12 @@ async fn sftp_server_killed_mid_upload_the_retry_resumes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sftp_task_retries_replace_the_hosts_for_listings_and_files() {
+    let mut remote = Remote::sftp().expect("sshd");
+    remote::a_task_sets_its_own_retries(&mut remote).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sftp_hostile_names_cannot_escape() {
     let remote = Remote::sftp().expect("sshd");
     remote::hostile_names_cannot_escape(&remote).await;

@@ -144,8 +144,8 @@ pub struct RawHostOptions {
     /// Close pooled connections idle for this many seconds.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_secs: u64,
-    /// Retries of a transient failure (connection lost, timeout, server busy) before a file fails;
-    /// a task may override it.
+    /// Retries of a transient failure (connection lost, timeout, server busy) before a file — or
+    /// a source's listing, which would fail the run — fails; a task may override it.
     #[serde(default = "default_retries")]
     pub retries: u32,
     /// Seconds to wait before the first retry; each later retry waits twice as long (at most 5
@@ -407,6 +407,11 @@ pub struct RawAzureHost {
 // Validated form.
 // ---------------------------------------------------------------------------------------------
 
+/// The most `retries` a host or task may set.
+pub const MAX_RETRIES: u32 = 100;
+/// The longest `retry_wait_secs` a host or task may set.
+pub const MAX_RETRY_WAIT_SECS: u64 = 3600;
+
 /// Validated settings shared by every remote host.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct HostOptions {
@@ -667,8 +672,8 @@ pub(crate) fn validate_options(raw: &RawHostOptions, problems: &mut Vec<Problem>
     range("connect_timeout_secs", raw.connect_timeout_secs, 1, 600);
     range("operation_timeout_secs", raw.operation_timeout_secs, 1, 3600);
     range("idle_timeout_secs", raw.idle_timeout_secs, 1, 86_400);
-    range("retries", raw.retries as u64, 0, 100);
-    range("retry_wait_secs", raw.retry_wait_secs, 0, 3600);
+    range("retries", raw.retries as u64, 0, MAX_RETRIES as u64);
+    range("retry_wait_secs", raw.retry_wait_secs, 0, MAX_RETRY_WAIT_SECS);
     range("max_connections", raw.max_connections as u64, 1, 256);
     HostOptions {
         connect_timeout_secs: raw.connect_timeout_secs,

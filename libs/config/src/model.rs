@@ -2,10 +2,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::hosts::{self, Host, HostKind, HostSpec};
+use crate::hosts::{self, Host, HostKind, HostOptions, HostSpec};
 use crate::schedule::{Schedule, ScheduleSpec};
 use crate::{ConfigError, ConfigErrors, MaskList, Template, is_valid_name};
 
@@ -58,6 +59,14 @@ struct RawTask {
     /// When the task runs by itself: [`ScheduleSpec`] tables.
     #[serde(default)]
     schedule: Vec<toml::Value>,
+    /// Retries of a transient failure (connection lost, timeout) of this task's files and
+    /// listings, instead of its hosts' `retries` (0 to 100).
+    #[serde(default)]
+    retries: Option<u32>,
+    /// Seconds before the first of those retries, doubling for each later one (at most 5
+    /// minutes), instead of its hosts' `retry_wait_secs` (0 to 3600).
+    #[serde(default)]
+    retry_wait_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -150,6 +159,11 @@ pub struct Task {
     pub sources: Vec<Source>,
     pub destinations: Vec<Destination>,
     pub schedules: Vec<ScheduleSpec>,
+    /// The task's own retry settings, overriding its hosts' (`None`: the hosts').
+    #[serde(default)]
+    pub retries: Option<u32>,
+    #[serde(default)]
+    pub retry_wait_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -199,6 +213,22 @@ impl Task {
             .map(|s| Schedule::compile(s).expect("schedules are validated before a Task exists"))
             .collect()
     }
+}
+
+/// How often, and after how long a first wait, a transient failure of `task`'s work on `hosts` is
+/// tried again: the task's own settings where it has them, else the largest of the hosts' (no
+/// hosts: no retries).
+pub fn retry_policy<'a>(
+    task: Option<&Task>,
+    hosts: impl IntoIterator<Item = &'a HostOptions> + Clone,
+) -> (u32, Duration) {
+    let retries = task
+        .and_then(|t| t.retries)
+        .unwrap_or_else(|| hosts.clone().into_iter().map(|h| h.retries).max().unwrap_or(0));
+    let wait = task
+        .and_then(|t| t.retry_wait_secs)
+        .unwrap_or_else(|| hosts.into_iter().map(|h| h.retry_wait_secs).max().unwrap_or(0));
+    (retries, Duration::from_secs(wait))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -708,6 +738,18 @@ fn validate_task(raw: RawTask, hosts: &HostKinds, check: &mut Checker<'_>) -> Op
 
     check_destinations_outside_sources(&sources, &destinations, check);
 
+    if let Some(n) = raw.retries.filter(|n| *n > hosts::MAX_RETRIES) {
+        check.error(
+            "retries",
+            n.to_string(),
+            format!("is out of range (0 to {})", hosts::MAX_RETRIES),
+        );
+    }
+    if let Some(n) = raw.retry_wait_secs.filter(|n| *n > hosts::MAX_RETRY_WAIT_SECS) {
+        let message = format!("is out of range (0 to {})", hosts::MAX_RETRY_WAIT_SECS);
+        check.error("retry_wait_secs", n.to_string(), message);
+    }
+
     (check.errors.len() == before).then_some(Task {
         name: raw.name,
         description: raw.description,
@@ -715,6 +757,8 @@ fn validate_task(raw: RawTask, hosts: &HostKinds, check: &mut Checker<'_>) -> Op
         sources,
         destinations,
         schedules,
+        retries: raw.retries,
+        retry_wait_secs: raw.retry_wait_secs,
     })
 }
 

@@ -26,6 +26,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -129,6 +130,65 @@ impl HostError {
 }
 
 pub type HostResult<T> = Result<T, HostError>;
+
+/// The retries of a transient failure (a host's `retries` and `retry_wait_secs`): the first wait
+/// is `retry_wait_secs`, each later one twice the one before, at most 5 minutes. A caller loops:
+///
+/// ```ignore
+/// let mut backoff = Backoff::new(retries, wait);
+/// let value = loop {
+///     match op().await {
+///         Ok(v) => break v,
+///         Err(e) => tokio::time::sleep(backoff.after(e, stopping())?).await,
+///     }
+/// };
+/// ```
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    wait: Duration,
+    left: u32,
+    done: u32,
+}
+
+impl Backoff {
+    const MAX_WAIT: Duration = Duration::from_secs(300);
+
+    pub fn new(retries: u32, first_wait: Duration) -> Backoff {
+        Backoff {
+            wait: first_wait.min(Self::MAX_WAIT),
+            left: retries,
+            done: 0,
+        }
+    }
+
+    /// After the failure `e`: `Ok(wait)` to try again after `wait` (a transient failure with
+    /// retries left, while not `stopping`), else `Err` with the error to give up with — a
+    /// transient one that used up the retries says how many it took, `… (after 3 retries)`.
+    pub fn after(&mut self, e: HostError, stopping: bool) -> Result<Duration, HostError> {
+        if !e.is_transient() || stopping {
+            return Err(e);
+        }
+        if self.left == 0 {
+            return Err(match self.done {
+                0 => e,
+                n => HostError {
+                    message: format!("{} (after {n} retries)", e.message),
+                    ..e
+                },
+            });
+        }
+        self.left -= 1;
+        self.done += 1;
+        let wait = self.wait;
+        self.wait = (self.wait * 2).min(Self::MAX_WAIT);
+        Ok(wait)
+    }
+
+    /// Retries so far.
+    pub fn retries(&self) -> u32 {
+        self.done
+    }
+}
 
 /// A file's size and modification time as the host reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,8 +337,10 @@ pub trait Upload: Send {
 /// A written, durable file under its temporary name, waiting to be verified and committed.
 #[async_trait]
 pub trait Staged: Send {
-    /// Check the stored file is what was sent: `size` bytes with SHA-256 `sha256` (hex). Uses the
-    /// strongest check the host offers (see the host's `verify` option); fails on a mismatch.
+    /// Check the stored file is what was sent: `size` bytes with SHA-256 `sha256` (hex), as the
+    /// sender hashed them on their way. Uses the strongest check the host offers (see the host's
+    /// `verify` option); fails on a mismatch. A host that read every byte back as it was written
+    /// and compared it with what it was given (the node's own disks) checks the size only.
     async fn verify(&mut self, size: u64, sha256: &str) -> HostResult<Verification>;
     /// The commit point: make the file appear under `final_path` (in the target's folder). With
     /// `replace` false, an existing file there is left alone and `Ok(false)` returned. Callers

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
 use ferry_config::{Config, HostKind, Source, Task};
-use ferry_hosts::{Entry, Host, Hosts, path};
+use ferry_hosts::{Backoff, Entry, Host, Hosts, path};
 use ferry_wire::{
     BATCH_MAX_BYTES, BATCH_MAX_FILES, FileItem, FileState, RunRequested, SMALL_FILE_BYTES, SourceFile,
     WorkBatch, plan,
@@ -42,7 +42,9 @@ pub async fn list_task(
         let host = hosts
             .get(host_config)
             .map_err(|e| format!("source[{index}]: {e}"))?;
-        let found = list_source(host.as_ref(), source, host_config.is_local())
+        let (retries, wait) = ferry_config::retry_policy(Some(task), [&host_config.options]);
+        let backoff = Backoff::new(retries, wait);
+        let found = list_source(host.as_ref(), source, host_config.is_local(), backoff)
             .await
             .map_err(|e| format!("source[{index}]: {e}"))?;
         let source_key = plan::state_source_key(&task.name, &source.host, &source.folder);
@@ -281,7 +283,15 @@ async fn source_state(state_kv: &kv::Store, source_key: &str) -> anyhow::Result<
 /// second listing after the interval shows the same size and modification time. On the node's
 /// own file system a file last modified longer ago than the interval counts as stable without
 /// waiting (one clock); a remote host's clock may differ from ours, so every file is listed twice.
-async fn list_source(host: &dyn Host, source: &Source, same_clock: bool) -> Result<Vec<Found>, String> {
+/// A listing that fails transiently (connection lost, no answer in time) is tried again after
+/// `backoff`'s waits, as a transfer is.
+async fn list_source(
+    host: &dyn Host,
+    source: &Source,
+    same_clock: bool,
+    backoff: Backoff,
+) -> Result<Vec<Found>, String> {
+    let list = || list_retrying(host, &source.folder, source.subdirectories, backoff.clone());
     let wanted = |e: &Entry| {
         let name = path::file_name(&e.rel_path);
         !path::is_temp_name(name)
@@ -290,10 +300,8 @@ async fn list_source(host: &dyn Host, source: &Source, same_clock: bool) -> Resu
     };
     let now_ns = Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX) as i128;
     let min_age_ns = source.min_age_secs as i128 * 1_000_000_000;
-    let mut found: Vec<Entry> = host
-        .list(&source.folder, source.subdirectories)
-        .await
-        .map_err(|e| e.to_string())?
+    let mut found: Vec<Entry> = list()
+        .await?
         .into_iter()
         .filter(|e| wanted(e) && (min_age_ns == 0 || now_ns - e.mtime_ns >= min_age_ns))
         .collect();
@@ -301,10 +309,8 @@ async fn list_source(host: &dyn Host, source: &Source, same_clock: bool) -> Resu
     let fresh = |e: &Entry| !same_clock || now_ns - e.mtime_ns < stable_ns;
     if stable_ns > 0 && found.iter().any(fresh) {
         tokio::time::sleep(Duration::from_millis(source.size_stable_ms)).await;
-        let again: HashMap<String, (u64, i128)> = host
-            .list(&source.folder, source.subdirectories)
-            .await
-            .map_err(|e| e.to_string())?
+        let again: HashMap<String, (u64, i128)> = list()
+            .await?
             .into_iter()
             .map(|e| (e.rel_path, (e.size, e.mtime_ns)))
             .collect();
@@ -320,6 +326,26 @@ async fn list_source(host: &dyn Host, source: &Source, same_clock: bool) -> Resu
         .collect())
 }
 
+/// `host.list`, tried again after `backoff`'s waits while it fails transiently.
+async fn list_retrying(
+    host: &dyn Host,
+    folder: &str,
+    recursive: bool,
+    mut backoff: Backoff,
+) -> Result<Vec<Entry>, String> {
+    loop {
+        let e = match host.list(folder, recursive).await {
+            Ok(entries) => return Ok(entries),
+            Err(e) => e,
+        };
+        let shown = e.to_string();
+        let wait = backoff.after(e, false).map_err(|e| e.to_string())?;
+        let (host, folder, retry) = (host.name(), path::shown(folder), backoff.retries());
+        tracing::warn!(%host, %folder, retry, error = %shown, "listing failed; retrying");
+        tokio::time::sleep(wait).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,7 +354,7 @@ mod tests {
     use std::path::Path;
 
     async fn walk_local(s: &Source) -> Result<Vec<Found>, String> {
-        list_source(&LocalHost::new("local"), s, true).await
+        list_source(&LocalHost::new("local"), s, true, Backoff::new(0, Duration::ZERO)).await
     }
 
     fn source(folder: &Path) -> Source {
@@ -344,6 +370,49 @@ mod tests {
             delete_after: false,
             max_files: 0,
         }
+    }
+
+    #[tokio::test]
+    async fn a_listing_that_fails_transiently_is_retried_and_a_permanent_failure_is_not() {
+        use ferry_hosts::ErrorKind;
+        use ferry_hosts::faulty::{Faults, FaultyHost, Op};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.csv"), b"a").expect("write");
+        let s = source(dir.path());
+        let faults = Faults::new();
+        let host = FaultyHost::wrap(Arc::new(LocalHost::new("local")), faults.clone());
+        let backoff = || Backoff::new(2, Duration::from_millis(1));
+
+        // Two dropped connections, then an answer: the file is found.
+        faults.fail(Op::List, ErrorKind::Transient, 2);
+        let found = list_source(host.as_ref(), &s, true, backoff())
+            .await
+            .expect("retried");
+        assert_eq!(found.len(), 1);
+
+        // A third in a row uses up the retries, and the error says so.
+        faults.clear();
+        faults.fail(Op::List, ErrorKind::Transient, 3);
+        let e = list_source(host.as_ref(), &s, true, backoff())
+            .await
+            .expect_err("gave up");
+        assert!(e.contains("(after 2 retries)"), "{e}");
+
+        // A permanent failure (wrong password, no such folder) is not tried again.
+        faults.clear();
+        faults.fail(Op::List, ErrorKind::Permanent, 1);
+        let e = list_source(host.as_ref(), &s, true, backoff())
+            .await
+            .expect_err("permanent");
+        assert!(!e.contains("retries"), "{e}");
+        assert_eq!(
+            list_source(host.as_ref(), &s, true, backoff())
+                .await
+                .expect("passes")
+                .len(),
+            1
+        );
     }
 
     fn item(id: usize, size: u64) -> FileItem {

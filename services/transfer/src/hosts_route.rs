@@ -19,7 +19,7 @@ use tokio::io::AsyncReadExt;
 
 use ferry_config::Overwrite;
 use ferry_hosts::local::fast::Copied;
-use ferry_hosts::{DynHost, ErrorKind, HostError, HostResult, Upload, WriteTarget};
+use ferry_hosts::{Backoff, DynHost, ErrorKind, HostError, HostResult, Upload, WriteTarget};
 use ferry_wire::Outcome;
 
 use crate::inflight::{CommitPoint, InFlight, failed};
@@ -37,10 +37,10 @@ pub struct Route {
     /// `ferry_transfer_retries_total` and `ferry_transfer_resumed_bytes_total`, by host.
     pub retried: prometheus::IntCounterVec,
     pub resumed_bytes: prometheus::IntCounterVec,
-    /// Destination hosts that refused this batch for good when it first reached them (login
-    /// refused, host key or certificate refused, the folder not writable): later files fail at
-    /// once with the same error instead of trying again — one refused login per batch, not one
-    /// per file, since a partner's server may lock an account after a few.
+    /// Destination hosts that failed a file of this batch for good (login refused, host key or
+    /// certificate refused, the folder not writable, still unreachable after the retries): later
+    /// files fail at once with the same error instead of trying again — one refused login per
+    /// batch, not one per file, since a partner's server may lock an account after a few.
     pub refused: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// Destination folders (host, folder) this batch already made or found: a batch of small
     /// files into one folder asks the server once, not once per file.
@@ -76,7 +76,10 @@ impl Route {
                 .get(host.name())
                 .cloned();
             if let Some(error) = earlier {
-                f.fail(i, format!("{error} (not tried again for this file: the host refused an earlier file of its batch)"));
+                f.fail(
+                    i,
+                    format!("{error} (not tried again for this file: it ended an earlier file of its batch)"),
+                );
                 continue;
             }
             if !host.capabilities().byte_names && !ferry_hosts::path::is_utf8(&p.final_path) {
@@ -95,35 +98,27 @@ impl Route {
             if self.ready.lock().expect("not poisoned").contains(&key) {
                 continue;
             }
-            let ready = if p.create_dirs {
-                host.create_dir_all(&p.dir).await
-            } else {
-                match host.stat(&p.dir).await {
-                    Ok(Some(m)) if m.is_dir => Ok(()),
-                    Ok(Some(_)) => Err(HostError::permanent(
-                        host.name(),
-                        format!("{} is not a folder", p.dir),
-                    )),
-                    Ok(None) => Err(HostError::not_found(
-                        host.name(),
-                        format!(
-                            "destination folder {} does not exist (create_dirs = false)",
-                            p.dir
-                        ),
-                    )),
-                    Err(e) => Err(e),
+            let mut backoff = self.backoff();
+            let ready = loop {
+                let e = match make_ready(host, &p).await {
+                    Ok(()) => break Ok(()),
+                    Err(e) => e,
+                };
+                let shown = e.to_string();
+                match backoff.after(e, false) {
+                    Ok(wait) => {
+                        self.retried.with_label_values(&[host.name()]).inc();
+                        tracing::warn!(task = %f.item.task, folder = %p.dir, retry = backoff.retries(), error = %shown, "destination folder not ready; retrying");
+                        tokio::time::sleep(wait).await;
+                    }
+                    Err(e) => break Err(e),
                 }
             };
             if ready.is_ok() {
                 self.ready.lock().expect("not poisoned").insert(key);
             }
             if let Err(e) = ready {
-                if e.kind == ErrorKind::Permanent {
-                    self.refused
-                        .lock()
-                        .expect("not poisoned")
-                        .insert(host.name().to_string(), e.to_string());
-                }
+                self.give_up_on(&e, &backoff);
                 f.fail(i, e.to_string());
             }
         }
@@ -199,26 +194,43 @@ impl Route {
         if f.open.is_empty() {
             return;
         }
-        let mut wait = self.retry_wait;
-        for attempt in 0..=self.retries {
-            match self.copy_once(f, stop).await {
+        let mut backoff = self.backoff();
+        loop {
+            let e = match self.copy_once(f, stop).await {
                 Ok(()) => return,
-                Err(e) if e.is_transient() && attempt < self.retries && !stop() => {
-                    self.retried.with_label_values(&[&e.host]).inc();
-                    tracing::warn!(task = %f.item.task, source = %f.source, attempt = attempt + 1, retries = self.retries, error = %e, "transfer interrupted; retrying");
+                Err(e) => e,
+            };
+            let (host, shown) = (e.host.clone(), e.to_string());
+            match backoff.after(e, stop()) {
+                Ok(wait) => {
+                    self.retried.with_label_values(&[&host]).inc();
+                    tracing::warn!(task = %f.item.task, source = %f.source, retry = backoff.retries(), retries = self.retries, error = %shown, "transfer interrupted; retrying");
                     tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(300));
                 }
                 Err(e) => {
-                    let why = if e.is_transient() && attempt > 0 {
-                        format!("{e} (after {attempt} retries)")
-                    } else {
-                        e.to_string()
-                    };
-                    f.fail_open(&why);
-                    return;
+                    self.give_up_on(&e, &backoff);
+                    return f.fail_open(&e.to_string());
                 }
             }
+        }
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(self.retries, self.retry_wait)
+    }
+
+    /// A destination host that failed a file for good — refused it, or still failed after
+    /// `backoff`'s retries — is not asked again for the rest of the batch: a server that is down
+    /// would otherwise cost every file of a large batch the whole series of waits. Those files
+    /// fail at once with its error, and the next run picks them up again.
+    fn give_up_on(&self, e: &HostError, backoff: &Backoff) {
+        let for_good = e.kind == ErrorKind::Permanent || (e.is_transient() && backoff.retries() > 0);
+        let a_destination = self.dests.iter().flatten().any(|d| d.name() == e.host);
+        if for_good && a_destination && e.host != self.source.name() {
+            self.refused
+                .lock()
+                .expect("not poisoned")
+                .insert(e.host.clone(), e.to_string());
         }
     }
 
@@ -512,6 +524,29 @@ impl Route {
 }
 
 /// Commit one staged file according to the overwrite policy.
+/// Make the destination folder of `p` (or, with `create_dirs = false`, check that it is one).
+async fn make_ready(host: &DynHost, p: &plan::Planned) -> HostResult<()> {
+    if p.create_dirs {
+        host.create_dir_all(&p.dir).await
+    } else {
+        match host.stat(&p.dir).await {
+            Ok(Some(m)) if m.is_dir => Ok(()),
+            Ok(Some(_)) => Err(HostError::permanent(
+                host.name(),
+                format!("{} is not a folder", p.dir),
+            )),
+            Ok(None) => Err(HostError::not_found(
+                host.name(),
+                format!(
+                    "destination folder {} does not exist (create_dirs = false)",
+                    p.dir
+                ),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 async fn commit_one(staged: &mut Box<dyn ferry_hosts::Staged>, p: &plan::Planned) -> ferry_wire::DestOutcome {
     let delivered = |path: String| ferry_wire::DestOutcome {
         path,

@@ -613,7 +613,8 @@ impl Transfer {
         };
         let mut remote: Vec<&ferry_config::Host> = vec![source];
         remote.extend(dests.iter().flatten().copied());
-        let remote: Vec<&ferry_config::Host> = remote.into_iter().filter(|h| !h.is_local()).collect();
+        let remote = remote.into_iter().filter(|h| !h.is_local()).map(|h| &h.options);
+        let (retries, retry_wait) = ferry_config::retry_policy(config.tasks.get(&item.task), remote);
         Ok(Way::Hosts(hosts_route::Route {
             source: source_host,
             dests: item
@@ -626,14 +627,8 @@ impl Transfer {
                 })
                 .collect(),
             buffer: self.buffer_bytes,
-            retries: remote.iter().map(|h| h.options.retries).max().unwrap_or(0),
-            retry_wait: Duration::from_secs(
-                remote
-                    .iter()
-                    .map(|h| h.options.retry_wait_secs)
-                    .max()
-                    .unwrap_or(0),
-            ),
+            retries,
+            retry_wait,
             retried: self.metrics.retries.clone(),
             resumed_bytes: self.metrics.resumed_bytes.clone(),
             refused: Default::default(),

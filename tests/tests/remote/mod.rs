@@ -958,3 +958,118 @@ pub async fn host_test_reports(remote: &Remote) -> (ferry_wire::HostTestReport, 
     assert!(error.contains(remote.auth_words), "{error}");
     (good, bad)
 }
+
+/// A task's own `retries` and `retry_wait_secs` replace its hosts' (which here would wait minutes
+/// in all), for its listings and for its files; a listing that fails while the server is down is
+/// tried again and the run succeeds once the server is back.
+pub async fn a_task_sets_its_own_retries(remote: &mut Remote) {
+    let (_nats, node) = node().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (src, back) = (dir.path().join("src"), dir.path().join("back"));
+    std::fs::create_dir_all(&src).expect("mkdir");
+    std::fs::write(src.join("a.txt"), b"retry me").expect("write");
+    remote.make_folder("retry").await;
+    let own = |name: &str, retries: u32, wait: u64, from: (&str, &str), to: (&str, &str)| {
+        task(name, from, to, "").replacen(
+            "[[task.source]]",
+            &format!("retries = {retries}\nretry_wait_secs = {wait}\n[[task.source]]"),
+            1,
+        )
+    };
+    let (local_src, local_back) = (src.to_string_lossy(), back.to_string_lossy());
+    let folder = remote.folder("retry");
+    let many = dir.path().join("many");
+    std::fs::create_dir_all(&many).expect("mkdir");
+    for i in 0..40 {
+        std::fs::write(many.join(format!("m{i}.txt")), format!("{i}")).expect("write");
+    }
+    let config = [
+        remote.host("partner", true),
+        own("up-once", 1, 0, ("local", &local_src), ("partner", &folder)),
+        own("list-once", 1, 0, ("partner", &folder), ("local", &local_back)),
+        own(
+            "list-patiently",
+            5,
+            2,
+            ("partner", &folder),
+            ("local", &local_back),
+        ),
+        own(
+            "up-many",
+            2,
+            1,
+            ("local", &many.to_string_lossy()),
+            ("partner", &folder),
+        ),
+    ]
+    .join("\n");
+    node.apply(&config).await.expect("apply");
+    let up = run(&node, "up-once").await;
+    assert_eq!(up.files_delivered, 1, "{}", summary(&up));
+
+    std::fs::write(src.join("b.txt"), b"and me").expect("write");
+    remote.kill();
+    let started = Instant::now();
+    let up = run(&node, "up-once").await;
+    let listed = run(&node, "list-once").await;
+    // With the hosts' own settings (8 retries from 1 s, doubling) either would take minutes.
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        (up.status, up.files_failed),
+        (RunStatus::Failed, 1),
+        "{}",
+        summary(&up)
+    );
+    let why = up.files[0].error.clone().unwrap_or_default();
+    assert!(why.contains("(after 1 retries)"), "{why}");
+    assert_eq!(listed.status, RunStatus::Failed, "{}", summary(&listed));
+    let why = listed.error.clone().unwrap_or_default();
+    assert!(
+        why.contains("source[0]") && why.contains("(after 1 retries)"),
+        "{why}"
+    );
+
+    // A batch of 40 files to a server that stays down waits out the retries once, not per file.
+    let started = Instant::now();
+    let many = run(&node, "up-many").await;
+    assert_eq!(many.files_failed, 40, "{}", summary(&many));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    let not_again = many
+        .files
+        .iter()
+        .filter(|f| {
+            f.error
+                .as_deref()
+                .is_some_and(|e| e.contains("not tried again for this file"))
+        })
+        .count();
+    assert!(
+        not_again >= 20,
+        "{not_again} of 40 failed at once: {}",
+        summary(&many)
+    );
+
+    // The server comes back while the listing waits to be tried again: the run succeeds.
+    let run_id = node.request_run("list-patiently").await.expect("request");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    remote.restart().expect("restart the server");
+    let finished =
+        ferry_service::streams::wait_for_run(&node.js, "list-patiently", run_id, Duration::from_secs(120))
+            .await
+            .expect("the run ends");
+    assert_eq!(
+        (finished.status, finished.files_delivered),
+        (RunStatus::Succeeded, 1),
+        "{}",
+        summary(&finished)
+    );
+    assert_eq!(std::fs::read(back.join("a.txt")).expect("delivered"), b"retry me");
+}
