@@ -374,6 +374,83 @@ async fn a_batch_no_transfer_finishes_is_dead_lettered_and_the_run_finishes() ->
     Ok(())
 }
 
+/// A run request no collector finishes (here: a "collector" that hands every delivery back; in
+/// life one that crashes or stalls on it each time) is dead-lettered after `MAX_DELIVER`
+/// deliveries: the run ends as failed with why, its task lock is freed, the request leaves the
+/// queue, the source stays, and `ferry runs show` says it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_request_no_collector_finishes_is_dead_lettered_and_frees_its_task() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let no_collector = Services {
+        collector: false,
+        ..Services::ALL
+    };
+    let node = Node::start_with(settings(&nats.url()), no_collector).await?;
+    let work = tempfile::tempdir()?;
+    let (src, dst) = (work.path().join("in"), work.path().join("out"));
+    std::fs::create_dir_all(&src)?;
+    std::fs::write(src.join("poison.csv"), "takes every collector down")?;
+    node.apply(&local_task("poison", &src, &dst, "delete_after = true", ""))
+        .await?;
+    // What a collector does besides taking requests: follow the dead letters.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let follower = tokio::spawn(ferry_file_collector::dead_letter::follow(
+        node.client.clone(),
+        node.js.clone(),
+        "node1".into(),
+        stop.clone(),
+    ));
+    // The consumer exactly as the collector makes it, and a "collector" that took the task lock
+    // and then hands every delivery back.
+    let consumer = ferry_file_collector::run_queue_consumer(&node.js, 4).await?;
+    let run_id = node.request_run("poison").await?;
+    let runs = node.js.get_key_value(ferry_wire::topology::KV_RUNS).await?;
+    let lock = ferry_wire::TaskLock { run_id, epoch: 1 };
+    runs.put("lock.poison", ferry_wire::encode(&lock)).await?;
+    let mut deliveries = 0;
+    let mut requests = consumer.messages().await?;
+    while deliveries < ferry_wire::topology::MAX_DELIVER {
+        let message = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut requests))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the queue ended"))??;
+        deliveries += 1;
+        message
+            .ack_with(async_nats::jetstream::AckKind::Nak(None))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let finished =
+        ferry_service::streams::wait_for_run(&node.js, "poison", run_id, Duration::from_secs(30)).await?;
+    assert_eq!(finished.status, RunStatus::Failed);
+    let why = finished.error.as_deref().unwrap_or_default();
+    assert!(
+        why.starts_with("dead-lettered: the file-collector took this run request 10 times"),
+        "{why}"
+    );
+    assert!(src.join("poison.csv").exists(), "the source stays");
+    assert!(!dst.join("poison.csv").exists());
+    eventually(Duration::from_secs(10), "the task lock freed", || async {
+        let entry = runs.entry("lock.poison").await.ok()?;
+        entry
+            .is_none_or(|e| e.operation != async_nats::jetstream::kv::Operation::Put)
+            .then_some(())
+    })
+    .await?;
+    let queue = node.js.get_stream(ferry_wire::topology::STREAM_RUNQ).await?;
+    assert_eq!(
+        queue.clone().info().await?.state.messages,
+        0,
+        "the request left the queue"
+    );
+    let shown = ferry_tests::ferry_cli(&nats.url(), &["runs", "show", &run_id.to_string()], work.path());
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains("dead-lettered"), "{text}");
+    stop.cancel();
+    let _ = follower.await;
+    node.shutdown().await;
+    Ok(())
+}
+
 /// A work batch that leaves the file queue without a result (here purged by hand; in life also
 /// deleted, or expired after the queue's 7 days while no transfer ran) no longer holds its run
 /// and its task for good: after two checks (`lost_batch_check_secs`) the run finishes, its files

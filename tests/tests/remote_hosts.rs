@@ -104,6 +104,12 @@ async fn sftp_task_retries_replace_the_hosts_for_listings_and_files() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sftp_behind_a_trickling_link_is_cut_off_by_min_rate() {
+    let remote = Remote::sftp().expect("sshd");
+    remote::a_trickling_server_is_cut_off(&remote).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sftp_hostile_names_cannot_escape() {
     let remote = Remote::sftp().expect("sshd");
     remote::hostile_names_cannot_escape(&remote).await;

@@ -155,6 +155,11 @@ pub struct RawHostOptions {
     /// At most this many connections to the host from one service instance.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// One attempt at copying a file may take at most `connect_timeout_secs` +
+    /// `operation_timeout_secs` plus its size at this rate (KiB/s): a server that trickles its bytes cannot hold a transfer for good. The
+    /// attempt then fails as a transient failure (and is retried). 0: no limit.
+    #[serde(default = "default_min_rate")]
+    pub min_rate_kib: u64,
     /// How a written file is verified: `auto` (the strongest check the kind offers without
     /// downloading: a server-side SHA-256 where there is one, otherwise the stored size, with the
     /// protocol's own integrity on the wire) or `read_back` (download it again and compare
@@ -187,6 +192,9 @@ fn default_retries() -> u32 {
 fn default_retry_wait() -> u64 {
     5
 }
+fn default_min_rate() -> u64 {
+    16
+}
 fn default_max_connections() -> u32 {
     8
 }
@@ -199,6 +207,7 @@ pub const HOST_OPTION_FIELDS: &[&str] = &[
     "retries",
     "retry_wait_secs",
     "max_connections",
+    "min_rate_kib",
     "verify",
 ];
 
@@ -421,6 +430,9 @@ pub struct HostOptions {
     pub retries: u32,
     pub retry_wait_secs: u64,
     pub max_connections: u32,
+    /// See [`RawHostOptions::min_rate_kib`]; stored configurations from before it have the default.
+    #[serde(default = "default_min_rate")]
+    pub min_rate_kib: u64,
     pub verify: Verify,
 }
 
@@ -433,6 +445,7 @@ impl Default for HostOptions {
             retries: default_retries(),
             retry_wait_secs: default_retry_wait(),
             max_connections: default_max_connections(),
+            min_rate_kib: default_min_rate(),
             verify: Verify::Auto,
         }
     }
@@ -675,6 +688,7 @@ pub(crate) fn validate_options(raw: &RawHostOptions, problems: &mut Vec<Problem>
     range("retries", raw.retries as u64, 0, MAX_RETRIES as u64);
     range("retry_wait_secs", raw.retry_wait_secs, 0, MAX_RETRY_WAIT_SECS);
     range("max_connections", raw.max_connections as u64, 1, 256);
+    range("min_rate_kib", raw.min_rate_kib, 0, 1 << 20);
     HostOptions {
         connect_timeout_secs: raw.connect_timeout_secs,
         operation_timeout_secs: raw.operation_timeout_secs,
@@ -682,6 +696,7 @@ pub(crate) fn validate_options(raw: &RawHostOptions, problems: &mut Vec<Problem>
         retries: raw.retries,
         retry_wait_secs: raw.retry_wait_secs,
         max_connections: raw.max_connections,
+        min_rate_kib: raw.min_rate_kib,
         verify: raw.verify,
     }
 }

@@ -15,6 +15,36 @@ use uuid::Uuid;
 
 use ferry_wire::{RunFinished, subjects, topology};
 
+/// The durable pull consumer `config` names on `stream`, made if missing; one made by an older
+/// Ferry without the delivery limit `config` sets (`max_deliver`) is given it.
+pub async fn durable_consumer(
+    stream: &jetstream::stream::Stream,
+    config: pull::Config,
+) -> anyhow::Result<jetstream::consumer::PullConsumer> {
+    let name = config
+        .durable_name
+        .clone()
+        .context("a durable consumer has a name")?;
+    let mut consumer: jetstream::consumer::PullConsumer = stream
+        .get_or_create_consumer(&name, config.clone())
+        .await
+        .with_context(|| format!("create consumer {name}"))?;
+    let existing = consumer
+        .info()
+        .await
+        .with_context(|| format!("read consumer {name}"))?
+        .config
+        .clone();
+    if existing.filter_subject == config.filter_subject && existing.max_deliver != config.max_deliver {
+        tracing::info!(consumer = %name, max_deliver = config.max_deliver, "giving a consumer of an older version its delivery limit");
+        consumer = stream
+            .update_consumer(config)
+            .await
+            .with_context(|| format!("update consumer {name}"))?;
+    }
+    Ok(consumer)
+}
+
 /// Publish `message` on `subject` with `message_id` (JetStream drops a repeat of that id within
 /// the dedupe window) and wait until it is stored. `what` names the message in errors.
 pub async fn store<T: Serialize>(

@@ -2,7 +2,8 @@
 //!
 //! [`NatsServer`] is one server; [`NatsCluster`] is a three-server JetStream cluster whose
 //! servers can be killed and started again; [`Netns`] is a network namespace for one simulated
-//! host that can be cut off from the root namespace (needs root, see [`netns_available`]).
+//! host that can be cut off from the root namespace (needs root, see [`netns_available`]);
+//! [`Throttle`] puts a server behind a slow link.
 //!
 //! `nats-server` is found at `$FERRY_NATS_SERVER`, else `<workspace>/.ferry/tools/bin/nats-server`
 //! (where `make` installs the pinned PyPI build), else on `PATH`.
@@ -16,9 +17,11 @@ use anyhow::{Context, bail};
 mod cluster;
 mod netns;
 pub mod peers;
+mod throttle;
 
 pub use cluster::NatsCluster;
 pub use netns::{Netns, netns_available};
+pub use throttle::Throttle;
 
 /// The workspace root (two levels above this crate).
 pub fn workspace_root() -> PathBuf {

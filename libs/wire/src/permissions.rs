@@ -178,14 +178,16 @@ pub fn for_service(node: &str, service_name: &str) -> Permissions {
                 .publish([
                     subjects::FILE_BATCHES.to_string(),
                     "ferry.event.run.>".to_string(),
-                    // Answering a dead-lettered work batch in transfer's place.
+                    // Answering a dead-lettered work batch in transfer's place, and ending a
+                    // dead-lettered run.
                     subjects::BATCH_RESULTS.to_string(),
                     format!("$JS.API.STREAM.MSG.DELETE.{}", topology::STREAM_FILEQ),
+                    format!("$JS.API.STREAM.MSG.DELETE.{}", topology::STREAM_RUNQ),
                 ])
-                .subscribe([subjects::max_deliveries_advisory(
-                    topology::STREAM_FILEQ,
-                    topology::CONSUMER_TRANSFER,
-                )]);
+                .subscribe([
+                    subjects::max_deliveries_advisory(topology::STREAM_FILEQ, topology::CONSUMER_TRANSFER),
+                    subjects::max_deliveries_advisory(topology::STREAM_RUNQ, topology::CONSUMER_COLLECTOR),
+                ]);
         }
         service::TRANSFER => {
             p.read_stream(topology::STREAM_FILEQ)

@@ -19,8 +19,9 @@ pub const STREAM_AUDIT_SEALS: &str = "FERRY_AUDIT_SEALS";
 /// Revisions of the configuration the bucket keeps (`ferry config history` / `rollback`).
 pub const CONFIG_HISTORY: i64 = 20;
 
-/// Deliveries of one work batch before transfer's consumer gives up on it (a worker crashed or
-/// stalled on it every time); the file-collector then fails its files ("dead-lettered").
+/// Deliveries of one work batch, or one run request, before its consumer gives up on it (a
+/// worker crashed or stalled on it every time); the file-collector then fails the batch's files
+/// or the run ("dead-lettered").
 pub const MAX_DELIVER: i64 = 10;
 
 /// Durable consumer names.

@@ -1,10 +1,18 @@
-//! Work batches transfer gave up on. The file queue's consumer delivers a batch at most
-//! [`topology::MAX_DELIVER`] times; past that JetStream stops and says so in an advisory. A run
-//! would then wait for that batch's result for good, holding a running-task slot. Every collector
-//! listens: it answers the batch in transfer's place — each file failed, "dead-lettered", with the
-//! number of deliveries — under the result's own message id (if a transfer did finish meanwhile,
-//! only the first answer counts), and removes the batch from the queue. The run finishes, its
-//! sources stay (a later run sends them again), and `ferry runs show` says why.
+//! Messages their consumer gave up on. Both queues' consumers deliver a message at most
+//! [`topology::MAX_DELIVER`] times; past that JetStream stops and says so in an advisory, and
+//! every collector listens:
+//!
+//! - A **work batch** transfer never finished: a run would wait for its result for good, holding
+//!   a running-task slot. The collector answers the batch in transfer's place — each file failed,
+//!   "dead-lettered", with the number of deliveries — under the result's own message id (if a
+//!   transfer did finish meanwhile, only the first answer counts), and removes the batch from the
+//!   queue. The run finishes, its sources stay (a later run sends them again).
+//! - A **run request** no collector finished (one crashed or stalled on it every time, or could
+//!   not reach NATS for minutes): without a limit it would come back for good, holding a running
+//!   slot — and, if it crashes the collector, stopping every other run of the node. The collector
+//!   ends the run as failed with why, frees its task lock, and removes the request from the queue.
+//!
+//! Either way `ferry runs show` says why.
 
 use anyhow::Context;
 use async_nats::jetstream;
@@ -12,7 +20,9 @@ use chrono::Utc;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use ferry_wire::{BatchResult, FileResult, Outcome, WorkBatch, plan, subjects, topology};
+use ferry_wire::{
+    BatchResult, FileResult, Outcome, RunRequested, RunStatus, WorkBatch, plan, subjects, topology,
+};
 
 /// Follow the max-deliveries advisories of the file queue until shut down.
 pub async fn follow(
@@ -21,11 +31,12 @@ pub async fn follow(
     node: String,
     shutdown: CancellationToken,
 ) {
-    let subject = subjects::max_deliveries_advisory(topology::STREAM_FILEQ, topology::CONSUMER_TRANSFER);
-    let mut advisories = match client.subscribe(subject.clone()).await {
+    let batches = subjects::max_deliveries_advisory(topology::STREAM_FILEQ, topology::CONSUMER_TRANSFER);
+    let requests = subjects::max_deliveries_advisory(topology::STREAM_RUNQ, topology::CONSUMER_COLLECTOR);
+    let mut advisories = match subscribe_all(&client, [&batches, &requests]).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(%subject, error = %e, "cannot follow dead-lettered work batches");
+            tracing::error!(error = %e, "cannot follow dead-lettered messages");
             return;
         }
     };
@@ -42,14 +53,86 @@ pub async fn follow(
             stream_seq: u64,
             deliveries: u64,
         }
-        let Ok(advisory) = serde_json::from_slice::<MaxDeliveries>(&advisory.payload) else {
+        let Ok(max) = serde_json::from_slice::<MaxDeliveries>(&advisory.payload) else {
             tracing::warn!("skipping an unreadable max-deliveries advisory");
             continue;
         };
-        if let Err(e) = answer(&js, &node, advisory.stream_seq, advisory.deliveries).await {
-            tracing::error!(seq = advisory.stream_seq, error = %format!("{e:#}"), "answering a dead-lettered work batch failed");
+        let answered = if advisory.subject.as_str() == requests {
+            end_run(&js, &node, max.stream_seq, max.deliveries).await
+        } else {
+            answer(&js, &node, max.stream_seq, max.deliveries).await
+        };
+        if let Err(e) = answered {
+            tracing::error!(subject = %advisory.subject, seq = max.stream_seq, error = %format!("{e:#}"), "answering a dead-lettered message failed");
         }
     }
+}
+
+/// One stream of the messages on every subject of `subjects`.
+async fn subscribe_all<const N: usize>(
+    client: &async_nats::Client,
+    subjects: [&String; N],
+) -> anyhow::Result<futures::stream::SelectAll<async_nats::Subscriber>> {
+    let mut all = futures::stream::SelectAll::new();
+    for subject in subjects {
+        all.push(
+            client
+                .subscribe(subject.clone())
+                .await
+                .with_context(|| format!("subscribe to {subject}"))?,
+        );
+    }
+    Ok(all)
+}
+
+/// End the run whose request is at `seq` of the run queue as failed, free its task, and remove
+/// the request from the queue.
+async fn end_run(js: &jetstream::Context, node: &str, seq: u64, deliveries: u64) -> anyhow::Result<()> {
+    let queue = js
+        .get_stream(topology::STREAM_RUNQ)
+        .await
+        .context("open run queue")?;
+    // Gone: another collector answered it, or a run finished it after all.
+    let Ok(message) = queue.get_raw_message(seq).await else {
+        return Ok(());
+    };
+    let request = match ferry_wire::decode::<RunRequested>(&message.payload) {
+        Ok(r) if ferry_config::is_valid_name(&r.task) => r,
+        _ => {
+            tracing::error!(seq, "removing an unreadable dead-lettered run request");
+            let _ = queue.delete_message(seq).await;
+            return Ok(());
+        }
+    };
+    let why = format!(
+        "dead-lettered: the file-collector took this run request {deliveries} times and never \
+         finished it (it crashed or stalled on it each time, or could not reach NATS: see the \
+         file-collector logs); files its batches had delivered stay delivered, the others stay \
+         in their source folders and a later run takes them"
+    );
+    let runs = js
+        .get_key_value(topology::KV_RUNS)
+        .await
+        .context("open the runs bucket")?;
+    crate::release_lock(
+        &runs,
+        &format!("lock.{}", request.task),
+        &request.run_id.to_string(),
+    )
+    .await;
+    crate::store_finished(
+        js,
+        node,
+        &request,
+        Utc::now(),
+        RunStatus::Failed,
+        Some(why),
+        &crate::Tally::default(),
+    )
+    .await?;
+    let _ = queue.delete_message(seq).await;
+    tracing::error!(task = %request.task, run_id = %request.run_id, deliveries, "run request dead-lettered: the run failed");
+    Ok(())
 }
 
 /// Fail every file of the batch at `seq` of the file queue, then remove it from the queue.

@@ -18,8 +18,10 @@
 //!   the batches that were never sent (neither queued nor answered) fail their files with a
 //!   reason; nothing of them was written, and the next run picks those files up.
 //! - Requests stamped with an epoch older than the highest seen are refused.
+//! - A run request is delivered at most `topology::MAX_DELIVER` times; one no collector finished
+//!   by then ends as failed ("dead-lettered", `dead_letter.rs`) and frees its task.
 
-mod dead_letter;
+pub mod dead_letter;
 mod listing;
 mod metrics;
 
@@ -120,23 +122,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     .await?;
 
     let max_running = settings.file_collector.max_running_tasks as usize;
-    let consumer: consumer::PullConsumer = nats::retry("create run-queue consumer", &shutdown, || async {
-        js.get_stream(topology::STREAM_RUNQ)
-            .await
-            .context("open run queue")?
-            .get_or_create_consumer(
-                topology::CONSUMER_COLLECTOR,
-                pull::Config {
-                    durable_name: Some(topology::CONSUMER_COLLECTOR.to_string()),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: RUN_ACK_WAIT,
-                    max_ack_pending: max_running as i64,
-                    filter_subject: subjects::RUN_REQUESTS.to_string(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .context("create run-queue consumer")
+    let consumer = nats::retry("create run-queue consumer", &shutdown, || {
+        run_queue_consumer(&js, max_running)
     })
     .await?;
     let slots = Arc::new(Semaphore::new(max_running));
@@ -236,9 +223,13 @@ impl Collector {
                 }
             }
             Err(e) => {
-                // Infrastructure trouble (NATS unavailable): let JetStream redeliver; the run resumes.
-                tracing::error!(task = %request.task, run_id = %request.run_id, error = format!("{e:#}"), "run interrupted; will resume");
-                let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
+                // Infrastructure trouble (NATS unavailable): let JetStream redeliver, later each
+                // time (2 s, 4 s, … 60 s: about five minutes before the request is dead-lettered);
+                // the run resumes.
+                let delivered = message.info().map(|i| i.delivered).unwrap_or(1).clamp(1, 6);
+                let wait = Duration::from_secs((2u64 << (delivered - 1)).min(60));
+                tracing::error!(task = %request.task, run_id = %request.run_id, error = format!("{e:#}"), retry_in = ?wait, "run interrupted; will resume");
+                let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
             }
         }
     }
@@ -358,22 +349,7 @@ impl Collector {
     }
 
     async fn release_lock(&self, lock_key: &str, run_id: &str) {
-        match self.runs_kv.entry(lock_key).await {
-            Ok(Some(entry))
-                if ferry_wire::decode::<TaskLock>(&entry.value)
-                    .is_ok_and(|l| l.run_id.to_string() == run_id) =>
-            {
-                if let Err(e) = self
-                    .runs_kv
-                    .delete_expect_revision(lock_key, Some(entry.revision))
-                    .await
-                {
-                    tracing::warn!(%lock_key, error = %e, "release task lock");
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(%lock_key, error = %e, "read task lock"),
-        }
+        release_lock(&self.runs_kv, lock_key, run_id).await;
     }
 
     /// List (or resume), publish the work batches, collect results.
@@ -713,32 +689,8 @@ impl Collector {
         error: Option<String>,
         tally: Tally,
     ) -> anyhow::Result<()> {
-        let files_in_results = tally.by_batch.is_none() && tally.delivered + tally.skipped + tally.failed > 0;
-        let finished = RunFinished {
-            task: request.task.clone(),
-            run_id: request.run_id,
-            epoch: request.epoch,
-            node: self.node.clone(),
-            trigger: request.trigger.clone(),
-            status,
-            started_at,
-            finished_at: Utc::now(),
-            files_delivered: tally.delivered,
-            files_skipped: tally.skipped,
-            files_failed: tally.failed,
-            bytes: tally.bytes,
-            error,
-            files: tally.files(),
-            files_in_results,
-        };
-        ferry_service::streams::store(
-            &self.js,
-            subjects::run_finished(&request.task, request.run_id),
-            format!("finished:{}", request.run_id),
-            &finished,
-            "run finished",
-        )
-        .await?;
+        let finished =
+            store_finished(&self.js, &self.node, request, started_at, status, error, &tally).await?;
         let status_label = match status {
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
@@ -760,6 +712,85 @@ impl Collector {
         );
         Ok(())
     }
+}
+
+/// Delete the task lock `lock_key` if `run_id` holds it.
+async fn release_lock(runs_kv: &kv::Store, lock_key: &str, run_id: &str) {
+    match runs_kv.entry(lock_key).await {
+        Ok(Some(entry))
+            if ferry_wire::decode::<TaskLock>(&entry.value).is_ok_and(|l| l.run_id.to_string() == run_id) =>
+        {
+            if let Err(e) = runs_kv
+                .delete_expect_revision(lock_key, Some(entry.revision))
+                .await
+            {
+                tracing::warn!(%lock_key, error = %e, "release task lock");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(%lock_key, error = %e, "read task lock"),
+    }
+}
+
+/// The shared durable consumer of the run queue: at most `max_running` requests in progress, each
+/// delivered at most `topology::MAX_DELIVER` times.
+pub async fn run_queue_consumer(
+    js: &jetstream::Context,
+    max_running: usize,
+) -> anyhow::Result<consumer::PullConsumer> {
+    let queue = js
+        .get_stream(topology::STREAM_RUNQ)
+        .await
+        .context("open run queue")?;
+    let config = pull::Config {
+        durable_name: Some(topology::CONSUMER_COLLECTOR.to_string()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: RUN_ACK_WAIT,
+        max_ack_pending: max_running as i64,
+        max_deliver: topology::MAX_DELIVER,
+        filter_subject: subjects::RUN_REQUESTS.to_string(),
+        ..Default::default()
+    };
+    ferry_service::streams::durable_consumer(&queue, config).await
+}
+
+/// Build and store the one `RunFinished` of `request` (its files from `tally`).
+async fn store_finished(
+    js: &jetstream::Context,
+    node: &str,
+    request: &RunRequested,
+    started_at: chrono::DateTime<Utc>,
+    status: RunStatus,
+    error: Option<String>,
+    tally: &Tally,
+) -> anyhow::Result<RunFinished> {
+    let files_in_results = tally.by_batch.is_none() && tally.delivered + tally.skipped + tally.failed > 0;
+    let finished = RunFinished {
+        task: request.task.clone(),
+        run_id: request.run_id,
+        epoch: request.epoch,
+        node: node.to_string(),
+        trigger: request.trigger.clone(),
+        status,
+        started_at,
+        finished_at: Utc::now(),
+        files_delivered: tally.delivered,
+        files_skipped: tally.skipped,
+        files_failed: tally.failed,
+        bytes: tally.bytes,
+        error,
+        files: tally.files(),
+        files_in_results,
+    };
+    ferry_service::streams::store(
+        js,
+        subjects::run_finished(&request.task, request.run_id),
+        format!("finished:{}", request.run_id),
+        &finished,
+        "run finished",
+    )
+    .await?;
+    Ok(finished)
 }
 
 /// Why a run could not complete.

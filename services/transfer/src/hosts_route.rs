@@ -19,7 +19,7 @@ use tokio::io::AsyncReadExt;
 
 use ferry_config::Overwrite;
 use ferry_hosts::local::fast::Copied;
-use ferry_hosts::{Backoff, DynHost, ErrorKind, HostError, HostResult, Upload, WriteTarget};
+use ferry_hosts::{Backoff, DynHost, ErrorKind, HostError, HostResult, Upload, WriteTarget, path};
 use ferry_wire::Outcome;
 
 use crate::inflight::{CommitPoint, InFlight, failed};
@@ -34,6 +34,8 @@ pub struct Route {
     /// Retries of a transient failure, and the first wait (doubling, at most 5 minutes).
     pub retries: u32,
     pub retry_wait: Duration,
+    /// How long one attempt at a file may take (`None`: as long as it makes progress).
+    pub deadline: Option<Deadline>,
     /// `ferry_transfer_retries_total` and `ferry_transfer_resumed_bytes_total`, by host.
     pub retried: prometheus::IntCounterVec,
     pub resumed_bytes: prometheus::IntCounterVec,
@@ -45,6 +47,65 @@ pub struct Route {
     /// Destination folders (host, folder) this batch already made or found: a batch of small
     /// files into one folder asks the server once, not once per file.
     pub ready: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+}
+
+/// How long one attempt at copying a file may take: `grace` plus its size at `bytes_per_sec` —
+/// the most lenient of the batch's remote hosts (`operation_timeout_secs`, `min_rate_kib`), so a
+/// server that trickles its bytes, each answer just inside the operation timeout, cannot hold a
+/// transfer (and its run) for good.
+#[derive(Debug, Clone)]
+pub struct Deadline {
+    /// The host whose rate this is (named in the error).
+    pub host: String,
+    pub grace: Duration,
+    pub bytes_per_sec: u64,
+}
+
+impl Deadline {
+    /// The deadline for `hosts` (the batch's remote hosts); none if one of them sets no minimum
+    /// rate (`min_rate_kib = 0`). The grace is as long as a wait for a free connection may last
+    /// (connect + operation timeout), so a file that waited for one is not cut off as slow.
+    pub fn of(hosts: &[&ferry_config::Host]) -> Option<Deadline> {
+        let slowest = hosts.iter().min_by_key(|h| h.options.min_rate_kib)?;
+        let grace = hosts
+            .iter()
+            .map(|h| h.options.connect_timeout_secs + h.options.operation_timeout_secs)
+            .max()?;
+        (slowest.options.min_rate_kib > 0).then(|| Deadline {
+            host: slowest.name.clone(),
+            grace: Duration::from_secs(grace),
+            bytes_per_sec: slowest.options.min_rate_kib * 1024,
+        })
+    }
+
+    /// How long an attempt at a file of `size` bytes may take.
+    pub fn for_size(&self, size: u64) -> Duration {
+        self.grace + Duration::from_secs_f64(size as f64 / self.bytes_per_sec as f64)
+    }
+
+    fn exceeded(&self, source: &str, size: u64, limit: Duration) -> HostError {
+        HostError::transient(
+            &self.host,
+            format!(
+                "copying {} ({size} bytes) took longer than {} s, slower than {} KiB/s \
+                 (min_rate_kib) after the first {} s (connect_timeout_secs + operation_timeout_secs): \
+                 the server is too slow or holds the transfer back",
+                path::shown(source),
+                limit.as_secs(),
+                self.bytes_per_sec / 1024,
+                self.grace.as_secs()
+            ),
+        )
+    }
+}
+
+/// A spawned task aborted when its owner goes away first (an attempt cut off by its deadline).
+struct Aborting<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Aborting<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Files at least this large resume an interrupted upload instead of starting over.
@@ -195,8 +256,18 @@ impl Route {
             return;
         }
         let mut backoff = self.backoff();
+        let size = f.item.source.size;
+        let limit = self.deadline.as_ref().map(|d| d.for_size(size));
         loop {
-            let e = match self.copy_once(f, stop).await {
+            let attempt = self.copy_once(f, stop);
+            let copied = match limit {
+                Some(limit) => tokio::time::timeout(limit, attempt).await.unwrap_or_else(|_| {
+                    let d = self.deadline.as_ref().expect("a limit comes from a deadline");
+                    Err(d.exceeded(&f.source, size, limit))
+                }),
+                None => attempt.await,
+            };
+            let e = match copied {
                 Ok(()) => return,
                 Err(e) => e,
             };
@@ -291,9 +362,9 @@ impl Route {
         // Read ahead on a task of its own, hashing as the bytes go by; write each chunk to every
         // upload (skipping what a resumed upload already holds).
         let (tx, mut rx) = tokio::sync::mpsc::channel::<HostResult<Bytes>>(READ_AHEAD);
-        let reader = {
+        let mut reader = {
             let (source, path, buffer) = (source.clone(), f.source.clone(), self.buffer);
-            tokio::spawn(async move {
+            Aborting(tokio::spawn(async move {
                 let mut chunks = match source.read_chunks(&path, buffer).await {
                     Ok(c) => c,
                     Err(e) => {
@@ -318,7 +389,7 @@ impl Route {
                     }
                 }
                 Some((size, hex::encode(hasher.finalize())))
-            })
+            }))
         };
         let mut position = 0u64;
         // A destination that fails for good while the bytes stream fails alone (the others go
@@ -369,7 +440,7 @@ impl Route {
         }
         .await;
         drop(rx);
-        let read = reader.await.ok().flatten();
+        let read = (&mut reader.0).await.ok().flatten();
         for (i, e) in refused {
             f.fail(i, e.to_string());
         }

@@ -182,24 +182,8 @@ pub async fn file_queue_consumer(
         filter_subject: subjects::FILE_BATCHES.to_string(),
         ..Default::default()
     };
-    let mut consumer: consumer::PullConsumer = stream
-        .get_or_create_consumer(topology::CONSUMER_TRANSFER, config.clone())
-        .await
-        .context("create file-queue consumer")?;
-    let existing = consumer
-        .info()
-        .await
-        .context("read file-queue consumer")?
-        .config
-        .clone();
-    let filter = existing.filter_subject.clone();
-    if filter == config.filter_subject && existing.max_deliver != config.max_deliver {
-        // Made before batches were dead-lettered: give it the delivery limit.
-        consumer = stream
-            .update_consumer(config.clone())
-            .await
-            .context("update file-queue consumer")?;
-    }
+    let mut consumer = ferry_service::streams::durable_consumer(&stream, config.clone()).await?;
+    let filter = consumer.cached_info().config.filter_subject.clone();
     if filter != config.filter_subject {
         // Made by an older Ferry, for the subjects of per-file messages: make it anew.
         tracing::warn!(old = %filter, new = %config.filter_subject, "replacing the file-queue consumer of an older version");
@@ -613,9 +597,11 @@ impl Transfer {
         };
         let mut remote: Vec<&ferry_config::Host> = vec![source];
         remote.extend(dests.iter().flatten().copied());
-        let remote = remote.into_iter().filter(|h| !h.is_local()).map(|h| &h.options);
-        let (retries, retry_wait) = ferry_config::retry_policy(config.tasks.get(&item.task), remote);
-        Ok(Way::Hosts(hosts_route::Route {
+        remote.retain(|h| !h.is_local());
+        let options = remote.iter().map(|h| &h.options);
+        let (retries, retry_wait) = ferry_config::retry_policy(config.tasks.get(&item.task), options);
+        let deadline = hosts_route::Deadline::of(&remote);
+        Ok(Way::Hosts(Box::new(hosts_route::Route {
             source: source_host,
             dests: item
                 .destinations
@@ -629,11 +615,12 @@ impl Transfer {
             buffer: self.buffer_bytes,
             retries,
             retry_wait,
+            deadline,
             retried: self.metrics.retries.clone(),
             resumed_bytes: self.metrics.resumed_bytes.clone(),
             refused: Default::default(),
             ready: Default::default(),
-        }))
+        })))
     }
 
     /// `ferry host test`: connect, look at a folder, say what the server offers. Failures are in
@@ -811,7 +798,7 @@ impl Transfer {
 enum Way {
     /// Every host is the node's own file system.
     Local,
-    Hosts(hosts_route::Route),
+    Hosts(Box<hosts_route::Route>),
 }
 
 /// What became of a work batch.

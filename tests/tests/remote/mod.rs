@@ -236,6 +236,14 @@ impl Remote {
         }
     }
 
+    /// Where the server listens on loopback (SFTP).
+    pub fn port(&self) -> Option<u16> {
+        match &self.peer {
+            Peer::Sftp(s) => Some(s.port()),
+            _ => None,
+        }
+    }
+
     /// The S3 server's secret key (the one secret of these servers not fixed in advance).
     pub fn secret(&self) -> Option<String> {
         match &self.peer {
@@ -1072,4 +1080,75 @@ pub async fn a_task_sets_its_own_retries(remote: &mut Remote) {
         summary(&finished)
     );
     assert_eq!(std::fs::read(back.join("a.txt")).expect("delivered"), b"retry me");
+}
+
+/// A server behind a link slower than the host's `min_rate_kib` (a server that trickles its
+/// bytes would never trip the operation timeout): the attempt is cut off after
+/// `operation_timeout_secs` + size ÷ rate, the file fails with why, nothing stands under its
+/// final name, and the same file goes through at full speed.
+pub async fn a_trickling_server_is_cut_off(remote: &Remote) {
+    let (_nats, node) = node().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    let data: Vec<u8> = (0..2u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(src.join("slow.bin"), &data).expect("write");
+    let target = remote.make_folder("slow").await;
+    let port = remote.port().expect("a server on a port");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let throttle = ferry_testkit::Throttle::start(addr, 64 << 10)
+        .await
+        .expect("throttle");
+    // 2 MiB at 64 KiB/s take 32 s (each 256 KiB write answered within the 10 s operation
+    // timeout); at least 512 KiB/s after the 5 + 10 s connect and operation timeouts allows 19 s.
+    let slow = remote.host("slow", true).replace(
+        &format!("port = {port}\n"),
+        &format!("port = {}\n", throttle.port()),
+    ) + "min_rate_kib = 512\n";
+    let no_retries = |t: String| t.replacen("[[task.source]]", "retries = 0\n[[task.source]]", 1);
+    let config = [
+        slow,
+        remote.host("fast", true),
+        no_retries(task(
+            "to-slow",
+            ("local", &src.to_string_lossy()),
+            ("slow", &remote.folder("slow")),
+            "",
+        )),
+        no_retries(task(
+            "to-fast",
+            ("local", &src.to_string_lossy()),
+            ("fast", &remote.folder("slow")),
+            "",
+        )),
+    ]
+    .join("\n");
+    node.apply(&config).await.expect("apply");
+    let started = Instant::now();
+    let cut = run(&node, "to-slow").await;
+    let took = started.elapsed();
+    assert_eq!(
+        (cut.status, cut.files_failed),
+        (RunStatus::Failed, 1),
+        "{}",
+        summary(&cut)
+    );
+    let why = cut.files[0].error.clone().unwrap_or_default();
+    assert!(
+        why.contains("took longer than 19 s") && why.contains("min_rate_kib"),
+        "{why}"
+    );
+    assert!(
+        took >= Duration::from_secs(18) && took < Duration::from_secs(30),
+        "{took:?}"
+    );
+    if let Some(target) = &target {
+        assert!(!target.join("slow.bin").exists(), "nothing under the final name");
+    }
+    let fast = run(&node, "to-fast").await;
+    assert_eq!(fast.files_delivered, 1, "{}", summary(&fast));
+    assert_eq!(
+        remote.hash_of("slow", "slow.bin").await,
+        Some(ferry_tests::sha256_file(&src.join("slow.bin")))
+    );
 }
