@@ -277,7 +277,7 @@ pub fn task(as_json: bool, task: &Task) {
     }
     for (i, d) in task.destinations.iter().enumerate() {
         println!(
-            "  destination[{i}] {}:{}/{}  overwrite={:?}{}",
+            "  destination[{i}] {}:{}/{}  overwrite={:?}{}{}",
             d.host,
             d.folder.as_str(),
             d.file_name.as_str(),
@@ -287,6 +287,7 @@ pub fn task(as_json: bool, task: &Task) {
             } else {
                 ""
             },
+            d.mode.map(|m| format!(" mode={m:04o}")).unwrap_or_default(),
         );
     }
     for s in task.compiled_schedules() {

@@ -352,3 +352,51 @@ async fn names_that_are_not_utf8_or_255_bytes_long_move_byte_for_byte() -> anyho
     node.shutdown().await;
     Ok(())
 }
+
+/// Delivered files get the source's permission bits, or a destination's `mode`: exactly, also
+/// bits without the owner's write (set after the copy was verified), for a lone large file (the
+/// pipelined copy) as for a batch of small ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delivered_files_get_the_sources_bits_or_the_destinations_mode() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let nats = NatsServer::start()?;
+    let node = Node::start(settings(&nats.url())).await?;
+    let dir = tempfile::tempdir()?;
+    let src = dir.path().join("in");
+    let outs: Vec<std::path::PathBuf> = ["same", "private", "read-only"]
+        .iter()
+        .map(|d| dir.path().join(d))
+        .collect();
+    std::fs::create_dir_all(&src)?;
+    for (name, len) in [("a.csv", 10), ("b.csv", 20), ("big.bin", 3 << 20)] {
+        std::fs::write(src.join(name), vec![7u8; len])?;
+        std::fs::set_permissions(src.join(name), std::fs::Permissions::from_mode(0o664))?;
+    }
+    let destination = |out: &std::path::Path, mode: &str| {
+        format!(
+            "\n[[task.destination]]\nhost = \"local\"\nfolder = \"{}\"\n{mode}\n",
+            out.display()
+        )
+    };
+    let config = local_task("modes", &src, &outs[0], "", "")
+        + &destination(&outs[1], "mode = \"0600\"")
+        + &destination(&outs[2], "mode = \"440\"");
+    node.apply(&config).await?;
+    let run = node.run_task("modes", Duration::from_secs(60)).await?;
+    assert_eq!(
+        (run.status, run.files_delivered),
+        (RunStatus::Succeeded, 3),
+        "{run:?}"
+    );
+    let mode = |p: std::path::PathBuf| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o7777);
+    for name in ["a.csv", "b.csv", "big.bin"] {
+        assert_eq!(mode(outs[0].join(name))?, 0o664, "{name}: the source's bits");
+        assert_eq!(mode(outs[1].join(name))?, 0o600, "{name}: mode 0600");
+        assert_eq!(mode(outs[2].join(name))?, 0o440, "{name}: mode 440");
+    }
+    let shown = ferry_tests::ferry_cli(&nats.url(), &["task", "show", "modes"], dir.path());
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains("mode=0600") && text.contains("mode=0440"), "{text}");
+    node.shutdown().await;
+    Ok(())
+}

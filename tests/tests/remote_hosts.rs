@@ -110,6 +110,12 @@ async fn sftp_behind_a_trickling_link_is_cut_off_by_min_rate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sftp_download_gets_the_configured_mode() {
+    let remote = Remote::sftp().expect("sshd");
+    remote::a_download_gets_the_configured_mode(&remote).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sftp_hostile_names_cannot_escape() {
     let remote = Remote::sftp().expect("sshd");
     remote::hostile_names_cannot_escape(&remote).await;

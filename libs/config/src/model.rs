@@ -125,6 +125,11 @@ struct RawDestination {
     /// What to do when the destination file already exists.
     #[serde(default)]
     overwrite: Overwrite,
+    /// Permission bits of delivered files, in octal (`"0640"`); at most `"0777"`. Default: the
+    /// source's bits for a source on the node's disks, else a new file's default less the umask.
+    /// Only on the node's own disks (host kind `local`).
+    #[serde(default)]
+    mode: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -188,6 +193,9 @@ pub struct Destination {
     pub relative_subdirs: bool,
     pub create_dirs: bool,
     pub overwrite: Overwrite,
+    /// Permission bits of delivered files (`None`: the source's, or the default).
+    #[serde(default)]
+    pub mode: Option<u32>,
 }
 
 /// What a destination does when the file already exists.
@@ -958,6 +966,26 @@ fn validate_destination(
             None
         }
     };
+    let mode = match &d.mode {
+        None => Ok(None),
+        Some(m) => parse_mode(m)
+            .map(Some)
+            .map_err(|why| check.error(format!("{path}.mode"), m.as_str(), why)),
+    };
+    if d.mode.is_some()
+        && let Some(Some(kind)) = hosts.get(&d.host)
+        && *kind != HostKind::Local
+    {
+        check.error(
+            format!("{path}.mode"),
+            d.mode.clone().unwrap_or_default(),
+            format!(
+                "is applied only on the node's own disks (host kind local); host {:?} is {}",
+                d.host,
+                kind.as_str()
+            ),
+        );
+    }
     Some(Destination {
         host: d.host,
         folder: folder?,
@@ -965,12 +993,34 @@ fn validate_destination(
         relative_subdirs: d.relative_subdirs,
         create_dirs: d.create_dirs,
         overwrite: d.overwrite,
+        mode: mode.ok()?,
     })
+}
+
+/// Permission bits written in octal, `"640"` or `"0640"`: read, write and execute for owner,
+/// group and others, no set-id or sticky bits.
+fn parse_mode(text: &str) -> Result<u32, &'static str> {
+    let digits = text.strip_prefix('0').filter(|d| d.len() == 3).unwrap_or(text);
+    let octal = digits.len() == 3 && digits.bytes().all(|b| (b'0'..=b'7').contains(&b));
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if octal => Ok(mode),
+        _ => Err("is not a file mode: three octal digits such as \"0640\" (at most \"0777\")"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modes_are_three_octal_digits() {
+        assert_eq!(parse_mode("0640"), Ok(0o640));
+        assert_eq!(parse_mode("755"), Ok(0o755));
+        assert_eq!(parse_mode("000"), Ok(0));
+        for bad in ["0986", "4755", "+64", "0o640", "64", "07777", "", "rw-r-----"] {
+            assert!(parse_mode(bad).is_err(), "{bad:?}");
+        }
+    }
 
     const GOOD: &str = r#"
 [[task]]

@@ -59,6 +59,7 @@ pub fn target(dir: &str, name: &str, resume: bool, size: u64) -> WriteTarget {
         temp_name: path::temp_name(&sha(name.as_bytes()), 0),
         size_hint: size,
         resume,
+        mode: None,
     }
 }
 

@@ -208,6 +208,7 @@ async fn a_server_killed_mid_upload_is_transient_and_the_upload_resumes() {
         temp_name: path::temp_name("0123456789abcdef", 0),
         size_hint: data.len() as u64,
         resume: true,
+        mode: None,
     };
     let mut upload = host.write(&target).await.expect("write");
     assert_eq!(upload.offset(), 0);
@@ -267,6 +268,7 @@ async fn a_frozen_server_times_out_instead_of_hanging() {
         temp_name: path::temp_name("fedcba9876543210", 0),
         size_hint: 64 << 20,
         resume: false,
+        mode: None,
     };
     let mut upload = host.write(&target).await.expect("write");
     upload
@@ -398,6 +400,7 @@ async fn upload_file(host: &DynHost, source: Option<&std::path::Path>, size: usi
         temp_name: path::temp_name(&sha(dest.as_bytes()), 0),
         size_hint: size as u64,
         resume: false,
+        mode: None,
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     let source = source.map(std::path::Path::to_path_buf);

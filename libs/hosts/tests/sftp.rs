@@ -111,6 +111,7 @@ async fn conformance_with_password_and_a_pinned_key() {
         temp_name: path::temp_name(&sha(b"denied.bin"), 0),
         size_hint: 1,
         resume: false,
+        mode: None,
     };
     let e = expect_err("write where it may not", host.write(&denied).await.map(|_| ()));
     assert_eq!(e.kind, ErrorKind::Permanent, "{e}");
@@ -471,6 +472,7 @@ async fn the_insecure_flag_accepts_any_key() {
         temp_name: path::temp_name(&sha(b"checked.bin"), 0),
         size_hint: data.len() as u64,
         resume: false,
+        mode: None,
     };
     let mut upload = host.write(&t).await.expect("write");
     upload.write(Bytes::from(data.clone())).await.expect("write data");
@@ -503,6 +505,7 @@ async fn a_killed_server_fails_transiently_and_the_upload_resumes() {
         temp_name: path::temp_name(&sha(b"big.bin"), 0),
         size_hint: data.len() as u64,
         resume: true,
+        mode: None,
     };
     let mut upload = host.write(&target).await.expect("write");
     let chunks: Vec<&[u8]> = data.chunks(1 << 20).collect();
@@ -691,6 +694,7 @@ async fn ferry_upload(host: &DynHost, src: &std::path::Path, dir: &str, name: &s
         temp_name: path::temp_name(&sha(name.as_bytes()), 0),
         size_hint: size,
         resume: false,
+        mode: None,
     };
     let mut upload = host.write(&t).await.expect("write");
     let mut file = std::fs::File::open(src).expect("open source");

@@ -140,6 +140,7 @@ async fn a_killed_server_is_transient_and_the_upload_resumes_after_a_restart() {
         temp_name: path::temp_name(&sha(b"big.bin"), 0),
         size_hint: data.len() as u64,
         resume: true,
+        mode: None,
     };
     let mut upload = host.write(&target).await.expect("write");
     assert_eq!(upload.offset(), 0);
@@ -212,6 +213,7 @@ async fn a_stalled_server_ends_in_a_transient_timeout_not_a_hang() {
         temp_name: path::temp_name(&sha(b"x.bin"), 0),
         size_hint: 0,
         resume: false,
+        mode: None,
     };
     let mut upload = host.write(&target).await.expect("write");
     smbd.pause();
@@ -276,6 +278,7 @@ async fn one_gib_up_and_down_encrypted_keeps_its_bytes() {
         temp_name: path::temp_name(&sha(b"one-gib.bin"), 0),
         size_hint: SIZE,
         resume: false,
+        mode: None,
     };
 
     let started = Instant::now();
@@ -349,6 +352,7 @@ async fn ferry_upload(host: &DynHost, source: &std::path::Path, size: u64) {
         temp_name: path::temp_name(&sha(b"by-ferry.bin"), 0),
         size_hint: size,
         resume: false,
+        mode: None,
     };
     let mut upload = host.write(&target).await.expect("write");
     let mut file = tokio::fs::File::open(source).await.expect("open source");

@@ -21,6 +21,8 @@ pub struct Planned {
     pub final_path: String,
     pub overwrite: Overwrite,
     pub create_dirs: bool,
+    /// Permission bits the delivered file gets (`None`: the source's, or a new file's default).
+    pub mode: Option<u32>,
 }
 
 impl Planned {
@@ -99,6 +101,7 @@ pub fn plan(item: &FileItem, index: usize, dest: &Destination) -> Result<Planned
         name,
         overwrite: dest.overwrite,
         create_dirs: dest.create_dirs,
+        mode: dest.mode,
     })
 }
 
@@ -213,6 +216,7 @@ mod tests {
                     relative_subdirs: false,
                     create_dirs: true,
                     overwrite: *overwrite,
+                    mode: None,
                 })
                 .collect(),
             run_started_at: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
@@ -260,6 +264,7 @@ mod tests {
             final_path: "/d/report (1).csv".into(),
             overwrite: Overwrite::Unique,
             create_dirs: false,
+            mode: None,
         };
         let tried: Vec<String> = planned.unique_candidates().take(3).collect();
         assert_eq!(

@@ -323,6 +323,7 @@ impl Route {
                 temp_name: p.temp_name.clone(),
                 size_hint: before.size,
                 resume: host.capabilities().resume && before.size >= RESUME_MIN_BYTES,
+                mode: p.mode,
             };
             let upload = match host.write(&target).await {
                 Ok(u) => u,

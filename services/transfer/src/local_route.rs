@@ -5,7 +5,7 @@
 //! of moves — so a slow disk never stalls the async workers.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ferry_config::Overwrite;
 use ferry_hosts::local::fast as local;
@@ -82,14 +82,20 @@ fn source_of(f: &InFlight) -> local::Source {
     }
 }
 
-fn temps(f: &InFlight) -> Vec<PathBuf> {
-    f.open.iter().map(|&i| os(&f.plan(i).temp_path())).collect()
+fn temps(f: &InFlight) -> Vec<local::Temp> {
+    f.open
+        .iter()
+        .map(|&i| local::Temp {
+            path: os(&f.plan(i).temp_path()),
+            mode: f.plan(i).mode,
+        })
+        .collect()
 }
 
 /// Copy every file with open destinations into its temp files and verify them: a lone file with
 /// its own fsync (the pipelined copy above one buffer), several small ones with one group commit.
 pub fn copy(files: &mut [InFlight], buffer: usize, stop: &(dyn Fn() -> bool + Sync)) {
-    let jobs: Vec<(usize, (local::Source, Vec<PathBuf>))> = files
+    let jobs: Vec<(usize, (local::Source, Vec<local::Temp>))> = files
         .iter()
         .enumerate()
         .filter(|(_, f)| !f.open.is_empty())
@@ -100,7 +106,7 @@ pub fn copy(files: &mut [InFlight], buffer: usize, stop: &(dyn Fn() -> bool + Sy
             .map(|(_, (source, temps))| local::copy_verified(source, temps, buffer, stop))
             .collect()
     } else {
-        let jobs: Vec<(local::Source, Vec<PathBuf>)> = jobs.iter().map(|(_, j)| j.clone()).collect();
+        let jobs: Vec<(local::Source, Vec<local::Temp>)> = jobs.iter().map(|(_, j)| j.clone()).collect();
         local::copy_batch_verified(&jobs, buffer, stop)
     };
     for ((i, _), copied) in jobs.iter().zip(copies) {
@@ -110,7 +116,7 @@ pub fn copy(files: &mut [InFlight], buffer: usize, stop: &(dyn Fn() -> bool + Sy
             Err(e) => {
                 // A failed copy fails every open destination and leaves no temp.
                 for t in temps(f) {
-                    let _ = std::fs::remove_file(t);
+                    let _ = std::fs::remove_file(t.path);
                 }
                 f.fail_open(&e);
             }

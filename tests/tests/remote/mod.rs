@@ -1152,3 +1152,36 @@ pub async fn a_trickling_server_is_cut_off(remote: &Remote) {
         Some(ferry_tests::sha256_file(&src.join("slow.bin")))
     );
 }
+
+/// A file downloaded to the node's disks gets the destination's `mode` exactly (the upload sets
+/// it on the open temp before its fsync, so no crash leaves wider bits under the final name).
+pub async fn a_download_gets_the_configured_mode(remote: &Remote) {
+    use std::os::unix::fs::PermissionsExt;
+    let (_nats, node) = node().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let down = dir.path().join("down");
+    let folder = remote
+        .make_folder("modes")
+        .await
+        .expect("a server serving a local folder");
+    std::fs::write(folder.join("m.txt"), b"mode me").expect("write");
+    let config = [
+        remote.host("partner", true),
+        task(
+            "down",
+            ("partner", &remote.folder("modes")),
+            ("local", &down.to_string_lossy()),
+            "",
+        ) + "mode = \"0604\"\n",
+    ]
+    .join("\n");
+    node.apply(&config).await.expect("apply");
+    let finished = run(&node, "down").await;
+    assert_eq!(finished.files_delivered, 1, "{}", summary(&finished));
+    let mode = std::fs::metadata(down.join("m.txt"))
+        .expect("delivered")
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o604);
+}

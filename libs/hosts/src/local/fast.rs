@@ -108,6 +108,21 @@ fn open_beneath(folder: &Path, rel: &Path) -> io::Result<File> {
     }
 }
 
+/// Where a copy goes: its temp file, and the permission bits the delivered file gets (`None`:
+/// the source's).
+#[derive(Debug, Clone)]
+pub struct Temp {
+    pub path: PathBuf,
+    pub mode: Option<u32>,
+}
+
+impl Temp {
+    /// A temp that gets the source's bits.
+    pub fn at(path: PathBuf) -> Temp {
+        Temp { path, mode: None }
+    }
+}
+
 /// The source as it was read.
 #[derive(Debug, Clone)]
 pub struct Copied {
@@ -126,14 +141,14 @@ pub struct Copied {
 /// overlap the I/O instead of following it.
 pub fn copy_verified(
     source: &Source,
-    temps: &[PathBuf],
+    temps: &[Temp],
     buffer_bytes: usize,
     should_stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<Copied, String> {
     let written = write_temps(source, temps, buffer_bytes, should_stop)?;
-    for (out, path) in written.outputs.iter().zip(temps) {
+    for (out, t) in written.outputs.iter().zip(temps) {
         out.sync_all()
-            .map_err(|e| format!("fsync {}: {e}", path.display()))?;
+            .map_err(|e| format!("fsync {}: {e}", t.path.display()))?;
     }
     finish(written, source, temps, buffer_bytes)
 }
@@ -143,7 +158,7 @@ pub fn copy_verified(
 /// each file system they are on is synced once (`syncfs(2)`, which also reports write-back
 /// errors) — instead of one fsync (one disk cache flush) per file. One result per job, in order.
 pub fn copy_batch_verified(
-    jobs: &[(Source, Vec<PathBuf>)],
+    jobs: &[(Source, Vec<Temp>)],
     buffer_bytes: usize,
     should_stop: &(dyn Fn() -> bool + Sync),
 ) -> Vec<Result<Copied, String>> {
@@ -161,7 +176,7 @@ pub fn copy_batch_verified(
                 .map(|(o, t)| {
                     o.metadata()
                         .map(|m| m.dev())
-                        .map_err(|e| format!("stat {}: {e}", t.display()))
+                        .map_err(|e| format!("stat {}: {e}", t.path.display()))
                 })
                 .collect::<Result<Vec<u64>, String>>()?;
             Ok((w, devices))
@@ -200,6 +215,8 @@ struct Written {
     input: File,
     before: fs::Metadata,
     outputs: Vec<File>,
+    /// The bits each temp's file ends with (configured, or the source's).
+    modes: Vec<u32>,
     size: u64,
     sha256: String,
     /// Already compared while it was written (the pipeline).
@@ -210,17 +227,25 @@ struct Written {
 /// pipeline, which also verifies).
 fn write_temps(
     source: &Source,
-    temps: &[PathBuf],
+    temps: &[Temp],
     buffer_bytes: usize,
     should_stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<Written, String> {
     let (mut input, before) = source.open()?;
     let source = &source.path();
+    let modes: Vec<u32> = temps
+        .iter()
+        .map(|t| t.mode.unwrap_or(before.mode() & 0o777))
+        .collect();
+    let temps: Vec<PathBuf> = temps.iter().map(|t| t.path.clone()).collect();
+    let temps = temps.as_slice();
     let mut outputs = temps
         .iter()
         .map(|t| create_temp(t).map_err(|e| format!("create {}: {e}", t.display())))
         .collect::<Result<Vec<File>, String>>()?;
-    set_modes(&outputs, temps, (before.mode() & 0o777) | 0o600)?;
+    // Readable and writable by us while we write and verify them.
+    let writable: Vec<u32> = modes.iter().map(|m| m | 0o600).collect();
+    set_modes(&outputs, temps, &writable)?;
     let pipeline = before.len() as usize > buffer_bytes;
     let (size, sha256) = if pipeline {
         let readers = temps
@@ -251,6 +276,7 @@ fn write_temps(
         input,
         before,
         outputs,
+        modes,
         size,
         sha256,
         verified: pipeline,
@@ -258,10 +284,10 @@ fn write_temps(
 }
 
 /// Set the permission bits of open temps (`fchmod`: a path swapped meanwhile is not followed).
-fn set_modes(outputs: &[File], temps: &[PathBuf], mode: u32) -> Result<(), String> {
+fn set_modes(outputs: &[File], temps: &[PathBuf], modes: &[u32]) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
-    for (out, t) in outputs.iter().zip(temps) {
-        out.set_permissions(fs::Permissions::from_mode(mode))
+    for ((out, t), mode) in outputs.iter().zip(temps).zip(modes) {
+        out.set_permissions(fs::Permissions::from_mode(*mode))
             .map_err(|e| format!("set the permissions of {}: {e}", t.display()))?;
     }
     Ok(())
@@ -269,18 +295,15 @@ fn set_modes(outputs: &[File], temps: &[PathBuf], mode: u32) -> Result<(), Strin
 
 /// Once the temps are durable: re-read and hash a small file's temps, and check the source did
 /// not change while it was read.
-/// The temps get the source's permission bits (not set-id or sticky bits), never the wider
-/// default of a new file.
-fn finish(
-    written: Written,
-    source: &Source,
-    temps: &[PathBuf],
-    buffer_bytes: usize,
-) -> Result<Copied, String> {
+/// The temps get their configured permission bits or the source's (not set-id or sticky bits),
+/// never the wider default of a new file.
+fn finish(written: Written, source: &Source, temps: &[Temp], buffer_bytes: usize) -> Result<Copied, String> {
+    let temps: Vec<PathBuf> = temps.iter().map(|t| t.path.clone()).collect();
     let Written {
         input,
         before,
         outputs,
+        modes,
         size,
         sha256,
         verified,
@@ -292,15 +315,14 @@ fn finish(
         mtime_ns: mtime_of(&before),
     };
     if !verified {
-        for t in temps {
+        for t in &temps {
             verify(t, &copied, (size as usize + 1).clamp(4096, buffer_bytes))?;
         }
     }
-    // `write_temps` gave them the source's bits plus the owner's read and write (to write and
-    // verify them) before they were synced; a source without those gets its exact bits now.
-    let mode = before.mode() & 0o777;
-    if mode & 0o600 != 0o600 {
-        set_modes(&outputs, temps, mode)?;
+    // `write_temps` gave them their bits plus the owner's read and write (to write and verify
+    // them) before they were synced; bits without those are set exactly now.
+    if modes.iter().any(|m| m & 0o600 != 0o600) {
+        set_modes(&outputs, &temps, &modes)?;
     }
     let after = input
         .metadata()
@@ -586,6 +608,10 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    fn at(paths: &[PathBuf]) -> Vec<Temp> {
+        paths.iter().cloned().map(Temp::at).collect()
+    }
+
     #[test]
     fn copy_hashes_verifies_and_never_replaces_on_noreplace() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -593,11 +619,11 @@ mod tests {
         std::fs::write(&src, vec![7u8; 3 << 20]).expect("write");
         let temps = [dir.path().join(".a.part"), dir.path().join(".b.part")];
         // 3 MiB through 1 MiB buffers: the pipelined path.
-        let copied = copy_verified(&Source::at(&src), &temps, 1 << 20, &|| false).expect("copies");
+        let copied = copy_verified(&Source::at(&src), &at(&temps), 1 << 20, &|| false).expect("copies");
         assert_eq!(copied.size, 3 << 20);
         assert_eq!(copied.sha256, hash_file(&src, 4096).expect("hashes").1);
         // One buffer: the sequential path gives the same result.
-        let small = copy_verified(&Source::at(&src), &temps, 4 << 20, &|| false).expect("copies");
+        let small = copy_verified(&Source::at(&src), &at(&temps), 4 << 20, &|| false).expect("copies");
         assert_eq!((small.size, &small.sha256), (copied.size, &copied.sha256));
         for t in &temps {
             verify(t, &copied, 4096).expect("verifies");
@@ -651,7 +677,10 @@ mod tests {
         for i in 0..5u8 {
             let src = dir.path().join(format!("src{i}"));
             std::fs::write(&src, vec![i; 4096 + i as usize]).expect("write");
-            jobs.push((Source::at(&src), vec![dir.path().join(format!(".t{i}.part"))]));
+            jobs.push((
+                Source::at(&src),
+                vec![Temp::at(dir.path().join(format!(".t{i}.part")))],
+            ));
         }
         // One source is missing: only its job fails.
         jobs[3].0 = Source::at(&dir.path().join("gone"));
@@ -669,7 +698,7 @@ mod tests {
                 hash_file(&jobs[i].0.path(), 4096).expect("hashes").1
             );
             assert_eq!(
-                std::fs::read(&jobs[i].1[0]).expect("read"),
+                std::fs::read(&jobs[i].1[0].path).expect("read"),
                 vec![i as u8; 4096 + i]
             );
         }
@@ -694,7 +723,7 @@ mod tests {
         std::os::unix::fs::symlink(&secret, folder.join("a.csv")).expect("symlink");
         std::os::unix::fs::symlink(dir.path(), folder.join("up")).expect("symlink");
         for rel in ["a.csv", "up/secret"] {
-            let err = copy_verified(&source(rel, None), &temp, 4096, &|| false).unwrap_err();
+            let err = copy_verified(&source(rel, None), &at(&temp), 4096, &|| false).unwrap_err();
             assert!(err.contains("symbolic link"), "{rel}: {err}");
             assert!(!temp[0].exists(), "{rel}: nothing read");
         }
@@ -702,17 +731,17 @@ mod tests {
         let fifo = std::ffi::CString::new(folder.join("f.csv").to_str().expect("utf-8")).expect("path");
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
-        let err = copy_verified(&source("f.csv", None), &temp, 4096, &|| false).unwrap_err();
+        let err = copy_verified(&source("f.csv", None), &at(&temp), 4096, &|| false).unwrap_err();
         assert!(err.contains("no longer a regular file"), "{err}");
         // The listing's size and mtime must still hold.
         std::fs::write(folder.join("sub/b.csv"), b"payroll").expect("write");
-        let err = copy_verified(&source("sub/b.csv", Some((3, 0))), &temp, 4096, &|| false).unwrap_err();
+        let err = copy_verified(&source("sub/b.csv", Some((3, 0))), &at(&temp), 4096, &|| false).unwrap_err();
         assert!(err.contains("changed since it was listed"), "{err}");
         // The temp gets the source's bits, never the default's wider ones.
         for mode in [0o600, 0o640, 0o400] {
             std::fs::set_permissions(folder.join("sub/b.csv"), std::fs::Permissions::from_mode(mode))
                 .expect("chmod");
-            copy_verified(&source("sub/b.csv", None), &temp, 4096, &|| false).expect("copies");
+            copy_verified(&source("sub/b.csv", None), &at(&temp), 4096, &|| false).expect("copies");
             let got = std::fs::metadata(&temp[0]).expect("stat").permissions().mode() & 0o777;
             assert_eq!(got, mode, "{mode:o}");
             std::fs::set_permissions(&temp[0], std::fs::Permissions::from_mode(0o600)).expect("chmod");
@@ -724,12 +753,22 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let src = dir.path().join("src.bin");
         std::fs::write(&src, b"data").expect("write");
-        let err =
-            copy_verified(&Source::at(&src), &[dir.path().join(".t.part")], 4096, &|| true).unwrap_err();
+        let err = copy_verified(
+            &Source::at(&src),
+            &[Temp::at(dir.path().join(".t.part"))],
+            4096,
+            &|| true,
+        )
+        .unwrap_err();
         assert!(err.contains("fenced"), "{err}");
         std::fs::write(&src, vec![1u8; 1 << 20]).expect("write");
-        let err =
-            copy_verified(&Source::at(&src), &[dir.path().join(".t.part")], 4096, &|| true).unwrap_err();
+        let err = copy_verified(
+            &Source::at(&src),
+            &[Temp::at(dir.path().join(".t.part"))],
+            4096,
+            &|| true,
+        )
+        .unwrap_err();
         assert!(err.contains("fenced"), "pipelined path too: {err}");
     }
 }

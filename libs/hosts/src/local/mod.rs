@@ -282,10 +282,21 @@ impl Host for LocalHost {
     }
 
     async fn write(&self, target: &WriteTarget) -> HostResult<Box<dyn Upload>> {
-        let (host, temp) = (self.name.clone(), crate::path::os(&target.temp_path()));
+        let (host, temp, mode) = (
+            self.name.clone(),
+            crate::path::os(&target.temp_path()),
+            target.mode,
+        );
         let file = blocking(&self.name, move || {
-            fast::create_temp(&temp)
-                .map_err(|e| HostError::io(&host, &format!("create {}", temp.display()), &e))
+            let what = |verb: &str| format!("{verb} {}", temp.display());
+            let file = fast::create_temp(&temp).map_err(|e| HostError::io(&host, &what("create"), &e))?;
+            if let Some(mode) = mode {
+                // Readable and writable by us while we write and read it back; exact at the end.
+                use std::os::unix::fs::PermissionsExt;
+                file.set_permissions(fs::Permissions::from_mode(mode | 0o600))
+                    .map_err(|e| HostError::io(&host, &what("set the permissions of"), &e))?;
+            }
+            Ok(file)
         })
         .await?;
         // The writer runs on the blocking pool: it writes each chunk, re-reads it from the file
@@ -293,7 +304,7 @@ impl Host for LocalHost {
         // writeback every few MiB, and fsyncs when the stream ends.
         let (tx, rx) = tokio::sync::mpsc::channel(WRITE_QUEUE);
         let (host, temp) = (self.name.clone(), crate::path::os(&target.temp_path()));
-        let worker = tokio::task::spawn_blocking(move || write_and_check(&host, &temp, file, rx));
+        let worker = tokio::task::spawn_blocking(move || write_and_check(&host, &temp, file, mode, rx));
         Ok(Box::new(LocalUpload {
             host: self.name.clone(),
             temp: crate::path::os(&target.temp_path()),
@@ -380,6 +391,7 @@ fn write_and_check(
     host: &str,
     temp: &Path,
     mut file: fs::File,
+    mode: Option<u32>,
     mut rx: tokio::sync::mpsc::Receiver<Bytes>,
 ) -> HostResult<u64> {
     use std::io::Write;
@@ -410,6 +422,11 @@ fn write_and_check(
             fast::start_writeback(&file, flushed, at - flushed);
             flushed = at;
         }
+    }
+    if let Some(mode) = mode.filter(|m| m & 0o600 != 0o600) {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| io_err("set the permissions of", &e))?;
     }
     file.sync_all().map_err(|e| io_err("fsync", &e))?;
     Ok(at)
