@@ -321,6 +321,24 @@ async fn a_run_whose_collector_stopped_while_sending_finishes_with_what_was_sent
     Ok(())
 }
 
+/// Take each delivery of `consumer`'s one message and hand it straight back (a worker that
+/// crashes on it every time), until JetStream stops delivering it.
+async fn hand_back_every_delivery(
+    consumer: &async_nats::jetstream::consumer::PullConsumer,
+) -> anyhow::Result<()> {
+    let mut messages = consumer.messages().await?;
+    for _ in 0..ferry_wire::topology::MAX_DELIVER {
+        let message = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut messages))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the queue ended"))??;
+        message
+            .ack_with(async_nats::jetstream::AckKind::Nak(None))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(())
+}
+
 /// A work batch every transfer worker takes and never finishes (here: a worker that gives each
 /// delivery back at once) is dead-lettered after `MAX_DELIVER` deliveries: the run finishes
 /// instead of waiting for good, its files fail with why, their sources stay, the batch leaves the
@@ -338,18 +356,7 @@ async fn a_batch_no_transfer_finishes_is_dead_lettered_and_the_run_finishes() ->
     // The consumer exactly as transfer makes it; a "worker" that hands every delivery back.
     let consumer = ferry_transfer::file_queue_consumer(&node.js, Duration::from_secs(5)).await?;
     let run_id = node.request_run("poison").await?;
-    let mut deliveries = 0;
-    let mut batches = consumer.messages().await?;
-    while deliveries < ferry_wire::topology::MAX_DELIVER {
-        let message = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut batches))
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("the queue ended"))??;
-        deliveries += 1;
-        message
-            .ack_with(async_nats::jetstream::AckKind::Nak(None))
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
+    hand_back_every_delivery(&consumer).await?;
     let finished =
         ferry_service::streams::wait_for_run(&node.js, "poison", run_id, Duration::from_secs(30)).await?;
     assert_eq!(finished.status, RunStatus::Failed);
@@ -407,18 +414,7 @@ async fn a_run_request_no_collector_finishes_is_dead_lettered_and_frees_its_task
     let runs = node.js.get_key_value(ferry_wire::topology::KV_RUNS).await?;
     let lock = ferry_wire::TaskLock { run_id, epoch: 1 };
     runs.put("lock.poison", ferry_wire::encode(&lock)).await?;
-    let mut deliveries = 0;
-    let mut requests = consumer.messages().await?;
-    while deliveries < ferry_wire::topology::MAX_DELIVER {
-        let message = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut requests))
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("the queue ended"))??;
-        deliveries += 1;
-        message
-            .ack_with(async_nats::jetstream::AckKind::Nak(None))
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
+    hand_back_every_delivery(&consumer).await?;
     let finished =
         ferry_service::streams::wait_for_run(&node.js, "poison", run_id, Duration::from_secs(30)).await?;
     assert_eq!(finished.status, RunStatus::Failed);

@@ -24,7 +24,7 @@ use ferry_wire::{
     BatchResult, FileResult, Outcome, RunRequested, RunStatus, WorkBatch, plan, subjects, topology,
 };
 
-/// Follow the max-deliveries advisories of the file queue until shut down.
+/// Follow the max-deliveries advisories of the file queue and the run queue until shut down.
 pub async fn follow(
     client: async_nats::Client,
     js: jetstream::Context,
