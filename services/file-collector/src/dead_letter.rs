@@ -85,24 +85,41 @@ async fn subscribe_all<const N: usize>(
     Ok(all)
 }
 
+/// The message at `seq` of `stream` that its consumer gave up on, with the stream to delete it
+/// from. `None` when it is gone (another collector answered it, or its consumer finished it
+/// after all) or unreadable (`valid` refuses it, or it does not decode: then it is removed).
+async fn dead_letter<T: serde::de::DeserializeOwned>(
+    js: &jetstream::Context,
+    stream: &str,
+    seq: u64,
+    valid: impl Fn(&T) -> bool,
+) -> anyhow::Result<Option<(jetstream::stream::Stream, T)>> {
+    let queue = js
+        .get_stream(stream)
+        .await
+        .with_context(|| format!("open {stream}"))?;
+    let Ok(message) = queue.get_raw_message(seq).await else {
+        return Ok(None);
+    };
+    match ferry_wire::decode::<T>(&message.payload) {
+        Ok(value) if valid(&value) => Ok(Some((queue, value))),
+        _ => {
+            tracing::error!(%stream, seq, "removing an unreadable dead-lettered message");
+            let _ = queue.delete_message(seq).await;
+            Ok(None)
+        }
+    }
+}
+
 /// End the run whose request is at `seq` of the run queue as failed, free its task, and remove
 /// the request from the queue.
 async fn end_run(js: &jetstream::Context, node: &str, seq: u64, deliveries: u64) -> anyhow::Result<()> {
-    let queue = js
-        .get_stream(topology::STREAM_RUNQ)
-        .await
-        .context("open run queue")?;
-    // Gone: another collector answered it, or a run finished it after all.
-    let Ok(message) = queue.get_raw_message(seq).await else {
+    let Some((queue, request)) = dead_letter::<RunRequested>(js, topology::STREAM_RUNQ, seq, |r| {
+        ferry_config::is_valid_name(&r.task)
+    })
+    .await?
+    else {
         return Ok(());
-    };
-    let request = match ferry_wire::decode::<RunRequested>(&message.payload) {
-        Ok(r) if ferry_config::is_valid_name(&r.task) => r,
-        _ => {
-            tracing::error!(seq, "removing an unreadable dead-lettered run request");
-            let _ = queue.delete_message(seq).await;
-            return Ok(());
-        }
     };
     let why = format!(
         "dead-lettered: the file-collector took this run request {deliveries} times and never \
@@ -137,21 +154,10 @@ async fn end_run(js: &jetstream::Context, node: &str, seq: u64, deliveries: u64)
 
 /// Fail every file of the batch at `seq` of the file queue, then remove it from the queue.
 async fn answer(js: &jetstream::Context, node: &str, seq: u64, deliveries: u64) -> anyhow::Result<()> {
-    let queue = js
-        .get_stream(topology::STREAM_FILEQ)
-        .await
-        .context("open file queue")?;
-    // Gone: another collector answered it, or a transfer finished it after all.
-    let Ok(message) = queue.get_raw_message(seq).await else {
+    let Some((queue, batch)) =
+        dead_letter::<WorkBatch>(js, topology::STREAM_FILEQ, seq, |b| !b.items.is_empty()).await?
+    else {
         return Ok(());
-    };
-    let batch = match ferry_wire::decode::<WorkBatch>(&message.payload) {
-        Ok(batch) if !batch.items.is_empty() => batch,
-        _ => {
-            tracing::error!(seq, "removing an unreadable dead-lettered work batch");
-            let _ = queue.delete_message(seq).await;
-            return Ok(());
-        }
     };
     let why = format!(
         "dead-lettered: transfer took this file's work batch {deliveries} times and never finished it \
