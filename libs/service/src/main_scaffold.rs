@@ -87,7 +87,9 @@ async fn signal() {
 }
 
 /// Structured logs on stderr: JSON when `FERRY_LOG_FORMAT=json`, filter from `RUST_LOG`
-/// (default `info`). Safe to call more than once.
+/// (default `info`). Safe to call more than once. Every field of a text line goes through
+/// [`EscapedFields`] (JSON escapes on its own), so a name from a listing or a message cannot
+/// break a line, fake one, or send escape sequences to a terminal.
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -97,6 +99,110 @@ pub fn init_logging() {
     let _ = if std::env::var("FERRY_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().try_init()
     } else {
-        builder.try_init()
+        builder.fmt_fields(EscapedFields).try_init()
     };
+}
+
+/// The fields of a text log line, as tracing's default writes them (`message key=value ...`,
+/// strings quoted), with control characters and bidirectional overrides escaped in every value
+/// ([`ferry_hosts::path::printable`]) — also in `%`-formatted fields and in the message, which
+/// the default writes raw.
+pub struct EscapedFields;
+
+impl<'writer> tracing_subscriber::fmt::FormatFields<'writer> for EscapedFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: tracing_subscriber::fmt::format::Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut visitor = EscapingVisitor {
+            writer: &mut writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct EscapingVisitor<'a, 'w> {
+    writer: &'a mut tracing_subscriber::fmt::format::Writer<'w>,
+    first: bool,
+    result: std::fmt::Result,
+}
+
+impl EscapingVisitor<'_, '_> {
+    fn write(&mut self, field: &tracing::field::Field, text: &str) {
+        if self.result.is_err() {
+            return;
+        }
+        let sep = if std::mem::take(&mut self.first) { "" } else { " " };
+        let text = ferry_hosts::path::printable(text);
+        self.result = match field.name() {
+            "message" => write!(self.writer, "{sep}{text}"),
+            name => write!(self.writer, "{sep}{}={text}", name.trim_start_matches("r#")),
+        };
+    }
+}
+
+impl tracing::field::Visit for EscapingVisitor<'_, '_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.write(field, value);
+        } else {
+            self.write(field, &format!("{value:?}"));
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.write(field, &format!("{value:?}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    /// What the text formatter writes, one event at a time.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_field_of_a_text_line_is_escaped() {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .without_time()
+            .fmt_fields(super::EscapedFields)
+            .with_writer(move || writer.clone())
+            .finish();
+        let hostile = "a.csv\n2026-12-02T00:00:00Z  INFO fake: delivered\x1b[2J\u{202e}vsc.exe";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(path = %hostile, debug = ?hostile, plain = hostile, n = 3, "seen {hostile}");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.matches('\n').count(), 1, "one event, one line: {text:?}");
+        assert!(!text.contains('\x1b') && !text.contains('\u{202e}'), "{text:?}");
+        assert!(
+            text.contains(
+                "seen a.csv\\n2026-12-02T00:00:00Z  INFO fake: delivered\\u{1b}[2J\\u{202e}vsc.exe"
+            ),
+            "{text:?}"
+        );
+        assert!(text.contains(" path=a.csv\\n2026"), "{text:?}");
+        assert!(text.contains(" plain=\"a.csv\\n2026"), "{text:?}");
+        assert!(text.contains(" debug=\"a.csv\\n2026"), "{text:?}");
+        assert!(text.trim_end().ends_with(" n=3"), "{text:?}");
+    }
 }
