@@ -383,7 +383,7 @@ async fn a_batch_no_transfer_finishes_is_dead_lettered_and_the_run_finishes() ->
 
 /// A run request no collector finishes (here: a "collector" that hands every delivery back; in
 /// life one that crashes or stalls on it each time) is dead-lettered after `MAX_DELIVER`
-/// deliveries: the run ends as failed with why, its task lock is freed, the request leaves the
+/// deliveries — even while no collector is there to hear it — and once one is: the run ends as failed with why, its task lock is freed, the request leaves the
 /// queue, the source stays, and `ferry runs show` says it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_request_no_collector_finishes_is_dead_lettered_and_frees_its_task() -> anyhow::Result<()> {
@@ -399,14 +399,6 @@ async fn a_run_request_no_collector_finishes_is_dead_lettered_and_frees_its_task
     std::fs::write(src.join("poison.csv"), "takes every collector down")?;
     node.apply(&local_task("poison", &src, &dst, "delete_after = true", ""))
         .await?;
-    // What a collector does besides taking requests: follow the dead letters.
-    let stop = tokio_util::sync::CancellationToken::new();
-    let follower = tokio::spawn(ferry_file_collector::dead_letter::follow(
-        node.client.clone(),
-        node.js.clone(),
-        "node1".into(),
-        stop.clone(),
-    ));
     // The consumer exactly as the collector makes it, and a "collector" that took the task lock
     // and then hands every delivery back.
     let consumer = ferry_file_collector::run_queue_consumer(&node.js, 4).await?;
@@ -415,6 +407,24 @@ async fn a_run_request_no_collector_finishes_is_dead_lettered_and_frees_its_task
     let lock = ferry_wire::TaskLock { run_id, epoch: 1 };
     runs.put("lock.poison", ferry_wire::encode(&lock)).await?;
     hand_back_every_delivery(&consumer).await?;
+    // JetStream gave up on it while nothing followed the dead letters (the advisory is a plain
+    // NATS message): the dead-letter stream keeps it for the collector that starts later.
+    let dead_letters = node
+        .js
+        .get_stream(ferry_wire::topology::STREAM_DEADLETTER)
+        .await?;
+    eventually(Duration::from_secs(10), "the advisory kept", || {
+        let mut dead_letters = dead_letters.clone();
+        async move { (dead_letters.info().await.ok()?.state.messages == 1).then_some(()) }
+    })
+    .await?;
+    // What a collector does besides taking requests: answer the dead letters.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let follower = tokio::spawn(ferry_file_collector::dead_letter::follow(
+        node.js.clone(),
+        "node1".into(),
+        stop.clone(),
+    ));
     let finished =
         ferry_service::streams::wait_for_run(&node.js, "poison", run_id, Duration::from_secs(30)).await?;
     assert_eq!(finished.status, RunStatus::Failed);
@@ -438,6 +448,11 @@ async fn a_run_request_no_collector_finishes_is_dead_lettered_and_frees_its_task
         0,
         "the request left the queue"
     );
+    eventually(Duration::from_secs(10), "the advisory answered", || {
+        let mut dead_letters = dead_letters.clone();
+        async move { (dead_letters.info().await.ok()?.state.messages == 0).then_some(()) }
+    })
+    .await?;
     let shown = ferry_tests::ferry_cli(&nats.url(), &["runs", "show", &run_id.to_string()], work.path());
     let text = String::from_utf8_lossy(&shown.stdout);
     assert!(text.contains("dead-lettered"), "{text}");

@@ -61,13 +61,14 @@ pub const SERVICES: [&str; 5] = [
     service::FAILOVER_COORDINATOR,
 ];
 
-const STREAMS: [&str; 6] = [
+const STREAMS: [&str; 7] = [
     topology::STREAM_RUNQ,
     topology::STREAM_FILEQ,
     topology::STREAM_RESULTS,
     topology::STREAM_EVENTS,
     topology::STREAM_AUDIT,
     topology::STREAM_AUDIT_SEALS,
+    topology::STREAM_DEADLETTER,
 ];
 const BUCKETS: [&str; 5] = [
     topology::KV_CONFIG,
@@ -184,10 +185,8 @@ pub fn for_service(node: &str, service_name: &str) -> Permissions {
                     format!("$JS.API.STREAM.MSG.DELETE.{}", topology::STREAM_FILEQ),
                     format!("$JS.API.STREAM.MSG.DELETE.{}", topology::STREAM_RUNQ),
                 ])
-                .subscribe([
-                    subjects::max_deliveries_advisory(topology::STREAM_FILEQ, topology::CONSUMER_TRANSFER),
-                    subjects::max_deliveries_advisory(topology::STREAM_RUNQ, topology::CONSUMER_COLLECTOR),
-                ]);
+                // The max-deliveries advisories of both queues, as the dead-letter stream keeps them.
+                .read_stream(topology::STREAM_DEADLETTER);
         }
         service::TRANSFER => {
             p.read_stream(topology::STREAM_FILEQ)

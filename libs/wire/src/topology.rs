@@ -16,6 +16,9 @@ pub const STREAM_EVENTS: &str = "FERRY_EVENTS";
 pub const STREAM_AUDIT: &str = "FERRY_AUDIT";
 /// The audit trail's hash chain ([`crate::seal`]); kept longer than the records it seals.
 pub const STREAM_AUDIT_SEALS: &str = "FERRY_AUDIT_SEALS";
+/// JetStream's max-deliveries advisories of the run queue and the file queue, kept until a
+/// file-collector has answered them (work-queue retention).
+pub const STREAM_DEADLETTER: &str = "FERRY_DEADLETTER";
 /// Revisions of the configuration the bucket keeps (`ferry config history` / `rollback`).
 pub const CONFIG_HISTORY: i64 = 20;
 
@@ -70,50 +73,60 @@ pub const DEDUPE_WINDOW: Duration = Duration::from_secs(30 * 60);
 /// Create or update every stream and bucket. Safe to run concurrently from every service.
 pub async fn ensure(js: &jetstream::Context, options: Options) -> Result<(), async_nats::Error> {
     let day = Duration::from_secs(24 * 3600);
+    let one = |subject: &str| vec![subject.to_string()];
     let streams = [
         (
             STREAM_RUNQ,
-            crate::subjects::RUN_REQUESTS,
+            one(crate::subjects::RUN_REQUESTS),
             stream::RetentionPolicy::WorkQueue,
             7 * day,
         ),
         (
             STREAM_FILEQ,
-            crate::subjects::FILE_BATCHES,
+            one(crate::subjects::FILE_BATCHES),
             stream::RetentionPolicy::WorkQueue,
             7 * day,
         ),
         (
             STREAM_RESULTS,
-            crate::subjects::BATCH_RESULTS,
+            one(crate::subjects::BATCH_RESULTS),
             stream::RetentionPolicy::Limits,
             7 * day,
         ),
         (
             STREAM_EVENTS,
-            crate::subjects::EVENTS,
+            one(crate::subjects::EVENTS),
             stream::RetentionPolicy::Limits,
             90 * day,
         ),
         (
             STREAM_AUDIT,
-            crate::subjects::AUDIT,
+            one(crate::subjects::AUDIT),
             stream::RetentionPolicy::Limits,
             365 * day,
         ),
         (
             STREAM_AUDIT_SEALS,
-            crate::subjects::AUDIT_SEAL,
+            one(crate::subjects::AUDIT_SEAL),
             stream::RetentionPolicy::Limits,
             400 * day,
         ),
+        (
+            STREAM_DEADLETTER,
+            vec![
+                crate::subjects::max_deliveries_advisory(STREAM_RUNQ, CONSUMER_COLLECTOR),
+                crate::subjects::max_deliveries_advisory(STREAM_FILEQ, CONSUMER_TRANSFER),
+            ],
+            stream::RetentionPolicy::WorkQueue,
+            7 * day,
+        ),
     ];
-    for (name, subject, retention, max_age) in streams {
+    for (name, subjects, retention, max_age) in &streams {
         let config = stream::Config {
             name: name.to_string(),
-            subjects: vec![subject.to_string()],
-            retention,
-            max_age,
+            subjects: subjects.clone(),
+            retention: *retention,
+            max_age: *max_age,
             duplicate_window: DEDUPE_WINDOW,
             storage: stream::StorageType::File,
             num_replicas: options.replicas,
@@ -149,8 +162,8 @@ pub async fn ensure(js: &jetstream::Context, options: Options) -> Result<(), asy
     }
     // On a cluster, a stream another process has just created can still answer "not found" on
     // some servers for a moment: do not report the topology ready until every piece opens.
-    for (name, ..) in streams {
-        js.get_stream(name).await?;
+    for (name, ..) in &streams {
+        js.get_stream(*name).await?;
     }
     for (bucket, ..) in buckets {
         js.get_key_value(bucket).await?;

@@ -1,6 +1,6 @@
 //! Messages their consumer gave up on. Both queues' consumers deliver a message at most
-//! [`topology::MAX_DELIVER`] times; past that JetStream stops and says so in an advisory, and
-//! every collector listens:
+//! [`topology::MAX_DELIVER`] times; past that JetStream stops and says so in an advisory, which
+//! the dead-letter stream keeps until a collector has answered it:
 //!
 //! - A **work batch** transfer never finished: a run would wait for its result for good, holding
 //!   a running-task slot. The collector answers the batch in transfer's place — each file failed,
@@ -14,8 +14,10 @@
 //!
 //! Either way `ferry runs show` says why.
 
+use std::time::Duration;
+
 use anyhow::Context;
-use async_nats::jetstream;
+use async_nats::jetstream::{self, AckKind};
 use chrono::Utc;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -24,65 +26,93 @@ use ferry_wire::{
     BatchResult, FileResult, Outcome, RunRequested, RunStatus, WorkBatch, plan, subjects, topology,
 };
 
-/// Follow the max-deliveries advisories of the file queue and the run queue until shut down.
-pub async fn follow(
-    client: async_nats::Client,
-    js: jetstream::Context,
-    node: String,
-    shutdown: CancellationToken,
-) {
-    let batches = subjects::max_deliveries_advisory(topology::STREAM_FILEQ, topology::CONSUMER_TRANSFER);
-    let requests = subjects::max_deliveries_advisory(topology::STREAM_RUNQ, topology::CONSUMER_COLLECTOR);
-    let mut advisories = match subscribe_all(&client, [&batches, &requests]).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot follow dead-lettered messages");
-            return;
-        }
+/// Answer the max-deliveries advisories of the file queue and the run queue until shut down.
+/// JetStream keeps them in [`topology::STREAM_DEADLETTER`] (a plain NATS message would be lost
+/// while no collector listens, and its run would wait for the file queue's 7-day expiry); one
+/// collector of the cluster takes each, through the durable consumer this makes.
+pub async fn follow(js: jetstream::Context, node: String, shutdown: CancellationToken) {
+    let Ok(consumer) = ferry_service::nats::retry("create the dead-letter consumer", &shutdown, || {
+        dead_letter_consumer(&js)
+    })
+    .await
+    else {
+        return;
     };
-    loop {
-        let advisory = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = advisories.next() => match a {
-                Some(a) => a,
-                None => return,
-            },
+    let requests = subjects::max_deliveries_advisory(topology::STREAM_RUNQ, topology::CONSUMER_COLLECTOR);
+    let batches = subjects::max_deliveries_advisory(topology::STREAM_FILEQ, topology::CONSUMER_TRANSFER);
+    while !shutdown.is_cancelled() {
+        let pulled = consumer
+            .batch()
+            .max_messages(16)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await;
+        let mut pulled = match pulled {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "pull dead-lettered messages");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
         };
-        #[derive(serde::Deserialize)]
-        struct MaxDeliveries {
-            stream_seq: u64,
-            deliveries: u64,
-        }
-        let Ok(max) = serde_json::from_slice::<MaxDeliveries>(&advisory.payload) else {
-            tracing::warn!("skipping an unreadable max-deliveries advisory");
-            continue;
-        };
-        let answered = if advisory.subject.as_str() == requests {
-            end_run(&js, &node, max.stream_seq, max.deliveries).await
-        } else {
-            answer(&js, &node, max.stream_seq, max.deliveries).await
-        };
-        if let Err(e) = answered {
-            tracing::error!(subject = %advisory.subject, seq = max.stream_seq, error = %format!("{e:#}"), "answering a dead-lettered message failed");
+        loop {
+            let advisory = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                a = pulled.next() => match a {
+                    Some(Ok(a)) => a,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "pull dead-lettered messages");
+                        break;
+                    }
+                    None => break,
+                },
+            };
+            #[derive(serde::Deserialize)]
+            struct MaxDeliveries {
+                stream_seq: u64,
+                deliveries: u64,
+            }
+            let subject = advisory.subject.as_str();
+            let answered = match serde_json::from_slice::<MaxDeliveries>(&advisory.payload) {
+                Ok(max) if subject == requests => end_run(&js, &node, max.stream_seq, max.deliveries).await,
+                Ok(max) if subject == batches => answer(&js, &node, max.stream_seq, max.deliveries).await,
+                _ => {
+                    tracing::warn!(subject = %ferry_hosts::path::shown(subject), "skipping an unreadable max-deliveries advisory");
+                    Ok(())
+                }
+            };
+            match answered {
+                Ok(()) => {
+                    if let Err(e) = advisory.double_ack().await {
+                        tracing::warn!(error = %e, "ack a max-deliveries advisory");
+                    }
+                }
+                Err(e) => {
+                    let wait = crate::redelivery_wait(&advisory);
+                    tracing::error!(subject = %advisory.subject, error = %format!("{e:#}"), retry_in = ?wait, "answering a dead-lettered message failed; will retry");
+                    let _ = advisory.ack_with(AckKind::Nak(Some(wait))).await;
+                }
+            }
         }
     }
 }
 
-/// One stream of the messages on every subject of `subjects`.
-async fn subscribe_all<const N: usize>(
-    client: &async_nats::Client,
-    subjects: [&String; N],
-) -> anyhow::Result<futures::stream::SelectAll<async_nats::Subscriber>> {
-    let mut all = futures::stream::SelectAll::new();
-    for subject in subjects {
-        all.push(
-            client
-                .subscribe(subject.clone())
-                .await
-                .with_context(|| format!("subscribe to {subject}"))?,
-        );
-    }
-    Ok(all)
+/// The collectors' durable consumer of the dead-letter stream: each advisory goes to one of
+/// them, is handed back after trouble (see [`crate::redelivery_wait`]) and, like every
+/// consumer's message, is given up after [`topology::MAX_DELIVER`] deliveries.
+async fn dead_letter_consumer(js: &jetstream::Context) -> anyhow::Result<jetstream::consumer::PullConsumer> {
+    let stream = js
+        .get_stream(topology::STREAM_DEADLETTER)
+        .await
+        .context("open the dead-letter stream")?;
+    let config = jetstream::consumer::pull::Config {
+        durable_name: Some(topology::CONSUMER_COLLECTOR.to_string()),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(60),
+        max_deliver: topology::MAX_DELIVER,
+        ..Default::default()
+    };
+    ferry_service::streams::durable_consumer(&stream, config).await
 }
 
 /// The message at `seq` of `stream` that its consumer gave up on, with the stream to delete it

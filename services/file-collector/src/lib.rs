@@ -101,7 +101,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         lost_batch_check: Duration::from_secs(settings.file_collector.lost_batch_check_secs),
     });
     let dead_letters = tokio::spawn(dead_letter::follow(
-        client.clone(),
         js.clone(),
         settings.node_id.clone(),
         shutdown.child_token(),
@@ -223,11 +222,9 @@ impl Collector {
                 }
             }
             Err(e) => {
-                // Infrastructure trouble (NATS unavailable): let JetStream redeliver, later each
-                // time (2 s, 4 s, … 60 s: about five minutes before the request is dead-lettered);
-                // the run resumes.
-                let delivered = message.info().map(|i| i.delivered).unwrap_or(1).clamp(1, 6);
-                let wait = Duration::from_secs((2u64 << (delivered - 1)).min(60));
+                // Infrastructure trouble (NATS unavailable): let JetStream redeliver; the run
+                // resumes.
+                let wait = redelivery_wait(&message);
                 tracing::error!(task = %request.task, run_id = %request.run_id, error = format!("{e:#}"), retry_in = ?wait, "run interrupted; will resume");
                 let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
             }
@@ -734,6 +731,14 @@ async fn release_lock(runs_kv: &kv::Store, lock_key: &str, run_id: &str) {
 
 /// The shared durable consumer of the run queue: at most `max_running` requests in progress, each
 /// delivered at most `topology::MAX_DELIVER` times.
+/// How long to wait before a message handed back after infrastructure trouble comes again:
+/// later each time (2 s, 4 s, … 60 s: about five minutes before [`topology::MAX_DELIVER`]
+/// deliveries dead-letter it).
+pub(crate) fn redelivery_wait(message: &async_nats::jetstream::Message) -> Duration {
+    let delivered = message.info().map(|i| i.delivered).unwrap_or(1).clamp(1, 6);
+    Duration::from_secs((2u64 << (delivered - 1)).min(60))
+}
+
 pub async fn run_queue_consumer(
     js: &jetstream::Context,
     max_running: usize,
