@@ -405,3 +405,78 @@ async fn mutual_tls_carries_a_node_and_the_cli_and_refuses_clients_it_cannot_ver
     node.shutdown().await;
     Ok(())
 }
+
+/// The compose deployment's files (`compose/`) agree with each other: the `nats-users`
+/// service's `ferry nats setup`, the server's `include` of the auth.conf it writes, and the node
+/// settings' seed files — so NATS refuses an anonymous client, every service connects as its own
+/// user and a task runs, and the `ferry` command in a container is the admin. (What is not run
+/// here is docker itself: no container registry on the test machines.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_compose_files_give_every_service_its_own_user() -> anyhow::Result<()> {
+    use anyhow::Context;
+    const KEYS: &str = "/var/lib/ferry/nats-keys";
+    let root = ferry_testkit::workspace_root().join("compose");
+    let compose = std::fs::read_to_string(root.join("docker-compose.yml"))?;
+    let nats_conf = std::fs::read_to_string(root.join("nats.conf"))?;
+    let line = compose
+        .lines()
+        .find(|l| l.contains(r#""nats", "setup""#))
+        .context("the nats-users service's command")?;
+    let command: Vec<String> = serde_json::from_str(line.trim().trim_start_matches("command:").trim())?;
+    assert_eq!(command[..3], ["ferry", "nats", "setup"]);
+    assert!(
+        compose.contains(&format!("- nats-keys:{KEYS}\n")),
+        "nats-users writes the volume"
+    );
+    assert!(
+        compose.contains(&format!("- nats-keys:{KEYS}:ro\n")),
+        "the services read it"
+    );
+    assert!(
+        compose.contains("- nats-keys:/etc/nats/keys:ro\n"),
+        "the server reads it"
+    );
+    assert!(nats_conf.contains("include \"keys/auth.conf\""), "{nats_conf}");
+
+    let dir = tempfile::tempdir()?;
+    let keys = dir.path().join("keys");
+    let keys_text = keys.to_str().expect("utf-8");
+    let out = std::process::Command::new(bin_path("ferry"))
+        .args(command[1..].iter().map(|a| a.replace(KEYS, keys_text)))
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let nats = NatsServer::start_with(&std::fs::read_to_string(keys.join("auth.conf"))?)?;
+    let url = nats.url();
+    let anonymous = async_nats::ConnectOptions::new().connect(url.as_str()).await;
+    assert!(anonymous.is_err(), "an unauthenticated client is refused");
+
+    let compose_node = ferry_service::Settings::load(Some(&root.join("node.toml")))?;
+    let seed_file = compose_node.nats.nkey_seed_file.clone().unwrap_or_default();
+    assert!(seed_file.starts_with(KEYS), "{seed_file}");
+    let mut node_settings = settings(&url);
+    node_settings.node_id = compose_node.node_id.clone();
+    node_settings.nats = NatsAuth {
+        nkey_seed_file: Some(seed_file.replace(KEYS, keys_text)),
+        ..compose_node.nats.clone()
+    };
+    let node = Node::start(node_settings).await?;
+    let (src, dst) = (dir.path().join("in"), dir.path().join("out"));
+    std::fs::create_dir_all(&src)?;
+    std::fs::write(src.join("a.txt"), "a")?;
+    let config = dir.path().join("demo.toml");
+    std::fs::write(&config, local_task("demo", &src, &dst, "", ""))?;
+    let cli_seed = keys.join(&compose_node.node_id).join("cli.nk");
+    let (ok, text) = cli(
+        &url,
+        Some(&cli_seed),
+        &["apply", "-f", config.to_str().expect("utf-8")],
+        dir.path(),
+    );
+    assert!(ok, "the CLI in a container is the admin: {text}");
+    let run = node.run_task("demo", Duration::from_secs(60)).await?;
+    assert_eq!(run.files_delivered, 1, "{:?}", run.error);
+    let log = nats.log();
+    assert!(!log.contains("Violation"), "{log}");
+    node.shutdown().await;
+    Ok(())
+}

@@ -116,6 +116,12 @@ async fn sftp_download_gets_the_configured_mode() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sftp_upload_gets_the_configured_mode() {
+    let remote = Remote::sftp().expect("sshd");
+    remote::an_upload_gets_the_configured_mode(&remote).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sftp_hostile_names_cannot_escape() {
     let remote = Remote::sftp().expect("sshd");
     remote::hostile_names_cannot_escape(&remote).await;

@@ -974,13 +974,13 @@ fn validate_destination(
     };
     if d.mode.is_some()
         && let Some(Some(kind)) = hosts.get(&d.host)
-        && *kind != HostKind::Local
+        && !matches!(kind, HostKind::Local | HostKind::Sftp)
     {
         check.error(
             format!("{path}.mode"),
             d.mode.clone().unwrap_or_default(),
             format!(
-                "is applied only on the node's own disks (host kind local); host {:?} is {}",
+                "is applied only where files have POSIX permission bits (host kinds local and sftp); host {:?} is {}",
                 d.host,
                 kind.as_str()
             ),

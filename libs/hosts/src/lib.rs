@@ -296,8 +296,9 @@ pub struct WriteTarget {
     /// Continue an earlier attempt's temp file if the host can ([`Upload::offset`] says from
     /// where); otherwise, and when false, start afresh (replacing a stale temp).
     pub resume: bool,
-    /// Permission bits for the file (only the node's own disks set them: configuration refuses
-    /// a `mode` on other kinds); `None`: a new file's default less the umask.
+    /// Permission bits for the file (the node's own disks and SFTP servers set them:
+    /// configuration refuses a `mode` on other kinds); `None`: a new file's default less the
+    /// umask (on an SFTP server, the server's).
     pub mode: Option<u32>,
 }
 

@@ -1156,6 +1156,44 @@ pub async fn a_trickling_server_is_cut_off(remote: &Remote) {
 
 /// A file downloaded to the node's disks gets the destination's `mode` exactly (the upload sets
 /// it on the open temp before its fsync, so no crash leaves wider bits under the final name).
+/// A file delivered to the server gets the destination's `mode` before it gets its name — also
+/// one without the owner's write bit, and also when it replaces an existing file.
+pub async fn an_upload_gets_the_configured_mode(remote: &Remote) {
+    use std::os::unix::fs::PermissionsExt;
+    let (_nats, node) = node().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = dir.path().join("up");
+    std::fs::create_dir_all(&up).expect("mkdir");
+    std::fs::write(up.join("m.txt"), b"mode me").expect("write");
+    std::fs::set_permissions(up.join("m.txt"), std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let mut config = vec![remote.host("partner", true)];
+    for mode in ["0640", "0440"] {
+        let folder = remote
+            .make_folder(&format!("up{mode}"))
+            .await
+            .expect("a server serving a local folder");
+        std::fs::write(folder.join("m.txt"), b"an older file").expect("write");
+        config.push(
+            task(
+                &format!("up{mode}"),
+                ("local", &up.to_string_lossy()),
+                ("partner", &remote.folder(&format!("up{mode}"))),
+                "",
+            ) + &format!("mode = \"{mode}\"\noverwrite = \"overwrite\"\n"),
+        );
+    }
+    node.apply(&config.join("\n")).await.expect("apply");
+    for (mode, bits) in [("0640", 0o640), ("0440", 0o440)] {
+        let finished = run(&node, &format!("up{mode}")).await;
+        assert_eq!(finished.files_delivered, 1, "{}", summary(&finished));
+        let folder = remote.make_folder(&format!("up{mode}")).await.expect("folder");
+        let delivered = folder.join("m.txt");
+        assert_eq!(std::fs::read(&delivered).expect("delivered"), b"mode me");
+        let got = std::fs::metadata(&delivered).expect("stat").permissions().mode() & 0o7777;
+        assert_eq!(got, bits, "{mode}");
+    }
+}
+
 pub async fn a_download_gets_the_configured_mode(remote: &Remote) {
     use std::os::unix::fs::PermissionsExt;
     let (_nats, node) = node().await;

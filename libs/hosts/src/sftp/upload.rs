@@ -48,17 +48,31 @@ pub(super) async fn begin(inner: Arc<Inner>, target: &WriteTarget) -> HostResult
         match found {
             Ok(meta) if meta.file_type().is_some_and(|t| t.is_file()) => {
                 let size = meta.len().unwrap_or(0);
-                let mut file = ctx
+                let opened = ctx
                     .run(
                         &format!("open {temp}"),
                         sftp.options().write(true).open(remote(&temp)),
                     )
-                    .await?;
-                let offset = size.saturating_sub(WRITE_WINDOW);
-                if offset < size {
-                    ctx.run(&format!("truncate {temp}"), file.set_len(offset)).await?;
+                    .await;
+                match opened {
+                    Ok(mut file) => {
+                        let offset = size.saturating_sub(WRITE_WINDOW);
+                        if offset < size {
+                            ctx.run(&format!("truncate {temp}"), file.set_len(offset)).await?;
+                        }
+                        return Ok(Box::new(SftpUpload::new(
+                            inner,
+                            lease,
+                            file,
+                            temp,
+                            offset,
+                            target.mode,
+                        )));
+                    }
+                    Err(e) if e.is_transient() => return Err(e),
+                    // Not writable (a finished temp already given a read-only `mode`): start over.
+                    Err(_) => {}
                 }
-                return Ok(Box::new(SftpUpload::new(inner, lease, file, temp, offset)));
             }
             Ok(_) => {}
             Err(e) if e.kind == ErrorKind::NotFound => {}
@@ -84,7 +98,14 @@ pub(super) async fn begin(inner: Arc<Inner>, target: &WriteTarget) -> HostResult
             sftp.options().write(true).create_new(true).open(remote(&temp)),
         )
         .await?;
-    Ok(Box::new(SftpUpload::new(inner, lease, file, temp, 0)))
+    Ok(Box::new(SftpUpload::new(
+        inner,
+        lease,
+        file,
+        temp,
+        0,
+        target.mode,
+    )))
 }
 
 type WriteTask = JoinHandle<Result<usize, SftpError>>;
@@ -103,10 +124,19 @@ struct SftpUpload {
     writes: VecDeque<WriteTask>,
     in_flight: u64,
     failed: Option<HostError>,
+    /// Permission bits the temp gets once written ([`WriteTarget::mode`]).
+    mode: Option<u32>,
 }
 
 impl SftpUpload {
-    fn new(inner: Arc<Inner>, lease: Lease, file: File, temp: String, offset: u64) -> SftpUpload {
+    fn new(
+        inner: Arc<Inner>,
+        lease: Lease,
+        file: File,
+        temp: String,
+        offset: u64,
+        mode: Option<u32>,
+    ) -> SftpUpload {
         SftpUpload {
             inner,
             ctx: lease.ctx(),
@@ -118,6 +148,7 @@ impl SftpUpload {
             writes: VecDeque::new(),
             in_flight: 0,
             failed: None,
+            mode,
         }
     }
 
@@ -192,6 +223,16 @@ impl Upload for SftpUpload {
         }
         self.drain().await?;
         let ctx = self.ctx.clone();
+        if let Some(mode) = self.mode {
+            // On the open handle, after the last write (bits without the owner's write would
+            // refuse nothing already open) and before the commit gives the file its name.
+            let bits = openssh_sftp_client::metadata::Permissions::from((mode & 0o777) as u16);
+            ctx.run(
+                &format!("set mode {mode:03o} on {}", self.temp),
+                self.file.set_permissions(bits),
+            )
+            .await?;
+        }
         let durable = self.lease.as_ref().is_some_and(|l| l.session().facts.fsync);
         if durable {
             ctx.run(&format!("fsync {}", self.temp), self.file.sync_all())
