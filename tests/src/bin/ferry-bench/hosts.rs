@@ -367,8 +367,13 @@ pub async fn bench(
         fs::write(&path, batch)?;
         Ok(path)
     };
-    let sftp_cmd = |batch: PathBuf| {
+    // `-f`: OpenSSH's own way to a durable copy — fsync the file once written (on the server
+    // through `fsync@openssh.com` for a put, locally for a get), as Ferry does before its commit.
+    let sftp_cmd = |batch: PathBuf, fsync: bool| {
         let mut c = Command::new("sftp");
+        if fsync {
+            c.arg("-f");
+        }
         c.args(["-q", "-b"]).arg(batch).args([
             "-P",
             &sftp_port,
@@ -414,7 +419,12 @@ pub async fn bench(
                     files: 1,
                 },
                 vec![
-                    ("OpenSSH sftp", Some(1.0), Box::new(|_| sftp_cmd(put.clone()))),
+                    (
+                        "OpenSSH sftp -f",
+                        Some(1.0),
+                        Box::new(|_| sftp_cmd(put.clone(), true)),
+                    ),
+                    ("OpenSSH sftp", None, Box::new(|_| sftp_cmd(put.clone(), false))),
                     (
                         "rclone copy",
                         Some(1.2),
@@ -455,7 +465,12 @@ pub async fn bench(
                     files: 1,
                 },
                 vec![
-                    ("OpenSSH sftp", Some(1.0), Box::new(|_| sftp_cmd(get.clone()))),
+                    (
+                        "OpenSSH sftp -f",
+                        Some(1.0),
+                        Box::new(|_| sftp_cmd(get.clone(), true)),
+                    ),
+                    ("OpenSSH sftp", None, Box::new(|_| sftp_cmd(get.clone(), false))),
                     (
                         "rclone copy",
                         Some(1.2),
@@ -751,7 +766,10 @@ impl HostsResult {
              moto's S3 server. Ferry logs in with a password (SFTP host key pinned); the OpenSSH and rclone \
              clients with a key, which costs nothing per byte. Clients: {}. Medians of {reps} repetitions; Ferry is \
              timed from the run request to `RunFinished` (listing, SHA-256 of the source, verification, audit and \
-             results inside), the peers from spawn to exit. The download task sets `size_stable_ms = 0`: by \
+             results inside), the peers from spawn to exit. Ferry's copies are durable (fsynced before they \
+             get their names), so the SFTP targets are against OpenSSH's `sftp -f`, which fsyncs each file it \
+             wrote (the server through `fsync@openssh.com` for an upload); plain `sftp`, which leaves the file in \
+             a page cache, is shown for reference, as plain `cp` is beside `cp` + `sync`. The download task sets `size_stable_ms = 0`: by \
              default a remote source is listed twice, a second apart, so a file still being written is not \
              taken — a policy wait of 1 s the peers do not have. CPU is user + system time of a process tree: \
              Ferry's transfer with its `ssh` children (the SFTP connections stay open in its pool), a \
