@@ -301,6 +301,9 @@ pub fn task(as_json: bool, task: &Task) {
             or_hosts(task.retry_wait_secs.map(|n| n.to_string())),
         );
     }
+    if let Some(secs) = task.max_run_secs {
+        println!("  max run        {secs} s (then files not yet started are given up)");
+    }
 }
 
 pub fn run_requested(as_json: bool, task: &str, run_id: Uuid) {

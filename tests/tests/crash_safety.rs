@@ -261,6 +261,7 @@ async fn a_run_whose_collector_stopped_while_sending_finishes_with_what_was_sent
             },
         ],
         published: false,
+        max_run_secs: None,
     };
     node.js
         .get_key_value(ferry_wire::topology::KV_RUNS)
@@ -524,6 +525,74 @@ async fn a_batch_gone_from_the_queue_without_a_result_ends_its_run_and_frees_the
         again.error
     );
     assert_eq!(std::fs::read_to_string(dst.join("b.csv"))?, "b.csv");
+    node.shutdown().await;
+    Ok(())
+}
+
+/// A run past its deadline (`max_run_secs`) gives up the batches no transfer has started (here no
+/// transfer runs at all): it ends instead of waiting up to the queue's 7 days, those files fail
+/// with why and stay in their sources, their batches are claimed done and leave the queue (so a
+/// transfer that starts later moves nothing of that run), and the next run delivers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_past_its_deadline_gives_up_the_files_no_transfer_started() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let mut s = settings(&nats.url());
+    s.file_collector.lost_batch_check_secs = 1;
+    let mut node = Node::start_with(s, Services::NO_TRANSFER).await?;
+    let work = tempfile::tempdir()?;
+    let (src, dst) = (work.path().join("in"), work.path().join("out"));
+    std::fs::create_dir_all(&src)?;
+    for name in ["a.csv", "b.csv", "c.csv"] {
+        std::fs::write(src.join(name), name)?;
+    }
+    let task = local_task("late", &src, &dst, "delete_after = true", "")
+        .replace("name = \"late\"\n", "name = \"late\"\nmax_run_secs = 3\n");
+    node.apply(&task).await?;
+    let started = std::time::Instant::now();
+    let run_id = node.request_run("late").await?;
+    let finished =
+        ferry_service::streams::wait_for_run(&node.js, "late", run_id, Duration::from_secs(30)).await?;
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "not before its deadline"
+    );
+    assert_eq!(finished.status, RunStatus::Failed);
+    assert_eq!((finished.files_delivered, finished.files_failed), (0, 3));
+    let run_error = finished.error.as_deref().unwrap_or_default();
+    assert!(
+        run_error.starts_with("3 file(s) were given up: the run passed its deadline (3 s, max_run_secs)"),
+        "{run_error}"
+    );
+    let why = finished.files[0].error.as_deref().unwrap_or_default();
+    assert!(
+        why.starts_with(
+            "the run passed its deadline (3 s, max_run_secs) before a transfer started this file"
+        ),
+        "{why}"
+    );
+    for name in ["a.csv", "b.csv", "c.csv"] {
+        assert!(src.join(name).exists(), "the source of {name} stays");
+    }
+    let queue = node.js.get_stream(ferry_wire::topology::STREAM_FILEQ).await?;
+    assert_eq!(
+        queue.clone().info().await?.state.messages,
+        0,
+        "its batches left the queue"
+    );
+
+    // A transfer that starts now finds nothing of that run; the next run delivers the files.
+    node.spawn("transfer", |s, t| Box::pin(ferry_transfer::run(s, t)));
+    let again = node.run_task("late", Duration::from_secs(60)).await?;
+    assert_eq!(
+        (again.status, again.files_delivered),
+        (RunStatus::Succeeded, 3),
+        "{:?}",
+        again.error
+    );
+    assert_eq!(std::fs::read_to_string(dst.join("c.csv"))?, "c.csv");
+    let shown = ferry_tests::ferry_cli(&nats.url(), &["task", "show", "late"], work.path());
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains("max run        3 s"), "{text}");
     node.shutdown().await;
     Ok(())
 }

@@ -67,6 +67,11 @@ struct RawTask {
     /// minutes), instead of its hosts' `retry_wait_secs` (0 to 3600).
     #[serde(default)]
     retry_wait_secs: Option<u64>,
+    /// Seconds a run of this task may take before the files no transfer has started yet are
+    /// given up (they fail and stay in their sources for the next run), instead of the node's
+    /// `file_collector.max_run_secs` (1 to 604800).
+    #[serde(default)]
+    max_run_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -156,6 +161,10 @@ pub struct Config {
     pub tasks: BTreeMap<String, Task>,
 }
 
+/// The longest run deadline a task or a node may set: the 7 days a work batch waits in the file
+/// queue.
+pub const MAX_RUN_SECS: u64 = 7 * 24 * 3600;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Task {
     pub name: String,
@@ -169,6 +178,9 @@ pub struct Task {
     pub retries: Option<u32>,
     #[serde(default)]
     pub retry_wait_secs: Option<u64>,
+    /// The task's own run deadline (`None`: the node's `file_collector.max_run_secs`).
+    #[serde(default)]
+    pub max_run_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -758,6 +770,11 @@ fn validate_task(raw: RawTask, hosts: &HostKinds, check: &mut Checker<'_>) -> Op
         check.error("retry_wait_secs", n.to_string(), message);
     }
 
+    if let Some(n) = raw.max_run_secs.filter(|n| !(1..=MAX_RUN_SECS).contains(n)) {
+        let message = format!("is out of range (1 to {MAX_RUN_SECS}: at most the 7 days a work batch waits)");
+        check.error("max_run_secs", n.to_string(), message);
+    }
+
     (check.errors.len() == before).then_some(Task {
         name: raw.name,
         description: raw.description,
@@ -767,6 +784,7 @@ fn validate_task(raw: RawTask, hosts: &HostKinds, check: &mut Checker<'_>) -> Op
         schedules,
         retries: raw.retries,
         retry_wait_secs: raw.retry_wait_secs,
+        max_run_secs: raw.max_run_secs,
     })
 }
 

@@ -194,6 +194,11 @@ pub struct CollectorSettings {
     /// row (deleted, purged, or expired after the queue's 7 days) fails its files, so the run
     /// ends and its task can run again instead of waiting for good.
     pub lost_batch_check_secs: u64,
+    /// How long a run may take (a task's `max_run_secs` overrides it). Past it, the run's
+    /// batches no transfer has taken yet are given up — their files fail with why and stay in
+    /// their sources for the next run — and the run ends once the batches already in progress
+    /// are done (each of their files has its own deadline with a remote host).
+    pub max_run_secs: u64,
 }
 
 impl Default for CollectorSettings {
@@ -202,6 +207,7 @@ impl Default for CollectorSettings {
             metrics_addr: "127.0.0.1:9182".parse().expect("literal address"),
             max_running_tasks: 4,
             lost_batch_check_secs: 60,
+            max_run_secs: 86_400,
         }
     }
 }
@@ -463,6 +469,13 @@ impl Settings {
             self.file_collector.lost_batch_check_secs,
             1,
             3600,
+            " seconds",
+        )?;
+        range(
+            "file_collector.max_run_secs",
+            self.file_collector.max_run_secs,
+            1,
+            ferry_config::MAX_RUN_SECS,
             " seconds",
         )?;
         range(

@@ -250,6 +250,30 @@ pub struct FileState {
     pub delivered_at: DateTime<Utc>,
 }
 
+/// Claim of one work batch (KV `ferry_runs`, key [`BatchClaim::key`]). Transfer takes it
+/// (create, or compare-and-swap from another instance's) before it moves a file of the batch;
+/// `Done` answers every later delivery of the batch. The file-collector creates a `Done` claim
+/// itself for a batch no transfer has taken when its run passes its deadline, so no transfer
+/// starts it afterwards.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum BatchClaim {
+    /// Being moved by `owner`; `committing[f][i]` is the final path of file `f`'s destination
+    /// `i` once the owner is about to rename into it.
+    Claimed {
+        owner: String,
+        committing: Vec<Vec<Option<String>>>,
+    },
+    /// Finished; the results to report again if the batch is redelivered.
+    Done { results: Vec<FileResult> },
+}
+
+impl BatchClaim {
+    pub fn key(batch_id: &str) -> String {
+        format!("batch.{batch_id}")
+    }
+}
+
 /// The lock that keeps a task from overlapping itself (KV `ferry_runs`, key `lock.<task>`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TaskLock {
@@ -268,6 +292,10 @@ pub struct RunRecord {
     /// The run's batches in listing order.
     pub batches: Vec<PlannedBatch>,
     pub published: bool,
+    /// Seconds after `started_at` when batches no transfer has taken are given up (the task's
+    /// `max_run_secs` or the node's); `None` in a record of an older version: the node's.
+    #[serde(default)]
+    pub max_run_secs: Option<u64>,
 }
 
 /// A batch of the plan: its id — [`crate::plan::batch_id`] of its items' ids, so a result is

@@ -194,8 +194,40 @@ async fn answer(js: &jetstream::Context, node: &str, seq: u64, deliveries: u64) 
          (a worker crashed or stalled each time: see the transfer logs); the source stays and a later \
          run sends it again"
     );
+    let results = failed_results(&batch, node, &why);
+    store_result(js, &batch, results, "dead-lettered batch result").await?;
+    let _ = queue.delete_message(seq).await;
+    let run_id = batch.items[0].run_id;
+    tracing::error!(%run_id, batch = %ferry_hosts::path::shown(&batch.batch_id), files = batch.items.len(), deliveries, "work batch dead-lettered: its files failed");
+    Ok(())
+}
+
+/// Store `results` as the result of `batch` in transfer's place, under the result's own message
+/// id (if a transfer did finish the batch meanwhile, only the first answer counts). `what` names
+/// the result in errors.
+pub(crate) async fn store_result(
+    js: &jetstream::Context,
+    batch: &WorkBatch,
+    results: Vec<FileResult>,
+    what: &str,
+) -> anyhow::Result<()> {
+    ferry_service::streams::store(
+        js,
+        subjects::batch_result(batch.first().run_id, &batch.batch_id),
+        format!("result:{}", batch.batch_id),
+        &BatchResult {
+            batch_id: batch.batch_id.clone(),
+            results,
+        },
+        what,
+    )
+    .await
+}
+
+/// Every file of `batch` failed with `why`, as transfer would report it.
+pub(crate) fn failed_results(batch: &WorkBatch, node: &str, why: &str) -> Vec<FileResult> {
     let now = Utc::now();
-    let results: Vec<FileResult> = batch
+    batch
         .items
         .iter()
         .map(|item| FileResult {
@@ -205,26 +237,11 @@ async fn answer(js: &jetstream::Context, node: &str, seq: u64, deliveries: u64) 
             sha256: None,
             outcome: Outcome::Failed,
             destinations: Vec::new(),
-            error: Some(why.clone()),
+            error: Some(why.to_string()),
             node: node.to_string(),
             epoch: item.epoch,
             started_at: item.run_started_at,
             finished_at: now,
         })
-        .collect();
-    let run_id = batch.items[0].run_id;
-    ferry_service::streams::store(
-        js,
-        subjects::batch_result(run_id, &batch.batch_id),
-        format!("result:{}", batch.batch_id),
-        &BatchResult {
-            batch_id: batch.batch_id.clone(),
-            results,
-        },
-        "dead-lettered batch result",
-    )
-    .await?;
-    let _ = queue.delete_message(seq).await;
-    tracing::error!(%run_id, batch = %ferry_hosts::path::shown(&batch.batch_id), files = batch.items.len(), deliveries, "work batch dead-lettered: its files failed");
-    Ok(())
+        .collect()
 }

@@ -43,8 +43,9 @@ use tokio_util::sync::CancellationToken;
 
 use ferry_service::{EpochGate, NodeLease, Settings, http, nats};
 use ferry_wire::{
-    BatchResult, ConfigDocument, FILES_IN_RUN_FINISHED, FileResult, Outcome, PlannedBatch, RunFinished,
-    RunRecord, RunRequested, RunStarted, RunStatus, TaskLock, plan, subjects, topology,
+    BatchClaim, BatchResult, ConfigDocument, FILES_IN_RUN_FINISHED, FileResult, Outcome, PlannedBatch,
+    RunFinished, RunRecord, RunRequested, RunStarted, RunStatus, TaskLock, WorkBatch, plan, subjects,
+    topology,
 };
 
 pub use metrics::Metrics;
@@ -74,6 +75,8 @@ struct Collector {
     hosts: ferry_hosts::Hosts,
     /// How long a run waits for a result before it looks for lost batches.
     lost_batch_check: Duration,
+    /// The node's run deadline (`file_collector.max_run_secs`), for tasks without their own.
+    max_run_secs: u64,
 }
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -99,6 +102,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         metrics,
         hosts: ferry_hosts::Hosts::new(settings.open_keymat()?),
         lost_batch_check: Duration::from_secs(settings.file_collector.lost_batch_check_secs),
+        max_run_secs: settings.file_collector.max_run_secs,
     });
     let dead_letters = tokio::spawn(dead_letter::follow(
         js.clone(),
@@ -411,6 +415,7 @@ impl Collector {
                         })
                         .collect(),
                     published: false,
+                    max_run_secs: Some(task.max_run_secs.unwrap_or(self.max_run_secs)),
                 };
                 self.runs_kv
                     .put(&record_key, ferry_wire::encode(&record))
@@ -589,10 +594,32 @@ impl Collector {
             let mut seen: HashSet<String> = HashSet::with_capacity(planned.len());
             // Batches missing from the file queue at the last check, without a result.
             let mut missing_before: HashSet<String> = HashSet::new();
+            let max_run_secs = record.max_run_secs.unwrap_or(self.max_run_secs);
+            let deadline = tokio::time::Instant::now()
+                + (record.started_at + chrono::Duration::seconds(max_run_secs as i64) - Utc::now())
+                    .to_std()
+                    .unwrap_or_default();
+            let mut gave_up = false;
             while seen.len() < planned.len() {
-                let message = match tokio::time::timeout(self.lost_batch_check, messages.next()).await {
+                let wait = if gave_up {
+                    self.lost_batch_check
+                } else {
+                    self.lost_batch_check
+                        .min(deadline.saturating_duration_since(tokio::time::Instant::now()))
+                };
+                let message = match tokio::time::timeout(wait, messages.next()).await {
                     Ok(Some(m)) => m.context("read run result")?,
                     Ok(None) => anyhow::bail!("results stream ended"),
+                    Err(_) if !gave_up && tokio::time::Instant::now() >= deadline => {
+                        // Past the run's deadline: batches no transfer has started are answered
+                        // here (their results come in below); those in progress finish.
+                        gave_up = true;
+                        let waiting: Vec<&str> =
+                            planned.keys().copied().filter(|b| !seen.contains(*b)).collect();
+                        tally.given_up = self.give_up_unstarted(request, &waiting, max_run_secs).await;
+                        tally.max_run_secs = max_run_secs;
+                        continue;
+                    }
                     Err(_) => {
                         // No result for a while. A batch waiting or in progress is in the queue
                         // (a transfer removes it only after storing its result); one missing
@@ -653,6 +680,62 @@ impl Collector {
         tally.unsent = not_sent as u64;
         tally.failed += tally.unsent + tally.lost;
         Ok(tally)
+    }
+
+    /// At the run's deadline: answer each of `batches` that no transfer has taken yet — every
+    /// file failed with why — and take it from the file queue. The batch's claim, created `Done`
+    /// here, is what a transfer checks before it moves a file, so none starts it afterwards (one
+    /// that already took it keeps it, and its results count). The number of files given up.
+    async fn give_up_unstarted(&self, request: &RunRequested, batches: &[&str], max_run_secs: u64) -> u64 {
+        let why = format!(
+            "the run passed its deadline ({max_run_secs} s, max_run_secs) before a transfer started this \
+             file; nothing was written for it, the source stays and the next run takes it"
+        );
+        let queue = match self.js.get_stream(topology::STREAM_FILEQ).await {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::warn!(run_id = %request.run_id, error = %e, "run deadline: cannot open the file queue; waiting for the batches");
+                return 0;
+            }
+        };
+        let mut given_up = 0u64;
+        for batch_id in batches {
+            let subject = subjects::file_batch(request.run_id, batch_id);
+            // Gone from the queue: answered meanwhile, or lost (the lost-batch check sees it).
+            let Ok(message) = queue.get_last_raw_message_by_subject(&subject).await else {
+                continue;
+            };
+            let batch = match ferry_wire::decode::<WorkBatch>(&message.payload) {
+                Ok(b) if !b.items.is_empty() && b.batch_id == *batch_id => b,
+                _ => continue,
+            };
+            let results = dead_letter::failed_results(&batch, &self.node, &why);
+            let claim = ferry_wire::encode(&BatchClaim::Done {
+                results: results.clone(),
+            });
+            match self.runs_kv.create(BatchClaim::key(batch_id), claim).await {
+                Ok(_) => {}
+                // A transfer has it: it finishes it.
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    tracing::warn!(run_id = %request.run_id, batch = %batch_id, error = %e, "run deadline: cannot claim a batch; waiting for it");
+                    continue;
+                }
+            }
+            if let Err(e) =
+                dead_letter::store_result(&self.js, &batch, results, "batch result at the run's deadline")
+                    .await
+            {
+                // The claim stands: the next transfer to get the batch reports these results.
+                tracing::warn!(run_id = %request.run_id, batch = %batch_id, error = format!("{e:#}"), "run deadline: cannot store a batch's result; a transfer will");
+            }
+            let _ = queue.delete_message(message.sequence).await;
+            given_up += batch.items.len() as u64;
+        }
+        if given_up > 0 {
+            tracing::warn!(task = %request.task, run_id = %request.run_id, files = given_up, max_run_secs, "run deadline passed: files no transfer had started were given up");
+        }
+        given_up
     }
 
     /// The ids of the run's batches in the file queue now (waiting, or taken by a transfer that
@@ -729,8 +812,6 @@ async fn release_lock(runs_kv: &kv::Store, lock_key: &str, run_id: &str) {
     }
 }
 
-/// The shared durable consumer of the run queue: at most `max_running` requests in progress, each
-/// delivered at most `topology::MAX_DELIVER` times.
 /// How long to wait before a message handed back after infrastructure trouble comes again:
 /// later each time (2 s, 4 s, … 60 s: about five minutes before [`topology::MAX_DELIVER`]
 /// deliveries dead-letter it).
@@ -739,6 +820,8 @@ pub(crate) fn redelivery_wait(message: &async_nats::jetstream::Message) -> Durat
     Duration::from_secs((2u64 << (delivered - 1)).min(60))
 }
 
+/// The shared durable consumer of the run queue: at most `max_running` requests in progress, each
+/// delivered at most `topology::MAX_DELIVER` times.
 pub async fn run_queue_consumer(
     js: &jetstream::Context,
     max_running: usize,
@@ -843,6 +926,9 @@ struct Tally {
     unsent: u64,
     /// Files whose batch left the file queue without a result: counted as failed.
     lost: u64,
+    /// Files given up at the run's deadline of `max_run_secs` (counted by their results).
+    given_up: u64,
+    max_run_secs: u64,
 }
 
 impl Tally {
@@ -891,6 +977,13 @@ impl Tally {
                  (deleted, purged, or expired after 7 days); the audit trail shows anything written, \
                  and the next run picks up the files still in their sources",
                 self.lost
+            ));
+        }
+        if self.given_up > 0 {
+            why.push(format!(
+                "{} file(s) were given up: the run passed its deadline ({} s, max_run_secs) before a \
+                 transfer started them; they stay in their sources and the next run takes them",
+                self.given_up, self.max_run_secs
             ));
         }
         (!why.is_empty()).then(|| why.join("; "))

@@ -42,32 +42,18 @@ use async_nats::jetstream::{
 };
 use chrono::Utc;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use ferry_service::ledger::Ledger;
 use ferry_service::{EpochGate, NodeLease, Settings, http, nats};
 use ferry_wire::{
-    AuditRecord, BatchResult, DestOutcome, FileItem, FileResult, Outcome, WorkBatch, subjects, topology,
+    AuditRecord, BatchClaim, BatchResult, DestOutcome, FileItem, FileResult, Outcome, WorkBatch, subjects,
+    topology,
 };
 
 pub use metrics::Metrics;
 
 pub const SERVICE: &str = subjects::service::TRANSFER;
-
-/// Claim of one work batch (KV `ferry_runs`, key `batch.<batch id>`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-enum Claim {
-    /// Being moved by `owner`; `committing[f][i]` is the final path of file `f`'s destination
-    /// `i` once the owner is about to rename into it.
-    Claimed {
-        owner: String,
-        committing: Vec<Vec<Option<String>>>,
-    },
-    /// Finished; the results to report again if the batch is redelivered.
-    Done { results: Vec<FileResult> },
-}
 
 struct Transfer {
     node: String,
@@ -322,11 +308,11 @@ impl Transfer {
     /// `Err` only for NATS trouble (retry the batch); file problems become failed results.
     async fn process(&self, batch: &WorkBatch) -> anyhow::Result<Processed> {
         let first = batch.first();
-        let key = format!("batch.{}", batch.batch_id);
+        let key = BatchClaim::key(&batch.batch_id);
 
         // Take the claim (or learn that the batch is already done). Create first: on the normal
         // path the batch is new and this is the only round trip.
-        let mine = ferry_wire::encode(&Claim::Claimed {
+        let mine = ferry_wire::encode(&BatchClaim::Claimed {
             owner: self.instance.clone(),
             committing: Vec::new(),
         });
@@ -342,8 +328,8 @@ impl Transfer {
             if entry.operation != kv::Operation::Put {
                 continue;
             }
-            let claim: Claim = ferry_wire::decode(&entry.value)?;
-            if let Claim::Done { results } = claim {
+            let claim: BatchClaim = ferry_wire::decode(&entry.value)?;
+            if let BatchClaim::Done { results } = claim {
                 self.report(batch, &results).await?;
                 return Ok(Processed::Reported);
             }
@@ -356,7 +342,7 @@ impl Transfer {
             }
         };
         let previously_committing = match previous {
-            Some(Claim::Claimed { committing, .. }) => committing,
+            Some(BatchClaim::Claimed { committing, .. }) => committing,
             _ => Vec::new(),
         };
 
@@ -386,7 +372,7 @@ impl Transfer {
         // ids, same values), so a retry after a crash anywhere here repeats them harmlessly; only
         // `Done` must follow the audit (a redelivered `Done` batch is only re-reported).
         self.audit(batch, &results).await?;
-        let done = ferry_wire::encode(&Claim::Done {
+        let done = ferry_wire::encode(&BatchClaim::Done {
             results: results.clone(),
         });
         let (marked, reported) = tokio::join!(self.runs_kv.put(&key, done), self.report(batch, &results));
@@ -507,7 +493,7 @@ impl Transfer {
         let fenced = !self.lease.allows(epoch);
         let mut still_ours = false;
         if files.iter().any(|f| f.copied.is_some()) && !fenced {
-            let claim = Claim::Claimed {
+            let claim = BatchClaim::Claimed {
                 owner: self.instance.clone(),
                 committing: files.iter().map(InFlight::committing).collect(),
             };
