@@ -463,6 +463,58 @@ async fn a_run_request_no_collector_finishes_is_dead_lettered_and_frees_its_task
     Ok(())
 }
 
+/// A node without transfer (its lost-batch check every second) and three files a.csv, b.csv and
+/// c.csv in `<work>/in`, for a task to `<work>/out`.
+async fn no_transfer_and_three_files(
+    nats: &NatsServer,
+    work: &Path,
+) -> anyhow::Result<(Node, PathBuf, PathBuf)> {
+    let mut s = settings(&nats.url());
+    s.file_collector.lost_batch_check_secs = 1;
+    let node = Node::start_with(s, Services::NO_TRANSFER).await?;
+    let (src, dst) = (work.join("in"), work.join("out"));
+    std::fs::create_dir_all(&src)?;
+    for name in ["a.csv", "b.csv", "c.csv"] {
+        std::fs::write(src.join(name), name)?;
+    }
+    Ok((node, src, dst))
+}
+
+/// The run failed all three files, not before `at_least`, with a run error starting `why`; their
+/// sources stay.
+fn all_three_failed_and_kept(
+    finished: &ferry_wire::RunFinished,
+    took: Duration,
+    at_least: Duration,
+    why: &str,
+    src: &Path,
+) {
+    assert!(took >= at_least, "took {took:?}, not before {at_least:?}");
+    assert_eq!(finished.status, RunStatus::Failed);
+    assert_eq!((finished.files_delivered, finished.files_failed), (0, 3));
+    let error = finished.error.as_deref().unwrap_or_default();
+    assert!(error.starts_with(why), "{error}");
+    for name in ["a.csv", "b.csv", "c.csv"] {
+        assert!(src.join(name).exists(), "the source of {name} stays");
+    }
+}
+
+/// Once a transfer runs, the task's next run delivers the three files.
+async fn next_run_delivers_all_three(node: &mut Node, task: &str, dst: &Path) -> anyhow::Result<()> {
+    node.spawn("transfer", |s, t| Box::pin(ferry_transfer::run(s, t)));
+    let again = node.run_task(task, Duration::from_secs(60)).await?;
+    assert_eq!(
+        (again.status, again.files_delivered),
+        (RunStatus::Succeeded, 3),
+        "{:?}",
+        again.error
+    );
+    for name in ["a.csv", "b.csv", "c.csv"] {
+        assert_eq!(std::fs::read_to_string(dst.join(name))?, name);
+    }
+    Ok(())
+}
+
 /// A work batch that leaves the file queue without a result (here purged by hand; in life also
 /// deleted, or expired after the queue's 7 days while no transfer ran) no longer holds its run
 /// and its task for good: after two checks (`lost_batch_check_secs`) the run finishes, its files
@@ -471,15 +523,8 @@ async fn a_run_request_no_collector_finishes_is_dead_lettered_and_frees_its_task
 async fn a_batch_gone_from_the_queue_without_a_result_ends_its_run_and_frees_the_task() -> anyhow::Result<()>
 {
     let nats = NatsServer::start()?;
-    let mut s = settings(&nats.url());
-    s.file_collector.lost_batch_check_secs = 1;
-    let mut node = Node::start_with(s, Services::NO_TRANSFER).await?;
     let work = tempfile::tempdir()?;
-    let (src, dst) = (work.path().join("in"), work.path().join("out"));
-    std::fs::create_dir_all(&src)?;
-    for name in ["a.csv", "b.csv", "c.csv"] {
-        std::fs::write(src.join(name), name)?;
-    }
+    let (mut node, src, dst) = no_transfer_and_three_files(&nats, work.path()).await?;
     node.apply(&local_task("lost", &src, &dst, "delete_after = true", ""))
         .await?;
     let run_id = node.request_run("lost").await?;
@@ -500,31 +545,16 @@ async fn a_batch_gone_from_the_queue_without_a_result_ends_its_run_and_frees_the
     let started = std::time::Instant::now();
     let finished =
         ferry_service::streams::wait_for_run(&node.js, "lost", run_id, Duration::from_secs(30)).await?;
-    assert!(
-        started.elapsed() >= Duration::from_secs(1),
-        "missing at two checks a whole interval apart, not at one"
+    // Missing at two checks a whole interval apart, not at one.
+    all_three_failed_and_kept(
+        &finished,
+        started.elapsed(),
+        Duration::from_secs(1),
+        "3 file(s) have no result: their work batches left the file queue unanswered",
+        &src,
     );
-    assert_eq!(finished.status, RunStatus::Failed);
-    assert_eq!((finished.files_delivered, finished.files_failed), (0, 3));
-    let why = finished.error.as_deref().unwrap_or_default();
-    assert!(
-        why.starts_with("3 file(s) have no result: their work batches left the file queue unanswered"),
-        "{why}"
-    );
-    for name in ["a.csv", "b.csv", "c.csv"] {
-        assert!(src.join(name).exists(), "the source of {name} stays");
-    }
-
     // The task is free again, and its files were never marked as delivered.
-    node.spawn("transfer", |s, t| Box::pin(ferry_transfer::run(s, t)));
-    let again = node.run_task("lost", Duration::from_secs(60)).await?;
-    assert_eq!(
-        (again.status, again.files_delivered),
-        (RunStatus::Succeeded, 3),
-        "{:?}",
-        again.error
-    );
-    assert_eq!(std::fs::read_to_string(dst.join("b.csv"))?, "b.csv");
+    next_run_delivers_all_three(&mut node, "lost", &dst).await?;
     node.shutdown().await;
     Ok(())
 }
@@ -536,15 +566,8 @@ async fn a_batch_gone_from_the_queue_without_a_result_ends_its_run_and_frees_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_past_its_deadline_gives_up_the_files_no_transfer_started() -> anyhow::Result<()> {
     let nats = NatsServer::start()?;
-    let mut s = settings(&nats.url());
-    s.file_collector.lost_batch_check_secs = 1;
-    let mut node = Node::start_with(s, Services::NO_TRANSFER).await?;
     let work = tempfile::tempdir()?;
-    let (src, dst) = (work.path().join("in"), work.path().join("out"));
-    std::fs::create_dir_all(&src)?;
-    for name in ["a.csv", "b.csv", "c.csv"] {
-        std::fs::write(src.join(name), name)?;
-    }
+    let (mut node, src, dst) = no_transfer_and_three_files(&nats, work.path()).await?;
     let task = local_task("late", &src, &dst, "delete_after = true", "")
         .replace("name = \"late\"\n", "name = \"late\"\nmax_run_secs = 3\n");
     node.apply(&task).await?;
@@ -552,16 +575,12 @@ async fn a_run_past_its_deadline_gives_up_the_files_no_transfer_started() -> any
     let run_id = node.request_run("late").await?;
     let finished =
         ferry_service::streams::wait_for_run(&node.js, "late", run_id, Duration::from_secs(30)).await?;
-    assert!(
-        started.elapsed() >= Duration::from_secs(3),
-        "not before its deadline"
-    );
-    assert_eq!(finished.status, RunStatus::Failed);
-    assert_eq!((finished.files_delivered, finished.files_failed), (0, 3));
-    let run_error = finished.error.as_deref().unwrap_or_default();
-    assert!(
-        run_error.starts_with("3 file(s) were given up: the run passed its deadline (3 s, max_run_secs)"),
-        "{run_error}"
+    all_three_failed_and_kept(
+        &finished,
+        started.elapsed(),
+        Duration::from_secs(3),
+        "3 file(s) were given up: the run passed its deadline (3 s, max_run_secs)",
+        &src,
     );
     let why = finished.files[0].error.as_deref().unwrap_or_default();
     assert!(
@@ -570,9 +589,6 @@ async fn a_run_past_its_deadline_gives_up_the_files_no_transfer_started() -> any
         ),
         "{why}"
     );
-    for name in ["a.csv", "b.csv", "c.csv"] {
-        assert!(src.join(name).exists(), "the source of {name} stays");
-    }
     let queue = node.js.get_stream(ferry_wire::topology::STREAM_FILEQ).await?;
     assert_eq!(
         queue.clone().info().await?.state.messages,
@@ -581,15 +597,7 @@ async fn a_run_past_its_deadline_gives_up_the_files_no_transfer_started() -> any
     );
 
     // A transfer that starts now finds nothing of that run; the next run delivers the files.
-    node.spawn("transfer", |s, t| Box::pin(ferry_transfer::run(s, t)));
-    let again = node.run_task("late", Duration::from_secs(60)).await?;
-    assert_eq!(
-        (again.status, again.files_delivered),
-        (RunStatus::Succeeded, 3),
-        "{:?}",
-        again.error
-    );
-    assert_eq!(std::fs::read_to_string(dst.join("c.csv"))?, "c.csv");
+    next_run_delivers_all_three(&mut node, "late", &dst).await?;
     let shown = ferry_tests::ferry_cli(&nats.url(), &["task", "show", "late"], work.path());
     let text = String::from_utf8_lossy(&shown.stdout);
     assert!(text.contains("max run        3 s"), "{text}");
