@@ -726,8 +726,10 @@ impl Collector {
                 dead_letter::store_result(&self.js, &batch, results, "batch result at the run's deadline")
                     .await
             {
-                // The claim stands: the next transfer to get the batch reports these results.
+                // The claim stands and the batch stays queued: the next transfer to get it
+                // reports these results.
                 tracing::warn!(run_id = %request.run_id, batch = %batch_id, error = format!("{e:#}"), "run deadline: cannot store a batch's result; a transfer will");
+                continue;
             }
             let _ = queue.delete_message(message.sequence).await;
             given_up += batch.items.len() as u64;
