@@ -492,6 +492,48 @@ async fn the_insecure_flag_accepts_any_key() {
     assert!(staged.commit(&t.final_path(), false).await.expect("commit"));
 }
 
+/// A `mode` without the owner's write bit is set on the temp once it is written. If the commit
+/// then never happens (the node died between the two), the next attempt finds a temp it may not
+/// open for writing: it starts over instead of failing the file for good, and the file ends with
+/// exactly the configured bits.
+#[tokio::test]
+async fn a_read_only_temp_of_an_earlier_attempt_is_started_over() {
+    use std::os::unix::fs::PermissionsExt;
+    let sshd = Sshd::start(SshdAuth::Password).expect("sshd");
+    let folder = sshd.folder("modes").expect("folder");
+    let dir = folder.to_string_lossy().to_string();
+    let (host, _keys) = password_host(&sshd);
+    let data = conformance::content(3 << 20, 5);
+    let target = WriteTarget {
+        mode: Some(0o440),
+        ..conformance::target(&dir, "ro.bin", true, data.len() as u64)
+    };
+    let mut upload = host.write(&target).await.expect("write");
+    upload.write(Bytes::copy_from_slice(&data)).await.expect("write");
+    let staged = upload.finish().await.expect("finish");
+    drop(staged);
+    let temp = folder.join(&target.temp_name);
+    let bits = std::fs::metadata(&temp).expect("temp stays").permissions().mode() & 0o777;
+    assert_eq!(bits, 0o440, "the temp got its bits before the commit");
+
+    let mut again = host
+        .write(&target)
+        .await
+        .expect("a read-only temp is started over");
+    assert_eq!(again.offset(), 0);
+    again.write(Bytes::copy_from_slice(&data)).await.expect("write");
+    let mut staged = again.finish().await.expect("finish");
+    staged
+        .verify(data.len() as u64, &sha(&data))
+        .await
+        .expect("verify");
+    assert!(staged.commit(&target.final_path(), true).await.expect("commit"));
+    let delivered = folder.join("ro.bin");
+    assert_eq!(std::fs::read(&delivered).expect("delivered"), data);
+    let bits = std::fs::metadata(&delivered).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(bits, 0o440);
+}
+
 #[tokio::test]
 async fn a_killed_server_fails_transiently_and_the_upload_resumes() {
     let mut sshd = Sshd::start(SshdAuth::Password).expect("sshd");

@@ -594,11 +594,18 @@ impl Collector {
             let mut seen: HashSet<String> = HashSet::with_capacity(planned.len());
             // Batches missing from the file queue at the last check, without a result.
             let mut missing_before: HashSet<String> = HashSet::new();
-            let max_run_secs = record.max_run_secs.unwrap_or(self.max_run_secs);
-            let deadline = tokio::time::Instant::now()
-                + (record.started_at + chrono::Duration::seconds(max_run_secs as i64) - Utc::now())
-                    .to_std()
-                    .unwrap_or_default();
+            // The record is read back from the bus: a value out of range is held to the most a
+            // run may take, and a start time that makes no sense counts as a deadline passed.
+            let max_run_secs = record
+                .max_run_secs
+                .unwrap_or(self.max_run_secs)
+                .min(ferry_config::MAX_RUN_SECS);
+            let left = record
+                .started_at
+                .checked_add_signed(chrono::Duration::seconds(max_run_secs as i64))
+                .and_then(|end| (end - Utc::now()).to_std().ok())
+                .unwrap_or_default();
+            let deadline = tokio::time::Instant::now() + left;
             let mut gave_up = false;
             while seen.len() < planned.len() {
                 let wait = if gave_up {
