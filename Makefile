@@ -15,7 +15,7 @@ export FERRY_BIG_RUN_FILES ?= 100000
 # Trials of `make fault-suite` (not exported: `make test` keeps the suite's short default).
 FERRY_FAILOVER_TRIALS ?= 200
 
-.PHONY: help deps peers run test bench fault-suite lint build-release
+.PHONY: help deps peers run test bench fault-suite lint build-release compose-up compose-down compose-ha-up compose-ha-down
 
 help:
 	@echo "make run    - install what is missing, start a single-node Ferry with an example task"
@@ -23,6 +23,10 @@ help:
 	@echo "make bench  - run the benchmarks (transfer, failover time) and write docs/BENCHMARKS.md"
 	@echo "make fault-suite - run the $(FERRY_FAILOVER_TRIALS)-trial failover fault-injection suite (root), update docs/BENCHMARKS.md's failover section"
 	@echo "make lint   - rustfmt and clippy"
+	@echo "make compose-up    - build the image, start one node with NATS, Prometheus and Grafana (docker-compose; set compose/.env first)"
+	@echo "make compose-down  - stop it (volumes are kept; docker-compose -f $(COMPOSE_FILE) down -v removes them)"
+	@echo "make compose-ha-up   - the same for a hot-standby pair on a three-server NATS cluster"
+	@echo "make compose-ha-down - stop the pair (volumes are kept)"
 
 # --- dependencies ---------------------------------------------------------------------------
 deps: $(NATS_SERVER) .ferry/tools/.nextest
@@ -58,6 +62,26 @@ test: peers
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+# --- deploy with docker-compose (README.md, "Deploy with docker-compose") ------------------------
+COMPOSE         ?= docker-compose
+COMPOSE_FILE    := compose/docker-compose.yml
+COMPOSE_HA_FILE := compose/docker-compose-ha.yml
+
+compose/.env:
+	@echo "compose/.env is missing: cp compose/.env.example compose/.env and set the passwords in it" >&2; exit 1
+
+compose-up: compose/.env
+	$(COMPOSE) -f $(COMPOSE_FILE) up -d --build
+
+compose-down:
+	$(COMPOSE) -f $(COMPOSE_FILE) down
+
+compose-ha-up: compose/.env
+	$(COMPOSE) -f $(COMPOSE_HA_FILE) up -d --build
+
+compose-ha-down:
+	$(COMPOSE) -f $(COMPOSE_HA_FILE) down
 
 # --- bench ------------------------------------------------------------------------------------
 # The failover runs (tests/tests/failover_faults.rs; root, network namespaces) last longer than the

@@ -4,6 +4,7 @@
 //! Exit codes: 0 success; 1 the command failed (rejected configuration, failed run, unreachable
 //! service); 2 usage errors (from clap).
 
+mod health;
 mod keymat;
 mod nats_setup;
 mod output;
@@ -175,6 +176,8 @@ enum Command {
         #[command(subcommand)]
         command: HostCommand,
     },
+    /// Ask a service's /healthz once (the container health probe): exit status 0 when healthy.
+    Health(health::HealthArgs),
     /// "Shut Down Service": stop taking runs, let runs in flight finish (up to the drain
     /// timeout), release the lease, and stop every service of the node.
     Shutdown {
@@ -359,6 +362,16 @@ impl Ctx {
 const RUN_SETTINGS: &str = ".ferry/node.toml";
 
 async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The health probe and `nats setup` read no settings: they work the same whatever the
+    // node's configuration, and where there is none (compose's nats-users job mounts only the
+    // keys folder).
+    match &cli.command {
+        Command::Health(args) => return health::probe(args),
+        Command::Nats {
+            command: NatsCommand::Setup(args),
+        } => return nats_setup::setup(args, cli.json),
+        _ => {}
+    }
     let config = cli.config.clone().or_else(|| {
         Path::new(RUN_SETTINGS)
             .is_file()
@@ -378,9 +391,6 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     force,
                 },
         } => return keymat::import(&settings.keymat_path(), file, password, *force, cli.json),
-        Command::Nats {
-            command: NatsCommand::Setup(args),
-        } => return nats_setup::setup(args, cli.json),
         _ => {}
     }
     let keymat_path = settings.keymat_path();
@@ -472,7 +482,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             command: HostCommand::Test { name, folder },
         } => host_test(&ctx, &name, folder).await,
         Command::Shutdown { drain } => failover(&ctx, FailoverCommand::Shutdown { drain }).await,
-        Command::Nats { .. } => unreachable!("handled before connecting"),
+        Command::Nats { .. } | Command::Health(_) => unreachable!("handled before connecting"),
     }
 }
 
