@@ -19,6 +19,8 @@
 //!   configuration (`nats-server -t`) and, for one server, starts on it and lets a service of the
 //!   node in over TLS as its own user.
 //!
+//! And the README's values table names every value of values.yaml with its default.
+//!
 //! `kubectl apply --dry-run=client` is not used: it needs an API server for discovery, and there
 //! is none here.
 
@@ -317,6 +319,101 @@ fn values_ferry_would_refuse_are_refused_when_rendering() -> anyhow::Result<()> 
                 problems.push(format!("{sets:?}: the error lacks {expected:?}: {e:#}"))
             }
             Err(_) => {}
+        }
+    }
+    ensure!(problems.is_empty(), "{}", problems.join("\n"));
+    Ok(())
+}
+
+/// Every value in values.yaml is in the README's table, and where the table gives one default per
+/// name, it is the value's default.
+#[test]
+fn every_value_is_in_the_readme_table_with_its_default() -> anyhow::Result<()> {
+    let chart = ferry_tests::workspace_root().join(CHART);
+    let values: Value = serde_norway::from_str(&std::fs::read_to_string(chart.join("values.yaml"))?)?;
+    let readme = std::fs::read_to_string(chart.join("README.md"))?;
+    let services = [
+        "scheduler",
+        "fileCollector",
+        "transfer",
+        "certHandler",
+        "failoverCoordinator",
+    ];
+    let mut documented = BTreeSet::new();
+    let mut problems = Vec::new();
+    for row in readme.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = row.split('|').collect();
+        let ticked =
+            |cell: &str| -> Vec<String> { cell.split('`').skip(1).step_by(2).map(str::to_string).collect() };
+        // `a.b.c`, `.d` names a.b.c and a.b.d; `<service>.x` names x of every service.
+        let mut names = Vec::new();
+        for token in ticked(cells[1]) {
+            let full = match (token.strip_prefix('.'), names.first()) {
+                (Some(sibling), Some(first)) => {
+                    let first: &String = first;
+                    format!(
+                        "{}.{sibling}",
+                        first.rsplit_once('.').map_or("", |(parent, _)| parent)
+                    )
+                }
+                _ => token,
+            };
+            names.push(full.trim_start_matches('.').to_string());
+        }
+        let expanded: Vec<String> = names
+            .iter()
+            .flat_map(|n| match n.strip_prefix("<service>.") {
+                Some(rest) => services.iter().map(|s| format!("{s}.{rest}")).collect(),
+                None => vec![n.clone()],
+            })
+            .collect();
+        documented.extend(expanded.iter().cloned());
+        let defaults = ticked(cells[2]);
+        if defaults.len() != names.len() || names.iter().any(|n| n.starts_with('<')) {
+            continue;
+        }
+        for (name, default) in names.iter().zip(defaults) {
+            let value = name.split('.').fold(&values, |v, key| &v[key]);
+            let shown = match value {
+                Value::String(s) => s.clone(),
+                Value::Array(a) if a.is_empty() => "[]".into(),
+                Value::Object(o) if o.is_empty() => "{}".into(),
+                other => other.to_string(),
+            };
+            let default = default
+                .strip_prefix('"')
+                .and_then(|d| d.strip_suffix('"'))
+                .unwrap_or(&default);
+            if shown != default {
+                problems.push(format!(
+                    "{name}: the README says {default:?}, values.yaml has {shown:?}"
+                ));
+            }
+        }
+    }
+    fn leaves(prefix: &str, value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) if !map.is_empty() => {
+                for (key, value) in map {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    leaves(&path, value, out);
+                }
+            }
+            _ => out.push(prefix.to_string()),
+        }
+    }
+    let mut all = Vec::new();
+    leaves("", &values, &mut all);
+    for value in all {
+        let covered = documented
+            .iter()
+            .any(|d| value == *d || value.starts_with(&format!("{d}.")));
+        if !covered {
+            problems.push(format!("{value} is not in the README's values table"));
         }
     }
     ensure!(problems.is_empty(), "{}", problems.join("\n"));
