@@ -79,7 +79,15 @@ const KNOWN_KINDS: &[(&str, &str)] = &[
     ("monitoring.coreos.com/v1", "PrometheusRule"),
 ];
 
-const SECRETS_FROM_VALUES: &[&str] = &["registry"];
+/// The Secrets the values of these tests name (made as the chart's README says, see
+/// `Secrets::as_the_readme_makes_them`; `registry` only for image pulls).
+const SECRETS_FROM_VALUES: &[&str] = &[
+    "ferry-node1-nats",
+    "ferry-node2-nats",
+    "ferry-nats-tls",
+    "ferry-keymat",
+    "registry",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_values_render_one_node_that_ferry_accepts() -> anyhow::Result<()> {
@@ -693,6 +701,44 @@ impl Release {
                 ));
             }
         }
+        // Secrets and ConfigMaps named by volumes and variables are rendered or named by values.
+        let secret_named = |s: &Value| SECRETS_FROM_VALUES.contains(&s.as_str().unwrap_or(""));
+        let config_map_rendered = |c: &Value| self.kind("ConfigMap").any(|m| m["metadata"]["name"] == *c);
+        for volume in array(&spec["volumes"]) {
+            let secret = &volume["secret"]["secretName"];
+            if !secret.is_null() && !secret_named(secret) {
+                problems.push(format!(
+                    "{what}: volume {}: Secret {secret} is named by no value",
+                    volume["name"]
+                ));
+            }
+        }
+        for container in array(&spec["containers"]).chain(array(&spec["initContainers"])) {
+            for from in array(&container["envFrom"]) {
+                let (config_map, secret) = (&from["configMapRef"]["name"], &from["secretRef"]["name"]);
+                if (!config_map.is_null() && !config_map_rendered(config_map))
+                    || (!secret.is_null() && !secret_named(secret))
+                {
+                    problems.push(format!(
+                        "{what}: envFrom {from} refers to nothing rendered or named"
+                    ));
+                }
+            }
+            for var in array(&container["env"]) {
+                let (config_map, secret) = (
+                    &var["valueFrom"]["configMapKeyRef"]["name"],
+                    &var["valueFrom"]["secretKeyRef"]["name"],
+                );
+                if (!config_map.is_null() && !config_map_rendered(config_map))
+                    || (!secret.is_null() && !secret_named(secret))
+                {
+                    problems.push(format!(
+                        "{what}: env {} refers to nothing rendered or named",
+                        var["name"]
+                    ));
+                }
+            }
+        }
         for pull in array(&spec["imagePullSecrets"]) {
             if !SECRETS_FROM_VALUES.contains(&pull["name"].as_str().unwrap_or("")) {
                 problems.push(format!(
@@ -915,6 +961,11 @@ impl Secrets {
         secrets.insert(
             "ferry-keymat".to_string(),
             BTreeMap::from([("keymat".to_string(), std::fs::read(&keymat_file)?)]),
+        );
+        let names: BTreeSet<&str> = secrets.keys().map(String::as_str).collect();
+        ensure!(
+            names.iter().all(|n| SECRETS_FROM_VALUES.contains(n)),
+            "SECRETS_FROM_VALUES lists {names:?}"
         );
         Ok(Secrets {
             secrets,
