@@ -37,6 +37,7 @@ pub mod faulty;
 #[cfg(feature = "ftp")]
 pub mod ftp;
 pub mod local;
+mod measured;
 #[cfg(feature = "object")]
 pub mod object;
 pub mod path;
@@ -46,6 +47,7 @@ pub mod sftp;
 #[cfg(feature = "smb")]
 pub mod smb;
 
+pub use measured::{HostMetrics, Measured};
 pub use registry::{Hosts, OpenSecret, connect};
 
 /// How a caller should treat an error.
@@ -403,7 +405,34 @@ pub trait Host: Send + Sync {
     }
     /// Connect, look at `folder`, and say what the server offers (`ferry host test`).
     async fn probe(&self, folder: &str) -> HostResult<Probe>;
+    /// The connection pool's state; `None` for kinds without one (the node's own disks).
+    fn pool(&self) -> Option<PoolStatus> {
+        None
+    }
 }
 
 /// A shared host.
 pub type DynHost = Arc<dyn Host>;
+
+/// A host's connection pool as it is now (for the pool gauges of [`HostMetrics`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Connections (or, for object stores, requests) in use.
+    pub in_use: usize,
+    /// Open connections waiting in the pool; `None` where the kind's client keeps them out of
+    /// sight (object stores: reqwest's own pool).
+    pub idle: Option<usize>,
+    /// The host's `max_connections`.
+    pub max: usize,
+}
+
+impl PoolStatus {
+    #[cfg(any(feature = "sftp", feature = "ftp", feature = "smb"))]
+    pub(crate) fn of_deadpool(status: deadpool::Status) -> PoolStatus {
+        PoolStatus {
+            in_use: status.size.saturating_sub(status.available),
+            idle: Some(status.available),
+            max: status.max_size,
+        }
+    }
+}

@@ -7,7 +7,7 @@ use ferry_config::{Host as HostConfig, HostSpec};
 use ferry_keymat::{KeymatStore, Zeroizing};
 
 use crate::local::LocalHost;
-use crate::{DynHost, HostError, HostResult};
+use crate::{DynHost, HostError, HostMetrics, HostResult};
 
 /// Build a host from its configuration, opening its secrets with the node's keymat. Connections
 /// are made on first use (and pooled), so this does no I/O beyond reading the keymat.
@@ -54,6 +54,7 @@ pub type OpenSecret<'a> = dyn Fn(&str, &ferry_config::Secret) -> HostResult<Zero
 pub struct Hosts {
     keymat: Arc<KeymatStore>,
     built: Mutex<HashMap<String, (HostConfig, DynHost)>>,
+    metrics: Option<HostMetrics>,
 }
 
 impl Hosts {
@@ -61,7 +62,17 @@ impl Hosts {
         Hosts {
             keymat,
             built: Mutex::new(HashMap::new()),
+            metrics: None,
         }
+    }
+
+    /// [`Hosts::new`], every host it builds recorded in `ferry_hosts_*` metrics in `registry`
+    /// (what the services use).
+    pub fn measured(keymat: Arc<KeymatStore>, registry: &prometheus::Registry) -> prometheus::Result<Hosts> {
+        Ok(Hosts {
+            metrics: Some(HostMetrics::new(registry)?),
+            ..Hosts::new(keymat)
+        })
     }
 
     pub fn keymat(&self) -> &KeymatStore {
@@ -76,7 +87,10 @@ impl Hosts {
         {
             return Ok(host.clone());
         }
-        let host = connect(config, &self.keymat)?;
+        let mut host = connect(config, &self.keymat)?;
+        if let Some(metrics) = &self.metrics {
+            host = metrics.wrap(host);
+        }
         built.insert(config.name.clone(), (config.clone(), host.clone()));
         Ok(host)
     }

@@ -195,6 +195,10 @@ pub fn for_service(node: &str, service_name: &str) -> Permissions {
                 .write_bucket(topology::KV_RUNS)
                 .publish([subjects::BATCH_RESULTS.to_string(), subjects::audit_file("*")]);
         }
+        service::CERT_HANDLER => {
+            // The certificates the stored configuration names (an FTPS host's ca_file).
+            p.read_bucket(topology::KV_CONFIG);
+        }
         service::FAILOVER_COORDINATOR => {
             p.write_bucket(topology::KV_LEASE)
                 .read_stream(topology::STREAM_EVENTS)

@@ -99,11 +99,19 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         js: js.clone(),
         gate,
         lease: lease.clone(),
+        hosts: ferry_hosts::Hosts::measured(settings.open_keymat()?, &metrics.registry)?,
         metrics,
-        hosts: ferry_hosts::Hosts::new(settings.open_keymat()?),
         lost_batch_check: Duration::from_secs(settings.file_collector.lost_batch_check_secs),
         max_run_secs: settings.file_collector.max_run_secs,
     });
+    let samplers = {
+        let (c, js, token) = (collector.clone(), js.clone(), shutdown.child_token());
+        let (c2, js2, token2) = (collector.clone(), js.clone(), shutdown.child_token());
+        [
+            tokio::spawn(async move { c.metrics.sample_backlog(js, token).await }),
+            tokio::spawn(async move { c2.metrics.follow_run_outcomes(js2, token2).await }),
+        ]
+    };
     let dead_letters = tokio::spawn(dead_letter::follow(
         js.clone(),
         settings.node_id.clone(),
@@ -176,6 +184,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     runs.shutdown().await;
     let _ = status.await;
     let _ = dead_letters.await;
+    for sampler in samplers {
+        let _ = sampler.await;
+    }
     let _ = service.stop().await;
     Ok(())
 }

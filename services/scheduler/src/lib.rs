@@ -651,6 +651,10 @@ impl Scheduler {
             return Ok(false);
         }
         self.metrics.fired.with_label_values(&[task, kind]).inc();
+        if let Trigger::Schedule { slot } = &request.trigger {
+            let late = (Utc::now() - *slot).to_std().unwrap_or(Duration::ZERO);
+            self.metrics.lag.observe(late.as_secs_f64());
+        }
         if let (Some(ledger), Trigger::Schedule { slot }) = (&self.ledger, &request.trigger) {
             ledger.record(&ledger::Entry::Slot {
                 node: self.node.clone(),

@@ -94,7 +94,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         state_kv: nats::open_kv(&js, topology::KV_STATE, &shutdown).await?,
         config_kv: nats::open_kv(&js, topology::KV_CONFIG, &shutdown).await?,
         config_cache: tokio::sync::Mutex::new(None),
-        hosts: ferry_hosts::Hosts::new(settings.open_keymat()?),
+        hosts: ferry_hosts::Hosts::measured(settings.open_keymat()?, &metrics.registry)?,
         js: js.clone(),
         gate,
         lease,

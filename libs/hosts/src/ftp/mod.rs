@@ -216,6 +216,10 @@ impl Host for FtpHost {
         CAPABILITIES
     }
 
+    fn pool(&self) -> Option<crate::PoolStatus> {
+        Some(crate::PoolStatus::of_deadpool(self.shared.pool.status()))
+    }
+
     async fn list(&self, folder: &str, recursive: bool) -> HostResult<Vec<Entry>> {
         let mut s = self.shared.session().await?;
         let root = s.abs(folder)?;

@@ -23,6 +23,7 @@ pub(super) struct Http {
     /// The client `object_store` sends through (for the few requests it cannot make).
     pub client: Arc<OnceLock<HttpClient>>,
     limit: Arc<Semaphore>,
+    max: usize,
 }
 
 impl Http {
@@ -31,6 +32,17 @@ impl Http {
             server: Arc::default(),
             client: Arc::default(),
             limit: Arc::new(Semaphore::new(max_connections.max(1) as usize)),
+            max: max_connections.max(1) as usize,
+        }
+    }
+
+    /// Requests in flight against `max_connections` (reqwest keeps its idle connections to
+    /// itself).
+    pub fn pool(&self) -> crate::PoolStatus {
+        crate::PoolStatus {
+            in_use: self.max.saturating_sub(self.limit.available_permits()),
+            idle: None,
+            max: self.max,
         }
     }
 

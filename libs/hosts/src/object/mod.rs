@@ -575,6 +575,10 @@ impl Host for ObjectHost {
         self.shared.capabilities()
     }
 
+    fn pool(&self) -> Option<crate::PoolStatus> {
+        Some(self.shared.http.pool())
+    }
+
     async fn list(&self, folder: &str, recursive: bool) -> HostResult<Vec<Entry>> {
         let s = &self.shared;
         let root = s.folder_key(folder)?;

@@ -283,6 +283,10 @@ impl Host for SftpHost {
         self.inner.capabilities()
     }
 
+    fn pool(&self) -> Option<crate::PoolStatus> {
+        Some(crate::PoolStatus::of_deadpool(self.inner.pool.status()))
+    }
+
     async fn list(&self, folder: &str, recursive: bool) -> HostResult<Vec<Entry>> {
         let lease = self.inner.lease().await?;
         let ctx = lease.ctx();

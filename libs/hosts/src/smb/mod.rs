@@ -334,6 +334,19 @@ impl Host for SmbHost {
         CAPABILITIES
     }
 
+    fn pool(&self) -> Option<crate::PoolStatus> {
+        // The pool is made on first use: before that, nothing is open.
+        let status = self.shared.pool.get().map(|p| p.status());
+        Some(status.map_or(
+            crate::PoolStatus {
+                in_use: 0,
+                idle: Some(0),
+                max: self.shared.max_connections.max(1) as usize,
+            },
+            crate::PoolStatus::of_deadpool,
+        ))
+    }
+
     async fn list(&self, folder: &str, recursive: bool) -> HostResult<Vec<Entry>> {
         let s = &self.shared;
         let root = s.smb_path(folder)?;
