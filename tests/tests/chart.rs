@@ -16,8 +16,10 @@
 //!   rendered node.toml with Ferry's settings loader and builds its NATS connection from it
 //!   (which refuses a seed or key others may read), opens the node's keymat (one per node), and
 //!   serves on the port its probes use; the bundled nats-server checks its rendered
-//!   configuration (`nats-server -t`) and, for one server, starts on it and lets a service of the
-//!   node in over TLS as its own user.
+//!   configuration (`nats-server -t`), and all its servers start on it on loopback (a three-server
+//!   cluster for the HA values), refuse an anonymous client, and let the node's services start
+//!   as their own users over TLS (all five with every option on; two of each node of the HA
+//!   pair), creating Ferry's streams and buckets on as many servers as `replicas` says.
 //!
 //! And the README's values table names every value of values.yaml with its default.
 //!
@@ -218,6 +220,18 @@ async fn ha_values_render_a_pair_in_automatic_failover_on_one_three_server_nats_
         ensure!(pvc["spec"]["accessModes"] == serde_json::json!(["ReadWriteMany"]));
     }
     ensure!(primary.kind("PrometheusRule").count() == 1 && standby.kind("PrometheusRule").count() == 0);
+
+    // The three servers, started from the rendered configuration, form a JetStream cluster on
+    // which both nodes' services start as their own users, with every stream on three servers.
+    ensure!(
+        one.nats.len() == 3 && two.nats.is_empty(),
+        "the primary's release runs the servers"
+    );
+    for node in [&one, &two] {
+        start_service_on(node, "failover-coordinator", &one.nats_url()).await?;
+        start_service_on(node, "scheduler", &one.nats_url()).await?;
+    }
+    anonymous_is_refused(&one).await?;
     Ok(())
 }
 
@@ -230,10 +244,13 @@ async fn every_option_on_renders_objects_that_hold_together() -> anyhow::Result<
     let release = render("ferry", &[values], &[])?;
     release.check()?;
     let node = release.start_pods(&work.path().join("pods"), &secrets).await?;
-    ensure!(
-        node.nats_connected,
-        "a service of the node connected to the bundled NATS"
-    );
+    ensure!(node.nats.len() == 1, "one bundled server");
+    // Every service starts on the bundled server, over TLS with its client certificate, as its
+    // own user.
+    for service in ferry_wire::permissions::SERVICES {
+        start_service_on(&node, service, &node.nats_url()).await?;
+    }
+    anonymous_is_refused(&node).await?;
 
     let keymat = node.key_ids.values().next().context("keymat")?;
     ensure!(*keymat == secrets.keymat_id, "the keymat from the Secret");
@@ -980,9 +997,20 @@ struct Node {
     settings: BTreeMap<String, ferry_service::Settings>,
     /// The keymat each service that opens one opened, by service.
     key_ids: BTreeMap<String, String>,
-    /// A service connected, as its own user and over TLS, to a bundled server started from the
-    /// rendered configuration.
-    nats_connected: bool,
+    /// The bundled servers, started from the rendered configuration on loopback (killed on drop).
+    nats: Vec<NatsProcess>,
+}
+
+impl Node {
+    /// The started servers' client URLs, as a Ferry `nats_url`.
+    fn nats_url(&self) -> String {
+        let urls: Vec<String> = self
+            .nats
+            .iter()
+            .map(|n| format!("tls://127.0.0.1:{}", n.port))
+            .collect();
+        urls.join(",")
+    }
 }
 
 /// A pod laid out in a directory: each volume a folder, each container a root whose mount
@@ -1113,10 +1141,13 @@ impl Release {
         let mut node = Node {
             settings: BTreeMap::new(),
             key_ids: BTreeMap::new(),
-            nats_connected: false,
+            nats: Vec::new(),
         };
-        let mut nats_servers = Vec::new();
         for workload in self.workloads() {
+            if workload["kind"] == "StatefulSet" {
+                node.nats = self.start_nats(dir, workload, secrets)?;
+                continue;
+            }
             let pod_name = format!("{}-0", name(workload));
             let pod = self.lay_out(dir, &pod_name, workload, secrets)?;
             let spec = &workload["spec"]["template"]["spec"];
@@ -1124,10 +1155,6 @@ impl Release {
                 run_init(&pod, init)?;
             }
             for container in array(&spec["containers"]) {
-                if container["name"] == "nats" {
-                    nats_servers.push((check_nats_server(&pod, container, workload)?, pod));
-                    break;
-                }
                 let (service, settings) = load_service(&pod, container, workload)?;
                 if matches!(service.as_str(), "scheduler" | "file-collector" | "transfer") {
                     let keymat = settings
@@ -1151,9 +1178,6 @@ impl Release {
             "{}: five services",
             self.name
         );
-        if let [(Some(server), pod)] = nats_servers.as_slice() {
-            node.nats_connected = connect_to_bundled(&node, server, pod).await?;
-        }
         Ok(node)
     }
 }
@@ -1249,86 +1273,145 @@ fn load_service(
     Ok((service, settings))
 }
 
-/// `nats-server -t` on the rendered configuration as the pod sees it; for a single server, start
-/// it (on free ports) and return it.
-fn check_nats_server(pod: &Pod, container: &Value, workload: &Value) -> anyhow::Result<Option<NatsProcess>> {
-    let root = pod.root("nats");
-    let args: Vec<&str> = array(&container["args"]).filter_map(Value::as_str).collect();
-    let ["--config", config] = args.as_slice() else {
-        bail!("{}: nats-server args {args:?}", pod.name);
-    };
-    let original = root.join(config.trim_start_matches('/'));
-    let text = std::fs::read_to_string(&original).with_context(|| format!("{}: read {config}", pod.name))?;
-    let file = original.with_file_name("nats-under-root.conf");
-    std::fs::write(&file, under(root, &text))?;
-    let mut env = BTreeMap::new();
-    for var in array(&container["env"]) {
-        let value = match var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
-            Some("metadata.name") => pod.name.clone(),
-            Some(other) => bail!("{}: env from {other}", pod.name),
-            None => var["value"].as_str().unwrap_or("").to_string(),
-        };
-        env.insert(var["name"].as_str().unwrap_or("").to_string(), value);
+impl Release {
+    /// Lay out every pod of the NATS StatefulSet, check each one's rendered configuration with
+    /// `nats-server -t`, and start them all on loopback: client, monitoring and cluster ports
+    /// moved to free ones and the routes to those (what the headless Service's names resolve to
+    /// in Kubernetes); everything else as rendered.
+    fn start_nats(
+        &self,
+        dir: &Path,
+        workload: &Value,
+        secrets: &Secrets,
+    ) -> anyhow::Result<Vec<NatsProcess>> {
+        let replicas = workload["spec"]["replicas"].as_u64().context("replicas")?;
+        let container = array(&workload["spec"]["template"]["spec"]["containers"])
+            .find(|c| c["name"] == "nats")
+            .context("a nats container")?;
+        let cluster_ports: Vec<u16> = (0..replicas).map(|_| ferry_tests::free_port()).collect();
+        let routes: Vec<String> = cluster_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        let server = ferry_testkit::nats_server_path();
+        let mut started = Vec::new();
+        for (i, cluster_port) in cluster_ports.iter().enumerate() {
+            let pod = self.lay_out(dir, &format!("{}-{i}", name(workload)), workload, secrets)?;
+            let root = pod.root("nats");
+            let args: Vec<&str> = array(&container["args"]).filter_map(Value::as_str).collect();
+            let ["--config", config] = args.as_slice() else {
+                bail!("{}: nats-server args {args:?}", pod.name);
+            };
+            let original = root.join(config.trim_start_matches('/'));
+            let text =
+                std::fs::read_to_string(&original).with_context(|| format!("{}: read {config}", pod.name))?;
+            // Beside the original, so that its relative `include` resolves the same way.
+            let file = original.with_file_name("nats-under-root.conf");
+            std::fs::write(&file, under(root, &text))?;
+            let mut env = BTreeMap::new();
+            for var in array(&container["env"]) {
+                let value = match var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                    Some("metadata.name") => pod.name.clone(),
+                    Some(other) => bail!("{}: env from {other}", pod.name),
+                    None => var["value"].as_str().unwrap_or("").to_string(),
+                };
+                env.insert(var["name"].as_str().unwrap_or("").to_string(), value);
+            }
+            let out = Command::new(&server)
+                .args(["-t", "-c"])
+                .arg(&file)
+                .envs(&env)
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "{}: nats-server refuses the rendered configuration: {}{}\n{text}",
+                pod.name,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let (client, monitor) = (ferry_tests::free_port(), ferry_tests::free_port());
+            let mut command = Command::new(&server);
+            command.arg("-c").arg(&file).args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &client.to_string(),
+                "-m",
+                &monitor.to_string(),
+            ]);
+            if replicas > 1 {
+                ensure!(
+                    text.contains("cluster {"),
+                    "{}: {replicas} servers and no cluster:\n{text}",
+                    pod.name
+                );
+                command.args([
+                    "--cluster",
+                    &format!("nats://127.0.0.1:{cluster_port}"),
+                    "--routes",
+                    &routes.join(","),
+                ]);
+            }
+            let child = command
+                .envs(&env)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(root.join("nats.log"))?)
+                .spawn()?;
+            started.push(NatsProcess { child, port: client });
+        }
+        Ok(started)
     }
-    let server = ferry_testkit::nats_server_path();
-    let out = Command::new(&server)
-        .args(["-t", "-c"])
-        .arg(&file)
-        .envs(&env)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "{}: nats-server refuses the rendered configuration: {}{}\n{text}",
-        pod.name,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if workload["spec"]["replicas"] != 1 {
-        return Ok(None);
-    }
-    let (client, monitor) = (ferry_tests::free_port(), ferry_tests::free_port());
-    let child = Command::new(&server)
-        .arg("-c")
-        .arg(&file)
-        .args([
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &client.to_string(),
-            "-m",
-            &monitor.to_string(),
-        ])
-        .envs(&env)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(root.join("nats.log"))?)
-        .spawn()?;
-    Ok(Some(NatsProcess { child, port: client }))
 }
 
-/// The scheduler's pod, with its settings pointed at the server started from the rendering.
-async fn connect_to_bundled(node: &Node, server: &NatsProcess, pod: &Pod) -> anyhow::Result<bool> {
-    let settings = &node.settings["scheduler"];
-    ensure!(
-        settings.nats.ca_file.is_some(),
-        "{}: TLS to the bundled NATS",
-        pod.name
-    );
-    let url = format!("tls://127.0.0.1:{}", server.port);
-    let mut last = None;
-    for _ in 0..50 {
-        let options = ferry_service::nats::connect_options(settings, "scheduler").await?;
-        match options.connect(url.as_str()).await {
-            Ok(client) => {
-                // The scheduler's user may read its own node's API subjects: a round trip proves
-                // the server knows it.
-                client.flush().await?;
-                return Ok(true);
-            }
-            Err(e) => last = Some(e),
+/// Connect a node's `service` to `nats_url` the way the service does at start — as its own user,
+/// with the pod's files — including creating every stream and bucket at the node's replicas,
+/// which a JetStream cluster does only once its servers have formed it.
+async fn start_service_on(node: &Node, service: &str, nats_url: &str) -> anyhow::Result<()> {
+    let mut settings = node.settings[service].clone();
+    ensure!(settings.nats.ca_file.is_some(), "{service}: TLS to NATS");
+    settings.nats_url = nats_url.to_string();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let connected = tokio::time::timeout(
+        Duration::from_secs(60),
+        ferry_service::nats::connect(&settings, service, &shutdown),
+    )
+    .await;
+    shutdown.cancel();
+    match connected {
+        Ok(Ok((client, js))) => {
+            let stream = js.get_stream(ferry_wire::topology::STREAM_RUNQ).await?;
+            let replicas = stream.cached_info().config.num_replicas;
+            ensure!(
+                replicas == settings.replicas,
+                "FERRY_RUNQ on {replicas} servers, not {}",
+                settings.replicas
+            );
+            drop(client);
+            Ok(())
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(Err(e)) => Err(e.context(format!("{service} of {} on {nats_url}", settings.node_id))),
+        Err(_) => bail!(
+            "{service} of {} did not start on {nats_url} within 60 s",
+            settings.node_id
+        ),
     }
-    bail!("the scheduler could not connect to the bundled NATS: {last:?}")
+}
+
+/// The bundled servers include `ferry nats setup`'s users: a client without credentials is refused.
+async fn anonymous_is_refused(node: &Node) -> anyhow::Result<()> {
+    ferry_service::nats::install_crypto_provider();
+    let ca = node.settings["scheduler"].nats.ca_file.clone().context("a CA")?;
+    let url = format!("tls://127.0.0.1:{}", node.nats.first().context("a server")?.port);
+    let attempt = async_nats::ConnectOptions::new()
+        .add_root_certificates(ca.into())
+        .require_tls(true)
+        .connect(url.as_str());
+    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+        Ok(Ok(_)) => bail!("the bundled NATS let in a client without credentials"),
+        Ok(Err(e)) if e.kind() == async_nats::ConnectErrorKind::AuthorizationViolation => Ok(()),
+        Ok(Err(e)) => bail!("an anonymous client failed otherwise than refused: {e}"),
+        Err(_) => bail!("an anonymous client neither connected nor was refused within 10 s"),
+    }
 }
 
 /// A nats-server started from a rendered configuration, killed on drop.
