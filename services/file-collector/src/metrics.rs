@@ -137,7 +137,10 @@ impl Metrics {
                 _ = shutdown.cancelled() => return Ok(()),
                 m = messages.next() => m,
             };
-            let Some(message) = message else { return Ok(()) };
+            // The ordered consumer ended (NATS closed): start again after a pause.
+            let Some(message) = message else {
+                anyhow::bail!("the run events ended")
+            };
             let Ok(finished) = ferry_wire::decode::<RunFinished>(&message?.payload) else {
                 continue;
             };
