@@ -646,6 +646,22 @@ fn no_violations(stack: &Stack, nats: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How many `ferry-*` targets Prometheus (run by the stack) has scraped successfully.
+fn prometheus_targets_up(stack: &mut Stack) -> anyhow::Result<usize> {
+    let text = stack.exec_ok(
+        "prometheus",
+        &[
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            "http://127.0.0.1:9090/api/v1/query?query=up%7Bjob%3D~%22ferry.*%22%7D%3D%3D1",
+        ],
+    )?;
+    let answer: Value = serde_json::from_str(&text)?;
+    Ok(answer["data"]["result"].as_array().map_or(0, Vec::len))
+}
+
 // --- tests --------------------------------------------------------------------------------------
 
 /// Both compose files pass `docker-compose config` with a `.env` made from `.env.example`, and
@@ -907,21 +923,7 @@ fn the_single_node_compose_services_run_as_processes_and_move_a_file() -> anyhow
     poll(
         Duration::from_secs(60),
         "Prometheus to scrape the five services",
-        || {
-            let text = stack.exec_ok(
-                "prometheus",
-                &[
-                    "wget",
-                    "-q",
-                    "-O",
-                    "-",
-                    "http://127.0.0.1:9090/api/v1/query?query=up%7Bjob%3D~%22ferry.*%22%7D%3D%3D1",
-                ],
-            )?;
-            let answer: Value = serde_json::from_str(&text)?;
-            let up = answer["data"]["result"].as_array().map_or(0, Vec::len);
-            Ok((up == 5).then_some(()))
-        },
+        || Ok((prometheus_targets_up(&mut stack)? == 5).then_some(())),
     )?;
     let rules: Value = serde_json::from_str(&stack.exec_ok(
         "prometheus",
@@ -930,17 +932,25 @@ fn the_single_node_compose_services_run_as_processes_and_move_a_file() -> anyhow
     let groups = rules["data"]["groups"].as_array().map_or(0, Vec::len);
     ensure!(groups > 0, "Prometheus loaded the chart's rules: {rules}");
 
-    // Services stop cleanly on SIGTERM (compose's `down`), as within stop_grace_period.
+    // Services stop on SIGTERM (compose's `down`) within stop_grace_period, and a stopped
+    // service's healthcheck fails.
     for service in &ferry {
         stack.stop(service);
     }
+    let after = stack.healthcheck("scheduler")?;
+    ensure!(
+        !after.status.success(),
+        "the healthcheck of a stopped scheduler fails"
+    );
     Ok(())
 }
 
 /// The HA compose file, run: a three-server NATS cluster whose routes authenticate with the
-/// password from `.env`, two nodes of five services each, exactly one of them active; then the
-/// README's HA commands: the task applied, node1's coordinator stopped, node2 active (by itself:
-/// automatic mode) and moving a file.
+/// password from `.env`, two nodes of five services each, exactly one of them active, Prometheus
+/// scraping all ten; the active node's coordinator stopped, the standby takes over by itself
+/// (automatic mode) and the stopped one comes back as standby; then the README's HA commands:
+/// the task applied, node1's coordinator stopped, node2 active and moving a file. Whichever node
+/// took the lease first, at least one failover happens.
 #[test]
 fn the_ha_compose_pair_runs_as_processes_with_one_active_node_that_fails_over() -> anyhow::Result<()> {
     let mut stack = Stack::new(HA, NETNS_HA)?;
@@ -982,6 +992,28 @@ fn the_ha_compose_pair_runs_as_processes_with_one_active_node_that_fails_over() 
         )
     })?;
     eprintln!("{active} took the lease first");
+    poll(
+        Duration::from_secs(60),
+        "Prometheus to scrape both nodes' ten services",
+        || Ok((prometheus_targets_up(&mut stack)? == 10).then_some(())),
+    )?;
+
+    // A failover first: the active node's coordinator stopped (docker-compose stop: SIGTERM,
+    // it releases the lease), the standby takes over by itself; started again
+    // (docker-compose start), the stopped one comes back as the standby.
+    let other = if active == "node1" { "node2" } else { "node1" };
+    let coordinator = format!("{active}-failover-coordinator");
+    stack.stop(&coordinator);
+    poll(Duration::from_secs(60), "the standby to take over", || {
+        Ok((role(&mut stack, other)? == "active").then_some(()))
+    })?;
+    stack.up(&coordinator)?;
+    stack.wait_healthy(&coordinator, Duration::from_secs(60))?;
+    poll(
+        Duration::from_secs(60),
+        "the old active node back as standby",
+        || Ok((role(&mut stack, &active)? == "standby").then_some(())),
+    )?;
 
     // The README's HA commands: apply, both nodes' status, node1's coordinator stopped
     // (docker-compose stop: SIGTERM, it releases the lease if it holds it), node2 active.
