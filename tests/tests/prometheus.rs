@@ -207,7 +207,7 @@ cron = "*/2 * * * * *"
     .await
     .with_context(|| format!("rules: {:?}", prometheus.api("/api/v1/rules")))?;
     eprintln!(
-        "FerryNoActiveNode fired {:?} after no node was active",
+        "FerryNoActiveNode fired {:?} after the test first saw no active node",
         fired.elapsed()
     );
     let promoted: FailoverStatus = beta

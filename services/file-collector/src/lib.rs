@@ -104,14 +104,17 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         lost_batch_check: Duration::from_secs(settings.file_collector.lost_batch_check_secs),
         max_run_secs: settings.file_collector.max_run_secs,
     });
-    let samplers = {
-        let (c, js, token) = (collector.clone(), js.clone(), shutdown.child_token());
-        let (c2, js2, token2) = (collector.clone(), js.clone(), shutdown.child_token());
-        [
-            tokio::spawn(async move { c.metrics.sample_backlog(js, token).await }),
-            tokio::spawn(async move { c2.metrics.follow_run_outcomes(js2, token2).await }),
-        ]
-    };
+    // The queues' backlog and each task's failures in a row, for every node's dashboards.
+    let samplers = [
+        tokio::spawn({
+            let (c, js, token) = (collector.clone(), js.clone(), shutdown.child_token());
+            async move { c.metrics.sample_backlog(js, token).await }
+        }),
+        tokio::spawn({
+            let (c, js, token) = (collector.clone(), js.clone(), shutdown.child_token());
+            async move { c.metrics.follow_run_outcomes(js, token).await }
+        }),
+    ];
     let dead_letters = tokio::spawn(dead_letter::follow(
         js.clone(),
         settings.node_id.clone(),
