@@ -662,6 +662,16 @@ fn prometheus_targets_up(stack: &mut Stack) -> anyhow::Result<usize> {
     Ok(answer["data"]["result"].as_array().map_or(0, Vec::len))
 }
 
+/// The quickstart task also runs every minute (compose/tasks.toml): wait until a minute's slot
+/// is well past and the next one is 20 s or more away, so that a file dropped now is moved by
+/// the run the test asks for, not by the schedule (and the two runs do not meet).
+fn away_from_slot() {
+    use chrono::Timelike;
+    while !(2..=40).contains(&chrono::Utc::now().second()) {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 // --- tests --------------------------------------------------------------------------------------
 
 /// Both compose files pass `docker-compose config` with a `.env` made from `.env.example`, and
@@ -1021,6 +1031,7 @@ fn the_ha_compose_pair_runs_as_processes_with_one_active_node_that_fails_over() 
     assert!(ran >= 5, "the README's HA commands: {ran} found");
     ensure!(role(&mut stack, "node2")? == "active");
     // The node that lost its coordinator does no work: node2 runs the task.
+    away_from_slot();
     stack.exec_ok(
         "node2-scheduler",
         &["sh", "-c", "echo after > /data/demo/inbox/after.txt"],
@@ -1132,14 +1143,9 @@ mod readme {
     /// output, alike in shape. `ferry failover status` is asked again for up to 30 s until it
     /// does: a role change takes a moment.
     ///
-    /// The quickstart task also runs every minute: the commands start well after a minute's
-    /// slot and end (a few seconds) before the next, so the run the README asks for is the one
-    /// that moves the file.
+    /// The commands start away from the quickstart task's schedule ([`away_from_slot`]).
     pub fn follow(stack: &mut Stack) -> anyhow::Result<usize> {
-        use chrono::Timelike;
-        while !(2..=40).contains(&chrono::Utc::now().second()) {
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        away_from_slot();
         let section = deploy_section()?;
         let mut ran = 0;
         for (line, shown) in commands(&section) {
