@@ -166,6 +166,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_certificates_are_those_of_every_services_nats_settings_and_every_ftps_host() {
+        let mut settings = Settings::default();
+        settings.node_id = "n1".into();
+        settings.nats.ca_file = Some("/pki/ca.pem".into());
+        settings.nats.cert_file = Some("/pki/{node}/{service}.pem".into());
+        settings.nats.key_file = Some("/pki/{node}/{service}.key".into());
+        let config = ferry_config::parse_toml(
+            "[[host]]\nname = \"archive\"\nkind = \"ftp\"\naddress = \"ftp.example\"\nuser = \"u\"\n\
+             tls = \"explicit\"\nca_file = \"/pki/archive-ca.pem\"\n\
+             [[host]]\nname = \"plain\"\nkind = \"ftp\"\naddress = \"ftp.example\"\nuser = \"u\"\n",
+        )
+        .expect("parse")
+        .validate()
+        .expect("valid");
+        let hosts: Vec<ferry_config::Host> = config.hosts.into_values().collect();
+        let files = certificate_files(&settings, &hosts);
+        let expected: Vec<(String, String)> = [
+            ("host/archive/ca_file", "/pki/archive-ca.pem"),
+            ("nats.ca_file", "/pki/ca.pem"),
+            ("nats.cert_file", "/pki/n1/cert-handler.pem"),
+            ("nats.cert_file", "/pki/n1/cli.pem"),
+            ("nats.cert_file", "/pki/n1/failover-coordinator.pem"),
+            ("nats.cert_file", "/pki/n1/file-collector.pem"),
+            ("nats.cert_file", "/pki/n1/scheduler.pem"),
+            ("nats.cert_file", "/pki/n1/transfer.pem"),
+        ]
+        .into_iter()
+        .map(|(s, p)| (s.to_string(), p.to_string()))
+        .collect();
+        assert_eq!(files, expected);
+    }
+
+    #[test]
     fn every_certificate_of_a_bundle_is_read_with_its_expiry() {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = ferry_testkit::peers::vsftpd::TestPki::generate(dir.path()).expect("openssl");
