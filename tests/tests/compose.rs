@@ -1203,6 +1203,7 @@ fn the_readme_deploy_sections_name_what_exists() -> anyhow::Result<()> {
     let env = env_file(dir.path())?;
     let mut published = BTreeSet::new();
     let mut files = BTreeSet::new();
+    let mut configs: BTreeMap<String, Value> = BTreeMap::new();
     for (line, _) in readme::commands(&section) {
         let w = readme::words(&line);
         match w.first().map(String::as_str) {
@@ -1218,26 +1219,34 @@ fn the_readme_deploy_sections_name_what_exists() -> anyhow::Result<()> {
             Some("docker-compose") => {
                 ensure!(w[1] == "-f", "README: `{line}` names its compose file with -f");
                 files.insert(w[2].clone());
-                if let Some(i) = w.iter().position(|x| x == "exec") {
-                    let config = compose_config(&w[2], &env)?;
+                if !configs.contains_key(&w[2]) {
+                    configs.insert(w[2].clone(), compose_config(&w[2], &env)?);
+                }
+                let config = &configs[&w[2]];
+                // exec SERVICE …, stop/start SERVICE…: services of that file.
+                let services = match w.get(3).map(String::as_str) {
+                    Some("exec") => &w[4..5],
+                    Some("stop" | "start" | "ps" | "logs") => &w[4..],
+                    _ => &w[..0],
+                };
+                for service in services {
                     ensure!(
-                        config["services"].get(&w[i + 1]).is_some(),
-                        "README: `{line}`: {} has no service {}",
-                        w[2],
-                        w[i + 1]
+                        config["services"].get(service).is_some(),
+                        "README: `{line}`: {} has no service {service}",
+                        w[2]
                     );
-                    if w.get(i + 2).is_some_and(|x| x == "ferry") {
-                        let mut args: Vec<&str> = w[i + 3..].iter().map(String::as_str).collect();
-                        args.push("--help");
-                        let out = Command::new(ferry_testkit::bin_path("ferry"))
-                            .args(&args)
-                            .output()?;
-                        ensure!(
-                            out.status.success(),
-                            "README: `{line}` does not parse: {}",
-                            String::from_utf8_lossy(&out.stderr)
-                        );
-                    }
+                }
+                if w.get(3).is_some_and(|x| x == "exec") && w.get(5).is_some_and(|x| x == "ferry") {
+                    let mut args: Vec<&str> = w[6..].iter().map(String::as_str).collect();
+                    args.push("--help");
+                    let out = Command::new(ferry_testkit::bin_path("ferry"))
+                        .args(&args)
+                        .output()?;
+                    ensure!(
+                        out.status.success(),
+                        "README: `{line}` does not parse: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
                 }
             }
             _ => {}
@@ -1247,8 +1256,7 @@ fn the_readme_deploy_sections_name_what_exists() -> anyhow::Result<()> {
         files.contains(SINGLE) && files.contains(HA),
         "README shows both compose files: {files:?}"
     );
-    for file in &files {
-        let config = compose_config(file, &env)?;
+    for config in configs.values() {
         for service in config["services"].as_object().context("services")?.values() {
             for port in strings(&service["ports"]) {
                 if let Some(p) = port.split(':').nth(1) {
