@@ -167,8 +167,10 @@ mod tests {
 
     #[test]
     fn the_certificates_are_those_of_every_services_nats_settings_and_every_ftps_host() {
-        let mut settings = Settings::default();
-        settings.node_id = "n1".into();
+        let mut settings = Settings {
+            node_id: "n1".into(),
+            ..Settings::default()
+        };
         settings.nats.ca_file = Some("/pki/ca.pem".into());
         settings.nats.cert_file = Some("/pki/{node}/{service}.pem".into());
         settings.nats.key_file = Some("/pki/{node}/{service}.key".into());
