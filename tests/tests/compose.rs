@@ -21,7 +21,10 @@
 //! - **Order**: `depends_on` with its conditions: `service_completed_successfully` waits for
 //!   exit status 0, `service_healthy` runs the healthcheck's own command in the service's
 //!   context (as `docker exec` would) until it passes.
-//! - `docker-compose exec SERVICE CMD` is [`Stack::exec`]: CMD in that service's context.
+//! - `docker-compose exec SERVICE CMD` is [`Stack::exec`]: CMD in that service's context. The
+//!   programs around the image's own are this machine's, so the test runs in a container only
+//!   what the real image has too: `ferry`, `sh` and `ls` in Ferry's (Debian slim), `wget` in the
+//!   nats and prometheus images (busybox).
 //!
 //! Not run: Grafana (not installable from the reachable registries; its provisioning files are
 //! checked against the mounts instead) and the image build itself (no Docker engine).
@@ -977,8 +980,14 @@ fn the_ha_compose_pair_runs_as_processes_with_one_active_node_that_fails_over() 
         ("nats-witness", 8224),
     ] {
         let routes: Value = serde_json::from_str(&stack.exec_ok(
-            "node1-scheduler",
-            &["wget", "-q", "-O", "-", &format!("http://{server}:{port}/routez")],
+            server,
+            &[
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                &format!("http://127.0.0.1:{port}/routez"),
+            ],
         )?)?;
         ensure!(
             routes["num_routes"].as_u64().unwrap_or(0) >= 2,
