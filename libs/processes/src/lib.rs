@@ -1,7 +1,8 @@
 //! `ferry-processes`: what Ferry does to a file between source and destination, behind one
 //! [`Process`] trait, one module per process: [`archive`] (zip, unzip), [`checksum`], [`rename`],
-//! [`replace`] (find and replace), [`command`] (a custom command) and [`openpgp`] (encrypt,
-//! decrypt, sign, verify).
+//! [`replace`] (find and replace), [`command`] (a custom command), [`openpgp`] (encrypt,
+//! decrypt, sign, verify) and [`certs`] (Certs Backup, and the pure functions Certs Restore is
+//! made of).
 //!
 //! How the transfer service uses it (the intended integration):
 //! 1. It stages each collected file in its spool folder and wraps it as [`File::borrowed`] with
@@ -14,6 +15,18 @@
 //!    the destination's own template), then drops it, which removes it from the spool.
 //! 4. It records every [`StepReport`] in the run's per-file record (and the audit trail): the
 //!    process, its outcome, each output's SHA-256, captured command output.
+//! 5. On failure ([`Run::files`] is `Err`), only that file failed (PER-FILE) or the task
+//!    (PER-TASK); [`ProcessError::class`] says how, [`ProcessError::is_retryable`] whether a
+//!    retry can help (the key source did not answer, Ferry's own disk failed); the source is
+//!    untouched and the spool holds nothing of the failed step.
+//!
+//! The cert-handler implements [`KeySource`] over NATS request/reply (PGP keys by selector,
+//! personal and other people's certificates), runs the key-dependent steps, and implements Certs
+//! Restore with [`certs::read_pfx`], [`certs::read_p7b`] and [`certs::plan_restore`].
+//!
+//! Each process's options are a plain struct built by a constructor that validates them
+//! (`Rename::new`, `Zip::new`, `FindReplace::regex`, `Command::new` …) and returns an error text
+//! naming the option and value, for the configuration crate to wrap with the task and step.
 //!
 //! Invariants:
 //! - a process reads local files and writes only under [`Context::work_dir`], to temporary names
@@ -39,6 +52,7 @@ use ferry_config::template::MacroContext;
 use serde::{Deserialize, Serialize};
 
 pub mod archive;
+pub mod certs;
 pub mod checksum;
 pub mod command;
 mod error;
