@@ -481,6 +481,20 @@ mod tests {
     }
 
     #[test]
+    fn two_archives_holding_the_same_name_fail_the_step_and_leave_nothing() {
+        let fx = Fixture::new();
+        let ctx = fx.ctx(&NoKeys);
+        let a = fx.input("a.zip", &make_zip(&[("same.txt", b"1")]));
+        let b = fx.input("b.zip", &make_zip(&[("same.txt", b"2")]));
+        let run = run_steps(&[&Unzip::default()], vec![a, b], &ctx);
+        assert_eq!(
+            run.files.expect_err("a clash").to_string(),
+            "unzip \"same.txt\": more than one output has this name"
+        );
+        assert!(fx.work_entries().is_empty());
+    }
+
+    #[test]
     fn zip_refuses_two_inputs_with_one_name_and_makes_nothing_of_no_input() {
         let fx = Fixture::new();
         let ctx = fx.ctx(&NoKeys);

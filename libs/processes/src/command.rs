@@ -260,8 +260,6 @@ impl Command {
         let stderr = capture(child.stderr.take().expect("stderr is piped"), self.capture_bytes);
 
         let status = self.wait(&mut child, ctx, &blame)?;
-        // Children it left behind do not outlive it (and release the pipes).
-        kill_group(&child);
         // The pipes close once every process holding them is gone; give the readers a moment.
         let deadline = Instant::now() + Duration::from_secs(2);
         while Arc::strong_count(&stderr) > 1 || stdout.as_ref().is_some_and(|s| Arc::strong_count(s) > 1) {
@@ -342,6 +340,9 @@ impl Command {
         Ok((file, log))
     }
 
+    /// Waits for the command to exit, or kills it at the timeout or on cancellation. Its process
+    /// group is killed *before* the command is reaped: until then its pid (the group's id) cannot
+    /// be reused, so the kill can never reach an unrelated process.
     fn wait(
         &self,
         child: &mut Child,
@@ -350,30 +351,45 @@ impl Command {
     ) -> Result<std::process::ExitStatus, ProcessError> {
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
+        let stop = |child: &mut Child| {
+            kill_group(child);
+            let _ = child.wait();
+        };
         loop {
-            match child.try_wait() {
-                Ok(Some(status)) => return Ok(status),
-                Ok(None) => {}
-                Err(e) => {
+            match has_exited(child) {
+                Ok(true) => {
+                    // Children it left running do not outlive it (and release the pipes).
                     kill_group(child);
-                    let _ = child.wait();
+                    return child
+                        .wait()
+                        .map_err(|e| blame.internal(format!("reap the command: {e}")));
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    stop(child);
                     return Err(blame.internal(format!("wait for the command: {e}")));
                 }
             }
             if started.elapsed() >= self.timeout {
-                kill_group(child);
-                let _ = child.wait();
+                stop(child);
                 return Err(blame.timeout(self.timeout));
             }
             if ctx.is_cancelled() {
-                kill_group(child);
-                let _ = child.wait();
+                stop(child);
                 return Err(blame.internal("cancelled"));
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(50));
         }
     }
+}
+
+/// Whether the child has exited, without reaping it (`waitid` with `WNOWAIT`).
+fn has_exited(child: &Child) -> nix::Result<bool> {
+    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    Ok(!matches!(waitid(Id::Pid(pid), flags)?, WaitStatus::StillAlive))
 }
 
 /// SIGKILL to the child's whole process group (the child is its leader).

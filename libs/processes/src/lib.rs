@@ -171,9 +171,9 @@ pub struct Run {
     pub reports: Vec<StepReport>,
 }
 
-/// Runs `steps` in order, each on the previous step's outputs; stops at the first failure. On
-/// failure every intermediate file is removed (dropped) and the caller's borrowed files are
-/// untouched. Blocking.
+/// Runs `steps` in order, each on the previous step's outputs; stops at the first failure (and
+/// refuses a step whose outputs share a name). On failure every intermediate file is removed
+/// (dropped) and the caller's borrowed files are untouched. Blocking.
 pub fn run_steps(steps: &[&dyn Process], inputs: Vec<File>, ctx: &Context<'_>) -> Run {
     let mut files = inputs;
     let mut reports = Vec::with_capacity(steps.len());
@@ -230,10 +230,22 @@ pub fn run_steps(steps: &[&dyn Process], inputs: Vec<File>, ctx: &Context<'_>) -
     }
 }
 
+/// Hashes each output for the report, and refuses two outputs with one name: one would silently
+/// replace the other at the destination (two archives that both hold `a.txt`).
 fn hash_outputs(
     process: &'static str,
     mut out: StepOutput,
 ) -> Result<(StepOutput, Vec<FileReport>), ProcessError> {
+    let mut names = std::collections::HashSet::new();
+    for f in &out.files {
+        if !names.insert(f.name()) {
+            return Err(ProcessError::BadInput {
+                process,
+                file: f.name().to_string(),
+                reason: "more than one output has this name".into(),
+            });
+        }
+    }
     let mut reports = Vec::with_capacity(out.files.len());
     for f in &mut out.files {
         let h = f.sha256().map_err(|e| ProcessError::Internal {
