@@ -201,6 +201,9 @@ pub struct Decrypt {
     pub require_signer: Option<String>,
     /// Output name; default: the input's name without `.pgp`, `.gpg` or `.asc`.
     pub name: Option<Template>,
+    /// Most bytes the plaintext may have: a compressed message can expand without bound (a
+    /// decompression bomb); counted as it is written, like unzip's limit. `None`: no limit.
+    pub max_bytes: Option<u64>,
 }
 
 /// Sign: an inline-signed message (the file inside), or a detached signature beside the file.
@@ -219,6 +222,8 @@ pub struct Sign {
 pub struct Verify {
     pub signer: Option<String>,
     pub name: Option<Template>,
+    /// As [`Decrypt::max_bytes`].
+    pub max_bytes: Option<u64>,
 }
 
 fn render_name(
@@ -342,6 +347,7 @@ fn copy_plaintext(
     out: &mut OutputFile,
     blame: &Blame,
     what: &str,
+    limit: Option<u64>,
 ) -> Result<u64, ProcessError> {
     let mut buf = vec![0u8; BUF_SIZE];
     let mut n = 0u64;
@@ -352,6 +358,11 @@ fn copy_plaintext(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(blame.bad_input(format!("could not be {what}: {e}"))),
         };
+        if let Some(limit) = limit
+            && n + k as u64 > limit
+        {
+            return Err(blame.limit(format!("expands to more than the limit of {limit} bytes")));
+        }
         out.write_all(&buf[..k]).map_err(blame.io("write the output"))?;
         n += k as u64;
     }
@@ -533,7 +544,7 @@ impl Process for Decrypt {
                     .map_err(|e| blame.bad_input(format!("could not be decompressed: {e}")))?;
             }
             let mut out = OutputFile::create(ctx.work_dir).map_err(blame.io("create the output"))?;
-            copy_plaintext(&mut msg, &mut out, &blame, "decrypted")?;
+            copy_plaintext(&mut msg, &mut out, &blame, "decrypted", self.max_bytes)?;
             log.push_str(&check_signature(
                 &msg,
                 self.require_signer.as_deref(),
@@ -639,7 +650,7 @@ impl Process for Verify {
                     .map_err(|e| blame.bad_input(format!("could not be decompressed: {e}")))?;
             }
             let mut out = OutputFile::create(ctx.work_dir).map_err(blame.io("create the output"))?;
-            copy_plaintext(&mut msg, &mut out, &blame, "read")?;
+            copy_plaintext(&mut msg, &mut out, &blame, "read", self.max_bytes)?;
             if !msg.is_signed() {
                 return Err(blame.bad_input("is not signed"));
             }

@@ -138,6 +138,7 @@ fn gpg_encrypts_and_signs_and_ferry_decrypts_and_verifies() {
         let dec = Decrypt {
             require_signer: Some("partner@example.com".into()),
             name: None,
+            max_bytes: None,
         };
         let run = run_steps(&[&dec], vec![File::borrowed(&msg, name).expect("file")], &ctx);
         let files = run.files.expect("decrypted and verified");
@@ -216,6 +217,7 @@ fn a_bad_or_missing_signature_when_one_is_required_fails_and_leaves_no_output() 
     let dec = Decrypt {
         require_signer: Some("partner@example.com".into()),
         name: None,
+        max_bytes: None,
     };
     let ctx = fx.ctx(&w.keys);
     for (file, want) in [
@@ -363,6 +365,7 @@ fn ferry_signs_and_gpg_verifies_and_the_reverse() {
     let verify = Verify {
         signer: Some("partner@example.com".into()),
         name: None,
+        max_bytes: None,
     };
     let run = run_steps(
         &[&verify],
@@ -378,6 +381,7 @@ fn ferry_signs_and_gpg_verifies_and_the_reverse() {
     let verify = Verify {
         signer: Some(w.ferry.fpr.clone()),
         name: None,
+        max_bytes: None,
     };
     let e = verify
         .run(vec![File::borrowed(&signed, "in.txt.gpg").expect("file")], &ctx)
@@ -427,4 +431,48 @@ fn a_key_source_that_does_not_answer_is_retryable_and_an_unknown_recipient_is_no
         "pgp-encrypt \"a\": no PGP public key matching \"nobody@example.com\" in the node's key store"
     );
     assert!(!e.is_retryable());
+}
+
+#[test]
+fn a_compressed_message_that_expands_past_the_limit_is_stopped_and_leaves_nothing() {
+    let w = world();
+    let fx = Fixture::new();
+    let plain = fx.src_path("zeros.bin");
+    std::fs::write(&plain, vec![0u8; 20 * 1024 * 1024]).expect("write");
+    let msg = fx.src_path("zeros.bin.gpg");
+    // GnuPG compresses by default (ZLIB): 20 MiB of zeros become a few KiB.
+    w.gpg.ok(&[
+        "-z",
+        "9",
+        "-o",
+        msg.to_str().expect("utf8"),
+        "-r",
+        "ferry@example.com",
+        "--encrypt",
+        plain.to_str().expect("utf8"),
+    ]);
+    assert!(std::fs::metadata(&msg).expect("msg").len() < 100_000);
+    let ctx = fx.ctx(&w.keys);
+    let dec = Decrypt {
+        max_bytes: Some(1024 * 1024),
+        ..Default::default()
+    };
+    let e = dec
+        .run(vec![File::borrowed(&msg, "zeros.bin.gpg").expect("file")], &ctx)
+        .expect_err("a bomb");
+    assert_eq!(e.class(), ErrorClass::LimitExceeded);
+    assert_eq!(
+        e.to_string(),
+        "pgp-decrypt \"zeros.bin.gpg\": expands to more than the limit of 1048576 bytes"
+    );
+    assert!(fx.work_entries().is_empty());
+    // Under a limit it fits, the same message decrypts.
+    let dec = Decrypt {
+        max_bytes: Some(20 * 1024 * 1024),
+        ..Default::default()
+    };
+    let out = dec
+        .run(vec![File::borrowed(&msg, "zeros.bin.gpg").expect("file")], &ctx)
+        .expect("fits");
+    assert_eq!(out.files[0].bytes(), 20 * 1024 * 1024);
 }

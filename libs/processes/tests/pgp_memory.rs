@@ -104,6 +104,7 @@ fn child(dir: &Path) {
     let dec = Decrypt {
         require_signer: Some("partner@example.com".into()),
         name: None,
+        max_bytes: None,
     };
     let mut decrypted = dec
         .run(vec![encrypted], &ctx)
