@@ -195,3 +195,30 @@ fn bad_settings_are_refused_up_front() {
         "command \"a\": printed an unusable output name: \"../escape\" has a \"..\" component"
     );
 }
+
+#[test]
+fn a_cancelled_run_stops_a_running_command_promptly_and_leaves_nothing() {
+    let fx = Fixture::new();
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let mut ctx = fx.ctx(&NoKeys);
+    ctx.cancel = Some(&cancel);
+    let cmd = sh("echo partial > \"$2\"; sleep 100");
+    let started = Instant::now();
+    let e = std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(300));
+            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        run_steps(&[&cmd], vec![fx.input("in.txt", b"x")], &ctx)
+            .files
+            .expect_err("cancelled")
+    });
+    assert_eq!(e.to_string(), "command \"in.txt\": cancelled");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(fx.work_entries().is_empty(), "{:?}", fx.work_entries());
+    // A run cancelled before a step starts does not start it.
+    let e = run_steps(&[&cmd], vec![fx.input("in.txt", b"x")], &ctx)
+        .files
+        .expect_err("cancelled");
+    assert_eq!(e.to_string(), "command \"in.txt\": cancelled");
+}
