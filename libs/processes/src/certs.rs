@@ -6,11 +6,12 @@
 //!   protected by the task's password — and [`OTHER_FILE`] — a certificate-only PKCS#7
 //!   (SignedData without signers, DER) of every other people's certificate. Both come from the
 //!   [`KeySource`] (the cert-handler) and go to the task's destinations like any collected file.
-//! - **Certs Restore** is pure functions the cert-handler calls with a file taken from the
-//!   task's source: [`read_pfx`] / [`read_p7b`] read it, [`plan_restore`] compares it with what
-//!   the stores hold (by SHA-256 fingerprint of the leaf certificate) and says what to add; the
-//!   cert-handler stores the additions and reports the [`RestoreReport`] (added / already
-//!   present / failed). Restoring twice adds nothing the second time.
+//! - **Certs Restore** ([`CertsRestore`], PER-FILE, over a [`CertSink`] the cert-handler
+//!   implements) is made of pure functions usable on their own: [`read_pfx`] / [`read_p7b`]
+//!   read a file taken from the task's source, [`plan_restore`] compares it with what the stores
+//!   hold (by SHA-256 fingerprint of the leaf certificate) and says what to add, with a
+//!   [`RestoreReport`] (added / already present / failed). Restoring twice adds nothing the
+//!   second time.
 //!
 //! The files are small (a store of certificates), so they are built in memory.
 
@@ -307,5 +308,136 @@ impl Process for CertsBackup {
                 other.len()
             ),
         })
+    }
+}
+
+/// Where Certs Restore puts what it restores: the cert-handler's stores (over its own API), or
+/// [`MemoryCertStore`] in tests.
+pub trait CertSink: Send + Sync {
+    /// [`fingerprint`]s of the leaf certificates in the personal store.
+    fn personal_fingerprints(&self) -> Result<HashSet<String>, crate::KeyError>;
+    /// [`fingerprint`]s of the other people's certificates.
+    fn other_fingerprints(&self) -> Result<HashSet<String>, crate::KeyError>;
+    fn add_personal(&self, cert: PersonalCert) -> Result<(), crate::KeyError>;
+    fn add_other(&self, der: Vec<u8>) -> Result<(), crate::KeyError>;
+}
+
+/// Certificate stores in memory.
+#[derive(Default)]
+pub struct MemoryCertStore {
+    pub personal: std::sync::Mutex<Vec<PersonalCert>>,
+    pub other: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl CertSink for MemoryCertStore {
+    fn personal_fingerprints(&self) -> Result<HashSet<String>, crate::KeyError> {
+        let p = self.personal.lock().expect("not poisoned");
+        Ok(p.iter()
+            .filter_map(|c| c.chain.first())
+            .map(|l| fingerprint(l))
+            .collect())
+    }
+    fn other_fingerprints(&self) -> Result<HashSet<String>, crate::KeyError> {
+        Ok(self
+            .other
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|d| fingerprint(d))
+            .collect())
+    }
+    fn add_personal(&self, cert: PersonalCert) -> Result<(), crate::KeyError> {
+        self.personal.lock().expect("not poisoned").push(cert);
+        Ok(())
+    }
+    fn add_other(&self, der: Vec<u8>) -> Result<(), crate::KeyError> {
+        self.other.lock().expect("not poisoned").push(der);
+        Ok(())
+    }
+}
+
+/// Certs Restore as a PER-FILE process: restores each `.pfx` / `.p12` (with the task's password)
+/// and `.p7b` / `.p7c` file into the stores, idempotently, and passes the file on unchanged. The
+/// step log lists what was added, already present or failed; a file that cannot be read (wrong
+/// password, corrupt) or has an entry that failed fails the file, and nothing of it is added
+/// when it cannot be read.
+pub struct CertsRestore {
+    pub password: Secret,
+    pub sink: std::sync::Arc<dyn CertSink>,
+}
+
+impl std::fmt::Debug for CertsRestore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CertsRestore")
+    }
+}
+
+impl Process for CertsRestore {
+    fn name(&self) -> &'static str {
+        "certs-restore"
+    }
+
+    fn run(&self, inputs: Vec<File>, _ctx: &Context<'_>) -> Result<StepOutput, ProcessError> {
+        let mut log = String::new();
+        for input in &inputs {
+            let blame = Blame::new(self.name(), input.name());
+            let lower = input.name().to_ascii_lowercase();
+            // Backups are small; reading one whole is bounded by a store's size.
+            let bytes = std::fs::read(input.path()).map_err(blame.io("read the backup"))?;
+            let (personal, other) = if lower.ends_with(".pfx") || lower.ends_with(".p12") {
+                read_pfx(&bytes, &self.password).map_err(|e| blame.bad_input(e))?
+            } else if lower.ends_with(".p7b") || lower.ends_with(".p7c") {
+                (Vec::new(), read_p7b(&bytes).map_err(|e| blame.bad_input(e))?)
+            } else {
+                return Err(blame.bad_input("is neither a .pfx/.p12 nor a .p7b/.p7c file"));
+            };
+            let have_personal = self.sink.personal_fingerprints().map_err(|e| blame.key(e))?;
+            let have_other = self.sink.other_fingerprints().map_err(|e| blame.key(e))?;
+            let (plan, mut report) = plan_restore(personal, other, &have_personal, &have_other);
+            for p in plan.personal {
+                let fp = fingerprint(&p.chain[0]);
+                if let Err(e) = self.sink.add_personal(p) {
+                    report.added.retain(|a| a != &fp);
+                    report.failed.push((fp, e.to_string()));
+                }
+            }
+            for d in plan.other {
+                let fp = fingerprint(&d);
+                if let Err(e) = self.sink.add_other(d) {
+                    report.added.retain(|a| a != &fp);
+                    report.failed.push((fp, e.to_string()));
+                }
+            }
+            log.push_str(&format!(
+                "{}: added {}, already present {}, failed {}\n",
+                input.name(),
+                report.added.len(),
+                report.already_present.len(),
+                report.failed.len()
+            ));
+            for (what, list) in [
+                ("added", &report.added),
+                ("already present", &report.already_present),
+            ] {
+                for fp in list {
+                    log.push_str(&format!("  {what} {fp}\n"));
+                }
+            }
+            if !report.failed.is_empty() {
+                let failed: Vec<String> = report
+                    .failed
+                    .iter()
+                    .map(|(fp, why)| format!("{fp}: {why}"))
+                    .collect();
+                return Err(blame.bad_input(format!(
+                    "{} entries could not be restored ({}); added {}, already present {}",
+                    report.failed.len(),
+                    failed.join("; "),
+                    report.added.len(),
+                    report.already_present.len()
+                )));
+            }
+        }
+        Ok(StepOutput { files: inputs, log })
     }
 }

@@ -1,8 +1,7 @@
 //! `ferry-processes`: what Ferry does to a file between source and destination, behind one
 //! [`Process`] trait, one module per process: [`archive`] (zip, unzip), [`checksum`], [`rename`],
 //! [`replace`] (find and replace), [`command`] (a custom command), [`openpgp`] (encrypt,
-//! decrypt, sign, verify) and [`certs`] (Certs Backup, and the pure functions Certs Restore is
-//! made of).
+//! decrypt, sign, verify) and [`certs`] (Certs Backup and Certs Restore).
 //!
 //! How the transfer service uses it (the intended integration):
 //! 1. It stages each collected file in its spool folder and wraps it as [`File::borrowed`] with
@@ -21,8 +20,8 @@
 //!    untouched and the spool holds nothing of the failed step.
 //!
 //! The cert-handler implements [`KeySource`] over NATS request/reply (PGP keys by selector,
-//! personal and other people's certificates), runs the key-dependent steps, and implements Certs
-//! Restore with [`certs::read_pfx`], [`certs::read_p7b`] and [`certs::plan_restore`].
+//! personal and other people's certificates), runs the key-dependent steps, and implements
+//! [`certs::CertSink`] over its stores for Certs Restore.
 //!
 //! Each process's options are a plain struct built by a constructor that validates them
 //! (`Rename::new`, `Zip::new`, `FindReplace::regex`, `Command::new` …) and returns an error text

@@ -325,3 +325,80 @@ fn backup_then_restore_into_empty_stores_gives_identical_stores() {
     assert_eq!(report.added.len(), 3);
     assert!(report.failed.is_empty() && report.already_present.is_empty());
 }
+
+#[test]
+fn certs_backup_on_one_node_restored_on_another_gives_identical_stores() {
+    use ferry_processes::certs::{CertSink, CertsRestore, MemoryCertStore};
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().expect("temp");
+    let d = tmp.path();
+    let a = make(d, "a", "node-client-a", false);
+    let b = make(d, "b", "partner-b", true);
+    // Node P's stores, read through its key source.
+    let p = MemoryKeys {
+        personal: vec![PersonalCert {
+            chain: vec![a.cert_der.clone()],
+            key_pkcs8: a.key_der.clone(),
+        }],
+        other: vec![b.cert_der.clone()],
+        ..Default::default()
+    };
+    let fx = Fixture::new();
+    let ctx_p = fx.ctx(&p);
+    let backup = CertsBackup::new(Secret::new("pw")).expect("valid");
+    let files = run_steps(&[&backup], vec![], &ctx_p).files.expect("backed up");
+
+    // Node Q's empty stores.
+    let q = Arc::new(MemoryCertStore::default());
+    let restore = CertsRestore {
+        password: Secret::new("pw"),
+        sink: q.clone(),
+    };
+    let ctx_q = fx.ctx(&ferry_processes::NoKeys);
+    let lend = |f: &ferry_processes::File| ferry_processes::File::borrowed(f.path(), f.name()).expect("file");
+    let run = run_steps(&[&restore], files.iter().map(lend).collect(), &ctx_q);
+    run.files.expect("restored");
+    assert_eq!(
+        q.personal_fingerprints().expect("fps"),
+        HashSet::from([fingerprint(&a.cert_der)])
+    );
+    assert_eq!(
+        q.other_fingerprints().expect("fps"),
+        HashSet::from([fingerprint(&b.cert_der)])
+    );
+    assert_eq!(q.personal.lock().expect("lock")[0].key_pkcs8, a.key_der);
+    assert!(
+        run.reports[0]
+            .log
+            .contains("CertsPersonal.pfx: added 1, already present 0, failed 0"),
+        "{}",
+        run.reports[0].log
+    );
+
+    // Idempotent: a second restore adds nothing.
+    let run = run_steps(&[&restore], files.iter().map(lend).collect(), &ctx_q);
+    run.files.expect("restored again");
+    assert!(
+        run.reports[0]
+            .log
+            .contains("CertsOtherPeople.p7b: added 0, already present 1, failed 0"),
+        "{}",
+        run.reports[0].log
+    );
+    assert_eq!(q.personal.lock().expect("lock").len(), 1);
+
+    // The wrong password fails the file and adds nothing.
+    let empty = Arc::new(MemoryCertStore::default());
+    let wrong = CertsRestore {
+        password: Secret::new("nope"),
+        sink: empty.clone(),
+    };
+    let e = run_steps(&[&wrong], vec![lend(&files[0])], &ctx_q)
+        .files
+        .expect_err("wrong password");
+    assert_eq!(
+        e.to_string(),
+        "certs-restore \"CertsPersonal.pfx\": wrong password (the PFX's integrity check failed)"
+    );
+    assert!(empty.personal.lock().expect("lock").is_empty());
+}
