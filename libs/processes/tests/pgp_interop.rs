@@ -476,3 +476,76 @@ fn a_compressed_message_that_expands_past_the_limit_is_stopped_and_leaves_nothin
         .expect("fits");
     assert_eq!(out.files[0].bytes(), 20 * 1024 * 1024);
 }
+
+#[test]
+fn rsa_keys_work_both_ways() {
+    let gpg = Gpg::new();
+    let partner = gpg.generate_rsa("RSA Partner <rsa-partner@example.com>");
+    let ferry = gpg.generate_rsa("RSA Ferry <rsa-ferry@example.com>");
+    let keys = MemoryKeys {
+        public: vec![gpg.export_public(&partner), gpg.export_public(&ferry)],
+        secret: vec![PgpSecretKey {
+            key: gpg.export_secret(&ferry),
+            passphrase: Secret::default(),
+        }],
+        ..Default::default()
+    };
+    let fx = Fixture::new();
+    let ctx = fx.ctx(&keys);
+    let data = content();
+
+    // Ferry → gpg.
+    let enc = Encrypt {
+        recipients: vec!["rsa-partner@example.com".into()],
+        signer: Some("rsa-ferry@example.com".into()),
+        armor: false,
+        name: None,
+    };
+    let files = run_steps(&[&enc], vec![fx.input("a.bin", &data)], &ctx)
+        .files
+        .expect("encrypted");
+    let out = fx.src_path("a.out");
+    let status = gpg
+        .cmd()
+        .args([
+            "--status-fd",
+            "1",
+            "-o",
+            out.to_str().expect("utf8"),
+            "--decrypt",
+            files[0].path().to_str().expect("utf8"),
+        ])
+        .output()
+        .expect("gpg");
+    let status_text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success() && status_text.contains(&format!("VALIDSIG {}", ferry.fpr)),
+        "{status_text}"
+    );
+    assert_eq!(std::fs::read(&out).expect("read"), data);
+
+    // gpg → Ferry.
+    let plain = fx.src_path("plain.bin");
+    std::fs::write(&plain, &data).expect("write");
+    let msg = fx.src_path("b.pgp");
+    gpg.ok(&[
+        "-o",
+        msg.to_str().expect("utf8"),
+        "-r",
+        &ferry.fpr,
+        "-u",
+        &partner.fpr,
+        "--encrypt",
+        "--sign",
+        plain.to_str().expect("utf8"),
+    ]);
+    let dec = Decrypt {
+        require_signer: Some(partner.fpr.clone()),
+        ..Default::default()
+    };
+    let files = run_steps(&[&dec], vec![File::borrowed(&msg, "b.pgp").expect("file")], &ctx)
+        .files
+        .expect("decrypted");
+    assert_eq!(files[0].name(), "b");
+    assert_eq!(std::fs::read(files[0].path()).expect("read"), data);
+}

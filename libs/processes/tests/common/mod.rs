@@ -58,6 +58,29 @@ impl Gpg {
     /// An ed25519 signing key with a cv25519 encryption subkey (GnuPG's "future-default").
     pub fn generate(&self, uid: &str) -> Key {
         self.ok(&["--quick-gen-key", uid, "future-default", "default", "never"]);
+        self.describe(uid)
+    }
+
+    /// An RSA-3072 signing key with an RSA-3072 encryption subkey (what most partners still send).
+    pub fn generate_rsa(&self, uid: &str) -> Key {
+        self.ok(&["--quick-gen-key", uid, "rsa3072", "sign,cert", "never"]);
+        let fpr = self.describe_primary(uid);
+        self.ok(&["--quick-add-key", &fpr, "rsa3072", "encr", "never"]);
+        self.describe(uid)
+    }
+
+    fn describe_primary(&self, uid: &str) -> String {
+        let listing =
+            String::from_utf8(self.ok(&["--with-colons", "--list-keys", uid]).stdout).expect("utf8");
+        listing
+            .lines()
+            .find(|l| l.starts_with("fpr:"))
+            .and_then(|l| l.split(':').nth(9))
+            .expect("a fingerprint")
+            .to_string()
+    }
+
+    fn describe(&self, uid: &str) -> Key {
         let listing =
             String::from_utf8(self.ok(&["--with-colons", "--list-keys", uid]).stdout).expect("utf8");
         let fpr = listing
