@@ -34,9 +34,15 @@ pub enum KeyError {
     Unavailable(String),
 }
 
-/// A passphrase or password; never printed.
+/// A passphrase or password; never printed, wiped from memory when dropped.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
 
 impl Secret {
     pub fn new(s: impl Into<String>) -> Self {
@@ -168,5 +174,26 @@ impl KeySource for NoKeys {
     }
     fn other_certs(&self) -> Result<Vec<Vec<u8>>, KeyError> {
         Ok(Vec::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_is_never_printed() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+        assert_eq!(
+            format!(
+                "{:?}",
+                PgpSecretKey {
+                    key: vec![],
+                    passphrase: s
+                }
+            ),
+            "PgpSecretKey { key: [], passphrase: Secret(***) }"
+        );
     }
 }
