@@ -56,7 +56,7 @@ case "${1:-}" in
     ;;
   peers)
     dir=$2
-    apt_install openssh-server openssh-client vsftpd samba smbclient rclone
+    apt_install openssh-server openssh-client vsftpd samba smbclient rclone gnupg zip unzip openssl
     mkdir -p "$dir"
     if [ ! -x "$dir/bin/moto_server" ]; then
       echo "installing moto[server] $MOTO_VERSION (PyPI) into $dir"

@@ -1,0 +1,260 @@
+//! Decrypt (optionally requiring a signature) and verify.
+
+use std::io::{BufReader, Read, Write};
+
+use pgp::composed::{DecryptionOptions, Message, SignedPublicKey, TheRing};
+use pgp::types::{Password, Seipdv1ReadMode};
+
+use super::{parse_public_key, public_key, render_name, secret_key, strip_pgp_ext};
+use crate::error::Blame;
+use crate::file::{BUF_SIZE, open_input};
+use crate::keys::KeySource;
+use crate::{Cancellable, Context, File, OutputFile, Process, ProcessError, StepOutput};
+use ferry_config::Template;
+
+/// Decrypt with whichever secret key of the node's ring the message is addressed to; optionally
+/// require a valid signature from a named key.
+///
+/// SEIPDv1 messages (GnuPG's default) are decrypted in rPGP's streaming mode, which releases
+/// plaintext before the integrity check at the end of the message: the plaintext goes to a
+/// temporary output that is handed on only if the whole message (integrity check and required
+/// signature included) succeeded, and is removed otherwise — so nothing unauthenticated ever
+/// leaves this step.
+///
+/// A signed message whose signer's key the node holds is checked even when no signature is
+/// required, and fails if the signature is bad.
+#[derive(Debug, Clone, Default)]
+pub struct Decrypt {
+    pub require_signer: Option<String>,
+    /// Output name; default: the input's name without `.pgp`, `.gpg` or `.asc`.
+    pub name: Option<Template>,
+    /// Most bytes the plaintext may have: a compressed message can expand without bound (a
+    /// decompression bomb); counted as it is written, like unzip's limit. `None`: no limit.
+    pub max_bytes: Option<u64>,
+}
+
+/// Verify an inline-signed message and hand on its content; the signature must be valid and,
+/// when `signer` is set, made by that key.
+#[derive(Debug, Clone, Default)]
+pub struct Verify {
+    pub signer: Option<String>,
+    pub name: Option<Template>,
+    /// As [`Decrypt::max_bytes`].
+    pub max_bytes: Option<u64>,
+}
+
+/// Whether `sig`'s message verifies with the primary key or any subkey of `key`.
+fn verifies(msg: &Message<'_>, key: &SignedPublicKey) -> bool {
+    msg.verify(&key.primary_key).is_ok() || key.public_subkeys.iter().any(|s| msg.verify(&s.key).is_ok())
+}
+
+/// Key ids (uppercase hex) that signed a message read to its end.
+fn signer_ids(msg: &Message<'_>) -> Vec<String> {
+    let Message::Signed { reader, .. } = msg else {
+        return Vec::new();
+    };
+    let mut ids = Vec::new();
+    for i in 0..reader.num_signatures() {
+        if let Some(sig) = reader.signature(i) {
+            for fp in sig.issuer_fingerprint() {
+                ids.push(format!("{fp:X}"));
+            }
+            for id in sig.issuer_key_id() {
+                ids.push(id.to_string().to_ascii_uppercase());
+            }
+        }
+    }
+    ids.dedup();
+    ids
+}
+
+/// Copies a message's plaintext to `out`: read errors are the message's fault (bad input),
+/// write errors Ferry's.
+fn copy_plaintext(
+    msg: &mut Message<'_>,
+    out: &mut OutputFile,
+    blame: &Blame,
+    what: &str,
+    limit: Option<u64>,
+) -> Result<u64, ProcessError> {
+    let mut buf = vec![0u8; BUF_SIZE];
+    let mut n = 0u64;
+    loop {
+        let k = match msg.read(&mut buf) {
+            Ok(0) => return Ok(n),
+            Ok(k) => k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(blame.bad_input(format!("could not be {what}: {e}"))),
+        };
+        if let Some(limit) = limit
+            && n + k as u64 > limit
+        {
+            return Err(blame.limit(format!("expands to more than the limit of {limit} bytes")));
+        }
+        out.write_all(&buf[..k]).map_err(blame.io("write the output"))?;
+        n += k as u64;
+    }
+}
+
+/// Checks the signature of a message read to its end: against `required` (which must have
+/// signed), or else against the signer's key if the node holds it. Returns a line for the log.
+fn check_signature(
+    msg: &Message<'_>,
+    required: Option<&str>,
+    keys: &dyn KeySource,
+    blame: &Blame,
+) -> Result<String, ProcessError> {
+    let ids = signer_ids(msg);
+    if let Some(sel) = required {
+        if !msg.is_signed() {
+            return Err(blame.bad_input(format!("is not signed, and a signature from {sel:?} is required")));
+        }
+        let key = public_key(keys, sel, blame)?;
+        if !verifies(msg, &key) {
+            return Err(blame.bad_input(format!(
+                "has no valid signature from {sel:?} (signed by key {})",
+                ids.join(", ")
+            )));
+        }
+        return Ok(format!("good signature from {sel:?}\n"));
+    }
+    if !msg.is_signed() {
+        return Ok(String::new());
+    }
+    for id in &ids {
+        match keys.pgp_public_key(id) {
+            Ok(bytes) => {
+                let Ok(key) = parse_public_key(&bytes) else {
+                    continue;
+                };
+                if verifies(msg, &key) {
+                    return Ok(format!("good signature from key {id}\n"));
+                }
+                return Err(blame.bad_input(format!("has a bad signature from key {id}")));
+            }
+            Err(crate::keys::KeyError::Unavailable(e)) => {
+                return Err(blame.key(crate::keys::KeyError::Unavailable(e)));
+            }
+            Err(_) => continue,
+        }
+    }
+    Ok(format!(
+        "signed by key {} (not in the node's ring: not checked)\n",
+        ids.join(", ")
+    ))
+}
+
+impl Process for Decrypt {
+    fn name(&self) -> &'static str {
+        "pgp-decrypt"
+    }
+
+    fn run(&self, inputs: Vec<File>, ctx: &Context<'_>) -> Result<StepOutput, ProcessError> {
+        let mut files = Vec::with_capacity(inputs.len());
+        let mut log = String::new();
+        for input in inputs {
+            let blame = Blame::new(self.name(), input.name());
+            let name = render_name(&self.name, strip_pgp_ext, &input, ctx, &blame)?;
+            let src = BufReader::with_capacity(BUF_SIZE, Cancellable::new(open_input(&input, &blame)?, ctx));
+            let (msg, _) = Message::from_reader(src)
+                .map_err(|e| blame.bad_input(format!("is not an OpenPGP message: {e}")))?;
+            let Message::Encrypted { esk, .. } = &msg else {
+                return Err(blame.bad_input("is not an encrypted OpenPGP message"));
+            };
+            let mut wanted = Vec::new();
+            for e in esk {
+                if let pgp::composed::Esk::PublicKeyEncryptedSessionKey(p) = e {
+                    match (p.id(), p.fingerprint()) {
+                        (Ok(id), _) => wanted.push(id.to_string().to_ascii_uppercase()),
+                        (_, Ok(Some(fp))) => wanted.push(format!("{fp:X}")),
+                        _ => {}
+                    }
+                }
+            }
+            let mut found = None;
+            for id in &wanted {
+                match secret_key(ctx.keys, id, &blame) {
+                    Ok(k) => {
+                        found = Some(k);
+                        break;
+                    }
+                    Err(e @ ProcessError::KeysUnavailable { .. }) => return Err(e),
+                    Err(_) => continue,
+                }
+            }
+            let Some((key, pw)) = found else {
+                return Err(blame.bad_input(format!(
+                    "is encrypted for key {}, which is not in the node's PGP key ring",
+                    if wanted.is_empty() {
+                        "(anonymous)".to_string()
+                    } else {
+                        wanted.join(", ")
+                    }
+                )));
+            };
+            let pw = Password::from(pw.expose());
+            let ring = TheRing {
+                secret_keys: vec![&key],
+                key_passwords: vec![&pw],
+                decrypt_options: DecryptionOptions::new().set_seipdv1_read_mode(Seipdv1ReadMode::Streaming),
+                ..Default::default()
+            };
+            let (mut msg, _) = msg
+                .decrypt_the_ring(ring, true)
+                .map_err(|e| blame.bad_input(format!("could not be decrypted: {e}")))?;
+            while msg.is_compressed() {
+                msg = msg
+                    .decompress()
+                    .map_err(|e| blame.bad_input(format!("could not be decompressed: {e}")))?;
+            }
+            let mut out = OutputFile::create(ctx.work_dir).map_err(blame.io("create the output"))?;
+            copy_plaintext(&mut msg, &mut out, &blame, "decrypted", self.max_bytes)?;
+            log.push_str(&check_signature(
+                &msg,
+                self.require_signer.as_deref(),
+                ctx.keys,
+                &blame,
+            )?);
+            files.push(out.finish(name).map_err(blame.io("finish the output"))?);
+        }
+        Ok(StepOutput { files, log })
+    }
+}
+
+impl Process for Verify {
+    fn name(&self) -> &'static str {
+        "pgp-verify"
+    }
+
+    fn run(&self, inputs: Vec<File>, ctx: &Context<'_>) -> Result<StepOutput, ProcessError> {
+        let mut files = Vec::with_capacity(inputs.len());
+        let mut log = String::new();
+        for input in inputs {
+            let blame = Blame::new(self.name(), input.name());
+            let name = render_name(&self.name, strip_pgp_ext, &input, ctx, &blame)?;
+            let src = BufReader::with_capacity(BUF_SIZE, Cancellable::new(open_input(&input, &blame)?, ctx));
+            let (mut msg, _) = Message::from_reader(src)
+                .map_err(|e| blame.bad_input(format!("is not an OpenPGP message: {e}")))?;
+            if msg.is_encrypted() {
+                return Err(blame.bad_input("is encrypted: decrypt it (pgp-decrypt can require a signature)"));
+            }
+            while msg.is_compressed() {
+                msg = msg
+                    .decompress()
+                    .map_err(|e| blame.bad_input(format!("could not be decompressed: {e}")))?;
+            }
+            let mut out = OutputFile::create(ctx.work_dir).map_err(blame.io("create the output"))?;
+            copy_plaintext(&mut msg, &mut out, &blame, "read", self.max_bytes)?;
+            if !msg.is_signed() {
+                return Err(blame.bad_input("is not signed"));
+            }
+            let line = check_signature(&msg, self.signer.as_deref(), ctx.keys, &blame)?;
+            if line.contains("not checked") {
+                return Err(blame.bad_input(line.trim_end().replace("signed by", "is signed by")));
+            }
+            log.push_str(&line);
+            files.push(out.finish(name).map_err(blame.io("finish the output"))?);
+        }
+        Ok(StepOutput { files, log })
+    }
+}

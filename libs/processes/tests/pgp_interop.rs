@@ -1,0 +1,551 @@
+//! PGP interoperability with GnuPG (an isolated `--homedir`): each direction of encrypt+sign /
+//! decrypt+verify, sign / verify, and the failures an operator must see clearly.
+
+mod common;
+
+use common::{Gpg, Key};
+use ferry_processes::keys::{PgpSecretKey, Secret};
+use ferry_processes::openpgp::{Decrypt, Encrypt, Sign, Verify};
+use ferry_processes::testing::Fixture;
+use ferry_processes::{ErrorClass, File, MemoryKeys, Process, run_steps};
+
+/// GnuPG holds the partner's and Mallory's secret keys and Ferry's public key; Ferry's ring
+/// holds its own secret key and the public keys of all three.
+struct World {
+    gpg: Gpg,
+    partner: Key,
+    ferry: Key,
+    mallory: Key,
+    keys: MemoryKeys,
+}
+
+fn world() -> World {
+    let gpg = Gpg::new();
+    let partner = gpg.generate("Partner Bank <partner@example.com>");
+    let ferry = gpg.generate("Ferry Node <ferry@example.com>");
+    let mallory = gpg.generate("Mallory <mallory@example.com>");
+    let keys = MemoryKeys {
+        public: vec![
+            gpg.export_public(&partner),
+            gpg.export_public(&mallory),
+            gpg.export_public(&ferry),
+        ],
+        secret: vec![PgpSecretKey {
+            key: gpg.export_secret(&ferry),
+            passphrase: Secret::default(),
+        }],
+        ..Default::default()
+    };
+    World {
+        gpg,
+        partner,
+        ferry,
+        mallory,
+        keys,
+    }
+}
+
+fn content() -> Vec<u8> {
+    (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect()
+}
+
+fn gpg_status(w: &World, args: &[&str]) -> (bool, String, String) {
+    let out = w
+        .gpg
+        .cmd()
+        .args(["--status-fd", "1"])
+        .args(args)
+        .output()
+        .expect("run gpg");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn ferry_encrypts_and_signs_and_gpg_decrypts_and_verifies() {
+    let w = world();
+    let data = content();
+    for armor in [true, false] {
+        let fx = Fixture::new();
+        let ctx = fx.ctx(&w.keys);
+        let enc = Encrypt {
+            recipients: vec!["partner@example.com".into()],
+            signer: Some(w.ferry.fpr.clone()),
+            armor,
+            name: None,
+        };
+        let run = run_steps(&[&enc], vec![fx.input("payroll.csv", &data)], &ctx);
+        let files = run.files.expect("encrypted");
+        let msg = &files[0];
+        assert_eq!(
+            msg.name(),
+            if armor {
+                "payroll.csv.asc"
+            } else {
+                "payroll.csv.pgp"
+            }
+        );
+        let head = std::fs::read(msg.path()).expect("read");
+        assert_eq!(head.starts_with(b"-----BEGIN PGP MESSAGE-----"), armor);
+
+        let out = fx.src_path("decrypted");
+        let (ok, status, stderr) = gpg_status(
+            &w,
+            &[
+                "-o",
+                out.to_str().expect("utf8"),
+                "--decrypt",
+                msg.path().to_str().expect("utf8"),
+            ],
+        );
+        assert!(ok, "{status}{stderr}");
+        assert!(status.contains("DECRYPTION_OKAY"), "{status}");
+        assert!(status.contains(&format!("VALIDSIG {}", w.ferry.fpr)), "{status}");
+        assert!(status.contains("GOODSIG"), "{status}");
+        assert_eq!(std::fs::read(&out).expect("read"), data);
+    }
+}
+
+#[test]
+fn gpg_encrypts_and_signs_and_ferry_decrypts_and_verifies() {
+    let w = world();
+    let data = content();
+    let fx = Fixture::new();
+    let plain = fx.src_path("plain.bin");
+    std::fs::write(&plain, &data).expect("write");
+    for (armor, name) in [(false, "report.bin.gpg"), (true, "report.bin.asc")] {
+        let msg = fx.src_path(name);
+        let mut args = vec![
+            "-o",
+            msg.to_str().expect("utf8"),
+            "-r",
+            "ferry@example.com",
+            "-u",
+            "partner@example.com",
+        ];
+        if armor {
+            args.push("--armor");
+        }
+        args.extend(["--encrypt", "--sign", plain.to_str().expect("utf8")]);
+        w.gpg.ok(&args);
+
+        let ctx = fx.ctx(&w.keys);
+        let dec = Decrypt {
+            require_signer: Some("partner@example.com".into()),
+            name: None,
+            max_bytes: None,
+        };
+        let run = run_steps(&[&dec], vec![File::borrowed(&msg, name).expect("file")], &ctx);
+        let files = run.files.expect("decrypted and verified");
+        assert_eq!(files[0].name(), "report.bin");
+        assert_eq!(std::fs::read(files[0].path()).expect("read"), data);
+        assert_eq!(
+            run.reports[0].log,
+            "good signature from \"partner@example.com\"\n"
+        );
+    }
+}
+
+#[test]
+fn a_message_for_a_key_not_in_the_ring_fails_clearly_and_leaves_nothing() {
+    let w = world();
+    let fx = Fixture::new();
+    let plain = fx.src_path("plain.txt");
+    std::fs::write(&plain, b"for the partner only").expect("write");
+    let msg = fx.src_path("msg.gpg");
+    w.gpg.ok(&[
+        "-o",
+        msg.to_str().expect("utf8"),
+        "-r",
+        "partner@example.com",
+        "--encrypt",
+        plain.to_str().expect("utf8"),
+    ]);
+    let ctx = fx.ctx(&w.keys);
+    let run = run_steps(
+        &[&Decrypt::default()],
+        vec![File::borrowed(&msg, "msg.gpg").expect("file")],
+        &ctx,
+    );
+    let e = run.files.expect_err("not for us");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "pgp-decrypt \"msg.gpg\": is encrypted for key {}, which is not in the node's PGP key ring",
+            w.partner.enc_keyid
+        )
+    );
+    assert_eq!(e.class(), ErrorClass::BadInput);
+    assert!(fx.work_entries().is_empty());
+    assert!(msg.exists(), "the source is kept");
+}
+
+#[test]
+fn a_bad_or_missing_signature_when_one_is_required_fails_and_leaves_no_output() {
+    let w = world();
+    let fx = Fixture::new();
+    let plain = fx.src_path("plain.txt");
+    std::fs::write(&plain, vec![b'x'; 2_000_000]).expect("write");
+    let p = |n: &str| fx.src_path(n).to_str().expect("utf8").to_string();
+    let plain_s = p("plain.txt");
+    // Signed by Mallory, whose key Ferry knows, instead of the partner.
+    w.gpg.ok(&[
+        "-o",
+        &p("mallory.gpg"),
+        "-r",
+        "ferry@example.com",
+        "-u",
+        "mallory@example.com",
+        "--encrypt",
+        "--sign",
+        &plain_s,
+    ]);
+    // Not signed at all.
+    w.gpg.ok(&[
+        "-o",
+        &p("unsigned.gpg"),
+        "-r",
+        "ferry@example.com",
+        "--encrypt",
+        &plain_s,
+    ]);
+    let dec = Decrypt {
+        require_signer: Some("partner@example.com".into()),
+        name: None,
+        max_bytes: None,
+    };
+    let ctx = fx.ctx(&w.keys);
+    for (file, want) in [
+        (
+            "mallory.gpg",
+            format!(
+                "pgp-decrypt \"mallory.gpg\": has no valid signature from \"partner@example.com\" (signed by key {}",
+                w.mallory.fpr
+            ),
+        ),
+        (
+            "unsigned.gpg",
+            "pgp-decrypt \"unsigned.gpg\": is not signed, and a signature from \"partner@example.com\" is required".to_string(),
+        ),
+    ] {
+        let run = run_steps(&[&dec], vec![File::borrowed(fx.src_path(file), file).expect("file")], &ctx);
+        let e = run.files.expect_err(file);
+        assert!(e.to_string().starts_with(&want), "{e}\nwant: {want}");
+        assert_eq!(e.class(), ErrorClass::BadInput);
+        assert!(fx.work_entries().is_empty(), "{file}: {:?}", fx.work_entries());
+    }
+    // Without a required signer, Mallory's (valid) signature is reported, not trusted silently.
+    let run = run_steps(
+        &[&Decrypt::default()],
+        vec![File::borrowed(fx.src_path("mallory.gpg"), "mallory.gpg").expect("file")],
+        &ctx,
+    );
+    run.files.expect("decrypted");
+    assert!(
+        run.reports[0].log.starts_with("good signature from key "),
+        "{}",
+        run.reports[0].log
+    );
+}
+
+#[test]
+fn a_tampered_message_fails_its_integrity_check_and_leaves_no_output() {
+    let w = world();
+    let fx = Fixture::new();
+    let plain = fx.src_path("plain.bin");
+    std::fs::write(&plain, content()).expect("write");
+    let msg = fx.src_path("msg.gpg");
+    w.gpg.ok(&[
+        "-z",
+        "0",
+        "-o",
+        msg.to_str().expect("utf8"),
+        "-r",
+        "ferry@example.com",
+        "--encrypt",
+        plain.to_str().expect("utf8"),
+    ]);
+    let mut bytes = std::fs::read(&msg).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&msg, &bytes).expect("write");
+    let ctx = fx.ctx(&w.keys);
+    let e = Decrypt::default()
+        .run(vec![File::borrowed(&msg, "msg.gpg").expect("file")], &ctx)
+        .expect_err("tampered");
+    assert_eq!(e.class(), ErrorClass::BadInput, "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("pgp-decrypt \"msg.gpg\": could not be decrypted: "),
+        "{e}"
+    );
+    assert!(
+        fx.work_entries().is_empty(),
+        "no unauthenticated plaintext left: {:?}",
+        fx.work_entries()
+    );
+}
+
+#[test]
+fn ferry_signs_and_gpg_verifies_and_the_reverse() {
+    let w = world();
+    let fx = Fixture::new();
+    let ctx = fx.ctx(&w.keys);
+    let data = b"statement of account\n".repeat(1000);
+
+    // Inline, armored: gpg verifies and extracts.
+    let sign = Sign {
+        signer: "ferry@example.com".into(),
+        armor: true,
+        detached: false,
+        name: None,
+    };
+    let files = run_steps(&[&sign], vec![fx.input("stmt.txt", &data)], &ctx)
+        .files
+        .expect("signed");
+    assert_eq!(files[0].name(), "stmt.txt.asc");
+    let out = fx.src_path("extracted");
+    let (ok, status, stderr) = gpg_status(
+        &w,
+        &[
+            "-o",
+            out.to_str().expect("utf8"),
+            "--decrypt",
+            files[0].path().to_str().expect("utf8"),
+        ],
+    );
+    assert!(
+        ok && status.contains(&format!("VALIDSIG {}", w.ferry.fpr)),
+        "{status}{stderr}"
+    );
+    assert_eq!(std::fs::read(&out).expect("read"), data);
+
+    // Detached, binary: the file passes through, gpg verifies the .sig against it.
+    let sign = Sign {
+        signer: "ferry@example.com".into(),
+        armor: false,
+        detached: true,
+        name: None,
+    };
+    let files = run_steps(&[&sign], vec![fx.input("stmt.txt", &data)], &ctx)
+        .files
+        .expect("signed");
+    let names: Vec<&str> = files.iter().map(|f| f.name()).collect();
+    assert_eq!(names, ["stmt.txt", "stmt.txt.sig"]);
+    let (ok, status, stderr) = gpg_status(
+        &w,
+        &[
+            "--verify",
+            files[1].path().to_str().expect("utf8"),
+            files[0].path().to_str().expect("utf8"),
+        ],
+    );
+    assert!(
+        ok && status.contains(&format!("VALIDSIG {}", w.ferry.fpr)),
+        "{status}{stderr}"
+    );
+
+    // gpg signs, Ferry verifies (required signer) and hands on the content.
+    let plain = fx.src_path("in.txt");
+    std::fs::write(&plain, &data).expect("write");
+    let signed = fx.src_path("in.txt.gpg");
+    w.gpg.ok(&[
+        "-o",
+        signed.to_str().expect("utf8"),
+        "-u",
+        "partner@example.com",
+        "--sign",
+        plain.to_str().expect("utf8"),
+    ]);
+    let verify = Verify {
+        signer: Some("partner@example.com".into()),
+        name: None,
+        max_bytes: None,
+    };
+    let run = run_steps(
+        &[&verify],
+        vec![File::borrowed(&signed, "in.txt.gpg").expect("file")],
+        &ctx,
+    );
+    let files = run.files.expect("verified");
+    assert_eq!(files[0].name(), "in.txt");
+    assert_eq!(std::fs::read(files[0].path()).expect("read"), data);
+
+    // …and refuses it when another signer is required, adding nothing to the work folder.
+    let before = fx.work_entries();
+    let verify = Verify {
+        signer: Some(w.ferry.fpr.clone()),
+        name: None,
+        max_bytes: None,
+    };
+    let e = verify
+        .run(vec![File::borrowed(&signed, "in.txt.gpg").expect("file")], &ctx)
+        .expect_err("wrong signer");
+    assert!(
+        e.to_string()
+            .contains(&format!("has no valid signature from \"{}\"", w.ferry.fpr)),
+        "{e}"
+    );
+    assert_eq!(fx.work_entries(), before);
+}
+
+#[test]
+fn a_key_source_that_does_not_answer_is_retryable_and_an_unknown_recipient_is_not() {
+    let w = world();
+    let fx = Fixture::new();
+    let down = MemoryKeys {
+        unavailable: Some("cert-handler: no responders".into()),
+        ..Default::default()
+    };
+    let enc = Encrypt {
+        recipients: vec!["partner@example.com".into()],
+        signer: None,
+        armor: false,
+        name: None,
+    };
+    let e = enc
+        .run(vec![fx.input("a", b"x")], &fx.ctx(&down))
+        .expect_err("down");
+    assert_eq!(e.class(), ErrorClass::KeysUnavailable);
+    assert!(e.is_retryable());
+    assert_eq!(
+        e.to_string(),
+        "pgp-encrypt \"a\": the key source did not answer: cert-handler: no responders"
+    );
+    let enc = Encrypt {
+        recipients: vec!["nobody@example.com".into()],
+        signer: None,
+        armor: false,
+        name: None,
+    };
+    let e = enc
+        .run(vec![fx.input("a", b"x")], &fx.ctx(&w.keys))
+        .expect_err("unknown");
+    assert_eq!(
+        e.to_string(),
+        "pgp-encrypt \"a\": no PGP public key matching \"nobody@example.com\" in the node's key store"
+    );
+    assert!(!e.is_retryable());
+}
+
+#[test]
+fn a_compressed_message_that_expands_past_the_limit_is_stopped_and_leaves_nothing() {
+    let w = world();
+    let fx = Fixture::new();
+    let plain = fx.src_path("zeros.bin");
+    std::fs::write(&plain, vec![0u8; 20 * 1024 * 1024]).expect("write");
+    let msg = fx.src_path("zeros.bin.gpg");
+    // GnuPG compresses by default (ZLIB): 20 MiB of zeros become a few KiB.
+    w.gpg.ok(&[
+        "-z",
+        "9",
+        "-o",
+        msg.to_str().expect("utf8"),
+        "-r",
+        "ferry@example.com",
+        "--encrypt",
+        plain.to_str().expect("utf8"),
+    ]);
+    assert!(std::fs::metadata(&msg).expect("msg").len() < 100_000);
+    let ctx = fx.ctx(&w.keys);
+    let dec = Decrypt {
+        max_bytes: Some(1024 * 1024),
+        ..Default::default()
+    };
+    let e = dec
+        .run(vec![File::borrowed(&msg, "zeros.bin.gpg").expect("file")], &ctx)
+        .expect_err("a bomb");
+    assert_eq!(e.class(), ErrorClass::LimitExceeded);
+    assert_eq!(
+        e.to_string(),
+        "pgp-decrypt \"zeros.bin.gpg\": expands to more than the limit of 1048576 bytes"
+    );
+    assert!(fx.work_entries().is_empty());
+    // Under a limit it fits, the same message decrypts.
+    let dec = Decrypt {
+        max_bytes: Some(20 * 1024 * 1024),
+        ..Default::default()
+    };
+    let out = dec
+        .run(vec![File::borrowed(&msg, "zeros.bin.gpg").expect("file")], &ctx)
+        .expect("fits");
+    assert_eq!(out.files[0].bytes(), 20 * 1024 * 1024);
+}
+
+#[test]
+fn rsa_keys_work_both_ways() {
+    let gpg = Gpg::new();
+    let partner = gpg.generate_rsa("RSA Partner <rsa-partner@example.com>");
+    let ferry = gpg.generate_rsa("RSA Ferry <rsa-ferry@example.com>");
+    let keys = MemoryKeys {
+        public: vec![gpg.export_public(&partner), gpg.export_public(&ferry)],
+        secret: vec![PgpSecretKey {
+            key: gpg.export_secret(&ferry),
+            passphrase: Secret::default(),
+        }],
+        ..Default::default()
+    };
+    let fx = Fixture::new();
+    let ctx = fx.ctx(&keys);
+    let data = content();
+
+    // Ferry → gpg.
+    let enc = Encrypt {
+        recipients: vec!["rsa-partner@example.com".into()],
+        signer: Some("rsa-ferry@example.com".into()),
+        armor: false,
+        name: None,
+    };
+    let files = run_steps(&[&enc], vec![fx.input("a.bin", &data)], &ctx)
+        .files
+        .expect("encrypted");
+    let out = fx.src_path("a.out");
+    let status = gpg
+        .cmd()
+        .args([
+            "--status-fd",
+            "1",
+            "-o",
+            out.to_str().expect("utf8"),
+            "--decrypt",
+            files[0].path().to_str().expect("utf8"),
+        ])
+        .output()
+        .expect("gpg");
+    let status_text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success() && status_text.contains(&format!("VALIDSIG {}", ferry.fpr)),
+        "{status_text}"
+    );
+    assert_eq!(std::fs::read(&out).expect("read"), data);
+
+    // gpg → Ferry.
+    let plain = fx.src_path("plain.bin");
+    std::fs::write(&plain, &data).expect("write");
+    let msg = fx.src_path("b.pgp");
+    gpg.ok(&[
+        "-o",
+        msg.to_str().expect("utf8"),
+        "-r",
+        &ferry.fpr,
+        "-u",
+        &partner.fpr,
+        "--encrypt",
+        "--sign",
+        plain.to_str().expect("utf8"),
+    ]);
+    let dec = Decrypt {
+        require_signer: Some(partner.fpr.clone()),
+        ..Default::default()
+    };
+    let files = run_steps(&[&dec], vec![File::borrowed(&msg, "b.pgp").expect("file")], &ctx)
+        .files
+        .expect("decrypted");
+    assert_eq!(files[0].name(), "b");
+    assert_eq!(std::fs::read(files[0].path()).expect("read"), data);
+}
