@@ -692,6 +692,47 @@ mod tests {
     }
 
     #[test]
+    fn otlp_endpoints_are_http_to_this_host_or_https_without_credentials() {
+        let check = |url: &str, insecure: bool| {
+            TelemetrySettings {
+                otlp_endpoint: Some(url.into()),
+                allow_insecure_otlp: insecure,
+                ..TelemetrySettings::default()
+            }
+            .validate()
+            .map_err(|e| e.to_string())
+        };
+        for ok in [
+            "http://127.0.0.1:4318",
+            "http://localhost:4318/",
+            "http://[::1]:4318",
+            "https://otel.example",
+            "https://otel.example:4318/v1/traces",
+        ] {
+            check(ok, false).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        check("http://otel-collector:4318", true).expect("allowed with the dev flag");
+        for (bad, words) in [
+            ("http://otel-collector:4318", "plain http to a non-loopback host"),
+            ("otel-collector:4318", "is not a URL"),
+            ("https://user:hunter2@otel.example", "carries credentials"),
+            ("https://", "names no host"),
+            ("https://otel.example/?key=1", "without query"),
+            ("grpc://127.0.0.1:4317", "not http or https"),
+        ] {
+            let err = check(bad, false).expect_err(bad);
+            assert!(err.contains(words), "{bad}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        assert!(TelemetrySettings::default().validate().is_ok(), "off is valid");
+        let nan = TelemetrySettings {
+            sample_ratio: f64::NAN,
+            ..TelemetrySettings::default()
+        };
+        assert!(nan.validate().is_err());
+    }
+
+    #[test]
     fn refuses_a_bad_node_id() {
         let s = Settings {
             node_id: "node.1".into(),
