@@ -15,6 +15,7 @@ pub mod main_scaffold;
 pub mod nats;
 pub mod settings;
 pub mod streams;
+pub mod trace;
 
 pub use epoch::{EpochGate, LeaseView, Stamp};
 pub use lease::NodeLease;

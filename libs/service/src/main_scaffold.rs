@@ -1,6 +1,6 @@
 //! The shared `main` of every service: parse the command line, load and validate settings (fail
-//! fast), initialise logging, run until SIGINT/SIGTERM, shut down in order with a deadline; a
-//! second signal forces exit.
+//! fast), initialise logging and traces, run until SIGINT/SIGTERM, shut down in order with a
+//! deadline, send the last spans; a second signal forces exit.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -10,6 +10,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use crate::Settings;
+use crate::trace::Telemetry;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -28,7 +29,6 @@ where
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
     let args = Args::parse();
-    init_logging();
     let settings = match Settings::load(args.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -36,8 +36,16 @@ where
             return std::process::ExitCode::from(2);
         }
     };
+    let telemetry = match Telemetry::start(service, &settings) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("ferry-{service}: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    init_logging_with(&telemetry);
     let runtime = tokio::runtime::Runtime::new().expect("build the tokio runtime");
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let mut task = tokio::spawn(run(settings, shutdown.clone()));
         tokio::select! {
@@ -56,7 +64,13 @@ where
                 std::process::ExitCode::FAILURE
             }
         }
-    })
+    });
+    // After a second signal the operator wants out now; otherwise the spans of the last runs
+    // are sent before the process ends.
+    if code != std::process::ExitCode::from(130) {
+        telemetry.shutdown();
+    }
+    code
 }
 
 fn exit_code(
@@ -91,16 +105,27 @@ async fn signal() {
 /// [`EscapedFields`] (JSON escapes on its own), so a name from a listing or a message cannot
 /// break a line, fake one, or send escape sequences to a terminal.
 pub fn init_logging() {
-    use tracing_subscriber::EnvFilter;
+    init_logging_with(&Telemetry::off());
+}
+
+/// [`init_logging`], with spans also going to `telemetry`'s exporter when traces are on. The
+/// fields of the spans a line is in are part of the line (text: `span{field=…}:` before the
+/// message; JSON: `span` and `spans`), so a line inside a run carries its `trace_id`.
+pub fn init_logging_with(telemetry: &Telemetry) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if std::env::var("FERRY_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().try_init()
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if std::env::var("FERRY_LOG_FORMAT").as_deref() == Ok("json") {
+        fmt.json().with_filter(filter).boxed()
     } else {
-        builder.fmt_fields(EscapedFields).try_init()
+        fmt.fmt_fields(EscapedFields).with_filter(filter).boxed()
     };
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(telemetry.layer())
+        .try_init();
 }
 
 /// The fields of a text log line, as tracing's default writes them (`message key=value ...`,

@@ -48,6 +48,93 @@ pub struct Settings {
     pub cert_handler: PlainServiceSettings,
     #[serde(default)]
     pub failover_coordinator: FailoverSettings,
+    /// Traces of runs across the services, exported over OTLP (`docs/observability.md`).
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
+}
+
+/// Traces: one trace per run, from the scheduler through the file-collector to the transfers,
+/// sent to an OTLP/HTTP receiver (an OpenTelemetry Collector, Jaeger, Tempo, …). Off unless an
+/// endpoint is set.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    /// Base URL of the OTLP/HTTP receiver, such as `http://127.0.0.1:4318`: spans go to
+    /// `<url>/v1/traces` as protobuf. Unset (the default): traces are off, unless the standard
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` variable is set, which then stands in for it. Extra request
+    /// headers (a receiver's API key) come from `OTEL_EXPORTER_OTLP_HEADERS`, never from here.
+    pub otlp_endpoint: Option<String>,
+    /// Share of runs traced, from 0.0 (none) to 1.0 (all, the default). The scheduler decides
+    /// when it starts a run; the other services follow its decision, so a run is traced whole
+    /// or not at all.
+    pub sample_ratio: f64,
+    /// Allow a plain `http://` endpoint on a non-loopback host (spans, which name tasks and
+    /// hosts, then cross the network unencrypted). Development only.
+    pub allow_insecure_otlp: bool,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            sample_ratio: 1.0,
+            allow_insecure_otlp: false,
+        }
+    }
+}
+
+impl TelemetrySettings {
+    /// Refuse an endpoint that is not an `http(s)://host[:port][/path]` URL, carries
+    /// credentials, or sends spans in the clear off this host without the dev flag, and a
+    /// ratio outside 0 to 1.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            bail!(
+                "telemetry.sample_ratio: {} must be between 0.0 and 1.0",
+                self.sample_ratio
+            );
+        }
+        let Some(url) = &self.otlp_endpoint else {
+            return Ok(());
+        };
+        let shown = ferry_hosts::path::shown(url);
+        let Some((scheme, rest)) = url.split_once("://") else {
+            bail!("telemetry.otlp_endpoint: {shown} is not a URL: use http://host:port or https://host:port");
+        };
+        if !matches!(scheme, "http" | "https") {
+            bail!(
+                "telemetry.otlp_endpoint: {shown}: scheme {scheme:?} is not http or https (OTLP over gRPC is not supported)"
+            );
+        }
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        if authority.contains('@') {
+            bail!(
+                "telemetry.otlp_endpoint: {scheme}://***@… carries credentials; send them as OTEL_EXPORTER_OTLP_HEADERS instead"
+            );
+        }
+        if rest.contains(['?', '#']) || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            bail!(
+                "telemetry.otlp_endpoint: {shown} must be a plain base URL, without query, fragment or spaces"
+            );
+        }
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => authority.split(':').next().unwrap_or(""),
+        };
+        if host.is_empty() {
+            bail!("telemetry.otlp_endpoint: {shown} names no host");
+        }
+        if scheme == "http" && !is_loopback(host) && !self.allow_insecure_otlp {
+            bail!(
+                "telemetry.otlp_endpoint: {shown} is plain http to a non-loopback host; use https:// or set telemetry.allow_insecure_otlp = true (development only)"
+            );
+        }
+        Ok(())
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1") || host.starts_with("127.")
 }
 
 /// NATS credentials and TLS of one process (ADR 007). At most one way to authenticate: a creds
@@ -338,6 +425,7 @@ impl Default for Settings {
             transfer: TransferSettings::default(),
             cert_handler: PlainServiceSettings::default(),
             failover_coordinator: FailoverSettings::default(),
+            telemetry: TelemetrySettings::default(),
         }
     }
 }
@@ -358,6 +446,7 @@ const SETTING_NAMES: &[&str] = &[
     "transfer",
     "cert_handler",
     "failover_coordinator",
+    "telemetry",
 ];
 
 fn setting_env_vars() -> config::Map<String, String> {
@@ -378,7 +467,7 @@ impl Settings {
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
         }
-        let settings: Settings = builder
+        let mut settings: Settings = builder
             .add_source(
                 config::Environment::with_prefix("FERRY")
                     .prefix_separator("_")
@@ -390,6 +479,11 @@ impl Settings {
             .context("read settings")?
             .try_deserialize()
             .context("settings")?;
+        if settings.telemetry.otlp_endpoint.is_none() {
+            settings.telemetry.otlp_endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .ok()
+                .filter(|url| !url.is_empty());
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -403,6 +497,7 @@ impl Settings {
             );
         }
         self.nats.validate()?;
+        self.telemetry.validate()?;
         for url in self.nats_url.split(',') {
             let url = url.trim();
             if url.split("://").last().unwrap_or(url).contains('@') {
@@ -422,9 +517,7 @@ impl Settings {
                 .split(':')
                 .next()
                 .unwrap_or("");
-            let loopback =
-                matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1") || host.starts_with("127.");
-            if plain && !loopback && !self.allow_insecure_nats {
+            if plain && !is_loopback(host) && !self.allow_insecure_nats {
                 bail!(
                     "nats_url: {url:?} is plain text to a non-loopback host; use tls:// or set allow_insecure_nats = true (development only)"
                 );
@@ -596,6 +689,47 @@ mod tests {
             templated.nkey_seed_file.as_deref(),
             Some("/keys/node1/transfer.nk")
         );
+    }
+
+    #[test]
+    fn otlp_endpoints_are_http_to_this_host_or_https_without_credentials() {
+        let check = |url: &str, insecure: bool| {
+            TelemetrySettings {
+                otlp_endpoint: Some(url.into()),
+                allow_insecure_otlp: insecure,
+                ..TelemetrySettings::default()
+            }
+            .validate()
+            .map_err(|e| e.to_string())
+        };
+        for ok in [
+            "http://127.0.0.1:4318",
+            "http://localhost:4318/",
+            "http://[::1]:4318",
+            "https://otel.example",
+            "https://otel.example:4318/v1/traces",
+        ] {
+            check(ok, false).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        check("http://otel-collector:4318", true).expect("allowed with the dev flag");
+        for (bad, words) in [
+            ("http://otel-collector:4318", "plain http to a non-loopback host"),
+            ("otel-collector:4318", "is not a URL"),
+            ("https://user:hunter2@otel.example", "carries credentials"),
+            ("https://", "names no host"),
+            ("https://otel.example/?key=1", "without query"),
+            ("grpc://127.0.0.1:4317", "not http or https"),
+        ] {
+            let err = check(bad, false).expect_err(bad);
+            assert!(err.contains(words), "{bad}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        assert!(TelemetrySettings::default().validate().is_ok(), "off is valid");
+        let nan = TelemetrySettings {
+            sample_ratio: f64::NAN,
+            ..TelemetrySettings::default()
+        };
+        assert!(nan.validate().is_err());
     }
 
     #[test]

@@ -46,7 +46,8 @@ pub async fn durable_consumer(
 }
 
 /// Publish `message` on `subject` with `message_id` (JetStream drops a repeat of that id within
-/// the dedupe window) and wait until it is stored. `what` names the message in errors.
+/// the dedupe window) and wait until it is stored. `what` names the message in errors. The
+/// message carries the current span's trace context when traces are on.
 pub async fn store<T: Serialize>(
     js: &jetstream::Context,
     subject: String,
@@ -56,9 +57,11 @@ pub async fn store<T: Serialize>(
 ) -> anyhow::Result<()> {
     js.send_publish(
         subject,
-        jetstream::message::PublishMessage::build()
-            .payload(ferry_wire::encode(message))
-            .message_id(message_id),
+        crate::trace::inject(
+            jetstream::message::PublishMessage::build()
+                .payload(ferry_wire::encode(message))
+                .message_id(message_id),
+        ),
     )
     .await
     .with_context(|| format!("publish {what}"))?

@@ -18,6 +18,12 @@ pub type Epoch = u64;
 /// NATS header carrying the epoch of the node that produced a work message.
 pub const HEADER_EPOCH: &str = "Ferry-Epoch";
 
+/// NATS headers carrying a run's trace context (W3C Trace Context), on every message of a run
+/// when traces are on: `RunRequested`, `WorkBatch`, `BatchResult`, `RunFinished`
+/// (`ferry_service::trace` writes and reads them).
+pub const HEADER_TRACEPARENT: &str = "traceparent";
+pub const HEADER_TRACESTATE: &str = "tracestate";
+
 /// Serialize a wire message. Serialization of these plain data types cannot fail.
 pub fn encode<T: serde::Serialize>(message: &T) -> bytes::Bytes {
     serde_json::to_vec(message)

@@ -40,6 +40,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use ferry_service::{EpochGate, NodeLease, Settings, http, nats};
 use ferry_wire::{
@@ -211,6 +212,20 @@ impl Collector {
                 return;
             }
         };
+        let span = tracing::info_span!("collect", task = %request.task, run_id = %request.run_id, trace_id = tracing::field::Empty);
+        ferry_service::trace::follow(&span, message.headers.as_ref());
+        self.handle_request(message, request, shutdown)
+            .instrument(span)
+            .await
+    }
+
+    /// Carry out a readable run request inside its `collect` span and acknowledge it.
+    async fn handle_request(
+        &self,
+        message: jetstream::Message,
+        request: RunRequested,
+        shutdown: CancellationToken,
+    ) {
         // Keep the request ours while the run lasts.
         let progress = {
             let message = message.clone();
@@ -449,10 +464,12 @@ impl Collector {
                         .js
                         .send_publish(
                             subjects::file_batch(request.run_id, &batch.batch_id),
-                            PublishMessage::build()
-                                .payload(ferry_wire::encode(batch))
-                                .message_id(&batch.batch_id)
-                                .header(ferry_wire::HEADER_EPOCH, request.epoch.to_string().as_str()),
+                            ferry_service::trace::inject(
+                                PublishMessage::build()
+                                    .payload(ferry_wire::encode(batch))
+                                    .message_id(&batch.batch_id)
+                                    .header(ferry_wire::HEADER_EPOCH, request.epoch.to_string().as_str()),
+                            ),
                         )
                         .await
                         .context("publish work batch")?;

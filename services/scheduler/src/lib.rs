@@ -26,6 +26,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use ferry_config::Config;
@@ -155,7 +156,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             move |req: RunTaskRequest| {
                 let s = s.clone();
                 async move {
-                    s.run_now(&req.task, Trigger::Manual { by: req.by })
+                    s.run_now(&req.task, Trigger::Manual { by: req.by }, None)
                         .await
                         .map(|run_id| RunTaskResponse { run_id })
                         .map_err(|e| format!("{e:#}"))
@@ -595,19 +596,42 @@ impl Scheduler {
         }
     }
 
-    /// Request a run outside the schedule (manual or event).
-    async fn run_now(&self, task: &str, trigger: Trigger) -> anyhow::Result<Uuid> {
+    /// Request a run outside the schedule (manual or event). An event trigger's trace headers,
+    /// if any, make the run part of the publisher's trace.
+    async fn run_now(
+        &self,
+        task: &str,
+        trigger: Trigger,
+        headers: Option<&async_nats::HeaderMap>,
+    ) -> anyhow::Result<Uuid> {
         if !self.config.borrow().config.tasks.contains_key(task) {
             anyhow::bail!("unknown task {task:?}");
         }
         let run_id = Uuid::now_v7();
-        self.request(task, run_id, trigger, &format!("run:{run_id}"))
+        self.request(task, run_id, trigger, &format!("run:{run_id}"), headers)
             .await?;
         Ok(run_id)
     }
 
-    /// Publish a `RunRequested` and wait for JetStream's ack. Returns false for a duplicate.
+    /// [`Scheduler::publish_request`] inside the run's `run` span, the root of its trace (or a
+    /// child of the trace in `headers`).
     async fn request(
+        &self,
+        task: &str,
+        run_id: Uuid,
+        trigger: Trigger,
+        message_id: &str,
+        headers: Option<&async_nats::HeaderMap>,
+    ) -> anyhow::Result<bool> {
+        let span = tracing::info_span!("run", task, %run_id, trace_id = tracing::field::Empty);
+        ferry_service::trace::follow(&span, headers);
+        self.publish_request(task, run_id, trigger, message_id)
+            .instrument(span)
+            .await
+    }
+
+    /// Publish a `RunRequested` and wait for JetStream's ack. Returns false for a duplicate.
+    async fn publish_request(
         &self,
         task: &str,
         run_id: Uuid,
@@ -632,10 +656,12 @@ impl Scheduler {
             .js
             .send_publish(
                 subjects::run_request(task),
-                PublishMessage::build()
-                    .payload(ferry_wire::encode(&request))
-                    .message_id(message_id)
-                    .header(ferry_wire::HEADER_EPOCH, epoch.to_string().as_str()),
+                ferry_service::trace::inject(
+                    PublishMessage::build()
+                        .payload(ferry_wire::encode(&request))
+                        .message_id(message_id)
+                        .header(ferry_wire::HEADER_EPOCH, epoch.to_string().as_str()),
+                ),
             )
             .await
             .context("publish run request")?
@@ -677,8 +703,14 @@ impl Scheduler {
             return Ok(());
         }
         let message_id = format!("slot:{task}:{}", slot.timestamp());
-        self.request(task, Uuid::now_v7(), Trigger::Schedule { slot }, &message_id)
-            .await?;
+        self.request(
+            task,
+            Uuid::now_v7(),
+            Trigger::Schedule { slot },
+            &message_id,
+            None,
+        )
+        .await?;
         self.sched_kv
             .put(&key, slot.to_rfc3339().into())
             .await
@@ -830,6 +862,7 @@ impl Scheduler {
                     Trigger::Event {
                         subject: msg.subject.to_string(),
                     },
+                    msg.headers.as_ref(),
                 )
                 .await;
             let reply = match &result {

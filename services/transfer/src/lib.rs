@@ -43,6 +43,7 @@ use async_nats::jetstream::{
 use chrono::Utc;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use ferry_service::ledger::Ledger;
 use ferry_service::{EpochGate, NodeLease, Settings, http, nats};
@@ -268,6 +269,14 @@ impl Transfer {
                 return;
             }
         };
+        let first = batch.first();
+        let span = tracing::info_span!("batch", task = %first.task, run_id = %first.run_id, batch = %batch.batch_id, files = batch.items.len(), trace_id = tracing::field::Empty);
+        ferry_service::trace::follow(&span, message.headers.as_ref());
+        self.handle_batch(message, batch).instrument(span).await
+    }
+
+    /// Move a readable work batch inside its `batch` span and acknowledge it.
+    async fn handle_batch(&self, message: jetstream::Message, batch: WorkBatch) {
         let files = batch.items.len() as i64;
         self.metrics.in_flight.add(files);
         let progress = {
