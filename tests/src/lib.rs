@@ -430,6 +430,28 @@ pub async fn connect_as(
         .await?)
 }
 
+/// The five services of a node, by the names their binaries (`ferry-<name>`), settings sections
+/// and API subjects use.
+pub const SERVICES: [&str; 5] = [
+    "failover-coordinator",
+    "cert-handler",
+    "scheduler",
+    "file-collector",
+    "transfer",
+];
+
+/// Returns once every service of `NODE` answers its status endpoint (at most 60 s each).
+pub async fn services_answer(client: &async_nats::Client) {
+    for service in SERVICES {
+        let subject = subjects::api(NODE, service, subjects::api::STATUS);
+        eventually(Duration::from_secs(60), service, || async {
+            client.request(subject.clone(), "null".into()).await.ok()
+        })
+        .await
+        .expect("service up");
+    }
+}
+
 /// Run the `ferry` CLI against `nats_url`.
 pub fn ferry_cli(nats_url: &str, args: &[&str], cwd: &Path) -> Output {
     Command::new(bin_path("ferry"))
@@ -538,15 +560,13 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral loopback port")
 }
 
-/// Plain HTTP/1.1 GET on loopback: (status code, body).
+/// Plain HTTP GET on loopback: (status code, body). HTTP/1.0, so that no server answers with a
+/// chunked body (Prometheus's API would).
 pub fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response

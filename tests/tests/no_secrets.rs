@@ -7,20 +7,13 @@
 mod remote;
 
 use std::path::Path;
-use std::time::Duration;
 
 use ferry_testkit::peers::TEST_PASSWORD;
-use ferry_tests::{NODE, NatsServer, ServiceProcess, bin_path, eventually, free_port, http_get, process_env};
-use ferry_wire::{subjects, topology};
+use ferry_tests::{
+    NODE, NatsServer, SERVICES, ServiceProcess, bin_path, free_port, http_get, process_env, services_answer,
+};
+use ferry_wire::topology;
 use remote::Remote;
-
-const SERVICES: [&str; 5] = [
-    "failover-coordinator",
-    "cert-handler",
-    "scheduler",
-    "file-collector",
-    "transfer",
-];
 
 /// Every message of a stream, as text.
 async fn stream_text(js: &async_nats::jetstream::Context, stream: &str) -> String {
@@ -77,14 +70,7 @@ async fn no_secret_appears_in_any_output_of_a_full_run() {
         .collect();
     let client = async_nats::connect(nats.url()).await.expect("connect");
     let js = async_nats::jetstream::new(client.clone());
-    for service in SERVICES {
-        let subject = subjects::api(NODE, service, subjects::api::STATUS);
-        eventually(Duration::from_secs(60), service, || async {
-            client.request(subject.clone(), "null".into()).await.ok()
-        })
-        .await
-        .expect("service up");
-    }
+    services_answer(&client).await;
 
     // The operator's configuration file holds the secrets in the clear, as written.
     let src = dir.path().join("src");

@@ -27,7 +27,7 @@ use serde_json::Value;
 
 use ferry_service::Settings;
 use ferry_service::settings::NatsAuth;
-use ferry_tests::{NatsServer, Node, eventually, free_port, http_get, settings};
+use ferry_tests::{NatsServer, Node, SERVICES, eventually, free_port, http_get, settings};
 use ferry_wire::{FailoverMode, FailoverStatus, PromoteRequest, Role, RunStatus, subjects};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
@@ -47,14 +47,6 @@ const EMPTY_WHEN_HEALTHY: [&str; 5] = [
     "FerryBacklogGrowing",
     "hosts.json: Transfer retries by host",
     "hosts.json: Bytes not sent again thanks to resumed uploads",
-];
-
-const SERVICES: [&str; 5] = [
-    "scheduler",
-    "file-collector",
-    "transfer",
-    "cert-handler",
-    "failover-coordinator",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -506,7 +498,7 @@ impl Prometheus {
     }
 
     fn api(&self, path: &str) -> anyhow::Result<Value> {
-        let (status, body) = get(self.port, path)?;
+        let (status, body) = http_get(self.port, path)?;
         let value: Value = serde_json::from_str(&body).with_context(|| format!("{path}: {status} {body}"))?;
         ensure!(value["status"] == "success", "{path}: {body}");
         Ok(value["data"].clone())
@@ -563,27 +555,6 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// HTTP/1.0 GET on loopback: (status, body). 1.0, so that Prometheus answers without chunked
-/// encoding (its larger answers would be chunked under 1.1).
-fn get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("malformed HTTP response")?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 /// Percent-encode a query parameter.

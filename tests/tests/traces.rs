@@ -22,18 +22,12 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message;
 use uuid::Uuid;
 
-use ferry_tests::{NODE, NatsServer, ServiceProcess, bin_path, eventually, local_task, process_env};
+use ferry_tests::{
+    NODE, NatsServer, SERVICES, ServiceProcess, ferry_cli, local_task, process_env, services_answer,
+};
 use ferry_wire::{
     HEADER_EPOCH, HEADER_TRACEPARENT, HEADER_TRACESTATE, RunRequested, RunStatus, Trigger, subjects,
 };
-
-const SERVICES: [&str; 5] = [
-    "failover-coordinator",
-    "cert-handler",
-    "scheduler",
-    "file-collector",
-    "transfer",
-];
 
 /// One span as the receiver got it.
 #[derive(Debug, Clone)]
@@ -151,14 +145,7 @@ async fn start_node(
         })
         .collect();
     let client = async_nats::connect(nats.url()).await.expect("connect");
-    for service in SERVICES {
-        let subject = subjects::api(NODE, service, subjects::api::STATUS);
-        eventually(Duration::from_secs(60), service, || async {
-            client.request(subject.clone(), "null".into()).await.ok()
-        })
-        .await
-        .expect("service up");
-    }
+    services_answer(&client).await;
     (procs, client)
 }
 
@@ -184,13 +171,7 @@ fn new_files(dir: &Path) {
 }
 
 fn ferry(nats: &NatsServer, args: &[&str], cwd: &Path) -> std::process::Output {
-    std::process::Command::new(bin_path("ferry"))
-        .args(args)
-        .current_dir(cwd)
-        .env("FERRY_NATS_URL", nats.url())
-        .env("FERRY_NODE_ID", NODE)
-        .output()
-        .expect("run the ferry CLI")
+    ferry_cli(&nats.url(), args, cwd)
 }
 
 /// `ferry --json task run <task> --wait`: the run's id, once it succeeded.
