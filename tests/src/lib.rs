@@ -430,15 +430,7 @@ pub async fn connect_as(
         .await?)
 }
 
-/// The five services of a node, by the names their binaries (`ferry-<name>`), settings sections
-/// and API subjects use.
-pub const SERVICES: [&str; 5] = [
-    "failover-coordinator",
-    "cert-handler",
-    "scheduler",
-    "file-collector",
-    "transfer",
-];
+pub use pair::SERVICES;
 
 /// Returns once every service of `NODE` answers its status endpoint (at most 60 s each).
 pub async fn services_answer(client: &async_nats::Client) {

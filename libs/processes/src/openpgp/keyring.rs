@@ -45,30 +45,36 @@ pub struct KeyRing {
 impl KeyRing {
     /// Reads public keys (each binary or armored).
     pub fn parse_public(keys: &[Vec<u8>]) -> Result<KeyRing, KeyError> {
-        let mut ring = KeyRing::default();
-        for (i, k) in keys.iter().enumerate() {
-            let key = parse_public_key(k).map_err(|reason| KeyError::Unusable {
-                kind: "PGP public key",
-                selector: format!("#{i}"),
-                reason,
-            })?;
-            ring.keys.push(identity_of_public(&key));
-        }
-        Ok(ring)
+        KeyRing::parse(keys, "PGP public key", |k| {
+            parse_public_key(k).map(|key| identity_of_public(&key))
+        })
     }
 
     /// Reads secret keys (each binary or armored).
     pub fn parse_secret(keys: &[Vec<u8>]) -> Result<KeyRing, KeyError> {
-        let mut ring = KeyRing::default();
-        for (i, k) in keys.iter().enumerate() {
-            let key = parse_secret_key(k).map_err(|reason| KeyError::Unusable {
-                kind: "PGP secret key",
-                selector: format!("#{i}"),
-                reason,
-            })?;
-            ring.keys.push(identity_of_secret(&key));
-        }
-        Ok(ring)
+        KeyRing::parse(keys, "PGP secret key", |k| {
+            parse_secret_key(k).map(|key| identity_of_secret(&key))
+        })
+    }
+
+    /// One identity per key; the first key that does not parse is the error, named by its index.
+    fn parse(
+        keys: &[Vec<u8>],
+        kind: &'static str,
+        identity: impl Fn(&[u8]) -> Result<KeyIdentity, String>,
+    ) -> Result<KeyRing, KeyError> {
+        let keys = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                identity(k).map_err(|reason| KeyError::Unusable {
+                    kind,
+                    selector: format!("#{i}"),
+                    reason,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(KeyRing { keys })
     }
 
     /// The index of the one key `selector` names; none or several is an error naming it.
