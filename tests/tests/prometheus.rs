@@ -27,6 +27,7 @@ use serde_json::Value;
 
 use ferry_service::Settings;
 use ferry_service::settings::NatsAuth;
+use ferry_testkit::peers::vsftpd::{TestPki, Validity};
 use ferry_tests::{NatsServer, Node, SERVICES, eventually, free_port, http_get, settings};
 use ferry_wire::{FailoverMode, FailoverStatus, PromoteRequest, Role, RunStatus, subjects};
 
@@ -59,12 +60,21 @@ async fn every_dashboard_query_and_alert_rule_has_data_in_a_real_prometheus() ->
     promtool(&["test", "rules", &root.join(grafana::RULE_TESTS).to_string_lossy()])?;
 
     let work = tempfile::Builder::new().prefix("ferry-prometheus-").tempdir()?;
-    let pki = Pki::generate(&work.path().join("pki"))?;
+    // A CA and a server certificate for 127.0.0.1 valid for 10 years, and the nodes' NATS client
+    // certificate, valid for 10 days (the expiring-certificate alert must name it alone).
+    let pki = TestPki::generate_valid(
+        &work.path().join("pki"),
+        Validity {
+            ca_days: 3650,
+            server_days: 3650,
+            client_days: 10,
+        },
+    )?;
     let nats = NatsServer::start_with(&format!(
         "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n  timeout: 2\n}}",
         pki.server_cert.display(),
         pki.server_key.display(),
-        pki.ca.display()
+        pki.ca_cert.display()
     ))?;
     let url = format!("tls://127.0.0.1:{}", nats.port());
     let keymat = work.path().join("keymat");
@@ -153,7 +163,7 @@ folder = "{broken_out}"
 cron = "*/2 * * * * *"
 "#,
         sftp_host = sftp.host("vault", true),
-        ca = pki.ca.display(),
+        ca = pki.ca_cert.display(),
         local_in = local_in.display(),
         local_out = local_out.display(),
         up_in = up_in.display(),
@@ -317,7 +327,7 @@ cron = "*/2 * * * * *"
         })
         .collect();
     ensure!(
-        subjects == BTreeSet::from(["nats.cert_file CN=ferry-node-client".to_string()]),
+        subjects == BTreeSet::from(["nats.cert_file CN=ferry-test-client".to_string()]),
         "expiring within 30 days: {subjects:?}"
     );
     let sources: BTreeSet<String> = prometheus
@@ -384,14 +394,14 @@ fn node_settings(
     id: &str,
     role: Role,
     url: &str,
-    pki: &Pki,
+    pki: &TestPki,
     keymat: &Path,
 ) -> (Settings, BTreeMap<&'static str, u16>) {
     let mut s = settings(url);
     s.node_id = id.to_string();
     s.keymat = Some(keymat.to_path_buf());
     s.nats = NatsAuth {
-        ca_file: Some(pki.ca.display().to_string()),
+        ca_file: Some(pki.ca_cert.display().to_string()),
         cert_file: Some(pki.client_cert.display().to_string()),
         key_file: Some(pki.client_key.display().to_string()),
         ..NatsAuth::default()
@@ -565,122 +575,4 @@ fn encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// The test's certificates: a CA and a server certificate for 127.0.0.1 valid for 10 years, and
-/// the nodes' NATS client certificate, valid for 10 days.
-struct Pki {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-}
-
-impl Pki {
-    fn generate(dir: &Path) -> anyhow::Result<Pki> {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::create_dir_all(dir)?;
-        let p = |name: &str| dir.join(name);
-        let pki = Pki {
-            ca: p("ca.pem"),
-            server_cert: p("server.pem"),
-            server_key: p("server.key"),
-            client_cert: p("client.pem"),
-            client_key: p("client.key"),
-        };
-        let ca_key = p("ca.key");
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "3650",
-            "-subj",
-            "/CN=Ferry Prometheus Test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-            "-keyout",
-            &ca_key.to_string_lossy(),
-            "-out",
-            &pki.ca.to_string_lossy(),
-        ])?;
-        for (serial, days, cert, key, cn, ext) in [
-            (
-                "2",
-                "3650",
-                &pki.server_cert,
-                &pki.server_key,
-                "127.0.0.1",
-                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-            ),
-            (
-                "3",
-                "10",
-                &pki.client_cert,
-                &pki.client_key,
-                "ferry-node-client",
-                "extendedKeyUsage=clientAuth\n",
-            ),
-        ] {
-            let (csr, ext_file) = (cert.with_extension("csr"), cert.with_extension("ext"));
-            std::fs::write(
-                &ext_file,
-                format!(
-                    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n{ext}"
-                ),
-            )?;
-            openssl(&[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                &format!("/CN={cn}"),
-                "-keyout",
-                &key.to_string_lossy(),
-                "-out",
-                &csr.to_string_lossy(),
-            ])?;
-            openssl(&[
-                "x509",
-                "-req",
-                "-days",
-                days,
-                "-set_serial",
-                serial,
-                "-in",
-                &csr.to_string_lossy(),
-                "-CA",
-                &pki.ca.to_string_lossy(),
-                "-CAkey",
-                &ca_key.to_string_lossy(),
-                "-extfile",
-                &ext_file.to_string_lossy(),
-                "-out",
-                &cert.to_string_lossy(),
-            ])?;
-        }
-        // Ferry refuses a client key others may read.
-        std::fs::set_permissions(&pki.client_key, std::fs::Permissions::from_mode(0o600))?;
-        Ok(pki)
-    }
-}
-
-fn openssl(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("openssl")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("run openssl")?;
-    ensure!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
 }

@@ -8,6 +8,7 @@
 //! leaves sessions running: [`Vsftpd::kill`] and [`Vsftpd::pause`] act on the listener and every
 //! process descended from it, found through `/proc`.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -54,9 +55,37 @@ pub struct TestPki {
     pub client_key: PathBuf,
 }
 
+/// How many days each certificate of a [`TestPki`] is valid.
+#[derive(Debug, Clone, Copy)]
+pub struct Validity {
+    pub ca_days: u32,
+    pub server_days: u32,
+    pub client_days: u32,
+}
+
 impl TestPki {
     /// Generate a fresh set in `dir` with `openssl` (valid for two days).
     pub fn generate(dir: &Path) -> anyhow::Result<TestPki> {
+        TestPki::generate_valid(
+            dir,
+            Validity {
+                ca_days: 2,
+                server_days: 2,
+                client_days: 2,
+            },
+        )
+    }
+
+    /// Generate a fresh set in `dir`, each certificate valid as `validity` says (a test of expiry
+    /// monitoring wants a client certificate that expires soon under a long-lived CA).
+    pub fn generate_valid(dir: &Path, validity: Validity) -> anyhow::Result<TestPki> {
+        let days = |d: u32| d.to_string();
+        let (ca_days, server_days, client_days) = (
+            days(validity.ca_days),
+            days(validity.server_days),
+            days(validity.client_days),
+        );
+        std::fs::create_dir_all(dir)?;
         let path = |name: &str| dir.join(name);
         let pki = TestPki {
             ca_cert: path("ca.pem"),
@@ -73,7 +102,7 @@ impl TestPki {
             "rsa:2048".as_ref(),
             "-nodes".as_ref(),
             "-days".as_ref(),
-            "2".as_ref(),
+            ca_days.as_ref(),
             "-subj".as_ref(),
             "/CN=Ferry Test CA".as_ref(),
             "-addext".as_ref(),
@@ -85,9 +114,10 @@ impl TestPki {
             "-out".as_ref(),
             pki.ca_cert.as_os_str(),
         ])?;
-        for (serial, cert, key, cn, ext) in [
+        for (serial, days, cert, key, cn, ext) in [
             (
                 "2",
+                &server_days,
                 &pki.server_cert,
                 &pki.server_key,
                 "127.0.0.1",
@@ -95,6 +125,7 @@ impl TestPki {
             ),
             (
                 "3",
+                &client_days,
                 &pki.client_cert,
                 &pki.client_key,
                 "ferry-test-client",
@@ -126,7 +157,7 @@ impl TestPki {
                 "x509".as_ref(),
                 "-req".as_ref(),
                 "-days".as_ref(),
-                "2".as_ref(),
+                days.as_ref(),
                 "-set_serial".as_ref(),
                 serial.as_ref(),
                 "-in".as_ref(),
@@ -141,6 +172,8 @@ impl TestPki {
                 cert.as_os_str(),
             ])?;
         }
+        // Ferry refuses a client key others may read.
+        std::fs::set_permissions(&pki.client_key, std::fs::Permissions::from_mode(0o600))?;
         Ok(pki)
     }
 }
