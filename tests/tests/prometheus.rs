@@ -250,9 +250,11 @@ cron = "*/2 * * * * *"
     // The scheduled tasks fire on beta now: wait until its series are scraped.
     prometheus
         .wait_for(
-            "beta's scheduler lag and failures",
-            r#"sum(rate(ferry_scheduler_lag_seconds_count{node="beta"}[30s])) > 0 and on() sum(increase(ferry_file_collector_runs_total{node="beta", status="failed"}[30s])) > 0"#,
-            Duration::from_secs(20),
+            "beta's scheduler lag, failures and delivered files",
+            // The transfer's series too: under load one of its scrapes can miss, and the rates
+            // below need two samples of it in their window (a rate of 0 is data).
+            r#"sum(rate(ferry_scheduler_lag_seconds_count{node="beta"}[30s])) > 0 and on() sum(increase(ferry_file_collector_runs_total{node="beta", status="failed"}[30s])) > 0 and on() sum(rate(ferry_transfer_files_total{node="beta"}[30s]))"#,
+            Duration::from_secs(30),
         )
         .await?;
 
