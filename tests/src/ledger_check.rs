@@ -22,15 +22,19 @@ pub struct Report {
     pub grants: usize,
     /// Commits per node.
     pub per_node: BTreeMap<String, usize>,
-    /// Time from the lease check to the rename done, per commit (ns): the window that fencing by
-    /// a local deadline cannot close.
-    pub commit_window_ns: Vec<u64>,
+    /// Time from the lease check to the rename done, per commit (ns), by task: the window that
+    /// fencing by a local deadline cannot close.
+    pub commit_window_ns: BTreeMap<String, Vec<u64>>,
     pub violations: Vec<String>,
 }
 
 impl Report {
-    pub fn window_percentile_us(&self, p: f64) -> f64 {
-        let mut w = self.commit_window_ns.clone();
+    /// The commit window's percentile `p` over every commit, or over `task`'s.
+    pub fn window_percentile_us(&self, task: Option<&str>, p: f64) -> f64 {
+        let mut w: Vec<u64> = (self.commit_window_ns.iter())
+            .filter(|(t, _)| task.is_none_or(|task| task == t.as_str()))
+            .flat_map(|(_, w)| w.iter().copied())
+            .collect();
         if w.is_empty() {
             return 0.0;
         }
@@ -59,6 +63,7 @@ pub fn check(entries: &[Entry]) -> Report {
             Entry::Commit {
                 node,
                 epoch,
+                task,
                 path,
                 start_ns,
                 end_ns,
@@ -66,7 +71,8 @@ pub fn check(entries: &[Entry]) -> Report {
             } => {
                 commits.push((*start_ns, *end_ns, *epoch, node, path));
                 *report.per_node.entry(node.clone()).or_default() += 1;
-                report.commit_window_ns.push(end_ns.saturating_sub(*start_ns));
+                (report.commit_window_ns.entry(task.clone()).or_default())
+                    .push(end_ns.saturating_sub(*start_ns));
             }
             Entry::Slot { node, task, slot, .. } => slots.entry((task, slot)).or_default().push(node),
         }

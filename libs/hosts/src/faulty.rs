@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::{
-    ByteStream, Capabilities, DynHost, Entry, ErrorKind, Host, HostError, HostResult, Meta, Probe, Staged,
-    Upload, Verification, WriteTarget,
+    ByteStream, Capabilities, DynHost, Entry, ErrorKind, Gate, Host, HostError, HostResult, Meta, Probe,
+    Staged, Upload, Verification, WriteTarget,
 };
 
 /// The operations a fault can be aimed at.
@@ -253,9 +253,12 @@ impl Staged for FaultyStaged {
         self.faults.check(&self.host, Op::Verify).await?;
         self.inner.verify(size, sha256).await
     }
-    async fn commit(&mut self, final_path: &str, replace: bool) -> HostResult<bool> {
+    async fn commit_gated(&mut self, final_path: &str, replace: bool, gate: Gate<'_>) -> HostResult<bool> {
         self.faults.check(&self.host, Op::Commit).await?;
-        self.inner.commit(final_path, replace).await
+        self.inner.commit_gated(final_path, replace, gate).await
+    }
+    async fn tidy(&mut self) {
+        self.inner.tidy().await
     }
     async fn abort(self: Box<Self>) {
         self.inner.abort().await

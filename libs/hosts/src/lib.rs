@@ -340,6 +340,9 @@ pub trait Upload: Send {
     async fn abort(self: Box<Self>);
 }
 
+/// Called by [`Staged::commit_gated`] right before its commit request; an `Err` stops the commit.
+pub type Gate<'g> = &'g (dyn Fn() -> HostResult<()> + Send + Sync);
+
 /// A written, durable file under its temporary name, waiting to be verified and committed.
 #[async_trait]
 pub trait Staged: Send {
@@ -348,10 +351,24 @@ pub trait Staged: Send {
     /// `verify` option); fails on a mismatch. A host that read every byte back as it was written
     /// and compared it with what it was given (the node's own disks) checks the size only.
     async fn verify(&mut self, size: u64, sha256: &str) -> HostResult<Verification>;
+    /// [`Staged::commit_gated`] with nothing to check (tools and tests that hold no lease).
+    async fn commit(&mut self, final_path: &str, replace: bool) -> HostResult<bool> {
+        let committed = self.commit_gated(final_path, replace, &|| Ok(())).await?;
+        self.tidy().await;
+        Ok(committed)
+    }
     /// The commit point: make the file appear under `final_path` (in the target's folder). With
-    /// `replace` false, an existing file there is left alone and `Ok(false)` returned. Callers
-    /// check their lease immediately before calling this.
-    async fn commit(&mut self, final_path: &str, replace: bool) -> HostResult<bool>;
+    /// `replace` false, an existing file there is left alone and `Ok(false)` returned.
+    ///
+    /// `gate` is called immediately before the one request that makes the file appear (after a
+    /// pooled connection was taken and any look-up the kind needs), and an `Err` from it is
+    /// returned with nothing changed: the caller checks its lease there, so the window between
+    /// that check and the commit is one request, not a wait for a connection (ADR 004).
+    /// Tidying up after the commit (an SFTP temp's second name) happens outside the window.
+    async fn commit_gated(&mut self, final_path: &str, replace: bool, gate: Gate<'_>) -> HostResult<bool>;
+    /// After a commit: tidy up what the commit left outside its window (best effort; a crash
+    /// before it leaves a complete copy under the temp name, never a partial final file).
+    async fn tidy(&mut self) {}
     /// Remove the staged file (best effort).
     async fn abort(self: Box<Self>);
 }

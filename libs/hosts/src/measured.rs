@@ -17,8 +17,8 @@ use prometheus::proto::MetricFamily;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use crate::{
-    ByteStream, Capabilities, Chunks, DynHost, Entry, ErrorKind, Host, HostResult, Meta, PoolStatus, Probe,
-    Staged, Upload, Verification, WriteTarget,
+    ByteStream, Capabilities, Chunks, DynHost, Entry, ErrorKind, Gate, Host, HostResult, Meta, PoolStatus,
+    Probe, Staged, Upload, Verification, WriteTarget,
 };
 
 /// What was being done, as the `op` label says it.
@@ -249,14 +249,17 @@ impl Staged for MeasuredStaged {
         )
         .await
     }
-    async fn commit(&mut self, final_path: &str, replace: bool) -> HostResult<bool> {
+    async fn commit_gated(&mut self, final_path: &str, replace: bool, gate: Gate<'_>) -> HostResult<bool> {
         timed(
             &self.metrics,
             &self.host,
             Op::Commit,
-            self.inner.commit(final_path, replace),
+            self.inner.commit_gated(final_path, replace, gate),
         )
         .await
+    }
+    async fn tidy(&mut self) {
+        self.inner.tidy().await
     }
     async fn abort(self: Box<Self>) {
         self.inner.abort().await

@@ -9,6 +9,7 @@
 //! length where the kind can resume. A permanent failure of one destination fails only that
 //! destination; of the source, every destination.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -538,19 +539,28 @@ impl Route {
                     f.outcomes[i] = Some(failed(p.final_path.clone(), "not staged".into()));
                     continue;
                 };
-                let start_ns = match point.check() {
-                    Ok(start_ns) => start_ns,
+                // The lease is checked inside the commit, right before its one request (ADR 004).
+                let (start_ns, refused) = (AtomicU64::new(0), std::sync::Mutex::new(None));
+                let gate = || match point.check() {
+                    Ok(ns) => {
+                        start_ns.store(ns, Ordering::Relaxed);
+                        Ok(())
+                    }
                     Err(why) => {
-                        staged.abort().await;
-                        f.outcomes[i] = Some(failed(p.final_path.clone(), why.into()));
-                        continue;
+                        *refused.lock().expect("not poisoned") = Some(why);
+                        Err(HostError::fenced(self.dest(i).name()))
                     }
                 };
-                let outcome = commit_one(&mut staged, &p).await;
+                let mut outcome = commit_one(&mut staged, &p, &gate).await;
                 if outcome.outcome == Outcome::Delivered {
+                    let start_ns = start_ns.load(Ordering::Relaxed);
                     point.committed(&f.item.task, &f.item.run_id.to_string(), &outcome.path, start_ns);
+                    staged.tidy().await;
                     synced.push((n, i));
                 } else {
+                    if let Some(why) = refused.lock().expect("not poisoned").take() {
+                        outcome = failed(p.final_path.clone(), why.into());
+                    }
                     staged.abort().await;
                 }
                 f.outcomes[i] = Some(outcome);
@@ -595,7 +605,6 @@ impl Route {
     }
 }
 
-/// Commit one staged file according to the overwrite policy.
 /// Make the destination folder of `p` (or, with `create_dirs = false`, check that it is one).
 async fn make_ready(host: &DynHost, p: &plan::Planned) -> HostResult<()> {
     if p.create_dirs {
@@ -619,18 +628,24 @@ async fn make_ready(host: &DynHost, p: &plan::Planned) -> HostResult<()> {
     }
 }
 
-async fn commit_one(staged: &mut Box<dyn ferry_hosts::Staged>, p: &plan::Planned) -> ferry_wire::DestOutcome {
+/// Commit one staged file according to the overwrite policy, `gate` checked right before the
+/// request that commits.
+async fn commit_one(
+    staged: &mut Box<dyn ferry_hosts::Staged>,
+    p: &plan::Planned,
+    gate: ferry_hosts::Gate<'_>,
+) -> ferry_wire::DestOutcome {
     let delivered = |path: String| ferry_wire::DestOutcome {
         path,
         outcome: Outcome::Delivered,
         error: None,
     };
     match p.overwrite {
-        Overwrite::Overwrite => match staged.commit(&p.final_path, true).await {
+        Overwrite::Overwrite => match staged.commit_gated(&p.final_path, true, gate).await {
             Ok(_) => delivered(p.final_path.clone()),
             Err(e) => failed(p.final_path.clone(), e.to_string()),
         },
-        Overwrite::Skip | Overwrite::Fail => match staged.commit(&p.final_path, false).await {
+        Overwrite::Skip | Overwrite::Fail => match staged.commit_gated(&p.final_path, false, gate).await {
             Ok(true) => delivered(p.final_path.clone()),
             Ok(false) if p.overwrite == Overwrite::Skip => ferry_wire::DestOutcome {
                 path: p.final_path.clone(),
@@ -642,7 +657,7 @@ async fn commit_one(staged: &mut Box<dyn ferry_hosts::Staged>, p: &plan::Planned
         },
         Overwrite::Unique => {
             for candidate in p.unique_candidates().take(100) {
-                match staged.commit(&candidate, false).await {
+                match staged.commit_gated(&candidate, false, gate).await {
                     Ok(true) => return delivered(candidate),
                     Ok(false) => {}
                     Err(e) => return failed(candidate, e.to_string()),

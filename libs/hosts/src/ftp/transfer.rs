@@ -24,7 +24,7 @@ use super::Shared;
 use super::conn::Session;
 use super::errors::{failed, io_error};
 use super::ops;
-use crate::{ErrorKind, HostError, HostResult, Staged, Upload, Verification};
+use crate::{ErrorKind, Gate, HostError, HostResult, Staged, Upload, Verification};
 
 type Transfer = TransferStream<AsyncRustlsStream>;
 
@@ -255,12 +255,13 @@ impl Staged for FtpStaged {
     /// `RNTO`, and a file created by someone else between those two requests would be replaced —
     /// hence `rename_noreplace: false`. Servers that refuse to rename onto an existing file (IIS)
     /// get that file deleted first when `replace` is true, leaving a moment with no file there.
-    async fn commit(&mut self, final_path: &str, replace: bool) -> HostResult<bool> {
+    async fn commit_gated(&mut self, final_path: &str, replace: bool, gate: Gate<'_>) -> HostResult<bool> {
         let mut s = self.shared.session().await?;
         let to = s.abs(final_path)?;
         if !replace && ops::size(&mut s, &to).await?.is_some() {
             return Ok(false);
         }
+        gate()?;
         match ops::rename(&mut s, &self.temp, &to).await {
             Ok(()) => {}
             Err(e)

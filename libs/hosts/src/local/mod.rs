@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::{
-    ByteStream, Capabilities, Entry, Host, HostError, HostResult, Meta, Probe, Staged, Upload, Verification,
-    WriteTarget,
+    ByteStream, Capabilities, Entry, Gate, Host, HostError, HostResult, Meta, Probe, Staged, Upload,
+    Verification, WriteTarget,
 };
 
 /// The node's file system under a host name (`local`, or another `kind = "local"` host).
@@ -498,8 +498,9 @@ impl Staged for LocalStaged {
         Ok(Verification::ReadBack)
     }
 
-    async fn commit(&mut self, final_path: &str, replace: bool) -> HostResult<bool> {
+    async fn commit_gated(&mut self, final_path: &str, replace: bool, gate: Gate<'_>) -> HostResult<bool> {
         let (host, temp, to) = (self.host.clone(), self.temp.clone(), crate::path::os(final_path));
+        gate()?;
         blocking(&self.host, move || {
             let what = || format!("rename into {}", to.display());
             if replace {

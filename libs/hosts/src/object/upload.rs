@@ -42,7 +42,7 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
 use super::Shared;
-use crate::{HostError, HostResult, Staged, Upload, Verification, WriteTarget};
+use crate::{Gate, HostError, HostResult, Staged, Upload, Verification, WriteTarget};
 
 /// Parts of one upload on the wire at once.
 pub(super) const PARTS_IN_FLIGHT: usize = 4;
@@ -392,10 +392,14 @@ impl Staged for ObjectStaged {
         }
     }
 
-    async fn commit(&mut self, final_path: &str, replace: bool) -> HostResult<bool> {
+    async fn commit_gated(&mut self, final_path: &str, replace: bool, gate: Gate<'_>) -> HostResult<bool> {
         let s = self.shared.clone();
         let dest = s.key(final_path)?;
         let what = format!("commit {final_path}");
+        // The look-ups below come first; the gate is checked right before the completing request.
+        if let Body::Buffered(_) | Body::Stored = self.body {
+            gate()?;
+        }
         match std::mem::replace(&mut self.body, Body::Committed) {
             Body::Buffered(payload) => {
                 let mode = if replace {
@@ -442,6 +446,10 @@ impl Staged for ObjectStaged {
                             return Err(s.err(&what, &e));
                         }
                     }
+                }
+                if let Err(e) = gate() {
+                    self.body = Body::Multipart(upload, parts);
+                    return Err(e);
                 }
                 if let Err(e) = s
                     .multipart

@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 
 use super::pool::{Ctx, Lease, NoReplace};
 use super::{Inner, download, remote};
-use crate::{ErrorKind, HostError, HostResult, Staged, Upload, Verification, WriteTarget};
+use crate::{ErrorKind, Gate, HostError, HostResult, Staged, Upload, Verification, WriteTarget};
 
 /// Bytes per write request: OpenSSH's `max-write-length` (256 KiB less 1 KiB of headers). A
 /// server that takes less gets the piece in several requests.
@@ -247,7 +247,11 @@ impl Upload for SftpUpload {
         } = *self;
         ctx.run(&format!("close {temp}"), file.close()).await?;
         drop(lease);
-        Ok(Box::new(SftpStaged { inner, temp }))
+        Ok(Box::new(SftpStaged {
+            inner,
+            temp,
+            linked: false,
+        }))
     }
 
     async fn abort(mut self: Box<Self>) {
@@ -285,6 +289,8 @@ pub(super) async fn remove_file(inner: &Arc<Inner>, path: &str) -> HostResult<()
 struct SftpStaged {
     inner: Arc<Inner>,
     temp: String,
+    /// Committed by `hardlink@openssh.com`: the temp name is still there, for [`Staged::tidy`].
+    linked: bool,
 }
 
 #[async_trait]
@@ -329,7 +335,7 @@ impl Staged for SftpStaged {
     /// between leaves the complete file under both names); or plain SFTP rename, which OpenSSH
     /// does as link + unlink. Anywhere else: check that the name is free, then rename — a file
     /// created in between is replaced, and `rename_noreplace` says so.
-    async fn commit(&mut self, final_path: &str, replace: bool) -> HostResult<bool> {
+    async fn commit_gated(&mut self, final_path: &str, replace: bool, gate: Gate<'_>) -> HostResult<bool> {
         let lease = self.inner.lease().await?;
         let ctx = lease.ctx();
         let session = lease.session();
@@ -345,31 +351,35 @@ impl Staged for SftpStaged {
                     Err(e) => return Err(e),
                 }
             }
+            gate()?;
             ctx.run(&what, fs.rename(temp, to)).await?;
             return Ok(true);
         }
         let refused = match facts.no_replace() {
             NoReplace::Link => {
                 let link = format!("link {} to {final_path}", self.temp);
+                gate()?;
                 match ctx.run(&link, fs.hard_link(temp, to)).await {
                     Ok(()) => {
-                        let remove = format!("remove {}", self.temp);
-                        if let Err(e) = ctx.run(&remove, fs.remove_file(temp)).await {
-                            tracing::warn!(host = %ctx.host, error = %e, "committed, but the temp file stays");
-                        }
+                        // The temp is a second name of the delivered file now; `tidy` removes it.
+                        self.linked = true;
                         return Ok(true);
                     }
                     Err(e) => e,
                 }
             }
-            NoReplace::PlainRename => match ctx.run(&what, fs.rename(temp, to)).await {
-                Ok(()) => return Ok(true),
-                Err(e) => e,
-            },
+            NoReplace::PlainRename => {
+                gate()?;
+                match ctx.run(&what, fs.rename(temp, to)).await {
+                    Ok(()) => return Ok(true),
+                    Err(e) => e,
+                }
+            }
             NoReplace::CheckThenRename => {
                 if exists(&ctx, &mut fs, final_path).await? {
                     return Ok(false);
                 }
+                gate()?;
                 ctx.run(&what, fs.rename(temp, to)).await?;
                 return Ok(true);
             }
@@ -380,6 +390,14 @@ impl Staged for SftpStaged {
             return Ok(false);
         }
         Err(refused)
+    }
+
+    async fn tidy(&mut self) {
+        if std::mem::take(&mut self.linked)
+            && let Err(e) = remove_file(&self.inner, &self.temp).await
+        {
+            tracing::warn!(host = %self.inner.name, error = %e, "committed, but the temp file stays");
+        }
     }
 
     async fn abort(self: Box<Self>) {

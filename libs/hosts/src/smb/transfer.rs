@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 use super::Shared;
 use super::conn::{self, Conn};
 use super::status::{self, Failure};
-use crate::{ByteStream, ErrorKind, HostError, HostResult, Staged, Upload, Verification, WriteTarget};
+use crate::{ByteStream, ErrorKind, Gate, HostError, HostResult, Staged, Upload, Verification, WriteTarget};
 
 /// Largest read request (also capped by what the server negotiated).
 pub const READ_CHUNK: usize = 1 << 20;
@@ -744,7 +744,7 @@ impl Staged for SmbStaged {
         }
     }
 
-    async fn commit(&mut self, final_path: &str, replace: bool) -> HostResult<bool> {
+    async fn commit_gated(&mut self, final_path: &str, replace: bool, gate: Gate<'_>) -> HostResult<bool> {
         let s = &self.shared;
         let to = s.smb_path(final_path)?;
         let what = format!("rename {} to {final_path}", self.shown);
@@ -762,6 +762,10 @@ impl Staged for SmbStaged {
             Ok(r) => r,
             Err(f) => return Err(s.error(&what, &f)),
         };
+        if let Err(e) = gate() {
+            s.close(&conn, file).await;
+            return Err(e);
+        }
         let renamed = conn
             .run(s.op_timeout(), async {
                 let handle = match &file {
