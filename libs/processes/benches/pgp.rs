@@ -413,6 +413,7 @@ fn run(args: &Args) -> Result<(), String> {
     if Command::new("gpg").arg("--version").output().is_err() {
         return Err("gpg is not installed (make test's scripts/install-deps.sh installs it)".into());
     }
+    let load_at_start = load_average();
     let cold = !args.warm && can_drop_caches();
     if !args.warm && !cold {
         say("cannot drop the page cache (not root): every run reads warm");
@@ -506,7 +507,8 @@ fn run(args: &Args) -> Result<(), String> {
             remove(out)?;
         }
     }
-    let report = render(args, cold, &sm);
+    let load = (load_at_start, load_average());
+    let report = render(args, cold, &sm, &load);
     print!("{report}");
     if let Some(out) = &args.out {
         let doc = fs::read_to_string(out).unwrap_or_default();
@@ -549,7 +551,14 @@ fn list(v: &[Took]) -> String {
         .join(", ")
 }
 
-fn render(args: &Args, cold: bool, sm: &Samples) -> String {
+/// The first three fields of `/proc/loadavg`.
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn render(args: &Args, cold: bool, sm: &Samples, load: &(String, String)) -> String {
     let mib = args.mib as f64;
     let peak = sm.hwm.iter().copied().max().unwrap_or(0) as f64 / 1024.0;
     let size = if args.mib.is_multiple_of(1024) {
@@ -619,6 +628,14 @@ fn render(args: &Args, cold: bool, sm: &Samples) -> String {
         } else {
             "`sync` before every measurement, page cache warm (`--warm`)"
         }
+    ));
+    t.push_str(&format!(
+        "- **Machine**: `nproc` = {}; load average {} at the start, {} at the end (a shared \
+         machine: other work running beside the bench slows both sides and blurs the ratios; the \
+         CPU columns are the steadier comparison).\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load.0,
+        load.1
     ));
     t.push_str(&format!(
         "- **Peak RSS**: `VmHWM` of the process that ran the step, reported by it at its end; the \
