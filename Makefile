@@ -101,6 +101,7 @@ bench: peers build-release
 	FERRY_FAILOVER_BENCH_OUT=target/bench-failover.json $(NEXTEST_FAILOVER) failover_latency $(NEXTEST_FAILOVER_PROFILE)
 	target/release/ferry-bench --out docs/BENCHMARKS.md --failover-latency target/bench-failover.json \
 	  $$([ -f target/failover-suite.json ] && echo --fault-suite target/failover-suite.json)
+	cargo bench -p ferry-processes --bench pgp -- --out $(CURDIR)/docs/BENCHMARKS.md
 
 # The fault-injection suite at full length, then only the failover section of docs/BENCHMARKS.md
 # is rewritten (the transfer figures stay those of the last `make bench`). Debug builds, as in

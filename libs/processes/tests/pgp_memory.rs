@@ -1,4 +1,5 @@
-//! A 256 MiB PGP encrypt+sign then decrypt+verify round trip stays in bounded memory.
+//! A 512 MiB PGP encrypt+sign then decrypt+verify round trip stays in bounded memory (issue 9:
+//! under 128 MiB peak RSS; `make bench` holds the same bound on 3 GiB in a release build).
 //!
 //! The measurement is honest because it runs in a child process that does nothing else: this
 //! test re-runs its own binary (filtered to this one test, with `FERRY_PGP_MEMORY_CHILD` set),
@@ -19,9 +20,9 @@ use ferry_processes::openpgp::{Decrypt, Encrypt};
 use ferry_processes::{Context, File, MemoryKeys, Process, Scope};
 use sha2::{Digest, Sha256};
 
-const TEST: &str = "a_256_mib_round_trip_stays_under_128_mib_of_peak_rss";
+const TEST: &str = "a_512_mib_round_trip_stays_under_128_mib_of_peak_rss";
 const CHILD_ENV: &str = "FERRY_PGP_MEMORY_CHILD";
-const SIZE: u64 = 256 * 1024 * 1024;
+const SIZE: u64 = 512 * 1024 * 1024;
 
 fn status_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
@@ -139,7 +140,7 @@ fn timed(cmd: &mut Command) -> u128 {
 }
 
 #[test]
-fn a_256_mib_round_trip_stays_under_128_mib_of_peak_rss() {
+fn a_512_mib_round_trip_stays_under_128_mib_of_peak_rss() {
     if let Some(dir) = std::env::var_os(CHILD_ENV) {
         child(Path::new(&dir));
         return;
@@ -194,7 +195,8 @@ fn a_256_mib_round_trip_stays_under_128_mib_of_peak_rss() {
     let gpg_dec = timed(gpg.cmd().args(["-o", &p("g.out"), "--decrypt", &p("g.gpg")]));
     let mib = (SIZE >> 20) as f64;
     eprintln!(
-        "pgp 256 MiB: rss baseline {} MiB, peak {} MiB (growth {} MiB); ferry encrypt+sign {enc_ms} ms ({:.0} MiB/s), decrypt+verify {dec_ms} ms ({:.0} MiB/s); gpg {gpg_enc} ms / {gpg_dec} ms; ratio gpg/ferry {:.2} / {:.2}",
+        "pgp {} MiB: rss baseline {} MiB, peak {} MiB (growth {} MiB); ferry encrypt+sign {enc_ms} ms ({:.0} MiB/s), decrypt+verify {dec_ms} ms ({:.0} MiB/s); gpg {gpg_enc} ms / {gpg_dec} ms; ratio gpg/ferry {:.2} / {:.2}",
+        SIZE >> 20,
         baseline / 1024,
         hwm / 1024,
         (hwm - baseline) / 1024,

@@ -1,15 +1,14 @@
 //! Decrypt (optionally requiring a signature) and verify.
 
-use std::io::{BufReader, Read, Write};
-
 use pgp::composed::{DecryptionOptions, Message, SignedPublicKey, TheRing};
 use pgp::types::{Password, Seipdv1ReadMode};
 
+use super::pipe::{Failed, ReadAhead, WriteBehind};
 use super::{parse_public_key, public_key, render_name, secret_key, strip_pgp_ext};
 use crate::error::Blame;
-use crate::file::{BUF_SIZE, open_input};
+use crate::file::open_input;
 use crate::keys::KeySource;
-use crate::{Cancellable, Context, File, OutputFile, Process, ProcessError, StepOutput};
+use crate::{Context, File, OutputFile, Process, ProcessError, StepOutput};
 use ferry_config::Template;
 
 /// Decrypt with whichever secret key of the node's ring the message is addressed to; optionally
@@ -68,32 +67,37 @@ fn signer_ids(msg: &Message<'_>) -> Vec<String> {
     ids
 }
 
-/// Copies a message's plaintext to `out`: read errors are the message's fault (bad input),
-/// write errors Ferry's.
+/// Copies a message's plaintext to a new output in the work folder, read straight into the
+/// chunks a writing thread writes (and hashes) behind: read errors are the message's fault (bad
+/// input), write errors Ferry's.
 fn copy_plaintext(
     msg: &mut Message<'_>,
-    out: &mut OutputFile,
+    ctx: &Context<'_>,
     blame: &Blame,
     what: &str,
     limit: Option<u64>,
-) -> Result<u64, ProcessError> {
-    let mut buf = vec![0u8; BUF_SIZE];
+) -> Result<OutputFile, ProcessError> {
+    let out = OutputFile::create(ctx.work_dir).map_err(blame.io("create the output"))?;
+    let mut out = WriteBehind::new(out).map_err(blame.io("start writing the output"))?;
     let mut n = 0u64;
     loop {
-        let k = match msg.read(&mut buf) {
-            Ok(0) => return Ok(n),
+        let k = match out.read_from(msg) {
+            Ok(0) => break,
             Ok(k) => k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(blame.bad_input(format!("could not be {what}: {e}"))),
+            Err(Failed::Read(e)) => return Err(blame.bad_input(format!("could not be {what}: {e}"))),
+            // The writing thread's own error is the one to report.
+            Err(Failed::Write(e)) => {
+                return Err(blame.io("write the output")(out.finish().err().unwrap_or(e)));
+            }
         };
+        n += k as u64;
         if let Some(limit) = limit
-            && n + k as u64 > limit
+            && n > limit
         {
             return Err(blame.limit(format!("expands to more than the limit of {limit} bytes")));
         }
-        out.write_all(&buf[..k]).map_err(blame.io("write the output"))?;
-        n += k as u64;
     }
+    out.finish().map_err(blame.io("write the output"))
 }
 
 /// Checks the signature of a message read to its end: against `required` (which must have
@@ -155,7 +159,8 @@ impl Process for Decrypt {
         for input in inputs {
             let blame = Blame::new(self.name(), input.name());
             let name = render_name(&self.name, strip_pgp_ext, &input, ctx, &blame)?;
-            let src = BufReader::with_capacity(BUF_SIZE, Cancellable::new(open_input(&input, &blame)?, ctx));
+            let src = ReadAhead::new(open_input(&input, &blame)?, ctx.cancel)
+                .map_err(blame.io("start reading the input"))?;
             let (msg, _) = Message::from_reader(src)
                 .map_err(|e| blame.bad_input(format!("is not an OpenPGP message: {e}")))?;
             let Message::Encrypted { esk, .. } = &msg else {
@@ -207,8 +212,7 @@ impl Process for Decrypt {
                     .decompress()
                     .map_err(|e| blame.bad_input(format!("could not be decompressed: {e}")))?;
             }
-            let mut out = OutputFile::create(ctx.work_dir).map_err(blame.io("create the output"))?;
-            copy_plaintext(&mut msg, &mut out, &blame, "decrypted", self.max_bytes)?;
+            let out = copy_plaintext(&mut msg, ctx, &blame, "decrypted", self.max_bytes)?;
             log.push_str(&check_signature(
                 &msg,
                 self.require_signer.as_deref(),
@@ -232,7 +236,8 @@ impl Process for Verify {
         for input in inputs {
             let blame = Blame::new(self.name(), input.name());
             let name = render_name(&self.name, strip_pgp_ext, &input, ctx, &blame)?;
-            let src = BufReader::with_capacity(BUF_SIZE, Cancellable::new(open_input(&input, &blame)?, ctx));
+            let src = ReadAhead::new(open_input(&input, &blame)?, ctx.cancel)
+                .map_err(blame.io("start reading the input"))?;
             let (mut msg, _) = Message::from_reader(src)
                 .map_err(|e| blame.bad_input(format!("is not an OpenPGP message: {e}")))?;
             if msg.is_encrypted() {
@@ -243,8 +248,7 @@ impl Process for Verify {
                     .decompress()
                     .map_err(|e| blame.bad_input(format!("could not be decompressed: {e}")))?;
             }
-            let mut out = OutputFile::create(ctx.work_dir).map_err(blame.io("create the output"))?;
-            copy_plaintext(&mut msg, &mut out, &blame, "read", self.max_bytes)?;
+            let out = copy_plaintext(&mut msg, ctx, &blame, "read", self.max_bytes)?;
             if !msg.is_signed() {
                 return Err(blame.bad_input("is not signed"));
             }

@@ -9,6 +9,7 @@ use pgp::ser::Serialize as _;
 use pgp::types::{KeyDetails, Password, SigningKey};
 use std::io::BufReader;
 
+use super::pipe::WriteBehind;
 use super::{public_key, render_name, secret_key};
 use crate::error::Blame;
 use crate::file::{BUF_SIZE, open_input};
@@ -116,6 +117,9 @@ impl Process for Encrypt {
                 &blame,
             )?;
 
+            // rPGP reads the file straight into its own buffer (no read-ahead thread: that would
+            // add a copy to a path already bound by its copies and the serial CFB cipher); the
+            // output's hashing and writing happen behind, on a thread of their own.
             let src = Cancellable::new(open_input(&input, &blame)?, ctx);
             let mut rng = rand::thread_rng();
             let mut builder = MessageBuilder::from_reader(input.base_name().to_string(), src)
@@ -134,13 +138,21 @@ impl Process for Encrypt {
                     HashAlgorithm::Sha256,
                 );
             }
-            let mut out = OutputFile::create(ctx.work_dir).map_err(blame.io("create the output"))?;
+            let out = OutputFile::create(ctx.work_dir).map_err(blame.io("create the output"))?;
+            let mut out = WriteBehind::new(out).map_err(blame.io("start writing the output"))?;
             let written = if armor {
                 builder.to_armored_writer(&mut rng, ArmorOptions::default(), &mut out)
             } else {
                 builder.to_writer(&mut rng, &mut out)
             };
-            written.map_err(|e| blame.internal(format!("encrypt: {e}")))?;
+            if let Err(e) = written {
+                // A failed write on the writing thread is the cause to report.
+                return Err(match out.finish() {
+                    Err(w) => blame.io("write the output")(w),
+                    Ok(_) => blame.internal(format!("encrypt: {e}")),
+                });
+            }
+            let out = out.finish().map_err(blame.io("write the output"))?;
             files.push(out.finish(name).map_err(blame.io("finish the output"))?);
         }
         Ok(StepOutput {
