@@ -543,6 +543,32 @@ async fn certificates_and_pgp_keys_round_trip_through_the_stores_sealed_and_perm
     })
     .await?;
 
+    // Hostile requests, even from the admin, are refused with the reason.
+    let admin_client = connect_as(&admin, url.as_str()).await?;
+    let import = ferry_wire::keys::api::in_group(
+        ferry_wire::keys::api::admin::GROUP,
+        ferry_wire::keys::api::admin::CERTS_IMPORT,
+    );
+    let handler = ferry_wire::subjects::service::CERT_HANDLER;
+    let call = |body: serde_json::Value| {
+        let (client, import) = (admin_client.clone(), import.clone());
+        async move {
+            ferry_service::api::call::<_, serde_json::Value>(&client, "node1", handler, &import, &body).await
+        }
+    };
+    let e = call(serde_json::json!({ "file": 3 }))
+        .await
+        .expect_err("bad JSON");
+    assert!(e.to_string().contains("bad request"), "{e}");
+    let e = call(serde_json::json!({ "file": "MIIB not sealed" }))
+        .await
+        .expect_err("not sealed");
+    assert!(e.to_string().contains("file:"), "{e}");
+    let e = call(serde_json::json!({ "file": "x".repeat(900 * 1024) }))
+        .await
+        .expect_err("too large");
+    assert!(e.to_string().contains("too large"), "{e}");
+
     // Expiry metric per stored certificate.
     let not_after =
         chrono::DateTime::parse_from_rfc3339(by_fp(&me_fp)["not_after"].as_str().expect("a time"))?;
