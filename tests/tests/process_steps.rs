@@ -1,0 +1,324 @@
+//! Process steps in tasks (issue 9): a real node, local folders as source and destination.
+//! PER-FILE checksum + rename, a PER-TASK zip read by `unzip`, and the bad-input cases: each
+//! fails only its own file with a clear error in the run record, leaves no output at the
+//! destination or in the spool, and keeps the source.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use ferry_tests::{NatsServer, Node, settings, sha256_file};
+use ferry_wire::{FileResult, Outcome, RunFinished, RunStatus, StepOutcome};
+
+/// A local task from `src` to `dst` with `steps` (TOML `[[task.steps]]` tables).
+fn task(name: &str, src: &Path, dst: &Path, steps: &str) -> String {
+    format!(
+        "[[task]]\nname = \"{name}\"\n\
+         [[task.source]]\nhost = \"local\"\nfolder = \"{}\"\nnew_files_only = false\nsize_stable_ms = 0\n\
+         [[task.destination]]\nhost = \"local\"\nfolder = \"{}\"\n{steps}\n",
+        src.display(),
+        dst.display()
+    )
+}
+
+fn names(dir: &Path) -> BTreeSet<String> {
+    walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            e.path()
+                .strip_prefix(dir)
+                .expect("under dir")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
+fn file<'r>(run: &'r RunFinished, name: &str) -> &'r FileResult {
+    run.files
+        .iter()
+        .find(|f| f.source_path.ends_with(&format!("/{name}")))
+        .unwrap_or_else(|| panic!("no result for {name}: {:#?}", run.files))
+}
+
+/// The spool holds nothing once a run is over.
+fn assert_spool_empty(node: &Node) {
+    let spool = node.settings.data_dir.join("spool");
+    let left = if spool.exists() {
+        names(&spool)
+    } else {
+        BTreeSet::new()
+    };
+    assert!(left.is_empty(), "the spool keeps {left:?}");
+}
+
+/// A failed file: its error names `expected`, its failed step's record says so with `outcome`,
+/// and it reached no destination.
+fn assert_failed(run: &RunFinished, name: &str, outcome: StepOutcome, expected: &str) {
+    let f = file(run, name);
+    assert_eq!(f.outcome, Outcome::Failed, "{name}: {f:#?}");
+    let error = f.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains(expected),
+        "{name}: error {error:?} should say {expected:?}"
+    );
+    let step = f
+        .steps
+        .last()
+        .unwrap_or_else(|| panic!("{name} has no step records"));
+    assert_eq!(step.outcome, outcome, "{name}: {step:#?}");
+    assert!(step.outputs.is_empty(), "{name}: a failed step hands nothing on");
+    assert!(
+        f.destinations.is_empty(),
+        "{name} reached a destination: {:?}",
+        f.destinations
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_file_checksum_and_rename() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let node = Node::start(settings(&nats.url())).await?;
+    let work = tempfile::tempdir()?;
+    let (src, dst) = (work.path().join("in"), work.path().join("out"));
+    std::fs::create_dir_all(&src)?;
+    std::fs::write(src.join("a.csv"), "alpha\n")?;
+    std::fs::write(src.join("b.csv"), "bravo\n".repeat(1000))?;
+    let steps = "[[task.steps]]\nprocess = \"checksum\"\n\
+                 [[task.steps]]\nprocess = \"rename\"\nname = \"[TaskName]_[OrigName]\"\n";
+    node.apply(&task("sums", &src, &dst, steps)).await?;
+    let run = node.run_task("sums", Duration::from_secs(30)).await?;
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:#?}");
+    assert_eq!(
+        names(&dst),
+        [
+            "sums_a.csv",
+            "sums_a.csv.sha256",
+            "sums_b.csv",
+            "sums_b.csv.sha256"
+        ]
+        .map(String::from)
+        .into(),
+    );
+    for n in ["a.csv", "b.csv"] {
+        let want = sha256_file(&src.join(n));
+        assert_eq!(
+            sha256_file(&dst.join(format!("sums_{n}"))),
+            want,
+            "content unchanged"
+        );
+        let line = std::fs::read_to_string(dst.join(format!("sums_{n}.sha256")))?;
+        assert_eq!(line, format!("{want}  {n}\n"), "sha256sum format");
+        let f = file(&run, n);
+        assert_eq!(f.outcome, Outcome::Delivered);
+        assert_eq!(f.destinations.len(), 2, "the file and its checksum");
+        let processes: Vec<&str> = f.steps.iter().map(|s| s.process.as_str()).collect();
+        assert_eq!(processes, ["checksum", "rename"]);
+        let renamed = &f.steps[1].outputs;
+        assert_eq!(renamed.len(), 2);
+        assert_eq!(renamed[0].name, format!("sums_{n}"));
+        assert_eq!(renamed[0].sha256, want, "the record names each output's SHA-256");
+        assert!(src.join(n).exists(), "the source is kept");
+    }
+    let audit: Vec<ferry_wire::AuditRecord> = ferry_service::streams::read(
+        &node.js,
+        ferry_wire::topology::STREAM_AUDIT,
+        &ferry_wire::subjects::audit_filter(Some("sums")),
+        None,
+    )
+    .await?;
+    assert_eq!(audit.len(), 4, "one per output and destination: {audit:#?}");
+    assert!(
+        audit.iter().all(|r| r.steps.len() == 2),
+        "audit records carry the steps"
+    );
+    assert_spool_empty(&node);
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_task_zip_is_read_by_unzip() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let node = Node::start(settings(&nats.url())).await?;
+    let work = tempfile::tempdir()?;
+    let (src, dst) = (work.path().join("in"), work.path().join("out"));
+    std::fs::create_dir_all(src.join("sub"))?;
+    std::fs::write(src.join("one.txt"), "one\n")?;
+    std::fs::write(src.join("two.bin"), vec![7u8; 300_000])?;
+    std::fs::write(src.join("sub/three.txt"), "three\n")?;
+    let toml = task(
+        "pack",
+        &src,
+        &dst,
+        "[[task.steps]]\nprocess = \"zip\"\nscope = \"per-task\"\nname = \"[TaskName].zip\"\n",
+    )
+    .replace(
+        "size_stable_ms = 0\n",
+        "size_stable_ms = 0\nsubdirectories = true\n",
+    );
+    node.apply(&toml).await?;
+    let run = node.run_task("pack", Duration::from_secs(30)).await?;
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:#?}");
+    assert_eq!(names(&dst), ["pack.zip".to_string()].into());
+    let out = work.path().join("unzipped");
+    let unzip = std::process::Command::new("unzip")
+        .arg("-q")
+        .arg(dst.join("pack.zip"))
+        .arg("-d")
+        .arg(&out)
+        .output()?;
+    assert!(
+        unzip.status.success(),
+        "unzip: {}",
+        String::from_utf8_lossy(&unzip.stderr)
+    );
+    assert_eq!(
+        ferry_tests::tree_hashes(&out),
+        ferry_tests::tree_hashes(&src),
+        "unzip gives back every file of the run"
+    );
+    assert_eq!(run.files.len(), 3);
+    for f in &run.files {
+        assert_eq!(f.outcome, Outcome::Delivered);
+        let zip = f
+            .steps
+            .iter()
+            .find(|s| s.process == "zip")
+            .expect("zip step recorded");
+        assert_eq!(zip.scope, "per-task");
+        assert_eq!(zip.outputs[0].sha256, sha256_file(&dst.join("pack.zip")));
+    }
+    assert_spool_empty(&node);
+    node.shutdown().await;
+    Ok(())
+}
+
+fn write_zip(path: &Path, entries: &[(&str, &[u8])]) -> anyhow::Result<()> {
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path)?);
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    for (name, bytes) in entries {
+        zip.start_file(*name, options)?;
+        zip.write_all(bytes)?;
+    }
+    zip.finish()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_fails_only_its_file() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let node = Node::start(settings(&nats.url())).await?;
+    let work = tempfile::tempdir()?;
+
+    // Archives: a good one, a zip-slip entry, a bomb over the limit (1 MiB).
+    let (zsrc, zdst) = (work.path().join("zin"), work.path().join("zout"));
+    std::fs::create_dir_all(&zsrc)?;
+    write_zip(&zsrc.join("good.zip"), &[("g/ok.txt", b"fine\n")])?;
+    write_zip(
+        &zsrc.join("slip.zip"),
+        &[("fine.txt", b"x"), ("../../x", b"escaped")],
+    )?;
+    write_zip(&zsrc.join("bomb.zip"), &[("zeros", &vec![0u8; 4 << 20])])?;
+    let unzip = "[[task.steps]]\nprocess = \"unzip\"\nmax_expanded_bytes = 1048576\n";
+
+    // Commands: one passes the file on, one exits 3, one hangs past its timeout.
+    let (csrc, cdst) = (work.path().join("cin"), work.path().join("cout"));
+    std::fs::create_dir_all(&csrc)?;
+    for n in ["ok.txt", "three.txt", "hang.txt"] {
+        std::fs::write(csrc.join(n), n)?;
+    }
+    let command = r#"[[task.steps]]
+process = "command"
+program = "/bin/sh"
+args = ["-c", 'case "$FERRY_ORIG_NAME" in three*) echo "bad record at line 7" >&2; exit 3;; hang*) sleep 60;; esac']
+timeout_secs = 2
+"#;
+    let toml = format!(
+        "{}{}",
+        task("unpack", &zsrc, &zdst, unzip),
+        task("convert", &csrc, &cdst, command)
+    );
+    node.apply(&toml).await?;
+
+    let run = node.run_task("unpack", Duration::from_secs(30)).await?;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!((run.files_delivered, run.files_failed), (1, 2), "{run:#?}");
+    assert_eq!(file(&run, "good.zip").outcome, Outcome::Delivered);
+    assert_failed(
+        &run,
+        "slip.zip",
+        StepOutcome::BadInput,
+        r#""../../x" has a ".." component"#,
+    );
+    assert_failed(
+        &run,
+        "bomb.zip",
+        StepOutcome::LimitExceeded,
+        "more than the limit of 1048576 bytes",
+    );
+    assert_eq!(
+        names(&zdst),
+        ["ok.txt".to_string()].into(),
+        "nothing of a bad archive is delivered"
+    );
+    assert!(!work.path().join("x").exists() && !zdst.join("fine.txt").exists());
+    assert_eq!(names(&zsrc).len(), 3, "the sources are kept");
+
+    let started = std::time::Instant::now();
+    let run = node.run_task("convert", Duration::from_secs(30)).await?;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the hung command was killed at its timeout"
+    );
+    assert_eq!((run.files_delivered, run.files_failed), (1, 2), "{run:#?}");
+    assert_failed(&run, "three.txt", StepOutcome::Failed, "exited with code 3");
+    assert!(
+        file(&run, "three.txt")
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("bad record at line 7"),
+        "the command's stderr is in the record"
+    );
+    assert_failed(&run, "hang.txt", StepOutcome::Timeout, "timed out after 2s");
+    assert_eq!(names(&cdst), ["ok.txt".to_string()].into());
+    assert_eq!(names(&csrc).len(), 3, "the sources are kept");
+
+    assert_spool_empty(&node);
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn apply_refuses_bad_steps_naming_task_step_and_option() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let node = Node::start(settings(&nats.url())).await?;
+    let work = tempfile::tempdir()?;
+    let (src, dst) = (work.path().join("in"), work.path().join("out"));
+    let steps = "[[task.steps]]\nprocess = \"command\"\nprogram = \"sh\"\n\
+                 [[task.steps]]\nprocess = \"replace\"\nfind = \"(\"\nregex = true\n\
+                 [[task.steps]]\nprocess = \"zip\"\nlevel = 12\n";
+    let response = node.apply(&task("bad", &src, &dst, steps)).await?;
+    let ferry_wire::ApplyResponse::Rejected { errors } = response else {
+        panic!("applied: {response:?}");
+    };
+    let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    for expected in [
+        r#"task "bad": steps[0].program: "sh" (command step) command program "sh" is not an absolute path"#,
+        r#"task "bad": steps[1].find: "(" (replace step) find-and-replace: pattern "(" is not a valid regular expression"#,
+        r#"task "bad": steps[2].level: "12" (zip step) zip level 12 is out of range 0..=9"#,
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(expected)),
+            "expected {expected:?} in {errors:#?}"
+        );
+    }
+    node.shutdown().await;
+    Ok(())
+}
