@@ -4,10 +4,12 @@
 //! Exit codes: 0 success; 1 the command failed (rejected configuration, failed run, unreachable
 //! service); 2 usage errors (from clap).
 
+mod certs;
 mod health;
 mod keymat;
 mod nats_setup;
 mod output;
+mod pgp;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -170,6 +172,17 @@ enum Command {
     Nats {
         #[command(subcommand)]
         command: NatsCommand,
+    },
+    /// The node's certificate stores: personal certificates (with private keys) and other
+    /// people's certificates.
+    Certs {
+        #[command(subcommand)]
+        command: certs::CertsCommand,
+    },
+    /// The node's PGP key rings.
+    Pgp {
+        #[command(subcommand)]
+        command: pgp::PgpCommand,
     },
     /// Remote hosts.
     Host {
@@ -356,6 +369,17 @@ impl Ctx {
     ) -> anyhow::Result<Resp> {
         ferry_service::api::call(&self.client, &self.node, service, endpoint, body).await
     }
+
+    /// [`Ctx::call`] with its own time limit.
+    async fn call_within<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        service: &str,
+        endpoint: &str,
+        body: &Req,
+        limit: Duration,
+    ) -> anyhow::Result<Resp> {
+        ferry_service::api::call_within(&self.client, &self.node, service, endpoint, body, limit).await
+    }
 }
 
 /// The settings file `make run` writes, read when neither --config nor FERRY_CONFIG names one.
@@ -481,6 +505,8 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Host {
             command: HostCommand::Test { name, folder },
         } => host_test(&ctx, &name, folder).await,
+        Command::Certs { command } => certs::run(&ctx, command).await,
+        Command::Pgp { command } => pgp::run(&ctx, command).await,
         Command::Shutdown { drain } => failover(&ctx, FailoverCommand::Shutdown { drain }).await,
         Command::Nats { .. } | Command::Health(_) => unreachable!("handled before connecting"),
     }

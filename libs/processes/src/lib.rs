@@ -59,6 +59,7 @@ mod error;
 pub mod file;
 pub mod keys;
 pub mod openpgp;
+pub mod remote_keys;
 pub mod rename;
 pub mod replace;
 pub mod testing;

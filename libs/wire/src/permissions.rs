@@ -13,9 +13,15 @@
 //! - replies reach only the asker: each user subscribes to its own inbox prefix
 //!   (`_INBOX.<its public key>`) and publishes to an inbox only as a response
 //!   (`allow_responses`);
-//! - *viewer* reads status, runs, the audit trail and the configuration; *operator* also runs
-//!   tasks and starts or stops schedules; *admin* also applies configurations and changes roles.
+//! - only the cert-handler reads or writes its stores (personal and other people's certificates,
+//!   PGP key rings); only the node's transfer and the admin call its key source (`keys.*`: the
+//!   keys processes use, Certs Restore), and only the admin imports, removes, generates or
+//!   exports private material (`admin.*`, [`crate::keys`]);
+//! - *viewer* reads status, runs, the audit trail and the configuration, and lists and exports
+//!   public certificates and PGP public keys; *operator* also runs tasks and starts or stops
+//!   schedules; *admin* also applies configurations, changes roles and manages keys.
 
+use crate::keys::api as keys_api;
 use crate::subjects::{self, api, service};
 use crate::topology;
 
@@ -70,13 +76,22 @@ const STREAMS: [&str; 7] = [
     topology::STREAM_AUDIT_SEALS,
     topology::STREAM_DEADLETTER,
 ];
-const BUCKETS: [&str; 5] = [
+const BUCKETS: [&str; 9] = [
     topology::KV_CONFIG,
     topology::KV_STATE,
     topology::KV_RUNS,
     topology::KV_SCHED,
     topology::KV_LEASE,
+    topology::KV_CERTS_PERSONAL,
+    topology::KV_CERTS_OTHER,
+    topology::KV_PGP_PUBLIC,
+    topology::KV_PGP_SECRET,
 ];
+
+/// Every endpoint of one group of the cert-handler on `node` (`*`: every node).
+fn cert_handler_group(node: &str, group: &str) -> String {
+    format!("{}.{group}.>", subjects::api_group(node, service::CERT_HANDLER))
+}
 
 fn kv_stream(bucket: &str) -> String {
     format!("KV_{bucket}")
@@ -193,11 +208,21 @@ pub fn for_service(node: &str, service_name: &str) -> Permissions {
                 .read_bucket(topology::KV_CONFIG)
                 .write_bucket(topology::KV_STATE)
                 .write_bucket(topology::KV_RUNS)
-                .publish([subjects::BATCH_RESULTS.to_string(), subjects::audit_file("*")]);
+                .publish([subjects::BATCH_RESULTS.to_string(), subjects::audit_file("*")])
+                // Keys for process steps, from its own node's cert-handler only.
+                .publish([
+                    cert_handler_group(node, keys_api::keys::GROUP),
+                    subjects::api(node, service::CERT_HANDLER, keys_api::KEYMAT),
+                ]);
         }
         service::CERT_HANDLER => {
-            // The certificates the stored configuration names (an FTPS host's ca_file).
-            p.read_bucket(topology::KV_CONFIG);
+            // The certificates the stored configuration names (an FTPS host's ca_file), and
+            // its own stores.
+            p.read_bucket(topology::KV_CONFIG)
+                .write_bucket(topology::KV_CERTS_PERSONAL)
+                .write_bucket(topology::KV_CERTS_OTHER)
+                .write_bucket(topology::KV_PGP_PUBLIC)
+                .write_bucket(topology::KV_PGP_SECRET);
         }
         service::FAILOVER_COORDINATOR => {
             p.write_bucket(topology::KV_LEASE)
@@ -210,7 +235,6 @@ pub fn for_service(node: &str, service_name: &str) -> Permissions {
                     subjects::audit_role(node),
                     subjects::node_lease(node),
                     subjects::node_stop(node),
-                    format!("{}.>", subjects::api_group(node, "*")),
                 ]);
         }
         _ => {}
@@ -223,6 +247,16 @@ pub fn for_role(role: Role) -> Permissions {
     let mut p = Permissions::default();
     p.publish(["$JS.API.INFO".to_string(), subjects::api("*", "*", api::STATUS)])
         .publish([subjects::api("*", service::SCHEDULER, api::KEYMAT)])
+        .publish(
+            [
+                keys_api::CERTS_LIST,
+                keys_api::CERTS_EXPORT,
+                keys_api::PGP_LIST,
+                keys_api::PGP_EXPORT,
+                keys_api::KEYMAT,
+            ]
+            .map(|e| subjects::api("*", service::CERT_HANDLER, e)),
+        )
         .read_stream(topology::STREAM_EVENTS)
         .read_stream(topology::STREAM_AUDIT)
         .read_stream(topology::STREAM_AUDIT_SEALS)
@@ -254,7 +288,10 @@ pub fn for_role(role: Role) -> Permissions {
         ] {
             p.publish([subjects::api("*", service::FAILOVER_COORDINATOR, verb)]);
         }
-        p.publish([subjects::node_stop("*")]);
+        p.publish([subjects::node_stop("*")]).publish([
+            cert_handler_group("*", keys_api::admin::GROUP),
+            cert_handler_group("*", keys_api::keys::GROUP),
+        ]);
     }
     p
 }
@@ -349,6 +386,65 @@ mod tests {
                 (Some(a), Some(b)) if a == b => {}
                 (None, None) => return true,
                 _ => return false,
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_nodes_transfer_and_the_admin_get_keys_and_only_the_admin_manages_them() {
+        let on = |endpoint: &str| subjects::api("node1", service::CERT_HANDLER, endpoint);
+        let secret = on(&keys_api::in_group(
+            keys_api::keys::GROUP,
+            keys_api::keys::PGP_SECRET,
+        ));
+        let restore = on(&keys_api::in_group(
+            keys_api::keys::GROUP,
+            keys_api::keys::ADD_PERSONAL,
+        ));
+        let import = on(&keys_api::in_group(
+            keys_api::admin::GROUP,
+            keys_api::admin::CERTS_IMPORT,
+        ));
+        let pfx = on(&keys_api::in_group(
+            keys_api::admin::GROUP,
+            keys_api::admin::CERTS_EXPORT_PFX,
+        ));
+        let list = on(keys_api::CERTS_LIST);
+        let may = |p: &Permissions, subject: &str| p.publish.iter().any(|pattern| covers(pattern, subject));
+        for service_name in SERVICES {
+            let p = for_service("node1", service_name);
+            let transfer = service_name == service::TRANSFER;
+            assert_eq!(may(&p, &secret), transfer, "{service_name}");
+            assert_eq!(may(&p, &restore), transfer, "{service_name}");
+            assert!(!may(&p, &import) && !may(&p, &pfx), "{service_name}");
+            // Another node's transfer gets no keys from this node.
+            assert!(
+                !may(&for_service("node2", service_name), &secret),
+                "{service_name}"
+            );
+            // Only the cert-handler touches the stores.
+            let stores = [
+                topology::KV_CERTS_PERSONAL,
+                topology::KV_CERTS_OTHER,
+                topology::KV_PGP_PUBLIC,
+                topology::KV_PGP_SECRET,
+            ];
+            for bucket in stores {
+                let reads = p
+                    .publish
+                    .iter()
+                    .any(|s| s.contains(&kv_stream(bucket)) && s.contains("GET"));
+                let writes = p.publish.iter().any(|s| s.starts_with(&format!("$KV.{bucket}.")));
+                let owner = service_name == service::CERT_HANDLER;
+                assert_eq!((reads, writes), (owner, owner), "{service_name} {bucket}");
+            }
+        }
+        for role in Role::ALL {
+            let p = for_role(role);
+            let admin = role == Role::Admin;
+            assert!(may(&p, &list), "{role:?} lists certificates");
+            for subject in [&secret, &restore, &import, &pfx] {
+                assert_eq!(may(&p, subject), admin, "{role:?} {subject}");
             }
         }
     }

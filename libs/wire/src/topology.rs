@@ -44,6 +44,16 @@ pub const KV_SCHED: &str = "ferry_sched";
 /// lease TTL, so a key that is not re-written within the TTL disappears.
 pub const KV_LEASE: &str = "ferry_lease";
 pub const LEASE_KEY: &str = "active";
+/// The cert-handler's stores ([`crate::keys`]), each written only by the cert-handler.
+/// Personal certificates: key = SHA-256 fingerprint of the leaf; chain plus the private key
+/// sealed to the node's keymat.
+pub const KV_CERTS_PERSONAL: &str = "ferry_certs_personal";
+/// Other people's certificates: key = SHA-256 fingerprint; the DER.
+pub const KV_CERTS_OTHER: &str = "ferry_certs_other";
+/// PGP public keys: key = primary fingerprint; the transferable public key.
+pub const KV_PGP_PUBLIC: &str = "ferry_pgp_public";
+/// PGP secret keys: key = primary fingerprint; the transferable secret key sealed to the keymat.
+pub const KV_PGP_SECRET: &str = "ferry_pgp_secret";
 pub fn node_key(node: &str) -> String {
     format!("node.{node}")
 }
@@ -145,6 +155,10 @@ pub async fn ensure(js: &jetstream::Context, options: Options) -> Result<(), asy
         (KV_RUNS, 1, 7 * day),
         (KV_SCHED, 1, Duration::ZERO),
         (KV_LEASE, 1, options.lease_ttl),
+        (KV_CERTS_PERSONAL, 1, Duration::ZERO),
+        (KV_CERTS_OTHER, 1, Duration::ZERO),
+        (KV_PGP_PUBLIC, 1, Duration::ZERO),
+        (KV_PGP_SECRET, 1, Duration::ZERO),
     ];
     for (bucket, history, max_age) in buckets {
         if js.get_key_value(bucket).await.is_ok() {

@@ -3,8 +3,8 @@
 //!
 //! Today those are the NATS CA bundle and client certificate of each service (`[nats]` ca_file
 //! and cert_file, with `{node}`/`{service}` expanded) and the CA bundle and client certificate of
-//! each FTPS host (`ca_file`, `client_cert`). The cert-handler's own stores (issue 9) add their
-//! certificates to the same metric.
+//! each FTPS host (`ca_file`, `client_cert`), and every certificate of the cert-handler's own
+//! stores (source `personal` or `other`; a personal certificate's chain counts its leaf).
 //!
 //! The metric is the expiry as a Unix timestamp, not the seconds left: it is a fact that does not
 //! change between refreshes (a "seconds left" gauge is stale by up to a refresh interval and
@@ -41,7 +41,7 @@ impl Metrics {
         let expiry = IntGaugeVec::new(
             Opts::new(
                 "ferry_cert_handler_certificate_expiry_timestamp_seconds",
-                "When a certificate the node uses expires (its notAfter, Unix seconds), by source (where it is configured: nats.ca_file, nats.cert_file, host/<name>/ca_file, host/<name>/client_cert), subject and SHA-256 fingerprint of its DER; read again every 60 s and on every configuration change",
+                "When a certificate the node uses expires (its notAfter, Unix seconds), by source (where it is configured: nats.ca_file, nats.cert_file, host/<name>/ca_file, host/<name>/client_cert; or the cert-handler's store: personal, other), subject and SHA-256 fingerprint of its DER; read again every 60 s, on every configuration change and on every change of the stores",
             ),
             &["source", "subject", "fingerprint"],
         )?;
@@ -51,11 +51,13 @@ impl Metrics {
     }
 
     /// Keep the expiry metric current until `shutdown`: read every certificate at start, every
-    /// [`REFRESH_EVERY`], and whenever the stored configuration changes.
+    /// [`REFRESH_EVERY`], whenever the stored configuration changes, and whenever the API
+    /// changed the stores (`state.changed`).
     pub async fn follow_certificates(
         &self,
         settings: Settings,
         config: kv::Store,
+        state: &crate::api::State,
         shutdown: CancellationToken,
     ) {
         let mut changes = config.watch(topology::CONFIG_KEY).await.ok();
@@ -76,7 +78,8 @@ impl Metrics {
                     Vec::new()
                 }
             };
-            self.refresh(&certificate_files(&settings, &hosts));
+            let stored = stored_certificates(&state.stores).await;
+            self.refresh(&certificate_files(&settings, &hosts), &stored);
             let changed = async {
                 match changes.as_mut() {
                     Some(watch) => {
@@ -89,12 +92,18 @@ impl Metrics {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(REFRESH_EVERY) => {}
                 _ = changed => {}
+                _ = state.changed.notified() => {}
             }
         }
     }
 
-    fn refresh(&self, files: &[(String, String)]) {
+    fn refresh(&self, files: &[(String, String)], stored: &[(&'static str, Certificate)]) {
         self.expiry.reset();
+        for (source, c) in stored {
+            self.expiry
+                .with_label_values(&[*source, c.subject.as_str(), c.fingerprint.as_str()])
+                .set(c.not_after);
+        }
         for (source, path) in files {
             match read_certificates(path) {
                 Ok(certificates) => {
@@ -131,6 +140,27 @@ fn certificate_files(settings: &Settings, hosts: &[ferry_config::Host]) -> Vec<(
         }
     }
     files.into_iter().collect()
+}
+
+/// Every certificate of the stores, by store name; none (and a warning) when they cannot be read.
+async fn stored_certificates(stores: &crate::store::Stores) -> Vec<(&'static str, Certificate)> {
+    match stores.list_certs().await {
+        Ok(list) => list
+            .into_iter()
+            .map(|c| {
+                let certificate = Certificate {
+                    subject: c.subject,
+                    fingerprint: c.fingerprint,
+                    not_after: c.not_after.timestamp(),
+                };
+                (c.store.name(), certificate)
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "certificates: read the stores");
+            Vec::new()
+        }
+    }
 }
 
 struct Certificate {
