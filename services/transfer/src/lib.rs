@@ -77,6 +77,8 @@ struct Transfer {
     ack_wait: Duration,
     /// Where the process route keeps a batch's files while its steps run (`<data_dir>/spool`).
     spool: std::path::PathBuf,
+    /// The node's cert-handler: keys and certificate stores for process steps.
+    keys: Arc<ferry_processes::remote_keys::NatsKeys>,
 }
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -107,6 +109,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         buffer_bytes: settings.transfer.buffer_bytes,
         ack_wait: Duration::from_secs(settings.transfer.ack_wait_secs),
         spool: settings.data_dir.join("spool"),
+        keys: Arc::new(ferry_processes::remote_keys::NatsKeys::new(
+            client.clone(),
+            settings.node_id.clone(),
+            tokio::runtime::Handle::current(),
+        )),
     });
     let (service, group) =
         ferry_service::api::register(&client, &settings.node_id, SERVICE, "Ferry transfer").await?;

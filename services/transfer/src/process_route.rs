@@ -138,7 +138,7 @@ impl Transfer {
         let mut per_task: Vec<(usize, Box<dyn Process>)> = Vec::new();
         let env = |name: &str| std::env::var(name).ok();
         let node = configured::Node {
-            certs: None,
+            certs: Some(self.keys.clone()),
             env: &env,
         };
         let built: Vec<_> = task
@@ -219,6 +219,7 @@ impl Transfer {
             ),
             None => (task.name.clone(), String::new(), chrono::Local::now()),
         };
+        let keys = self.keys.clone();
         let ran = tokio::task::spawn_blocking({
             let cancel = cancel.clone();
             move || {
@@ -228,7 +229,7 @@ impl Transfer {
                     time,
                     scope,
                     work_dir: &work,
-                    keys: &ferry_processes::NoKeys,
+                    keys: keys.as_ref(),
                     cancel: Some(cancel.as_ref()),
                 };
                 let steps: Vec<&dyn Process> = per_file.iter().map(|(_, p)| p.as_ref()).collect();
