@@ -322,3 +322,79 @@ async fn apply_refuses_bad_steps_naming_task_step_and_option() -> anyhow::Result
     node.shutdown().await;
     Ok(())
 }
+
+/// A PGP message for a key the node's ring does not hold fails its file, asking the node's
+/// cert-handler (over NATS) for the key; nothing is delivered and the source stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pgp_message_for_a_key_not_in_the_ring() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let node = Node::start(settings(&nats.url())).await?;
+    let work = tempfile::tempdir()?;
+    let (src, dst, gnupg) = (
+        work.path().join("in"),
+        work.path().join("out"),
+        work.path().join("gnupg"),
+    );
+    std::fs::create_dir_all(&src)?;
+    std::fs::create_dir_all(&gnupg)?;
+    std::fs::set_permissions(&gnupg, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    std::fs::write(work.path().join("plain.txt"), "for the partner only\n")?;
+    let gpg = |args: &[&str]| -> anyhow::Result<()> {
+        let out = std::process::Command::new("gpg")
+            .env("GNUPGHOME", &gnupg)
+            .args([
+                "--batch",
+                "--yes",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+            ])
+            .args(args)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    gpg(&[
+        "--quick-gen-key",
+        "partner@example.com",
+        "default",
+        "default",
+        "never",
+    ])?;
+    let encrypted = src.join("secret.txt.gpg");
+    gpg(&[
+        "--trust-model",
+        "always",
+        "-r",
+        "partner@example.com",
+        "-o",
+        encrypted.to_str().expect("utf-8"),
+        "-e",
+        work.path().join("plain.txt").to_str().expect("utf-8"),
+    ])?;
+    node.apply(&task(
+        "decrypt",
+        &src,
+        &dst,
+        "[[task.steps]]\nprocess = \"pgp-decrypt\"\n",
+    ))
+    .await?;
+    let run = node.run_task("decrypt", Duration::from_secs(30)).await?;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_failed(
+        &run,
+        "secret.txt.gpg",
+        StepOutcome::BadInput,
+        "which is not in the node's PGP key ring",
+    );
+    assert!(!dst.exists() || names(&dst).is_empty(), "nothing delivered");
+    assert!(encrypted.exists(), "the source is kept");
+    assert_spool_empty(&node);
+    node.shutdown().await;
+    Ok(())
+}
