@@ -398,3 +398,97 @@ async fn pgp_message_for_a_key_not_in_the_ring() -> anyhow::Result<()> {
     node.shutdown().await;
     Ok(())
 }
+
+/// Certs Restore: a PFX under another password and a corrupt PFX each fail only their own file
+/// with the reason; a P7B beside them is restored into the node's stores over NATS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn certs_restore_refuses_a_wrong_password_and_a_corrupt_pfx() -> anyhow::Result<()> {
+    // SAFETY: nextest runs each test in its own process; nothing else reads the environment yet.
+    unsafe { std::env::set_var("FERRY_TEST_CERTS_PASSWORD", "not-the-password") };
+    let nats = NatsServer::start()?;
+    let node = Node::start(settings(&nats.url())).await?;
+    let work = tempfile::tempdir()?;
+    let (src, dst) = (work.path().join("in"), work.path().join("out"));
+    std::fs::create_dir_all(&src)?;
+    let openssl = |args: &[&str]| -> anyhow::Result<()> {
+        let out = std::process::Command::new("openssl")
+            .current_dir(work.path())
+            .args(args)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "k.pem",
+        "-out",
+        "c.pem",
+        "-subj",
+        "/CN=partner",
+        "-days",
+        "2",
+    ])?;
+    openssl(&[
+        "pkcs12",
+        "-export",
+        "-inkey",
+        "k.pem",
+        "-in",
+        "c.pem",
+        "-out",
+        "in/CertsPersonal.pfx",
+        "-passout",
+        "pass:the-password",
+    ])?;
+    openssl(&[
+        "crl2pkcs7",
+        "-nocrl",
+        "-certfile",
+        "c.pem",
+        "-out",
+        "in/CertsOtherPeople.p7b",
+        "-outform",
+        "DER",
+    ])?;
+    std::fs::write(
+        src.join("CertsBroken.pfx"),
+        b"\x30\x82\x01\x00 this is not a PKCS#12 file",
+    )?;
+    let step = "[[task.steps]]\nprocess = \"certs-restore\"\npassword_env = \"FERRY_TEST_CERTS_PASSWORD\"\n";
+    node.apply(&task("restore", &src, &dst, step)).await?;
+    let run = node.run_task("restore", Duration::from_secs(30)).await?;
+    assert_failed(&run, "CertsPersonal.pfx", StepOutcome::BadInput, "wrong password");
+    assert_failed(
+        &run,
+        "CertsBroken.pfx",
+        StepOutcome::BadInput,
+        "is not a readable",
+    );
+    assert_eq!(
+        file(&run, "CertsOtherPeople.p7b").outcome,
+        Outcome::Delivered,
+        "{run:#?}"
+    );
+    assert_eq!(names(&src).len(), 3, "the sources are kept");
+    assert!(
+        !names(&dst).iter().any(|n| n.ends_with(".pfx")),
+        "nothing of a failed file is delivered"
+    );
+    let dump = format!("{run:?}");
+    assert!(
+        !dump.contains("not-the-password"),
+        "the password is never in a run record"
+    );
+    assert_spool_empty(&node);
+    node.shutdown().await;
+    Ok(())
+}
