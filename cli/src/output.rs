@@ -403,6 +403,43 @@ pub fn run(as_json: bool, run: &RunFinished, with_files: bool) {
                 .map(|e| format!("  ({})", shown(e)))
                 .unwrap_or_default()
         );
+        for step in &f.steps {
+            step_lines(step);
+        }
+    }
+}
+
+/// One process step of a file: `step 1 checksum (per-file) succeeded 12 ms -> a.csv sha256=…`,
+/// its error, and its captured output indented beneath.
+fn step_lines(step: &ferry_wire::StepRecord) {
+    let outputs = step
+        .outputs
+        .iter()
+        .map(|o| format!("{} ({} bytes, sha256={})", shown(&o.name), o.bytes, o.sha256))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let outcome = serde_json::to_value(step.outcome)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    println!(
+        "      step {} {} ({}) {} {} ms{}",
+        step.step,
+        step.process,
+        step.scope,
+        outcome.replace('_', " "),
+        step.elapsed_ms,
+        if outputs.is_empty() {
+            String::new()
+        } else {
+            format!(" -> {outputs}")
+        }
+    );
+    if let Some(e) = &step.error {
+        println!("        error: {}", shown(e));
+    }
+    for line in step.log.lines() {
+        println!("        | {}", shown(line));
     }
 }
 

@@ -9,6 +9,7 @@ pub mod hosts;
 pub mod mask;
 pub mod model;
 pub mod schedule;
+pub mod steps;
 pub mod template;
 
 pub use hosts::{
@@ -17,6 +18,7 @@ pub use hosts::{
 };
 pub use mask::MaskList;
 pub use model::*;
+pub use steps::{Step, StepProcess, StepScope};
 pub use template::{MacroContext, Template};
 
 /// Whether a task or node name can be used as one NATS subject token and KV key segment:

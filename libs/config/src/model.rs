@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hosts::{self, Host, HostKind, HostOptions, HostSpec};
 use crate::schedule::{Schedule, ScheduleSpec};
+use crate::steps::{self, Step, StepCheck};
 use crate::{ConfigError, ConfigErrors, MaskList, Template, is_valid_name};
 
 /// The host every configuration has without declaring it: the node's own file system.
@@ -72,6 +73,10 @@ struct RawTask {
     /// `file_collector.max_run_secs` (1 to 604800).
     #[serde(default)]
     max_run_secs: Option<u64>,
+    /// Process steps (zip, PGP, a command …) between source and destination: `[[task.steps]]`
+    /// tables, see `steps.rs` and docs/processes.md.
+    #[serde(default)]
+    steps: Vec<toml::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -181,6 +186,9 @@ pub struct Task {
     /// The task's own run deadline (`None`: the node's `file_collector.max_run_secs`).
     #[serde(default)]
     pub max_run_secs: Option<u64>,
+    /// Process steps, PER-FILE ones first (see `steps.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<Step>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -287,7 +295,7 @@ pub fn parse_toml(text: &str) -> Result<RawConfig, ConfigErrors> {
 }
 
 /// Collects errors for one scope (a task or a host).
-struct Checker<'a> {
+pub(crate) struct Checker<'a> {
     scope: String,
     errors: &'a mut Vec<ConfigError>,
 }
@@ -296,7 +304,12 @@ impl Checker<'_> {
     /// `value` is the offending value as written. [`ConfigError`]'s display leaves out an empty
     /// value, which would read as if the field were missing, so an empty one is shown as `""` at
     /// the start of the message.
-    fn error(&mut self, field: impl Into<String>, value: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn error(
+        &mut self,
+        field: impl Into<String>,
+        value: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         let (value, message) = (value.into(), message.into());
         let message = if value.is_empty() {
             format!("\"\" {message}")
@@ -307,7 +320,7 @@ impl Checker<'_> {
     }
 
     /// A problem with no value to show: a missing field, a list or table.
-    fn absent(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn absent(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.push(field.into(), String::new(), message.into());
     }
 
@@ -328,7 +341,7 @@ impl Checker<'_> {
 /// again. So the result is `Some` whenever the table can still be read without the refused fields,
 /// and the caller checks what is left; errors were reported if so. `None` means a required field
 /// is missing (or was refused) or `value` is not a table.
-fn deserialize_table<T: serde::de::DeserializeOwned>(
+pub(crate) fn deserialize_table<T: serde::de::DeserializeOwned>(
     value: &toml::Value,
     path: &str,
     check: &mut Checker<'_>,
@@ -542,8 +555,15 @@ impl RawConfig {
         }
     }
 
-    /// Validate everything; return all problems at once.
+    /// Validate everything; return all problems at once. Process steps are checked for their
+    /// form only; [`RawConfig::validate_with`] also checks them with the processes' constructors.
     pub fn validate(&self) -> Result<Config, ConfigErrors> {
+        self.validate_with(&|_| Ok(()))
+    }
+
+    /// [`RawConfig::validate`], with `step_check` run on every well-formed process step (the
+    /// scheduler passes `ferry_processes::configured::check`, which this crate cannot depend on).
+    pub fn validate_with(&self, step_check: StepCheck<'_>) -> Result<Config, ConfigErrors> {
         let mut errors = Vec::new();
         let mut config = Config::default();
         config
@@ -630,7 +650,7 @@ impl RawConfig {
             } else {
                 task_index.insert(raw.name.clone(), i);
             }
-            if let Some(task) = validate_task(raw, &host_kinds, &mut check) {
+            if let Some(task) = validate_task(raw, &host_kinds, step_check, &mut check) {
                 config.tasks.insert(task.name.clone(), task);
             }
         }
@@ -719,9 +739,15 @@ type HostKinds = BTreeMap<String, Option<HostKind>>;
 const NAME_RULE: &str = "is not a valid name: use 1-64 letters, digits, '-' or '_'";
 
 /// Check one task's body. Returns the task only if it (and everything before it) added no error.
-fn validate_task(raw: RawTask, hosts: &HostKinds, check: &mut Checker<'_>) -> Option<Task> {
+fn validate_task(
+    raw: RawTask,
+    hosts: &HostKinds,
+    step_check: StepCheck<'_>,
+    check: &mut Checker<'_>,
+) -> Option<Task> {
     let before = check.errors.len();
-    if raw.source.is_empty() {
+    let steps = steps::validate_steps(&raw.steps, step_check, check);
+    if raw.source.is_empty() && !steps::may_have_no_source(&steps) {
         check.absent("source", "is missing: a task needs at least one [[task.source]]");
     }
     if raw.destination.is_empty() {
@@ -785,6 +811,7 @@ fn validate_task(raw: RawTask, hosts: &HostKinds, check: &mut Checker<'_>) -> Op
         retries: raw.retries,
         retry_wait_secs: raw.retry_wait_secs,
         max_run_secs: raw.max_run_secs,
+        steps,
     })
 }
 

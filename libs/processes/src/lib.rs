@@ -54,6 +54,7 @@ pub mod archive;
 pub mod certs;
 pub mod checksum;
 pub mod command;
+pub mod configured;
 mod error;
 pub mod file;
 pub mod keys;

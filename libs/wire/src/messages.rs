@@ -145,6 +145,62 @@ pub struct FileResult {
     pub epoch: Epoch,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
+    /// The task's process steps this file went through (empty for a task without steps, and in
+    /// results of versions before steps).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepRecord>,
+}
+
+/// One process step as a run record and the audit trail show it (the transfer service makes it
+/// from `ferry_processes::StepReport`; this crate does not depend on the processes).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StepRecord {
+    /// 0-based position in the task's `[[task.steps]]`.
+    pub step: usize,
+    /// `zip`, `pgp-decrypt`, `command` …
+    pub process: String,
+    /// `per-file` or `per-task`.
+    pub scope: String,
+    /// The names the step was given.
+    pub inputs: Vec<String>,
+    pub outcome: StepOutcome,
+    /// Why it failed, naming the process, the file and the reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What it handed on.
+    pub outputs: Vec<StepOutput>,
+    /// A command's captured stdout/stderr (bounded by its `capture_bytes`), a count of
+    /// replacements, the signer a signature was verified against.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub log: String,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StepOutcome {
+    Succeeded,
+    /// The input was bad (a corrupt archive, a wrong password): retrying cannot help.
+    BadInput,
+    /// A limit was reached (an archive expands too far, a line is too long).
+    LimitExceeded,
+    /// A command ran past its timeout.
+    Timeout,
+    /// The process failed otherwise (a command exited non-zero, a key is not in the ring).
+    Failed,
+    /// The keys or certificates could not be asked for (the cert-handler did not answer).
+    KeysUnavailable,
+    /// Ferry's own side failed (its disk, a cancelled step).
+    Internal,
+}
+
+/// One output of a step.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StepOutput {
+    pub name: String,
+    pub bytes: u64,
+    /// Lowercase hex.
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -221,6 +277,9 @@ pub struct AuditRecord {
     pub finished_at: DateTime<Utc>,
     pub outcome: Outcome,
     pub error: Option<String>,
+    /// The file's process steps (see [`FileResult::steps`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepRecord>,
 }
 
 fn local_host() -> String {

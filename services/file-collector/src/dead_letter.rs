@@ -242,6 +242,7 @@ pub(crate) fn failed_results(batch: &WorkBatch, node: &str, why: &str) -> Vec<Fi
             epoch: item.epoch,
             started_at: item.run_started_at,
             finished_at: now,
+            steps: Vec::new(),
         })
         .collect()
 }

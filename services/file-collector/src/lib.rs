@@ -429,9 +429,16 @@ impl Collector {
                         .await
                         .map_err(RunError::Task)?;
                 let files = items.len() as u64;
-                let batches = tokio::task::spawn_blocking(move || listing::pack(items))
-                    .await
-                    .context("pack work batches")?;
+                let whole_run = task
+                    .steps
+                    .iter()
+                    .any(|s| s.scope == ferry_config::StepScope::PerTask);
+                let batches = tokio::task::spawn_blocking(move || match whole_run {
+                    true => listing::pack_whole_run(items),
+                    false => listing::pack(items),
+                })
+                .await
+                .context("pack work batches")?;
                 // The plan is stored before the first batch is sent, so a restart knows what the
                 // run consists of without listing again.
                 let mut record = RunRecord {

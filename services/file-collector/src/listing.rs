@@ -141,6 +141,16 @@ pub fn pack(items: Vec<FileItem>) -> Vec<WorkBatch> {
     batches
 }
 
+/// A run of a task with PER-TASK process steps travels as one batch: those steps need every
+/// file of the run at once (zip them into one archive). Empty when the run found no files.
+pub fn pack_whole_run(items: Vec<FileItem>) -> Vec<WorkBatch> {
+    if items.is_empty() {
+        Vec::new()
+    } else {
+        vec![seal(items)]
+    }
+}
+
 /// A batch's id is a hash of its items' ids (which are unique per run).
 fn seal(items: Vec<FileItem>) -> WorkBatch {
     WorkBatch {

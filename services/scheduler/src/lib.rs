@@ -386,7 +386,7 @@ impl Scheduler {
     /// Validate and store a configuration, all or nothing. Refuses to remove a stored task or
     /// host the file leaves out unless `prune` says so.
     async fn apply(&self, req: ApplyRequest) -> anyhow::Result<ApplyResponse> {
-        let config = match req.config.validate() {
+        let config = match req.config.validate_with(&ferry_processes::configured::check) {
             Ok(c) => c,
             Err(errors) => {
                 tracing::info!(source = %req.source_name, problems = errors.0.len(), "configuration rejected");

@@ -251,6 +251,7 @@ impl InFlight {
             epoch: self.item.epoch,
             started_at: self.started_at,
             finished_at: Utc::now(),
+            steps: Vec::new(),
         }
     }
 }

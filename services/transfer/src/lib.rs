@@ -27,6 +27,7 @@ mod hosts_route;
 mod inflight;
 mod local_route;
 mod metrics;
+mod process_route;
 
 use inflight::{CommitPoint, InFlight};
 
@@ -74,6 +75,10 @@ struct Transfer {
     metrics: Metrics,
     buffer_bytes: usize,
     ack_wait: Duration,
+    /// Where the process route keeps a batch's files while its steps run (`<data_dir>/spool`).
+    spool: std::path::PathBuf,
+    /// The node's cert-handler: keys and certificate stores for process steps.
+    keys: Arc<ferry_processes::remote_keys::NatsKeys>,
 }
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -103,6 +108,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         metrics,
         buffer_bytes: settings.transfer.buffer_bytes,
         ack_wait: Duration::from_secs(settings.transfer.ack_wait_secs),
+        spool: settings.data_dir.join("spool"),
+        keys: Arc::new(ferry_processes::remote_keys::NatsKeys::new(
+            client.clone(),
+            settings.node_id.clone(),
+            tokio::runtime::Handle::current(),
+        )),
     });
     let (service, group) =
         ferry_service::api::register(&client, &settings.node_id, SERVICE, "Ferry transfer").await?;
@@ -424,6 +435,7 @@ impl Transfer {
             epoch: item.epoch,
             started_at,
             finished_at: Utc::now(),
+            steps: Vec::new(),
         }
     }
 
@@ -442,7 +454,6 @@ impl Transfer {
         revision: u64,
         previously_committing: &[Vec<Option<String>>],
     ) -> anyhow::Result<Vec<FileResult>> {
-        let buffer = self.buffer_bytes;
         let epoch = batch.first().epoch;
         let previously: Vec<Vec<Option<String>>> = (0..batch.items.len())
             .map(|i| previously_committing.get(i).cloned().unwrap_or_default())
@@ -464,7 +475,35 @@ impl Transfer {
             }
             return Ok(files.into_iter().map(|f| f.result(&self.node)).collect());
         }
-        let way = match self.way(&config, batch.first()) {
+        if let Some(task) = config.tasks.get(&batch.first().task)
+            && !task.steps.is_empty()
+        {
+            return self.deliver_processed(&config, task, batch, key, revision).await;
+        }
+        let files = self
+            .move_files(&config, files, key, revision, &previously, epoch)
+            .await?;
+        Ok(files.into_iter().map(|f| f.result(&self.node)).collect())
+    }
+
+    /// Copy `files` to their destinations, store the commit intent in the batch's claim (at
+    /// `revision`), commit them under the commit point and record their new-files-only state.
+    /// All of `files` come from one source host.
+    async fn move_files(
+        &self,
+        config: &ferry_config::Config,
+        mut files: Vec<InFlight>,
+        key: &str,
+        revision: u64,
+        previously: &[Vec<Option<String>>],
+        epoch: u64,
+    ) -> anyhow::Result<Vec<InFlight>> {
+        let buffer = self.buffer_bytes;
+        let previously = previously.to_vec();
+        let Some(first) = files.first().map(|f| f.item.clone()) else {
+            return Ok(files);
+        };
+        let way = match self.way(config, &first) {
             Ok(way) => way,
             Err(why) => {
                 for f in &mut files {
@@ -472,7 +511,7 @@ impl Transfer {
                         f.fail(i, why.clone());
                     }
                 }
-                return Ok(files.into_iter().map(|f| f.result(&self.node)).collect());
+                return Ok(files);
             }
         };
         let lease = self.lease.clone();
@@ -569,7 +608,7 @@ impl Transfer {
         for stored in futures::future::join_all(states).await {
             stored?;
         }
-        Ok(files.into_iter().map(|f| f.result(&self.node)).collect())
+        Ok(files)
     }
 
     /// How the files of a batch travel: resolved from the stored configuration by the host names
@@ -725,7 +764,11 @@ impl Transfer {
                 action: "transfer".into(),
                 source_host: item.source.host.clone(),
                 source_path: result.source_path.clone(),
-                dest_host: dest.and(item.destinations.get(i)).map(|d| d.host.clone()),
+                // A file with process steps has an outcome per output and destination, output
+                // by output.
+                dest_host: dest
+                    .and(item.destinations.get(i % item.destinations.len().max(1)))
+                    .map(|d| d.host.clone()),
                 dest_path: dest.map(|d| d.path.clone()),
                 size: result.size,
                 sha256: dest.and(result.sha256.clone()),
@@ -733,6 +776,7 @@ impl Transfer {
                 finished_at: result.finished_at,
                 outcome: dest.map_or(result.outcome, |d| d.outcome),
                 error: dest.map_or_else(|| result.error.clone(), |d| d.error.clone()),
+                steps: result.steps.clone(),
             };
             let mut records: Vec<AuditRecord> = result
                 .destinations
@@ -848,7 +892,13 @@ fn conforms(config: &ferry_config::Config, item: &FileItem, first: &FileItem) ->
             task.name
         ));
     }
-    if item.task != first.task || item.source.source_index != first.source.source_index {
+    // A run with PER-TASK steps is one batch whatever its sources (the process route reads each
+    // file from its own source).
+    let whole_run = task
+        .steps
+        .iter()
+        .any(|s| s.scope == ferry_config::StepScope::PerTask);
+    if item.task != first.task || (item.source.source_index != first.source.source_index && !whole_run) {
         return Err("a work batch mixes tasks or sources".into());
     }
     Ok(())
