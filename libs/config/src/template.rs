@@ -236,6 +236,45 @@ impl Template {
         Ok(Template { text, segments })
     }
 
+    /// Whether `put` could be this template after [`Template::with_params`]: the same text with
+    /// each `[Parm:Name]` replaced by some text without `[` or `]`.
+    pub fn admits(&self, put: &Template) -> bool {
+        let mut rest = put.as_str();
+        let mut wildcard = false;
+        for s in &self.segments {
+            let literal = match s {
+                Segment::Macro(Macro::Parm(_)) => {
+                    wildcard = true;
+                    continue;
+                }
+                Segment::Text(t) => t.clone(),
+                Segment::Macro(m) => format!("[{}]", macro_text(m)),
+            };
+            if wildcard {
+                // The parameter's value ends where the next literal starts (values hold no
+                // brackets; a literal text without brackets takes its first occurrence).
+                let Some(at) = rest.find(&literal) else {
+                    return false;
+                };
+                if rest[..at].contains(['[', ']']) {
+                    return false;
+                }
+                rest = &rest[at + literal.len()..];
+                wildcard = false;
+            } else {
+                let Some(after) = rest.strip_prefix(literal.as_str()) else {
+                    return false;
+                };
+                rest = after;
+            }
+        }
+        if wildcard {
+            !rest.contains(['[', ']'])
+        } else {
+            rest.is_empty()
+        }
+    }
+
     /// Whether the template uses `[ErrorCode]` or `[ErrorDescription]` (meaningful only in next
     /// actions).
     pub fn uses_error_macros(&self) -> bool {
