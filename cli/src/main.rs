@@ -275,6 +275,10 @@ enum TaskCommand {
         /// How long --wait waits.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// A parameter value for this run only, NAME=VALUE (repeatable); overrides the task's
+        /// and the global value. Values of secure parameters are sealed before they leave.
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
     },
 }
 
@@ -460,8 +464,14 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             command: TaskCommand::Show { name },
         } => task_show(&ctx, &name).await,
         Command::Task {
-            command: TaskCommand::Run { name, wait, timeout },
-        } => task_run(&ctx, &name, wait, timeout).await,
+            command:
+                TaskCommand::Run {
+                    name,
+                    wait,
+                    timeout,
+                    params,
+                },
+        } => task_run(&ctx, &name, wait, timeout, &params).await,
         Command::Runs {
             command: RunsCommand::List { task, since, limit },
         } => runs_list(&ctx, task.as_deref(), since, limit).await,
@@ -740,9 +750,16 @@ async fn task_show(ctx: &Ctx, name: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn task_run(ctx: &Ctx, name: &str, wait: bool, timeout: Duration) -> anyhow::Result<ExitCode> {
+async fn task_run(
+    ctx: &Ctx,
+    name: &str,
+    wait: bool,
+    timeout: Duration,
+    params: &[String],
+) -> anyhow::Result<ExitCode> {
     let by = std::env::var("USER").unwrap_or_else(|_| "ferry-cli".into());
-    let run_id = ferry_service::api::request_run(&ctx.client, &ctx.node, name, &by).await?;
+    let parameters = run_parameters(ctx, name, params).await?;
+    let run_id = ferry_service::api::request_run_with(&ctx.client, &ctx.node, name, &by, parameters).await?;
     if !wait {
         output::run_requested(ctx.json, name, run_id);
         return Ok(ExitCode::SUCCESS);
@@ -760,6 +777,54 @@ async fn task_run(ctx: &Ctx, name: &str, wait: bool, timeout: Duration) -> anyho
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `--param NAME=VALUE` arguments as a run request carries them: a value for a parameter the
+/// stored configuration declares secure is sealed to the node's keymat here, so it never leaves
+/// this machine in clear (the scheduler checks the names).
+async fn run_parameters(
+    ctx: &Ctx,
+    task: &str,
+    params: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, ferry_config::ParamValue>> {
+    let given = ferry_config::params::parse_assignments(params).map_err(anyhow::Error::msg)?;
+    if given.is_empty() {
+        return Ok(Default::default());
+    }
+    let doc = current_config(ctx).await?;
+    let empty = ferry_config::Parameters::new();
+    let (global, declared) = match doc.as_ref() {
+        Some(d) => (
+            &d.config.parameters,
+            d.config.tasks.get(task).map_or(&empty, |t| &t.parameters),
+        ),
+        None => (&empty, &empty),
+    };
+    let mut public = None;
+    let mut out = std::collections::BTreeMap::new();
+    for (name, value) in given {
+        let secure = ferry_config::params::declared(global, declared, &name) == Some(true);
+        let value = if secure {
+            if public.is_none() {
+                let info: ferry_wire::KeymatInfo = ctx
+                    .call(subjects::service::SCHEDULER, subjects::api::KEYMAT, &())
+                    .await
+                    .context("ask the node for its keymat to seal a secure parameter")?;
+                public = Some(ferry_keymat::PublicKey {
+                    key_id: info.key_id,
+                    public_key: info.public_key,
+                });
+            }
+            let key = public.as_ref().expect("set above");
+            let sealed = ferry_keymat::seal(key, &ferry_config::params::run_binding(task, &name), &value)
+                .with_context(|| format!("seal parameter {name:?}"))?;
+            ferry_config::ParamValue::Secure(sealed)
+        } else {
+            ferry_config::ParamValue::Plain(value)
+        };
+        out.insert(name, value);
+    }
+    Ok(out)
 }
 
 async fn runs_list(

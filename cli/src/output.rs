@@ -304,6 +304,25 @@ pub fn task(as_json: bool, task: &Task) {
     if let Some(secs) = task.max_run_secs {
         println!("  max run        {secs} s (then files not yet started are given up)");
     }
+    for (name, value) in &task.parameters {
+        println!("  parameter      {name} = {:?}", value.shown());
+    }
+    for (i, next) in task.next_actions.iter().enumerate() {
+        use ferry_config::actions::Action;
+        let what = match &next.action {
+            Action::Email(e) => format!(
+                "email to {} via {}:{} ({:?}) subject {:?}",
+                e.to.join(", "),
+                e.host,
+                e.port,
+                e.tls,
+                e.subject.as_str()
+            ),
+            Action::Event(e) => format!("event ferry.event.task.{}.{}", task.name, e.name),
+            Action::RunTask(r) => format!("run task {}", r.task),
+        };
+        println!("  next_action[{i}] on {}: {what}", next.on.as_str());
+    }
 }
 
 pub fn run_requested(as_json: bool, task: &str, run_id: Uuid) {
@@ -380,6 +399,20 @@ pub fn run(as_json: bool, run: &RunFinished, with_files: bool) {
     );
     if let Some(e) = &run.error {
         println!("  error: {e}");
+    }
+    for (name, value) in &run.parameters {
+        println!("  parameter {name} = {value:?}");
+    }
+    for a in &run.actions {
+        println!(
+            "  next action [{}] {} (on {}): {} {}{}",
+            a.index,
+            a.kind,
+            a.on,
+            if a.succeeded { "done" } else { "FAILED" },
+            a.target,
+            a.error.as_ref().map(|e| format!("  ({e})")).unwrap_or_default()
+        );
     }
     let failed_only = !with_files;
     for f in run

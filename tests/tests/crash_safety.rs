@@ -284,6 +284,7 @@ async fn a_run_whose_collector_stopped_while_sending_finishes_with_what_was_sent
         node: "node1".into(),
         trigger: Trigger::Manual { by: "test".into() },
         requested_at: started_at,
+        parameters: Default::default(),
     };
     node.js
         .send_publish(

@@ -62,6 +62,7 @@ async fn hostile_messages_on_every_consumed_subject_change_nothing_and_work_goes
             by: "attacker".into(),
         },
         requested_at: Utc::now(),
+        parameters: Default::default(),
     };
     put(&scheduler, subjects::run_request("victim"), b"{not json".to_vec()).await?;
     let forged_run = Uuid::now_v7();

@@ -184,6 +184,7 @@ async fn run_stamped(node: &Node, task: &str, epoch: u64) -> anyhow::Result<ferr
         node: "node1".into(),
         trigger: Trigger::Manual { by: "test".into() },
         requested_at: Utc::now(),
+        parameters: Default::default(),
     };
     node.js
         .send_publish(

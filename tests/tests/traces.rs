@@ -357,6 +357,7 @@ async fn one_run_is_one_trace_across_the_services_over_otlp() {
         node: NODE.into(),
         trigger: Trigger::Manual { by: "test".into() },
         requested_at: Utc::now(),
+        parameters: Default::default(),
     };
     let mut headers = garbage.clone();
     headers.insert(HEADER_EPOCH, epoch.to_string().as_str());

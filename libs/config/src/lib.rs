@@ -5,9 +5,11 @@
 //! Invariant: a [`Config`] only exists validated; every error names the task (or host), the field
 //! and the offending value, and all errors of a file are reported at once.
 
+pub mod actions;
 pub mod hosts;
 pub mod mask;
 pub mod model;
+pub mod params;
 pub mod schedule;
 pub mod steps;
 pub mod template;
@@ -18,8 +20,9 @@ pub use hosts::{
 };
 pub use mask::MaskList;
 pub use model::*;
+pub use params::{ParamValue, Parameters};
 pub use steps::{Step, StepProcess, StepScope};
-pub use template::{MacroContext, Template};
+pub use template::{MacroContext, NO_PARAMS, Template};
 
 /// Whether a task or node name can be used as one NATS subject token and KV key segment:
 /// 1–64 characters of ASCII letters, digits, `-` and `_`.

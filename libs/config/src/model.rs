@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::actions::{self, NextAction};
 use crate::hosts::{self, Host, HostKind, HostOptions, HostSpec};
+use crate::params::{self, Parameters};
 use crate::schedule::{Schedule, ScheduleSpec};
 use crate::steps::{self, Step, StepCheck};
 use crate::{ConfigError, ConfigErrors, MaskList, Template, is_valid_name};
@@ -28,6 +30,10 @@ pub struct RawConfig {
     /// Tasks: sources → destinations, with schedules.
     #[serde(default)]
     pub task: Vec<toml::Value>,
+    /// Global parameters (`[Parm:Name]`), `name = "value"` or `name = { secure = "..." }`;
+    /// a task's own parameter of the same name wins (`params.rs`).
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    pub parameters: toml::Table,
 }
 
 /// The fields every `[[host]]` table has; the rest depends on `kind` (see `hosts.rs`).
@@ -77,6 +83,12 @@ struct RawTask {
     /// tables, see `steps.rs` and docs/processes.md.
     #[serde(default)]
     steps: Vec<toml::Value>,
+    /// The task's parameters, overriding global ones of the same name (`params.rs`).
+    #[serde(default)]
+    parameters: toml::Table,
+    /// What happens after a run: `[[task.next_action]]` tables (`actions.rs`).
+    #[serde(default)]
+    next_action: Vec<toml::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -164,6 +176,70 @@ fn default_file_name() -> String {
 pub struct Config {
     pub hosts: BTreeMap<String, Host>,
     pub tasks: BTreeMap<String, Task>,
+    /// Global parameters.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: Parameters,
+}
+
+impl Config {
+    /// Every sealed secret outside the hosts (secure parameters, SMTP passwords): scope (as in
+    /// [`ConfigError`]), field and binding.
+    pub fn other_secrets(&self) -> Vec<(String, String, String, &crate::Secret)> {
+        let mut out = Vec::new();
+        for (name, value) in &self.parameters {
+            if let params::ParamValue::Secure(s) = value {
+                out.push((
+                    String::new(),
+                    format!("parameters.{name}"),
+                    params::global_binding(name),
+                    s,
+                ));
+            }
+        }
+        for task in self.tasks.values() {
+            let scope = format!("task {:?}", task.name);
+            for (name, value) in &task.parameters {
+                if let params::ParamValue::Secure(s) = value {
+                    let binding = params::task_binding(&task.name, name);
+                    out.push((scope.clone(), format!("parameters.{name}"), binding, s));
+                }
+            }
+            for (i, next) in task.next_actions.iter().enumerate() {
+                if let actions::Action::Email(email) = &next.action
+                    && let Some(s) = &email.password
+                {
+                    let binding = actions::Email::password_binding(&task.name, i);
+                    out.push((scope.clone(), format!("next_action[{i}].password"), binding, s));
+                }
+            }
+        }
+        out
+    }
+
+    /// [`Config::other_secrets`], to replace a sealing: binding and secret.
+    pub fn other_secrets_mut(&mut self) -> Vec<(String, &mut crate::Secret)> {
+        let mut out = Vec::new();
+        for (name, value) in self.parameters.iter_mut() {
+            if let params::ParamValue::Secure(s) = value {
+                out.push((params::global_binding(name), s));
+            }
+        }
+        for task in self.tasks.values_mut() {
+            for (name, value) in task.parameters.iter_mut() {
+                if let params::ParamValue::Secure(s) = value {
+                    out.push((params::task_binding(&task.name, name), s));
+                }
+            }
+            for (i, next) in task.next_actions.iter_mut().enumerate() {
+                if let actions::Action::Email(email) = &mut next.action
+                    && let Some(s) = &mut email.password
+                {
+                    out.push((actions::Email::password_binding(&task.name, i), s));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// The longest run deadline a task or a node may set: the 7 days a work batch waits in the file
@@ -189,6 +265,12 @@ pub struct Task {
     /// Process steps, PER-FILE ones first (see `steps.rs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<Step>,
+    /// The task's parameters (global ones of the same name are overridden).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: Parameters,
+    /// What happens after a run, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub next_actions: Vec<NextAction>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -296,8 +378,8 @@ pub fn parse_toml(text: &str) -> Result<RawConfig, ConfigErrors> {
 
 /// Collects errors for one scope (a task or a host).
 pub(crate) struct Checker<'a> {
-    scope: String,
-    errors: &'a mut Vec<ConfigError>,
+    pub(crate) scope: String,
+    pub(crate) errors: &'a mut Vec<ConfigError>,
 }
 
 impl Checker<'_> {
@@ -522,7 +604,73 @@ fn name_of(value: &toml::Value) -> Option<&str> {
     value.get("name").and_then(toml::Value::as_str)
 }
 
+/// A secret of a raw configuration outside `[[host]]` tables (secure parameters, SMTP
+/// passwords) that `ferry apply` seals: where it stands and what it is bound to.
+pub struct SecretSlot<'a> {
+    /// `task "NAME"`, or empty for global parameters.
+    pub scope: String,
+    pub field: String,
+    /// The sealing's associated data ([`params::global_binding`] …).
+    pub binding: String,
+    /// The string as written (a value, `env:VAR`, `file:PATH`, or already sealed).
+    pub value: &'a mut toml::Value,
+}
+
 impl RawConfig {
+    /// Every secret outside the `[[host]]` tables, for sealing. A task without a valid name has
+    /// no binding, so its secrets are left for validation to report.
+    pub fn secret_slots_mut(&mut self) -> Vec<SecretSlot<'_>> {
+        let mut slots = Vec::new();
+        for (name, value) in params::secure_slots(&mut self.parameters) {
+            slots.push(SecretSlot {
+                scope: String::new(),
+                field: format!("parameters.{name}.{}", params::SECURE_KEY),
+                binding: params::global_binding(&name),
+                value,
+            });
+        }
+        for task in &mut self.task {
+            let Some(name) = name_of(task).filter(|n| is_valid_name(n)).map(str::to_string) else {
+                continue;
+            };
+            let Some(table) = task.as_table_mut() else {
+                continue;
+            };
+            let scope = format!("task {name:?}");
+            for (key, value) in table.iter_mut() {
+                match (key.as_str(), value) {
+                    ("parameters", toml::Value::Table(t)) => {
+                        for (param, slot) in params::secure_slots(t) {
+                            slots.push(SecretSlot {
+                                scope: scope.clone(),
+                                field: format!("parameters.{param}.{}", params::SECURE_KEY),
+                                binding: params::task_binding(&name, &param),
+                                value: slot,
+                            });
+                        }
+                    }
+                    ("next_action", toml::Value::Array(items)) => {
+                        for (i, item) in items.iter_mut().enumerate() {
+                            let Some(item) = item.as_table_mut() else { continue };
+                            for (field, slot) in item.iter_mut() {
+                                if actions::SECRET_FIELDS.contains(&field.as_str()) && slot.is_str() {
+                                    slots.push(SecretSlot {
+                                        scope: scope.clone(),
+                                        field: format!("next_action[{i}].{field}"),
+                                        binding: actions::Email::password_binding(&name, i),
+                                        value: slot,
+                                    });
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        slots
+    }
+
     /// Resolve relative local folders against `base` (the directory `ferry apply` runs in).
     /// Empty and blank folders stay as written, so validation reports them.
     pub fn resolve_relative_paths(&mut self, base: &Path) {
@@ -625,6 +773,20 @@ impl RawConfig {
             }
         }
 
+        let mut problems = Vec::new();
+        config.parameters = params::validate(&self.parameters, "parameters", &mut problems);
+        for (field, value, message) in problems {
+            let mut check = Checker {
+                scope: String::new(),
+                errors: &mut errors,
+            };
+            if value.is_empty() {
+                check.absent(field, message);
+            } else {
+                check.error(field, value, message);
+            }
+        }
+
         let mut task_index = BTreeMap::new();
         for (i, value) in self.task.iter().enumerate() {
             let scope = match name_of(value) {
@@ -650,10 +812,12 @@ impl RawConfig {
             } else {
                 task_index.insert(raw.name.clone(), i);
             }
-            if let Some(task) = validate_task(raw, &host_kinds, step_check, &mut check) {
+            if let Some(task) = validate_task(raw, &host_kinds, &config.parameters, step_check, &mut check) {
                 config.tasks.insert(task.name.clone(), task);
             }
         }
+        let names: BTreeSet<String> = self.task.iter().filter_map(name_of).map(str::to_string).collect();
+        actions::check_chains(&config.tasks, &config.parameters, &names, &mut errors);
 
         if errors.is_empty() {
             Ok(config)
@@ -742,6 +906,7 @@ const NAME_RULE: &str = "is not a valid name: use 1-64 letters, digits, '-' or '
 fn validate_task(
     raw: RawTask,
     hosts: &HostKinds,
+    global: &Parameters,
     step_check: StepCheck<'_>,
     check: &mut Checker<'_>,
 ) -> Option<Task> {
@@ -801,6 +966,23 @@ fn validate_task(
         check.error("max_run_secs", n.to_string(), message);
     }
 
+    let mut problems = Vec::new();
+    let parameters = params::validate(&raw.parameters, "parameters", &mut problems);
+    for (field, value, message) in problems {
+        if value.is_empty() {
+            check.absent(field, message);
+        } else {
+            check.error(field, value, message);
+        }
+    }
+    let mut next_actions = Vec::new();
+    for (i, value) in raw.next_action.iter().enumerate() {
+        if let Some(action) = actions::validate_action(value, &format!("next_action[{i}]"), check) {
+            next_actions.push(action);
+        }
+    }
+    check_parameters_used(&destinations, &next_actions, global, &parameters, check);
+
     (check.errors.len() == before).then_some(Task {
         name: raw.name,
         description: raw.description,
@@ -812,7 +994,67 @@ fn validate_task(
         retry_wait_secs: raw.retry_wait_secs,
         max_run_secs: raw.max_run_secs,
         steps,
+        parameters,
+        next_actions,
     })
+}
+
+/// Every `[Parm:Name]` a task's templates use must be declared (by the task or globally): an
+/// unknown name is known now, not at the first run. Destination folders and names take no
+/// secure parameter (paths end up in audit records and logs) and no error macros (there is no
+/// failure while a file is delivered).
+fn check_parameters_used(
+    destinations: &[Destination],
+    next_actions: &[NextAction],
+    global: &Parameters,
+    task: &Parameters,
+    check: &mut Checker<'_>,
+) {
+    let mut templates: Vec<(String, &Template, bool)> = Vec::new();
+    for (i, d) in destinations.iter().enumerate() {
+        templates.push((format!("destination[{i}].folder"), &d.folder, true));
+        templates.push((format!("destination[{i}].file_name"), &d.file_name, true));
+    }
+    for (i, n) in next_actions.iter().enumerate() {
+        for (field, t) in actions::templates(&n.action) {
+            templates.push((format!("next_action[{i}].{field}"), t, false));
+        }
+    }
+    for (field, template, is_path) in templates {
+        for name in template.param_names() {
+            match params::declared(global, task, name) {
+                None => {
+                    let known: Vec<&str> = task.keys().chain(global.keys()).map(String::as_str).collect();
+                    let guess = closest(name, known.iter().copied())
+                        .map(|g| format!("did you mean [Parm:{g}]? "))
+                        .unwrap_or_default();
+                    check.error(
+                        field.clone(),
+                        template.as_str(),
+                        format!(
+                            "uses [Parm:{name}], which is not declared in [task.parameters] or [parameters]; {guess}(known: {})",
+                            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                        ),
+                    );
+                }
+                Some(true) if is_path => check.error(
+                    field.clone(),
+                    template.as_str(),
+                    format!(
+                        "uses the secure parameter [Parm:{name}]: a path shows in audit records and logs, so a secret may not be part of one"
+                    ),
+                ),
+                Some(_) => {}
+            }
+        }
+        if is_path && template.uses_error_macros() {
+            check.error(
+                field.clone(),
+                template.as_str(),
+                "uses [ErrorCode] or [ErrorDescription], which only next actions can use",
+            );
+        }
+    }
 }
 
 /// A destination that is a source folder (or lies inside one the source searches) would feed the

@@ -618,6 +618,44 @@ pub fn seal_config(raw: &mut RawConfig, public: &PublicKey) -> Result<(), Config
             }
         }
     }
+    // Secure parameters and next actions' passwords: the same rules, bound to where they stand.
+    for slot in raw.secret_slots_mut() {
+        let toml::Value::String(written) = &*slot.value else {
+            continue;
+        };
+        let mut fail = |message: String| {
+            errors.push(ConfigError {
+                scope: slot.scope.clone(),
+                field: slot.field.clone(),
+                value: String::new(),
+                message,
+            })
+        };
+        if written.starts_with(SEALED_PREFIX) {
+            match Secret::try_from(written.clone()) {
+                Ok(s) if s.key_id() == public.key_id => {}
+                Ok(s) => fail(format!(
+                    "is sealed under keymat {}, but the node's keymat is {}: write the value itself \
+                     (or env:VAR / file:PATH) instead",
+                    s.key_id(),
+                    public.key_id
+                )),
+                Err(m) => fail(m),
+            }
+            continue;
+        }
+        let plain = match resolve(&slot.field, written) {
+            Ok(p) => p,
+            Err(m) => {
+                fail(m);
+                continue;
+            }
+        };
+        match seal(public, &slot.binding, &plain) {
+            Ok(sealed) => *slot.value = toml::Value::String(sealed.sealed().to_string()),
+            Err(e) => fail(e.to_string()),
+        }
+    }
     if errors.is_empty() {
         Ok(())
     } else {

@@ -103,6 +103,8 @@ impl<'a> Context<'a> {
             task: self.task,
             run_id: self.run_id,
             time: self.time,
+            params: &ferry_config::NO_PARAMS,
+            error: None,
         }
     }
 

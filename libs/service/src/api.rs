@@ -170,9 +170,22 @@ pub async fn request_run(
     task: &str,
     by: &str,
 ) -> anyhow::Result<uuid::Uuid> {
+    request_run_with(client, node, task, by, Default::default()).await
+}
+
+/// [`request_run`] with parameter values for this run (secure ones sealed by the caller, or by
+/// the scheduler before the request is stored).
+pub async fn request_run_with(
+    client: &async_nats::Client,
+    node: &str,
+    task: &str,
+    by: &str,
+    parameters: std::collections::BTreeMap<String, ferry_config::ParamValue>,
+) -> anyhow::Result<uuid::Uuid> {
     let request = ferry_wire::RunTaskRequest {
         task: task.to_string(),
         by: by.to_string(),
+        parameters,
     };
     let response: ferry_wire::RunTaskResponse = call(
         client,
@@ -199,7 +212,7 @@ pub async fn seal_for_apply(
         ferry_config::SECRET_FIELDS
             .iter()
             .any(|f| h.get(*f).is_some_and(|v| v.is_str()))
-    });
+    }) || !raw.secret_slots_mut().is_empty();
     if !has_secret {
         return Ok(());
     }

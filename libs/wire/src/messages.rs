@@ -5,8 +5,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use std::collections::BTreeMap;
+
 use crate::Epoch;
-use ferry_config::{Config, Destination};
+use ferry_config::{Config, Destination, ParamValue};
 
 /// What started a run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -18,6 +20,21 @@ pub enum Trigger {
     Manual { by: String },
     /// A message on `ferry.trigger.<task>`.
     Event { subject: String },
+    /// A `run-task` next action of run `run_id` of `task`. A chained run whose task is running
+    /// waits for it instead of being skipped.
+    Chain { task: String, run_id: Uuid },
+}
+
+impl Trigger {
+    /// The trigger's kind as metrics and listings name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Trigger::Schedule { .. } => "schedule",
+            Trigger::Manual { .. } => "manual",
+            Trigger::Event { .. } => "event",
+            Trigger::Chain { .. } => "chain",
+        }
+    }
 }
 
 /// scheduler → file-collector: start one run of a task.
@@ -29,6 +46,11 @@ pub struct RunRequested {
     pub node: String,
     pub trigger: Trigger,
     pub requested_at: DateTime<Utc>,
+    /// Parameter values for this run only (`ferry task run --param`, a chained task's
+    /// parameters), overriding the task's and the global ones; secure ones sealed
+    /// (`ferry_config::params::run_binding`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, ParamValue>,
 }
 
 /// One source file as the collector saw it.
@@ -241,6 +263,48 @@ pub struct RunFinished {
     /// results (`ferry runs show RUN` does).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub files_in_results: bool,
+    /// The run's parameters (global, task, and this run's), secure values masked.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, String>,
+    /// What each next action that fired did; a failed one does not change `status`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<ActionOutcome>,
+}
+
+/// An `event` next action's message on `ferry.event.task.<task>.<name>`
+/// ([`crate::subjects::task_event`]), stored in the events stream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskEvent {
+    pub task: String,
+    /// The action's event name (the subject's last token).
+    pub name: String,
+    pub run_id: Uuid,
+    pub node: String,
+    pub status: RunStatus,
+    pub files_delivered: u64,
+    pub files_skipped: u64,
+    pub files_failed: u64,
+    pub bytes: u64,
+    pub error: Option<String>,
+    /// The run's parameters, secure values masked.
+    pub parameters: BTreeMap<String, String>,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// The outcome of one next action of a run (`ferry_config::actions`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ActionOutcome {
+    /// Index of the action in the task's `next_action` list.
+    pub index: usize,
+    /// `email`, `event` or `run-task`.
+    pub kind: String,
+    /// When it fires: `success`, `failure`, `no-files` or `always`.
+    pub on: String,
+    /// What it did: the recipients, the subject, the chained run.
+    pub target: String,
+    pub succeeded: bool,
+    pub error: Option<String>,
+    pub finished_at: DateTime<Utc>,
 }
 
 /// Published when a run starts (after its source listing).
@@ -742,6 +806,9 @@ pub enum ApplyResponse {
 pub struct RunTaskRequest {
     pub task: String,
     pub by: String,
+    /// Values for this run (`--param k=v`); the CLI seals those of secure parameters.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, ParamValue>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

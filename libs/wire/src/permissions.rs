@@ -194,6 +194,10 @@ pub fn for_service(node: &str, service_name: &str) -> Permissions {
                 .publish([
                     subjects::FILE_BATCHES.to_string(),
                     "ferry.event.run.>".to_string(),
+                    // Next actions: task events, chained runs, and their audit records.
+                    subjects::task_event_filter(None),
+                    subjects::RUN_REQUESTS.to_string(),
+                    subjects::audit_file("*"),
                     // Answering a dead-lettered work batch in transfer's place, and ending a
                     // dead-lettered run.
                     subjects::BATCH_RESULTS.to_string(),

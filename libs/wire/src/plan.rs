@@ -62,6 +62,8 @@ pub fn plan(item: &FileItem, index: usize, dest: &Destination) -> Result<Planned
         task: &item.task,
         run_id: &run_id,
         time: item.run_started_at.with_timezone(&chrono::Local),
+        params: &ferry_config::NO_PARAMS,
+        error: None,
     };
     let folder = dest.folder.render(&ctx);
     if folder.split('/').any(|part| part == "..") {

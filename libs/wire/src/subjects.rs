@@ -48,6 +48,14 @@ pub fn run_finished_filter(task: Option<&str>) -> String {
 pub fn run_finished_by_id(run_id: Uuid) -> String {
     format!("ferry.event.run.finished.*.{run_id}")
 }
+/// A task's `event` next action: `ferry.event.task.<task>.<name>` (a [`crate::TaskEvent`]).
+pub fn task_event(task: &str, name: &str) -> String {
+    format!("ferry.event.task.{task}.{name}")
+}
+/// Every task event, of one task or all.
+pub fn task_event_filter(task: Option<&str>) -> String {
+    format!("ferry.event.task.{}.*", task.unwrap_or("*"))
+}
 /// Role changes of a node: `ferry.event.role.<node>`.
 pub fn role_changed(node: &str) -> String {
     format!("ferry.event.role.{node}")

@@ -175,6 +175,7 @@ async fn end_run(js: &jetstream::Context, node: &str, seq: u64, deliveries: u64)
         RunStatus::Failed,
         Some(why),
         &crate::Tally::default(),
+        crate::actions::Report::default(),
     )
     .await?;
     let _ = queue.delete_message(seq).await;

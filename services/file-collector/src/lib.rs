@@ -21,6 +21,7 @@
 //! - A run request is delivered at most `topology::MAX_DELIVER` times; one no collector finished
 //!   by then ends as failed ("dead-lettered", `dead_letter.rs`) and frees its task.
 
+mod actions;
 pub mod dead_letter;
 mod listing;
 mod metrics;
@@ -45,8 +46,8 @@ use tracing::Instrument;
 use ferry_service::{EpochGate, NodeLease, Settings, http, nats};
 use ferry_wire::{
     BatchClaim, BatchResult, ConfigDocument, FILES_IN_RUN_FINISHED, FileResult, Outcome, PlannedBatch,
-    RunFinished, RunRecord, RunRequested, RunStarted, RunStatus, TaskLock, WorkBatch, plan, subjects,
-    topology,
+    RunFinished, RunRecord, RunRequested, RunStarted, RunStatus, TaskLock, Trigger, WorkBatch, plan,
+    subjects, topology,
 };
 
 pub use metrics::Metrics;
@@ -62,6 +63,9 @@ const RUN_ACK_WAIT: Duration = Duration::from_secs(10);
 /// Work batches published before their acks are awaited; below async-nats' limit of acks in
 /// flight per JetStream context (5,000), which would otherwise stall a larger run for good.
 const PUBLISH_WINDOW: usize = 1000;
+
+/// How often a chained run whose task is running looks at the task lock again.
+const CHAIN_WAIT: Duration = Duration::from_millis(500);
 
 struct Collector {
     node: String,
@@ -289,7 +293,14 @@ impl Collector {
             .await
             .context("read run record")?
             .is_some();
-        if !resumed && let Some(holder) = self.take_lock(&lock_key, request).await? {
+        while !resumed && let Some(holder) = self.take_lock(&lock_key, request).await? {
+            // A chained run (a `run-task` next action) waits for the run in progress instead of
+            // being dropped; its request stays ours meanwhile (progress acks).
+            if matches!(request.trigger, Trigger::Chain { .. }) {
+                tracing::info!(task = %request.task, run_id = %request.run_id, %holder, "chained run waits: task is running");
+                tokio::time::sleep(CHAIN_WAIT).await;
+                continue;
+            }
             let why = format!("task is already running (run {holder})");
             tracing::info!(task = %request.task, run_id = %request.run_id, %holder, "skipped: already running");
             return self.skipped(request, started_at, why).await;
@@ -313,7 +324,26 @@ impl Collector {
         // Release before announcing the end, so a run requested on seeing `RunFinished` is not
         // refused as overlapping.
         self.release_lock(&lock_key, &run_id).await;
-        self.finish(request, started_at, status, error, tally).await
+        let end = actions::RunEnd {
+            status,
+            error: error.as_deref(),
+            delivered: tally.delivered,
+            skipped: tally.skipped,
+            failed: tally.failed,
+            bytes: tally.bytes,
+            started_at,
+        };
+        let config = actions::current_config(&self.config_kv).await;
+        let report = actions::Actions {
+            js: &self.js,
+            runs_kv: &self.runs_kv,
+            keymat: self.hosts.keymat(),
+            node: &self.node,
+        }
+        .run(config.as_ref(), request, &end)
+        .await;
+        self.finish(request, started_at, status, error, tally, report)
+            .await
     }
 
     /// End `request` as skipped (not run), saying why.
@@ -329,6 +359,7 @@ impl Collector {
             RunStatus::Skipped,
             Some(why),
             Tally::default(),
+            actions::Report::default(),
         )
         .await
     }
@@ -424,6 +455,7 @@ impl Collector {
                 let task = config.tasks.get(&request.task).ok_or_else(|| {
                     RunError::Task(format!("task {:?} is not in the configuration", request.task))
                 })?;
+                let task = &actions::with_run_parameters(task, &config, request).map_err(RunError::Task)?;
                 let items =
                     listing::list_task(task, &config, &self.hosts, request, started_at, &self.state_kv)
                         .await
@@ -815,9 +847,12 @@ impl Collector {
         status: RunStatus,
         error: Option<String>,
         tally: Tally,
+        report: actions::Report,
     ) -> anyhow::Result<()> {
-        let finished =
-            store_finished(&self.js, &self.node, request, started_at, status, error, &tally).await?;
+        let finished = store_finished(
+            &self.js, &self.node, request, started_at, status, error, &tally, report,
+        )
+        .await?;
         let status_label = match status {
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
@@ -889,7 +924,9 @@ pub async fn run_queue_consumer(
     ferry_service::streams::durable_consumer(&queue, config).await
 }
 
-/// Build and store the one `RunFinished` of `request` (its files from `tally`).
+/// Build and store the one `RunFinished` of `request` (its files from `tally`, its parameters
+/// and next actions from `report`).
+#[allow(clippy::too_many_arguments)]
 async fn store_finished(
     js: &jetstream::Context,
     node: &str,
@@ -898,6 +935,7 @@ async fn store_finished(
     status: RunStatus,
     error: Option<String>,
     tally: &Tally,
+    report: actions::Report,
 ) -> anyhow::Result<RunFinished> {
     let files_in_results = tally.by_batch.is_none() && tally.delivered + tally.skipped + tally.failed > 0;
     let finished = RunFinished {
@@ -916,6 +954,8 @@ async fn store_finished(
         error,
         files: tally.files(),
         files_in_results,
+        parameters: report.parameters,
+        actions: report.actions,
     };
     ferry_service::streams::store(
         js,

@@ -156,7 +156,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             move |req: RunTaskRequest| {
                 let s = s.clone();
                 async move {
-                    s.run_now(&req.task, Trigger::Manual { by: req.by }, None)
+                    s.run_with(&req.task, Trigger::Manual { by: req.by }, req.parameters)
                         .await
                         .map(|run_id| RunTaskResponse { run_id })
                         .map_err(|e| format!("{e:#}"))
@@ -330,6 +330,16 @@ fn unopenable_secrets(
             }
         }
     }
+    for (scope, field, binding, secret) in config.other_secrets() {
+        if let Err(e) = keymat.open(&binding, secret) {
+            errors.push(ferry_config::ConfigError {
+                scope,
+                field,
+                value: String::new(),
+                message: e.to_string(),
+            });
+        }
+    }
     errors
 }
 
@@ -353,6 +363,19 @@ fn keep_stored_sealing(config: &mut Config, stored: &Config, keymat: &ferry_keym
             {
                 *secret = before.clone();
             }
+        }
+    }
+    let before: std::collections::HashMap<String, ferry_config::Secret> = stored
+        .other_secrets()
+        .into_iter()
+        .map(|(_, _, binding, secret)| (binding, secret.clone()))
+        .collect();
+    for (binding, secret) in config.other_secrets_mut() {
+        if let Some(was) = before.get(&binding)
+            && let (Ok(new), Ok(old)) = (keymat.open(&binding, secret), keymat.open(&binding, was))
+            && new.as_str() == old.as_str()
+        {
+            *secret = was.clone();
         }
     }
 }
@@ -608,7 +631,60 @@ impl Scheduler {
             anyhow::bail!("unknown task {task:?}");
         }
         let run_id = Uuid::now_v7();
-        self.request(task, run_id, trigger, &format!("run:{run_id}"), headers)
+        let message_id = format!("run:{run_id}");
+        self.request(task, run_id, trigger, &message_id, headers, BTreeMap::new())
+            .await?;
+        Ok(run_id)
+    }
+
+    /// [`Scheduler::run_now`] with parameter values for this run (`ferry task run --param`). Each
+    /// must be a parameter the task declares (or a global one); a value for a secure parameter
+    /// that arrives unsealed is sealed here, before it is stored on the run queue.
+    async fn run_with(
+        &self,
+        task: &str,
+        trigger: Trigger,
+        mut parameters: BTreeMap<String, ferry_config::ParamValue>,
+    ) -> anyhow::Result<Uuid> {
+        {
+            let doc = self.config.borrow();
+            let Some(declared) = doc.config.tasks.get(task) else {
+                anyhow::bail!("unknown task {task:?}");
+            };
+            for (name, value) in parameters.iter_mut() {
+                let secure =
+                    ferry_config::params::declared(&doc.config.parameters, &declared.parameters, name);
+                match (secure, &*value) {
+                    (None, _) => {
+                        let known: Vec<&str> = declared
+                            .parameters
+                            .keys()
+                            .chain(doc.config.parameters.keys())
+                            .map(String::as_str)
+                            .collect();
+                        anyhow::bail!(
+                            "task {task:?} has no parameter {name:?} (declared: {}); declare it in [task.parameters] or [parameters]",
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        );
+                    }
+                    (Some(true), ferry_config::ParamValue::Plain(plain)) => {
+                        let keymat = self.keymat.current().context("read the node's keymat")?;
+                        let binding = ferry_config::params::run_binding(task, name);
+                        let sealed = ferry_keymat::seal(&keymat.public(), &binding, plain)
+                            .with_context(|| format!("seal parameter {name:?}"))?;
+                        *value = ferry_config::ParamValue::Secure(sealed);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let run_id = Uuid::now_v7();
+        let message_id = format!("run:{run_id}");
+        self.request(task, run_id, trigger, &message_id, None, parameters)
             .await?;
         Ok(run_id)
     }
@@ -622,10 +698,11 @@ impl Scheduler {
         trigger: Trigger,
         message_id: &str,
         headers: Option<&async_nats::HeaderMap>,
+        parameters: BTreeMap<String, ferry_config::ParamValue>,
     ) -> anyhow::Result<bool> {
         let span = tracing::info_span!("run", task, %run_id, trace_id = tracing::field::Empty);
         ferry_service::trace::follow(&span, headers);
-        self.publish_request(task, run_id, trigger, message_id)
+        self.publish_request(task, run_id, trigger, message_id, parameters)
             .instrument(span)
             .await
     }
@@ -637,13 +714,10 @@ impl Scheduler {
         run_id: Uuid,
         trigger: Trigger,
         message_id: &str,
+        parameters: BTreeMap<String, ferry_config::ParamValue>,
     ) -> anyhow::Result<bool> {
         let epoch = self.active_epoch()?;
-        let kind = match &trigger {
-            Trigger::Schedule { .. } => "schedule",
-            Trigger::Manual { .. } => "manual",
-            Trigger::Event { .. } => "event",
-        };
+        let kind = trigger.kind();
         let request = RunRequested {
             task: task.to_string(),
             run_id,
@@ -651,6 +725,7 @@ impl Scheduler {
             node: self.node.clone(),
             trigger,
             requested_at: Utc::now(),
+            parameters,
         };
         let ack = self
             .js
@@ -709,6 +784,7 @@ impl Scheduler {
             Trigger::Schedule { slot },
             &message_id,
             None,
+            BTreeMap::new(),
         )
         .await?;
         self.sched_kv

@@ -9,6 +9,7 @@
 pub mod azurite;
 pub mod s3;
 pub mod smbd;
+pub mod smtp;
 pub mod sshd;
 pub mod vsftpd;
 

@@ -1,0 +1,269 @@
+//! Next actions and task parameters against real peers: an email received by a real SMTP server
+//! (aiosmtpd, STARTTLS and AUTH) when a run fails, with its macros expanded; a chained task that
+//! runs after success with the parameters passed; `ferry apply` refusing a cycle of chained
+//! tasks; `ferry task run --param` reaching a destination file name; a secure parameter never in
+//! clear in `ferry task show`, the run record or the audit trail.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ferry_testkit::peers::smtp::Smtp;
+use ferry_tests::{NatsServer, Node, ferry_cli, settings};
+use ferry_wire::{RunFinished, RunStatus, Trigger};
+
+const SECRET: &str = "tok-9f3a-very-secret";
+
+/// A task whose source folder does not exist (so its run fails) and that mails on failure.
+fn failing_task(smtp: &Smtp, work: &Path) -> String {
+    format!(
+        r#"
+[parameters]
+site = "Leeds"
+token = {{ secure = "{SECRET}" }}
+
+[[task]]
+name = "payroll"
+[task.parameters]
+site = "Bradford"
+[[task.source]]
+host = "local"
+folder = "{missing}"
+[[task.destination]]
+host = "local"
+folder = "{out}"
+[[task.next_action]]
+on = "failure"
+kind = "email"
+host = "127.0.0.1"
+port = {port}
+tls = "starttls"
+ca_file = "{ca}"
+user = "{user}"
+password = "{password}"
+from = "ferry@example.com"
+to = ["oncall@example.com", "ops@example.com"]
+subject = "[TaskName] failed at [Parm:site] code [ErrorCode]"
+body = "Run [RunID]: [ErrorDescription]"
+[[task.next_action]]
+on = "success"
+kind = "event"
+name = "never"
+"#,
+        missing = work.join("no-such-folder").display(),
+        out = work.join("out").display(),
+        port = smtp.port,
+        ca = smtp.ca_file.display(),
+        user = smtp.user,
+        password = smtp.password,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_run_mails_with_macros_and_secrets_stay_sealed() -> anyhow::Result<()> {
+    let smtp = Smtp::start("ferry", "smtp-pass-7731")?;
+    let nats = NatsServer::start()?;
+    let node = Node::start(settings(&nats.url())).await?;
+    let work = tempfile::tempdir()?;
+    node.apply(&failing_task(&smtp, work.path())).await?;
+
+    let run = node.run_task("payroll", Duration::from_secs(60)).await?;
+    assert_eq!(run.status, RunStatus::Failed);
+    let mails = smtp.wait_for(1, Duration::from_secs(30))?;
+    let mail = &mails[0];
+    assert!(
+        mail.contains("Subject: payroll failed at Bradford code 2"),
+        "the task's parameter wins over the global one: {mail}"
+    );
+    assert!(mail.contains(&format!("Run {}: ", run.run_id)), "{mail}");
+    assert!(
+        mail.contains("no-such-folder"),
+        "[ErrorDescription] names the missing folder: {mail}"
+    );
+    assert!(
+        mail.contains("X-Envelope-To: oncall@example.com,ops@example.com"),
+        "{mail}"
+    );
+
+    // The action's outcome is in the run record; the event action did not fire.
+    assert_eq!(run.actions.len(), 1, "{:?}", run.actions);
+    assert!(run.actions[0].succeeded, "{:?}", run.actions[0]);
+    assert_eq!(run.actions[0].kind, "email");
+    assert_eq!(run.parameters["site"], "Bradford");
+    assert_eq!(run.parameters["token"], ferry_config::params::MASK);
+
+    // The secure parameter and the SMTP password never show in clear.
+    let dir = work.path();
+    let show = ferry_cli(&nats.url(), &["task", "show", "payroll"], dir);
+    let show_json = ferry_cli(&nats.url(), &["--json", "task", "show", "payroll"], dir);
+    let runs = ferry_cli(
+        &nats.url(),
+        &["--json", "runs", "show", &run.run_id.to_string()],
+        dir,
+    );
+    let audit = ferry_cli(&nats.url(), &["--json", "audit", "--task", "payroll"], dir);
+    let audit_text = String::from_utf8_lossy(&audit.stdout).into_owned();
+    assert!(
+        audit_text.contains("next_action:email"),
+        "the action is audited: {audit_text}"
+    );
+    for (what, out) in [
+        ("task show", &show),
+        ("task show --json", &show_json),
+        ("runs show", &runs),
+        ("audit", &audit),
+    ] {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{what}: {text}");
+        for secret in [SECRET, "smtp-pass-7731"] {
+            assert!(!text.contains(secret), "{what} shows a secret in clear: {text}");
+        }
+    }
+    let show_text = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        show_text.contains("next_action[0] on failure: email"),
+        "{show_text}"
+    );
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chained_task_runs_with_parameters_and_param_reaches_a_file_name() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let node = Node::start(settings(&nats.url())).await?;
+    let work = tempfile::tempdir()?;
+    let w = work.path();
+    for d in ["in-a", "in-b", "out-a", "out-b"] {
+        std::fs::create_dir_all(w.join(d))?;
+    }
+    std::fs::write(w.join("in-a/report.csv"), "a")?;
+    std::fs::write(w.join("in-b/x.txt"), "b")?;
+    let toml = format!(
+        r#"
+[[task]]
+name = "extract"
+[task.parameters]
+batch = "default"
+[[task.source]]
+host = "local"
+folder = "{w}/in-a"
+[[task.destination]]
+host = "local"
+folder = "{w}/out-a"
+file_name = "[OrigBase]-[Parm:batch].[OrigExt]"
+[[task.next_action]]
+on = "success"
+kind = "run-task"
+task = "load"
+parameters = {{ batch = "[Parm:batch]-chained" }}
+
+[[task]]
+name = "load"
+[task.parameters]
+batch = "unset"
+[[task.source]]
+host = "local"
+folder = "{w}/in-b"
+[[task.destination]]
+host = "local"
+folder = "{w}/out-b"
+file_name = "[Parm:batch].txt"
+"#,
+        w = w.display()
+    );
+    let file = w.join("ferry.toml");
+    std::fs::write(&file, toml)?;
+    let applied = ferry_cli(&nats.url(), &["apply", "-f", "ferry.toml"], w);
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+
+    let ran = ferry_cli(
+        &nats.url(),
+        &[
+            "task",
+            "run",
+            "extract",
+            "--param",
+            "batch=b42",
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+        w,
+    );
+    assert!(
+        ran.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&ran.stdout),
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(w.join("out-a/report-b42.csv"))?, "a");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let chained: RunFinished = loop {
+        if let Some(r) = node.finished_runs(Some("load")).await?.into_iter().next() {
+            break r;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the chained task never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(chained.status, RunStatus::Succeeded);
+    assert!(
+        matches!(&chained.trigger, Trigger::Chain { task, .. } if task == "extract"),
+        "{:?}",
+        chained.trigger
+    );
+    assert_eq!(chained.parameters["batch"], "b42-chained");
+    assert_eq!(std::fs::read_to_string(w.join("out-b/b42-chained.txt"))?, "b");
+    assert_eq!(
+        node.finished_runs(Some("load")).await?.len(),
+        1,
+        "the chained task runs once"
+    );
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn apply_refuses_a_cycle_of_chained_tasks() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let node = Node::start(settings(&nats.url())).await?;
+    let work = tempfile::tempdir()?;
+    let task = |name: &str, next: &str| {
+        format!(
+            "[[task]]\nname = \"{name}\"\n[[task.source]]\nhost = \"local\"\nfolder = \"/tmp/{name}-in\"\n[[task.destination]]\nhost = \"local\"\nfolder = \"/tmp/{name}-out\"\n[[task.next_action]]\non = \"always\"\nkind = \"run-task\"\ntask = \"{next}\"\n"
+        )
+    };
+    std::fs::write(work.path().join("cycle.toml"), task("a", "b") + &task("b", "a"))?;
+    let out = ferry_cli(&nats.url(), &["apply", "-f", "cycle.toml"], work.path());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("makes a cycle of chained tasks: a → b → a"),
+        "{text}"
+    );
+    std::fs::write(work.path().join("self.toml"), task("a", "a"))?;
+    let out = ferry_cli(&nats.url(), &["apply", "-f", "self.toml"], work.path());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success() && text.contains("a → a"), "{text}");
+    node.shutdown().await;
+    Ok(())
+}
