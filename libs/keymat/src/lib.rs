@@ -574,47 +574,18 @@ pub fn seal_config(raw: &mut RawConfig, public: &PublicKey) -> Result<(), Config
             let Some(toml::Value::String(written)) = table.get(*field) else {
                 continue;
             };
-            let mut fail = |message: String| {
-                errors.push(ConfigError {
+            let binding = name.as_ref().map(|name| Secret::binding(name, field));
+            match seal_written(public, field, written, binding.as_deref()) {
+                Ok(Some(sealed)) => {
+                    table.insert(field.to_string(), toml::Value::String(sealed));
+                }
+                Ok(None) => {}
+                Err(message) => errors.push(ConfigError {
                     scope: scope.clone(),
                     field: field.to_string(),
                     value: String::new(),
                     message,
-                })
-            };
-            if written.starts_with(SEALED_PREFIX) {
-                match Secret::try_from(written.clone()) {
-                    Ok(s) if s.key_id() == public.key_id => {}
-                    Ok(s) => fail(format!(
-                        "is sealed under keymat {}, but the node's keymat is {}: write the value itself \
-                         (or env:VAR / file:PATH) instead",
-                        s.key_id(),
-                        public.key_id
-                    )),
-                    Err(m) => fail(m),
-                }
-                continue;
-            }
-            let Some(name) = &name else { continue };
-            let plain = match resolve(field, written) {
-                Ok(p) => p,
-                Err(m) => {
-                    fail(m);
-                    continue;
-                }
-            };
-            if plain.is_empty() {
-                fail("is empty".into());
-                continue;
-            }
-            match seal(public, &Secret::binding(name, field), &plain) {
-                Ok(sealed) => {
-                    table.insert(
-                        field.to_string(),
-                        toml::Value::String(sealed.sealed().to_string()),
-                    );
-                }
-                Err(e) => fail(e.to_string()),
+                }),
             }
         }
     }
@@ -623,37 +594,15 @@ pub fn seal_config(raw: &mut RawConfig, public: &PublicKey) -> Result<(), Config
         let toml::Value::String(written) = &*slot.value else {
             continue;
         };
-        let mut fail = |message: String| {
-            errors.push(ConfigError {
+        match seal_written(public, &slot.field, written, Some(&slot.binding)) {
+            Ok(Some(sealed)) => *slot.value = toml::Value::String(sealed),
+            Ok(None) => {}
+            Err(message) => errors.push(ConfigError {
                 scope: slot.scope.clone(),
                 field: slot.field.clone(),
                 value: String::new(),
                 message,
-            })
-        };
-        if written.starts_with(SEALED_PREFIX) {
-            match Secret::try_from(written.clone()) {
-                Ok(s) if s.key_id() == public.key_id => {}
-                Ok(s) => fail(format!(
-                    "is sealed under keymat {}, but the node's keymat is {}: write the value itself \
-                     (or env:VAR / file:PATH) instead",
-                    s.key_id(),
-                    public.key_id
-                )),
-                Err(m) => fail(m),
-            }
-            continue;
-        }
-        let plain = match resolve(&slot.field, written) {
-            Ok(p) => p,
-            Err(m) => {
-                fail(m);
-                continue;
-            }
-        };
-        match seal(public, &slot.binding, &plain) {
-            Ok(sealed) => *slot.value = toml::Value::String(sealed.sealed().to_string()),
-            Err(e) => fail(e.to_string()),
+            }),
         }
     }
     if errors.is_empty() {
@@ -661,6 +610,38 @@ pub fn seal_config(raw: &mut RawConfig, public: &PublicKey) -> Result<(), Config
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+/// One secret as written in a configuration: `Ok(Some(sealed))` to store instead, `Ok(None)` to
+/// keep as it is (sealed under `public` already, or nothing to bind it to yet — that error is
+/// reported elsewhere), or why it cannot be sealed (never naming the value).
+fn seal_written(
+    public: &PublicKey,
+    field: &str,
+    written: &str,
+    binding: Option<&str>,
+) -> Result<Option<String>, String> {
+    if written.starts_with(SEALED_PREFIX) {
+        return match Secret::try_from(written.to_string()) {
+            Ok(s) if s.key_id() == public.key_id => Ok(None),
+            Ok(s) => Err(format!(
+                "is sealed under keymat {}, but the node's keymat is {}: write the value itself \
+                 (or env:VAR / file:PATH) instead",
+                s.key_id(),
+                public.key_id
+            )),
+            Err(m) => Err(m),
+        };
+    }
+    let Some(binding) = binding else {
+        return Ok(None);
+    };
+    let plain = resolve(field, written)?;
+    if plain.is_empty() {
+        return Err("is empty".into());
+    }
+    let sealed = seal(public, binding, &plain).map_err(|e| e.to_string())?;
+    Ok(Some(sealed.sealed().to_string()))
 }
 
 #[cfg(test)]
