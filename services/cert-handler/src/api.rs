@@ -383,12 +383,14 @@ async fn key_add_personal(s: &State, r: SealedPersonalCert) -> Result<KeyReply<S
         personal: vec![PersonalCert { chain, key_pkcs8 }],
         other: Vec::new(),
     };
+    restore_one(s, file).await
+}
+
+/// Store one restored certificate: its fingerprint (added or already present).
+async fn restore_one(s: &State, file: import::CertFile) -> Result<KeyReply<String>, String> {
     let report = s.stores.import_certs(file).await?;
     s.changed.notify_one();
-    let fp = report
-        .added
-        .iter()
-        .chain(&report.already_present)
+    let fp = (report.added.iter().chain(&report.already_present))
         .map(|c| c.fingerprint.clone())
         .next()
         .unwrap_or_default();
@@ -402,14 +404,5 @@ async fn key_add_other(s: &State, der: String) -> Result<KeyReply<String>, Strin
         personal: Vec::new(),
         other: vec![der],
     };
-    let report = s.stores.import_certs(file).await?;
-    s.changed.notify_one();
-    let fp = report
-        .added
-        .iter()
-        .chain(&report.already_present)
-        .map(|c| c.fingerprint.clone())
-        .next()
-        .unwrap_or_default();
-    Ok(Ok(fp))
+    restore_one(s, file).await
 }
