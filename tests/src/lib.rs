@@ -455,7 +455,35 @@ pub fn ferry_cli(nats_url: &str, args: &[&str], cwd: &Path) -> Output {
         .expect("run the ferry CLI")
 }
 
-/// SHA-256 of a file, hex.
+/// The `ferry` CLI as the NATS user whose seed is `nkey` (none: no credentials), with `env`
+/// added: whether it succeeded, and its stdout and stderr together.
+pub fn ferry_as(
+    nats_url: &str,
+    nkey: Option<&Path>,
+    args: &[&str],
+    env: &[(&str, &str)],
+    cwd: &Path,
+) -> (bool, String) {
+    let mut command = Command::new(bin_path("ferry"));
+    if let Some(nkey) = nkey {
+        command.arg("--nats-nkey").arg(nkey);
+    }
+    let out = command
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(cwd)
+        .env("FERRY_NATS_URL", nats_url)
+        .env("FERRY_NODE_ID", NODE)
+        .output()
+        .expect("run the ferry CLI");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// One file of a bad-input corpus (`tests/<dir>/*.toml`): its path, text, and the parts of its
 /// first line, `# expect: <part> | <part> | ...`.
 pub struct CorpusCase {

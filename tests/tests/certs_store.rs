@@ -15,27 +15,12 @@ use ferry_processes::certs::CertSink;
 use ferry_processes::remote_keys::NatsKeys;
 use ferry_service::settings::NatsAuth;
 use ferry_tests::{
-    NatsServer, Node, Services, bin_path, connect_as, free_port, http_get, metric_sum, nats_keys, settings,
+    NatsServer, Node, Services, connect_as, free_port, http_get, metric_sum, nats_keys, settings,
 };
 
 /// The `ferry` CLI as the user whose seed is `nkey`, with `env` added.
 fn ferry(url: &str, nkey: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
-    let out = Command::new(bin_path("ferry"))
-        .arg("--nats-nkey")
-        .arg(nkey)
-        .args(args)
-        .envs(env.iter().copied())
-        .env("FERRY_NATS_URL", url)
-        .env("FERRY_NODE_ID", "node1")
-        .current_dir(nkey.parent().expect("a folder"))
-        .output()
-        .expect("run the ferry CLI");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    ferry_tests::ferry_as(url, Some(nkey), args, env, nkey.parent().expect("a folder"))
 }
 
 fn run(program: &str, args: &[&str], dir: &Path) -> Vec<u8> {

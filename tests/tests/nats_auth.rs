@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ferry_service::settings::NatsAuth;
-use ferry_tests::{NatsServer, Node, bin_path, local_task, nats_keys, settings};
+use ferry_tests::{NatsServer, Node, local_task, nats_keys, settings};
 use ferry_wire::RunStatus;
 
 /// The settings of node1 with every process using `<keys>/node1/<service>.nk`.
@@ -22,23 +22,7 @@ fn authed_settings(url: &str, keys: &Path) -> ferry_service::Settings {
 
 /// The `ferry` CLI as the user whose seed is `nkey` (none: no credentials at all).
 fn cli(url: &str, nkey: Option<&Path>, args: &[&str], cwd: &Path) -> (bool, String) {
-    let mut command = std::process::Command::new(bin_path("ferry"));
-    if let Some(nkey) = nkey {
-        command.arg("--nats-nkey").arg(nkey);
-    }
-    let out = command
-        .args(args)
-        .current_dir(cwd)
-        .env("FERRY_NATS_URL", url)
-        .env("FERRY_NODE_ID", "node1")
-        .output()
-        .expect("run the ferry CLI");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    ferry_tests::ferry_as(url, nkey, args, &[], cwd)
 }
 
 /// Connect as `service` of node1 and try `op`; the server's refusal text, or an error when
