@@ -121,6 +121,16 @@ async fn hostile_messages_on_every_consumed_subject_change_nothing_and_work_goes
     forged_state.source.state_key = Some("nfo.forged.key".into());
     hostile.push(("a forged new-files-only key", forged_state));
     hostile.push(("a million-byte name", item(&"n".repeat(1_000_000))));
+    hostile.push((
+        "a run without source files for a task that has sources",
+        FileItem::sourceless(
+            Uuid::now_v7(),
+            "victim",
+            epoch,
+            task.destinations.clone(),
+            Utc::now(),
+        ),
+    ));
     let mut max_epoch = item("a.txt");
     max_epoch.epoch = u64::MAX;
     hostile.push(("the maximum epoch", max_epoch));

@@ -492,3 +492,187 @@ async fn certs_restore_refuses_a_wrong_password_and_a_corrupt_pfx() -> anyhow::R
     node.shutdown().await;
     Ok(())
 }
+
+/// The reference procedure's Certs Backup / Certs Restore between two nodes that share nothing
+/// but a folder: a task without a source backs up node P's certificate stores (a personal
+/// certificate with its key, two of other people's) into a folder under a secure parameter's
+/// password; a task on node Q (its own NATS server, empty stores) restores them from there.
+/// Both stores end up the same (store, fingerprint, subject, issuer, serial, expiry, chain); a
+/// second restore adds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn certs_backup_on_one_node_is_restored_on_another() -> anyhow::Result<()> {
+    let work = tempfile::tempdir()?;
+    let w = work.path();
+    let (share, restored) = (w.join("share"), w.join("restored"));
+    let openssl = |args: &[&str]| -> anyhow::Result<()> {
+        let out = std::process::Command::new("openssl")
+            .current_dir(w)
+            .args(args)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    for (name, days) in [("me", "30"), ("bank", "20"), ("partner", "10")] {
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+            "-subj",
+            &format!("/CN={name}"),
+            "-days",
+            days,
+        ])?;
+    }
+    openssl(&[
+        "pkcs12",
+        "-export",
+        "-inkey",
+        "me.key",
+        "-in",
+        "me.pem",
+        "-out",
+        "me.pfx",
+        "-passout",
+        "pass:import-pw",
+    ])?;
+
+    let (nats_p, nats_q) = (NatsServer::start()?, NatsServer::start()?);
+    let p = Node::start(settings(&nats_p.url())).await?;
+    let q = Node::start(settings(&nats_q.url())).await?;
+    let cli = |url: &str, args: &[&str]| {
+        let (ok, text) = ferry_tests::ferry_as(url, None, args, &[("PFX_PW", "import-pw")], w);
+        assert!(ok, "ferry {args:?}: {text}");
+        text
+    };
+    cli(
+        &nats_p.url(),
+        &["certs", "import", "me.pfx", "--password-env", "PFX_PW"],
+    );
+    cli(&nats_p.url(), &["certs", "import", "bank.pem"]);
+    cli(&nats_p.url(), &["certs", "import", "partner.pem"]);
+    let stores = |url: &str| -> anyhow::Result<BTreeSet<String>> {
+        let listed: serde_json::Value = serde_json::from_str(&cli(url, &["--json", "certs", "list"]))?;
+        Ok(listed
+            .as_array()
+            .ok_or_else(|| anyhow::anyhow!("certs list --json is a list: {listed}"))?
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {} {} {} {} {} chain={}",
+                    c["store"],
+                    c["fingerprint"],
+                    c["subject"],
+                    c["issuer"],
+                    c["serial"],
+                    c["not_after"],
+                    c["chain_len"]
+                )
+            })
+            .collect())
+    };
+    let on_p = stores(&nats_p.url())?;
+    assert_eq!(on_p.len(), 3, "{on_p:?}");
+    assert!(stores(&nats_q.url())?.is_empty(), "Q starts empty");
+
+    // A plain parameter is refused as a password at apply time.
+    let password = "[task.parameters]\nCertsPassword = { secure = \"backup-pw-4711\" }\n";
+    let backup = |password: &str| {
+        format!(
+            "[[task]]\nname = \"certs-backup\"\n{password}\
+             [[task.destination]]\nhost = \"local\"\nfolder = \"{}\"\n\
+             [[task.steps]]\nprocess = \"certs-backup\"\nscope = \"per-task\"\npassword_param = \"CertsPassword\"\n",
+            share.display()
+        )
+    };
+    let refused = p
+        .apply(&backup("[task.parameters]\nCertsPassword = \"in-clear\"\n"))
+        .await;
+    let why = format!("{refused:?}");
+    assert!(
+        why.contains("Rejected") && why.contains("a password must be a secure one"),
+        "{why}"
+    );
+    let applied = p.apply(&backup(password)).await?;
+    assert!(
+        matches!(applied, ferry_wire::ApplyResponse::Applied { .. }),
+        "{applied:?}"
+    );
+    let run = p.run_task("certs-backup", Duration::from_secs(30)).await?;
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:#?}");
+    assert_eq!(
+        names(&share),
+        ["CertsOtherPeople.p7b", "CertsPersonal.pfx"]
+            .map(String::from)
+            .into()
+    );
+    assert_eq!(run.files.len(), 1, "the run's one result: {run:#?}");
+    let made = &run.files[0];
+    assert_eq!(made.outcome, Outcome::Delivered);
+    assert_eq!(made.source_path, ferry_wire::FileItem::SOURCELESS_PATH);
+    assert_eq!(made.destinations.len(), 2, "both files delivered: {made:#?}");
+    let backup_step = made.steps.last().expect("a step record");
+    assert_eq!(backup_step.process, "certs-backup");
+    assert_eq!(
+        backup_step
+            .outputs
+            .iter()
+            .map(|o| o.sha256.clone())
+            .collect::<BTreeSet<_>>(),
+        ["CertsOtherPeople.p7b", "CertsPersonal.pfx"]
+            .map(|n| sha256_file(&share.join(n)))
+            .into(),
+        "the record names each output's SHA-256"
+    );
+    // openssl reads the PFX under the parameter's password.
+    openssl(&[
+        "pkcs12",
+        "-in",
+        share.join("CertsPersonal.pfx").to_str().expect("utf-8"),
+        "-passin",
+        "pass:backup-pw-4711",
+        "-nodes",
+        "-out",
+        "check.pem",
+    ])?;
+    assert!(
+        !format!("{run:?}").contains("backup-pw-4711"),
+        "the password is in no record"
+    );
+    assert_spool_empty(&p);
+
+    // Q: the same secure parameter (sealed under Q's own keymat), a task restoring from the folder.
+    let restore = format!(
+        "[[task]]\nname = \"certs-restore\"\n{password}\
+         [[task.source]]\nhost = \"local\"\nfolder = \"{}\"\nmasks = \"Certs*.pfx;Certs*.p7b\"\n\
+         new_files_only = false\nsize_stable_ms = 0\n\
+         [[task.destination]]\nhost = \"local\"\nfolder = \"{}\"\n\
+         [[task.steps]]\nprocess = \"certs-restore\"\npassword_param = \"CertsPassword\"\n",
+        share.display(),
+        restored.display()
+    );
+    let applied = q.apply(&restore).await?;
+    assert!(
+        matches!(applied, ferry_wire::ApplyResponse::Applied { .. }),
+        "{applied:?}"
+    );
+    for round in 0..2 {
+        let run = q.run_task("certs-restore", Duration::from_secs(30)).await?;
+        assert_eq!(run.status, RunStatus::Succeeded, "round {round}: {run:#?}");
+        assert_eq!(stores(&nats_q.url())?, on_p, "round {round}: Q's stores are P's");
+    }
+    assert_eq!(names(&share).len(), 2, "the backup files stay");
+    assert_spool_empty(&q);
+    p.shutdown().await;
+    q.shutdown().await;
+    Ok(())
+}

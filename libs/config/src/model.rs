@@ -982,6 +982,21 @@ fn validate_task(
         }
     }
     check_parameters_used(&destinations, &next_actions, global, &parameters, check);
+    for (field, name) in steps::password_params(&steps) {
+        match params::declared(global, &parameters, name) {
+            Some(true) => {}
+            Some(false) => check.error(
+                field,
+                name,
+                "is a plain parameter: a password must be a secure one (`name = { secure = \"env:VAR\" }`), which is sealed and masked",
+            ),
+            None => check.error(
+                field,
+                name,
+                "is not declared in [task.parameters] or [parameters]",
+            ),
+        }
+    }
 
     (check.errors.len() == before).then_some(Task {
         name: raw.name,

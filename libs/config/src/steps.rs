@@ -293,9 +293,14 @@ pub struct PgpVerifyOptions {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertsOptions {
-    /// The environment variable of the transfer service that holds the PFX password: the
-    /// password itself never appears in the configuration, its history or a run record.
-    pub password_env: String,
+    /// The PFX password: the name of a secure parameter (`[parameters]` or `[task.parameters]`,
+    /// sealed under the keymat and masked everywhere) ...
+    #[serde(default)]
+    pub password_param: Option<String>,
+    /// ... or the environment variable of the transfer service that holds it. Exactly one of
+    /// the two; the password itself never appears in a run record.
+    #[serde(default)]
+    pub password_env: Option<String>,
     /// Certs Backup's file names.
     #[serde(default = "default_personal_name")]
     pub personal_name: String,
@@ -308,6 +313,22 @@ fn default_personal_name() -> String {
 }
 fn default_other_name() -> String {
     "CertsOtherPeople.p7b".into()
+}
+
+/// The parameters `steps` name as passwords (`password_param`), with where: each must be a
+/// declared secure parameter.
+pub fn password_params(steps: &[Step]) -> Vec<(String, &str)> {
+    steps
+        .iter()
+        .enumerate()
+        .filter_map(|(n, s)| match &s.process {
+            StepProcess::CertsBackup(o) | StepProcess::CertsRestore(o) => o
+                .password_param
+                .as_deref()
+                .map(|p| (format!("steps[{n}].password_param"), p)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Whether `steps` lets a task have no source: a PER-TASK step that makes files from nothing

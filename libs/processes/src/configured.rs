@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_config::steps::{CommandIo, StepProblem, StepProcess, StepScope};
+use ferry_config::steps::{CertsOptions, CommandIo, StepProblem, StepProcess, StepScope};
 use ferry_config::{Step, Template};
 
 use crate::archive::{Unzip, UnzipLimits, Zip};
@@ -26,6 +26,9 @@ pub struct Node<'a> {
     pub certs: Option<Arc<dyn CertSink>>,
     /// Looks up an environment variable of the running service (Certs passwords).
     pub env: &'a (dyn Fn(&str) -> Option<String> + Sync),
+    /// Looks up a parameter of the task's run, a secure one opened (Certs passwords); `Err`
+    /// says why it has no value here.
+    pub param: &'a (dyn Fn(&str) -> Result<String, String> + Sync),
 }
 
 /// Whether `step` can be built: everything its process's constructor checks. Secrets that live
@@ -34,6 +37,7 @@ pub fn check(step: &Step) -> Result<(), StepProblem> {
     let node = Node {
         certs: Some(Arc::new(crate::certs::MemoryCertStore::default())),
         env: &|_| Some("checked-at-apply".into()),
+        param: &|_| Ok("checked-at-apply".into()),
     };
     build(step, &node).map(drop)
 }
@@ -156,9 +160,8 @@ pub fn build(step: &Step, node: &Node<'_>) -> Result<Box<dyn Process>, StepProbl
             max_bytes: o.max_bytes,
         }),
         StepProcess::CertsBackup(o) => {
-            let password = password(&o.password_env, node)?;
-            let mut b =
-                CertsBackup::new(password).map_err(|e| problem("password_env", &o.password_env, e))?;
+            let (option, value, password) = password(o, node)?;
+            let mut b = CertsBackup::new(password).map_err(|e| problem(option, value, e))?;
             for (option, name) in [("personal_name", &o.personal_name), ("other_name", &o.other_name)] {
                 crate::file::check_name(name).map_err(|e| problem(option, name, e))?;
             }
@@ -167,7 +170,7 @@ pub fn build(step: &Step, node: &Node<'_>) -> Result<Box<dyn Process>, StepProbl
             Box::new(b)
         }
         StepProcess::CertsRestore(o) => {
-            let password = password(&o.password_env, node)?;
+            let (.., password) = password(o, node)?;
             let Some(sink) = node.certs.clone() else {
                 return Err(problem(
                     "",
@@ -180,20 +183,47 @@ pub fn build(step: &Step, node: &Node<'_>) -> Result<Box<dyn Process>, StepProbl
     })
 }
 
-fn password(var: &str, node: &Node<'_>) -> Result<Secret, StepProblem> {
-    if var.is_empty() || var.contains('=') || var.contains('\0') {
+/// A Certs step's password, with the option it came from: a parameter (`password_param`) or
+/// an environment variable of the service (`password_env`), exactly one of them.
+fn password<'o>(
+    o: &'o CertsOptions,
+    node: &Node<'_>,
+) -> Result<(&'static str, &'o str, Secret), StepProblem> {
+    let found = match (&o.password_param, &o.password_env) {
+        (Some(name), None) => (
+            "password_param",
+            name.as_str(),
+            (node.param)(name).map_err(|why| problem("password_param", name, why))?,
+        ),
+        (None, Some(var)) => {
+            if var.is_empty() || var.contains('=') || var.contains('\0') {
+                return Err(problem(
+                    "password_env",
+                    var,
+                    "is not a valid environment variable name",
+                ));
+            }
+            let value = (node.env)(var).unwrap_or_default();
+            ("password_env", var.as_str(), value)
+        }
+        _ => {
+            return Err(problem(
+                "password_param",
+                "",
+                "set exactly one of password_param (a secure parameter) and password_env",
+            ));
+        }
+    };
+    let (option, value, password) = found;
+    if password.is_empty() {
         return Err(problem(
-            "password_env",
-            var,
-            "is not a valid environment variable name",
+            option,
+            value,
+            match option {
+                "password_env" => "is not set (or empty) in the transfer service's environment",
+                _ => "is empty",
+            },
         ));
     }
-    match (node.env)(var) {
-        Some(p) if !p.is_empty() => Ok(Secret::new(p)),
-        _ => Err(problem(
-            "password_env",
-            var,
-            "is not set (or empty) in the transfer service's environment",
-        )),
-    }
+    Ok((option, value, Secret::new(password)))
 }

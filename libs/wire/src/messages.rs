@@ -94,6 +94,52 @@ pub struct FileItem {
     pub refused: Vec<Refused>,
 }
 
+impl FileItem {
+    /// What a sourceless item's result and audit records show as its source path.
+    pub const SOURCELESS_PATH: &str = "(no source: the task's steps made its files)";
+
+    /// The one work item of a run of a task that has no source: its PER-TASK steps make the
+    /// run's files from nothing (Certs Backup). It names no host, folder or file, and travels
+    /// alone in its batch; transfer accepts it only for a task configured without sources.
+    pub fn sourceless(
+        run_id: Uuid,
+        task: &str,
+        epoch: Epoch,
+        destinations: Vec<Destination>,
+        run_started_at: DateTime<Utc>,
+    ) -> Self {
+        FileItem {
+            run_id,
+            task: task.to_string(),
+            epoch,
+            item_id: crate::plan::short_hash(format!("{run_id}\0sourceless").as_bytes()),
+            source: SourceFile {
+                source_index: SourceFile::NONE,
+                host: String::new(),
+                folder: String::new(),
+                rel_path: String::new(),
+                size: 0,
+                mtime_ns: 0,
+                state_key: None,
+                delete_after: false,
+            },
+            destinations,
+            run_started_at,
+            refused: Vec::new(),
+        }
+    }
+
+    /// Whether this is a [`FileItem::sourceless`] item.
+    pub fn is_sourceless(&self) -> bool {
+        self.source.source_index == SourceFile::NONE
+    }
+}
+
+impl SourceFile {
+    /// The `source_index` of a [`FileItem::sourceless`] item.
+    pub const NONE: usize = usize::MAX;
+}
+
 /// One destination of a [`FileItem`] that fails before any byte moves.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Refused {

@@ -45,9 +45,9 @@ use tracing::Instrument;
 
 use ferry_service::{EpochGate, NodeLease, Settings, http, nats};
 use ferry_wire::{
-    BatchClaim, BatchResult, ConfigDocument, FILES_IN_RUN_FINISHED, FileResult, Outcome, PlannedBatch,
-    RunFinished, RunRecord, RunRequested, RunStarted, RunStatus, TaskLock, Trigger, WorkBatch, plan,
-    subjects, topology,
+    BatchClaim, BatchResult, ConfigDocument, FILES_IN_RUN_FINISHED, FileItem, FileResult, Outcome,
+    PlannedBatch, RunFinished, RunRecord, RunRequested, RunStarted, RunStatus, TaskLock, Trigger, WorkBatch,
+    plan, subjects, topology,
 };
 
 pub use metrics::Metrics;
@@ -456,10 +456,21 @@ impl Collector {
                     RunError::Task(format!("task {:?} is not in the configuration", request.task))
                 })?;
                 let task = &actions::with_run_parameters(task, &config, request).map_err(RunError::Task)?;
-                let items =
+                let items = if task.sources.is_empty() {
+                    // Its PER-TASK steps make the run's files (Certs Backup): one item stands for
+                    // the run, so transfer runs them and the run has a result.
+                    vec![FileItem::sourceless(
+                        request.run_id,
+                        &task.name,
+                        request.epoch,
+                        task.destinations.clone(),
+                        started_at,
+                    )]
+                } else {
                     listing::list_task(task, &config, &self.hosts, request, started_at, &self.state_kv)
                         .await
-                        .map_err(RunError::Task)?;
+                        .map_err(RunError::Task)?
+                };
                 let files = items.len() as u64;
                 let whole_run = task
                     .steps

@@ -463,11 +463,7 @@ impl Transfer {
         // moves (source host, folder and move flag, destinations), all of one task and source,
         // or nothing of the batch is touched.
         let config = self.config().await?;
-        if let Some(why) = batch
-            .items
-            .iter()
-            .find_map(|item| conforms(&config, item, batch.first()).err())
-        {
+        if let Err(why) = batch_conforms(&config, batch) {
             let why = format!("refused: {why}");
             tracing::error!(batch = %batch.batch_id, "{why}");
             for f in &mut files {
@@ -848,6 +844,18 @@ enum Processed {
     ClaimedElsewhere,
 }
 
+/// Whether every item of the batch [`conforms`], and a run without source files (see
+/// [`FileItem::sourceless`]) is its batch's only item.
+fn batch_conforms(config: &ferry_config::Config, batch: &WorkBatch) -> Result<(), String> {
+    if batch.items.len() > 1 && batch.items.iter().any(FileItem::is_sourceless) {
+        return Err("a work batch of a run without source files has more than one item".into());
+    }
+    for item in &batch.items {
+        conforms(config, item, batch.first())?;
+    }
+    Ok(())
+}
+
 /// Whether a work item is what the stored configuration says its task moves: the task exists,
 /// the item's source is that task's source (host, folder, move flag) and its destinations are
 /// the task's, and it belongs to the same task and source as the batch's first item. A work
@@ -859,6 +867,29 @@ fn conforms(config: &ferry_config::Config, item: &FileItem, first: &FileItem) ->
             ferry_hosts::path::shown(&item.task)
         )
     })?;
+    if item.is_sourceless() || first.is_sourceless() {
+        // Only a task configured without sources has one, alone in its batch, naming nothing.
+        let expected = FileItem::sourceless(
+            item.run_id,
+            &task.name,
+            item.epoch,
+            item.destinations.clone(),
+            item.run_started_at,
+        );
+        if !task.sources.is_empty() || !ferry_config::steps::may_have_no_source(&task.steps) {
+            return Err(format!(
+                "a run without source files for task {}, which has sources or no step that makes files",
+                task.name
+            ));
+        }
+        if *item != expected {
+            return Err(format!(
+                "a work item without source for task {} is not the one such a run has",
+                task.name
+            ));
+        }
+        return same_destinations(task, item);
+    }
     let source = task.sources.get(item.source.source_index).ok_or_else(|| {
         format!(
             "work for source {} of task {}, which has {}",
@@ -886,6 +917,21 @@ fn conforms(config: &ferry_config::Config, item: &FileItem, first: &FileItem) ->
             task.name, item.source.source_index
         ));
     }
+    same_destinations(task, item)?;
+    // A run with PER-TASK steps is one batch whatever its sources (the process route reads each
+    // file from its own source).
+    let whole_run = task
+        .steps
+        .iter()
+        .any(|s| s.scope == ferry_config::StepScope::PerTask);
+    if item.task != first.task || (item.source.source_index != first.source.source_index && !whole_run) {
+        return Err("a work batch mixes tasks or sources".into());
+    }
+    Ok(())
+}
+
+/// Whether a work item's destinations are its task's as stored.
+fn same_destinations(task: &ferry_config::Task, item: &FileItem) -> Result<(), String> {
     // The collector puts the run's parameters into the templates (`[Parm:Name]`); anything else
     // must be as stored.
     let as_stored = item.destinations.len() == task.destinations.len()
@@ -906,15 +952,6 @@ fn conforms(config: &ferry_config::Config, item: &FileItem, first: &FileItem) ->
             "a work item's destinations are not task {}'s as stored",
             task.name
         ));
-    }
-    // A run with PER-TASK steps is one batch whatever its sources (the process route reads each
-    // file from its own source).
-    let whole_run = task
-        .steps
-        .iter()
-        .any(|s| s.scope == ferry_config::StepScope::PerTask);
-    if item.task != first.task || (item.source.source_index != first.source.source_index && !whole_run) {
-        return Err("a work batch mixes tasks or sources".into());
     }
     Ok(())
 }

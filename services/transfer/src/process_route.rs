@@ -27,6 +27,7 @@ use chrono::Utc;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use ferry_config::params::ParamValue;
 use ferry_config::{Config, LOCAL_HOST, Task};
 use ferry_processes::configured;
 use ferry_processes::{File, Process, Scope, StepOutcome, StepReport};
@@ -137,9 +138,11 @@ impl Transfer {
         let mut per_file: Vec<(usize, Box<dyn Process>)> = Vec::new();
         let mut per_task: Vec<(usize, Box<dyn Process>)> = Vec::new();
         let env = |name: &str| std::env::var(name).ok();
+        let param = |name: &str| parameter(config, task, self.hosts.keymat(), name);
         let node = configured::Node {
             certs: Some(self.keys.clone()),
             env: &env,
+            param: &param,
         };
         let built: Vec<_> = task
             .steps
@@ -174,6 +177,11 @@ impl Transfer {
         // Download every file into the spool.
         let mut inputs: Vec<Option<File>> = Vec::with_capacity(items.len());
         for (k, it) in items.iter_mut().enumerate() {
+            if it.item.is_sourceless() {
+                // A run without source files: only its PER-TASK steps make files.
+                inputs.push(None);
+                continue;
+            }
             let path = spool.join("in").join(k.to_string());
             match self.download(config, &it.item, &path).await {
                 Ok((size, sha256)) => {
@@ -389,8 +397,12 @@ impl Transfer {
             Some((size, sha)) => (*size, Some(sha.clone())),
             None => (it.item.source.size, None),
         };
-        let source_path = ferry_wire::plan::source_path(&it.item)
-            .unwrap_or_else(|_| ferry_hosts::path::join(&it.item.source.folder, &it.item.source.rel_path));
+        let source_path = if it.item.is_sourceless() {
+            FileItem::SOURCELESS_PATH.to_string()
+        } else {
+            ferry_wire::plan::source_path(&it.item)
+                .unwrap_or_else(|_| ferry_hosts::path::join(&it.item.source.folder, &it.item.source.rel_path))
+        };
         let mut result = FileResult {
             item_id: it.item.item_id.clone(),
             source_path: source_path.clone(),
@@ -452,6 +464,30 @@ impl Transfer {
         host.delete(path)
             .await
             .map_err(|e| format!("delivered, but the source could not be deleted: {e}"))
+    }
+}
+
+/// The value of parameter `name` of `task` as configured (the task's, else the global one), a
+/// secure one opened with the node's keymat. A run's `--param` values do not reach steps.
+fn parameter(
+    config: &Config,
+    task: &Task,
+    keymat: &ferry_keymat::KeymatStore,
+    name: &str,
+) -> Result<String, String> {
+    let none = ferry_config::params::Parameters::new();
+    let effective = ferry_config::params::effective(&config.parameters, &task.parameters, &none);
+    let found = effective
+        .iter()
+        .find(|e| e.name.eq_ignore_ascii_case(name))
+        .ok_or("is not declared in [task.parameters] or [parameters]")?;
+    match found.value {
+        ParamValue::Plain(v) => Ok(v.clone()),
+        ParamValue::Secure(secret) => keymat
+            .current()
+            .and_then(|k| k.open(&found.binding(&task.name), secret))
+            .map(|plain| plain.to_string())
+            .map_err(|e| format!("cannot be opened with this node's keymat: {e}")),
     }
 }
 
