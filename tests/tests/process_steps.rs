@@ -676,3 +676,111 @@ async fn certs_backup_on_one_node_is_restored_on_another() -> anyhow::Result<()>
     q.shutdown().await;
     Ok(())
 }
+
+/// PGP decryption that requires a signer (`require_signer`), end to end with GnuPG: the node's
+/// own key (made by `ferry pgp generate`) is exported to gpg, the partner's and another
+/// sender's public keys are imported into the node. A file gpg encrypted to the node and signed
+/// by the partner is decrypted and delivered; one signed by the other sender (whose key the
+/// node holds) and one not signed at all each fail only themselves, with why, deliver nothing
+/// and stay at the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_or_missing_signature_fails_only_its_file_when_one_is_required() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let node = Node::start(settings(&nats.url())).await?;
+    let work = tempfile::tempdir()?;
+    let w = work.path();
+    let (src, dst, gnupg) = (w.join("in"), w.join("out"), w.join("gnupg"));
+    std::fs::create_dir_all(&src)?;
+    std::fs::create_dir_all(&gnupg)?;
+    std::fs::set_permissions(&gnupg, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    let cli = |args: &[&str]| {
+        let (ok, text) = ferry_tests::ferry_as(&nats.url(), None, args, &[], w);
+        assert!(ok, "ferry {args:?}: {text}");
+        text
+    };
+    let gpg = |args: &[&str]| -> anyhow::Result<Vec<u8>> {
+        let out = std::process::Command::new("gpg")
+            .env("GNUPGHOME", &gnupg)
+            .args([
+                "--batch",
+                "--yes",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+                "--trust-model",
+                "always",
+            ])
+            .args(args)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(out.stdout)
+    };
+    cli(&[
+        "pgp",
+        "generate",
+        "--name",
+        "Ferry Node",
+        "--email",
+        "node@example.com",
+    ]);
+    std::fs::write(w.join("node.asc"), cli(&["pgp", "export", "node@example.com"]))?;
+    gpg(&["--import", w.join("node.asc").to_str().expect("utf-8")])?;
+    for sender in ["partner@example.com", "other@example.com"] {
+        gpg(&["--quick-gen-key", sender, "default", "default", "never"])?;
+        let public = w.join(format!("{sender}.asc"));
+        std::fs::write(&public, gpg(&["--armor", "--export", sender])?)?;
+        cli(&["pgp", "import", public.to_str().expect("utf-8")]);
+    }
+    let plain = w.join("payroll.csv");
+    std::fs::write(&plain, "name;amount\nada;4711\n")?;
+    let encrypt = |name: &str, signer: Option<&str>| -> anyhow::Result<()> {
+        let out = src.join(name);
+        let mut args = vec!["-r", "node@example.com", "-o", out.to_str().expect("utf-8")];
+        match signer {
+            Some(s) => args.extend(["-u", s, "--sign", "--encrypt"]),
+            None => args.push("--encrypt"),
+        }
+        args.push(plain.to_str().expect("utf-8"));
+        gpg(&args).map(drop)
+    };
+    encrypt("good.csv.gpg", Some("partner@example.com"))?;
+    encrypt("other.csv.gpg", Some("other@example.com"))?;
+    encrypt("unsigned.csv.gpg", None)?;
+    node.apply(&task(
+        "decrypt",
+        &src,
+        &dst,
+        "[[task.steps]]\nprocess = \"pgp-decrypt\"\nrequire_signer = \"partner@example.com\"\n",
+    ))
+    .await?;
+    let run = node.run_task("decrypt", Duration::from_secs(30)).await?;
+    assert_eq!(run.status, RunStatus::Failed, "{run:#?}");
+    assert_eq!(file(&run, "good.csv.gpg").outcome, Outcome::Delivered, "{run:#?}");
+    assert_eq!(
+        names(&dst),
+        ["good.csv".to_string()].into(),
+        "only the good file arrives"
+    );
+    assert_eq!(sha256_file(&dst.join("good.csv")), sha256_file(&plain));
+    assert_failed(
+        &run,
+        "other.csv.gpg",
+        StepOutcome::BadInput,
+        "has no valid signature from \"partner@example.com\"",
+    );
+    assert_failed(
+        &run,
+        "unsigned.csv.gpg",
+        StepOutcome::BadInput,
+        "is not signed, and a signature from \"partner@example.com\" is required",
+    );
+    assert_eq!(names(&src).len(), 3, "the sources are kept");
+    assert_spool_empty(&node);
+    node.shutdown().await;
+    Ok(())
+}
