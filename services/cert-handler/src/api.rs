@@ -235,6 +235,9 @@ async fn pgp_export(s: &State, r: PgpSelector) -> Result<PgpArmored, String> {
 async fn pgp_import(s: &State, r: ImportRequest) -> Result<PgpKeyInfo, String> {
     let (bytes, passphrase) = open_import(s, &r)?;
     let file = import::pgp_file(&bytes)?;
+    if let import::PgpFile::Secret(key) = &file {
+        import::check_unlocks(key, passphrase.as_ref())?;
+    }
     let (info, new) = s
         .stores
         .import_pgp(file, passphrase.as_ref())

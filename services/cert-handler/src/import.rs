@@ -4,7 +4,8 @@
 
 use ferry_processes::certs::{self, CertsError};
 use ferry_processes::keys::{PersonalCert, Secret};
-use pgp::composed::{Deserializable, SignedPublicKey, SignedSecretKey};
+use pgp::composed::{Deserializable, PublicOrSecret, SignedPublicKey, SignedSecretKey};
+use pgp::types::KeyDetails as _;
 
 /// The certificates a file holds: personal ones (with their keys) and certificates alone.
 #[derive(Debug, Default)]
@@ -117,6 +118,26 @@ pub enum PgpFile {
 }
 
 pub fn pgp_file(bytes: &[u8]) -> Result<PgpFile, String> {
+    // A file of several keys (a whole `gpg --export`) is refused rather than half imported.
+    if let Ok((keys, _)) = PublicOrSecret::from_reader_many(bytes) {
+        let fingerprints: Vec<String> = keys
+            .flatten()
+            .take(11)
+            .map(|k| match k {
+                PublicOrSecret::Public(k) => format!("{:X}", k.primary_key.fingerprint()),
+                PublicOrSecret::Secret(k) => format!("{:X}", k.primary_key.fingerprint()),
+            })
+            .collect();
+        if fingerprints.len() > 1 {
+            let more = if fingerprints.len() > 10 { ", …" } else { "" };
+            return Err(format!(
+                "holds {}{} keys ({}{more}): import one key per file (`gpg --export FINGERPRINT`); nothing was imported",
+                if more.is_empty() { "" } else { "more than " },
+                fingerprints.len().min(10),
+                fingerprints[..fingerprints.len().min(10)].join(", ")
+            ));
+        }
+    }
     if let Ok((key, _)) = SignedSecretKey::from_reader_single(bytes) {
         key.verify_bindings()
             .map_err(|e| format!("the secret key's self-signatures do not verify: {e}"))?;
@@ -127,6 +148,29 @@ pub fn pgp_file(bytes: &[u8]) -> Result<PgpFile, String> {
     key.verify_bindings()
         .map_err(|e| format!("the public key's self-signatures do not verify: {e}"))?;
     Ok(PgpFile::Public(Box::new(key)))
+}
+
+/// Whether `passphrase` (none: the empty one) unlocks the secret key and every secret subkey:
+/// a key stored with a wrong passphrase would fail every later step with an obscure error.
+pub fn check_unlocks(key: &SignedSecretKey, passphrase: Option<&Secret>) -> Result<(), String> {
+    let pw = pgp::types::Password::from(passphrase.map_or("", |p| p.expose()));
+    let refused = |e: pgp::errors::Error| {
+        format!(
+            "the passphrase does not unlock the secret key ({e}): give the key's passphrase with \
+             --password-file or --password-env; nothing was imported"
+        )
+    };
+    key.primary_key
+        .unlock(&pw, |_, _| Ok(()))
+        .map_err(refused)?
+        .map_err(refused)?;
+    for sub in &key.secret_subkeys {
+        sub.key
+            .unlock(&pw, |_, _| Ok(()))
+            .map_err(refused)?
+            .map_err(refused)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
