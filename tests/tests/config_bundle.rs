@@ -353,6 +353,7 @@ async fn a_standby_made_from_a_bundle_is_identical_and_bad_bundles_change_nothin
     let bundle_arg = bundle_path.to_str().expect("utf-8");
     let (ok, text) = ferry(&s, &admin, &["config", "import", bundle_arg]);
     assert!(ok, "import on S: {text}");
+    eprintln!("ferry config import on S:\n{text}");
     assert!(
         text.contains("ferry_state") && text.contains("3 written"),
         "{text}"
@@ -379,6 +380,60 @@ async fn a_standby_made_from_a_bundle_is_identical_and_bad_bundles_change_nothin
         ok && text.contains(&src.display().to_string()),
         "task show on S: {text}"
     );
+    // S's cert-handler serves P's certificate and key, and opens the private key (sealed under
+    // the shared keymat) to export it as a PFX that openssl reads.
+    let fingerprint = read.parts[ferry_wire::topology::KV_CERTS_PERSONAL]
+        .entries
+        .keys()
+        .next()
+        .expect("a personal certificate")
+        .clone();
+    let (ok, text) = ferry(&s, &admin, &["certs", "list"]);
+    assert!(ok && text.contains(&fingerprint), "certs list on S: {text}");
+    let pgp_fingerprint = read.parts[ferry_wire::topology::KV_PGP_SECRET]
+        .entries
+        .keys()
+        .next()
+        .expect("a PGP key")
+        .clone();
+    let (ok, text) = ferry(&s, &admin, &["pgp", "list"]);
+    assert!(ok && text.contains(&pgp_fingerprint), "pgp list on S: {text}");
+    let exported = d.join("from-s.pfx");
+    let (ok, text) = ferry(
+        &s,
+        &admin,
+        &[
+            "certs",
+            "export",
+            &fingerprint,
+            "--pfx",
+            "--out",
+            exported.to_str().expect("utf-8"),
+            "--password-file",
+            d.join("pfx.pw").to_str().expect("utf-8"),
+        ],
+    );
+    assert!(ok, "certs export --pfx on S: {text}");
+    run(
+        "openssl",
+        &[
+            "pkcs12",
+            "-in",
+            "from-s.pfx",
+            "-passin",
+            "pass:pfx-pw",
+            "-nodes",
+            "-out",
+            "from-s.pem",
+        ],
+        d,
+    );
+    let pem = std::fs::read_to_string(d.join("from-s.pem")).expect("openssl output");
+    assert!(
+        pem.contains("PRIVATE KEY") && (pem.contains("CN=ferry-bundle") || pem.contains("CN = ferry-bundle")),
+        "{pem}"
+    );
+
     // Importing the same bundle again changes nothing.
     let before = buckets(&s, &admin).await;
     let (ok, text) = ferry(&s, &admin, &["config", "import", bundle_arg]);
@@ -394,6 +449,7 @@ async fn a_standby_made_from_a_bundle_is_identical_and_bad_bundles_change_nothin
     assert!(ok, "apply the change on P: {text}");
     let (ok, text) = verify_p(&s);
     assert!(!ok, "verify missed the change: {text}");
+    eprintln!("ferry config verify after a change on P:\n{text}");
     assert!(
         text.starts_with("1 difference(s)")
             && text.contains("parameter \"site\": different: here \"Leeds\", there \"Bradford\""),
