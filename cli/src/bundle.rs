@@ -20,7 +20,7 @@ use anyhow::{Context, bail};
 use ferry_service::Settings;
 use ferry_service::bundle::Applied;
 use ferry_wire::bundle::{self, Bundle, Difference, Part};
-use ferry_wire::{ConfigDocument, FailoverStatus, FileState, KeymatInfo, Role, subjects, topology};
+use ferry_wire::{ConfigDocument, FailoverStatus, KeymatInfo, Role, subjects, topology};
 
 use crate::Ctx;
 
@@ -126,38 +126,6 @@ pub async fn export(ctx: &Ctx, args: ExportArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Every entry of a verified bundle decodes as what its bucket holds, and the configuration's
-/// secrets are sealed under the keymat the manifest names.
-fn check_entries(bundle: &Bundle) -> anyhow::Result<()> {
-    for (bucket, part) in &bundle.parts {
-        for (key, value) in &part.entries {
-            let what = || format!("bundle part {bucket}, key {key:?}");
-            match bucket.as_str() {
-                topology::KV_CONFIG => {
-                    let doc: ConfigDocument = ferry_wire::decode(value).with_context(what)?;
-                    if let Some(id) = &doc.keymat_id
-                        && *id != bundle.manifest.keymat_id
-                    {
-                        bail!(
-                            "{}: the configuration's secrets are sealed under keymat {id}, the manifest says {}",
-                            what(),
-                            bundle.manifest.keymat_id
-                        );
-                    }
-                }
-                topology::KV_STATE => {
-                    ferry_wire::decode::<FileState>(value).with_context(what)?;
-                }
-                _ => {
-                    serde_json::from_slice::<serde_json::Value>(value)
-                        .with_context(|| format!("{}: not JSON", what()))?;
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 pub async fn import(ctx: &Ctx, args: ImportArgs) -> anyhow::Result<ExitCode> {
     let shown = args.file.display().to_string();
     let bundle = bundle::read(&args.file).with_context(|| format!("bundle {shown}"))?;
@@ -173,7 +141,7 @@ pub async fn import(ctx: &Ctx, args: ImportArgs) -> anyhow::Result<ExitCode> {
             bundle.manifest.keymat_id
         );
     }
-    check_entries(&bundle).with_context(|| format!("bundle {shown} (nothing was changed)"))?;
+    bundle::check_entries(&bundle).with_context(|| format!("bundle {shown} (nothing was changed)"))?;
     let status: FailoverStatus = ctx
         .call(
             subjects::service::FAILOVER_COORDINATOR,

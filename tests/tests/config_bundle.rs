@@ -304,6 +304,18 @@ async fn a_standby_made_from_a_bundle_is_identical_and_bad_bundles_change_nothin
     );
     assert!(ok, "certs import: {text}");
 
+    // The last fired slot of the task, as P's scheduler records one (written here: the task has
+    // no schedule, so P never fires it).
+    let p_js = async_nats::jetstream::new(connect_as(&admin, p.url.as_str()).await.expect("connect"));
+    let sched = p_js
+        .get_key_value(ferry_wire::topology::KV_SCHED)
+        .await
+        .expect("schedule bucket");
+    sched
+        .put("last.copy", "2026-12-02T06:00:00+00:00".into())
+        .await
+        .expect("record a fired slot");
+
     // Export on P: every part there, the keymat's secret nowhere in it.
     let bundle_path = d.join("p.bundle");
     let (ok, text) = ferry(
@@ -320,6 +332,7 @@ async fn a_standby_made_from_a_bundle_is_identical_and_bad_bundles_change_nothin
     assert_eq!(entries(ferry_wire::topology::KV_STATE), 3, "{text}");
     assert_eq!(entries(ferry_wire::topology::KV_CERTS_PERSONAL), 1, "{text}");
     assert_eq!(entries(ferry_wire::topology::KV_PGP_SECRET), 1, "{text}");
+    assert_eq!(entries(ferry_wire::topology::KV_SCHED), 1, "{text}");
     let keymat_file: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("p").join("keymat")).expect("P's keymat"))
             .expect("json");
@@ -367,7 +380,7 @@ async fn a_standby_made_from_a_bundle_is_identical_and_bad_bundles_change_nothin
     let (ok, text) = verify_p(&s);
     assert!(ok && text.starts_with("identical"), "verify against P: {text}");
     assert!(
-        text.contains("1 tasks") && text.contains("3 new-files-only"),
+        text.contains("1 tasks") && text.contains("3 new-files-only") && text.contains("1 schedule states"),
         "{text}"
     );
     let (ok, text) = ferry(&s, &admin, &["config", "verify", "--against", bundle_arg]);

@@ -567,6 +567,44 @@ pub fn verify(bytes: &[u8]) -> Result<Bundle, BundleError> {
     Ok(Bundle { manifest, parts })
 }
 
+/// Every entry of `bundle` decodes as what its bucket holds — the configuration document (its
+/// secrets sealed under the manifest's keymat), new-files-only records, RFC 3339 fired slots,
+/// the stores' JSON records — so an import can refuse a bundle before it changes anything.
+pub fn check_entries(bundle: &Bundle) -> Result<(), BundleError> {
+    for (bucket, part) in &bundle.parts {
+        for (key, value) in &part.entries {
+            let bad = |what: String| invalid(format!("part {bucket}, key {key:?}: {what}"));
+            match bucket.as_str() {
+                topology::KV_CONFIG => {
+                    let doc: crate::ConfigDocument = crate::decode(value).map_err(|e| bad(e.to_string()))?;
+                    if let Some(id) = &doc.keymat_id
+                        && *id != bundle.manifest.keymat_id
+                    {
+                        return Err(bad(format!(
+                            "the configuration's secrets are sealed under keymat {id}, the manifest says {}",
+                            bundle.manifest.keymat_id
+                        )));
+                    }
+                }
+                topology::KV_STATE => {
+                    crate::decode::<crate::FileState>(value).map_err(|e| bad(e.to_string()))?;
+                }
+                topology::KV_SCHED => {
+                    std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                        .ok_or_else(|| bad("not an RFC 3339 time".into()))?;
+                }
+                _ => {
+                    serde_json::from_slice::<serde_json::Value>(value)
+                        .map_err(|e| bad(format!("not JSON: {e}")))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Counts and a digest of a part's keys and values, for comparing large parts (new-files-only
 /// state) without listing them.
 pub fn digest(part: &Part) -> String {

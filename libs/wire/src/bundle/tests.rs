@@ -10,15 +10,22 @@ fn parts() -> Vec<Part> {
                     entries.insert("current".into(), config_doc("a", "AAAA").to_vec());
                 }
                 topology::KV_SCHED => {
-                    entries.insert("last.payroll".into(), b"1764633600".to_vec());
+                    entries.insert("last.payroll".into(), b"2026-12-02T00:00:00+00:00".to_vec());
                 }
                 topology::KV_STATE => {
                     for i in 0..50 {
-                        entries.insert(format!("nfo.src.file{i:03}_csv"), vec![i as u8; 40]);
+                        let state = crate::FileState {
+                            size: i,
+                            mtime_ns: 0,
+                            sha256: "00".repeat(32),
+                            run_id: uuid::Uuid::nil(),
+                            delivered_at: DateTime::from_timestamp(1_764_633_600, 0).expect("a valid time"),
+                        };
+                        entries.insert(format!("nfo.src.file{i:03}_csv"), crate::encode(&state).to_vec());
                     }
                 }
                 b => {
-                    entries.insert("ab12".into(), format!("{b} value").into_bytes());
+                    entries.insert("ab12".into(), format!("{{\"store\":\"{b}\"}}").into_bytes());
                 }
             }
             Part {
@@ -28,6 +35,12 @@ fn parts() -> Vec<Part> {
             }
         })
         .collect()
+}
+
+fn config_doc_under(keymat: &str) -> Vec<u8> {
+    let mut doc: crate::ConfigDocument = crate::decode(&config_doc("a", "AAAA")).expect("decodes");
+    doc.keymat_id = Some(keymat.into());
+    crate::encode(&doc).to_vec()
 }
 
 fn config_doc(plain: &str, sealed: &str) -> bytes::Bytes {
@@ -276,4 +289,37 @@ fn compare_shows_a_changed_secret_as_changed_without_its_value() {
         ("parameter", "pw", "different secret")
     );
     assert!(!format!("{d:?}").contains("BBBB"), "{d:?}");
+}
+
+#[test]
+fn entries_must_decode_as_what_their_bucket_holds() {
+    let mut bundle = verify(&bundle_bytes()).expect("valid");
+    check_entries(&bundle).expect("the fixture's entries decode");
+    let mut bad = |bucket: &str, key: &str, value: &[u8], expected: &str| {
+        let saved = bundle.parts[bucket].entries.clone();
+        let part = bundle.parts.get_mut(bucket).expect("part");
+        part.entries.insert(key.into(), value.to_vec());
+        let e = check_entries(&bundle).expect_err("refused").to_string();
+        assert!(e.contains(expected), "{bucket}: expected {expected:?} in: {e}");
+        bundle.parts.get_mut(bucket).expect("part").entries = saved;
+    };
+    bad(
+        topology::KV_SCHED,
+        "last.payroll",
+        b"yesterday",
+        "not an RFC 3339 time",
+    );
+    bad(
+        topology::KV_STATE,
+        "nfo.src.x",
+        b"{}",
+        "part ferry_state, key \"nfo.src.x\"",
+    );
+    bad(topology::KV_PGP_SECRET, "ab12", b"\x00binary", "not JSON");
+    bad(
+        topology::KV_CONFIG,
+        "current",
+        &config_doc_under("km-2"),
+        "sealed under keymat km-2, the manifest says km-1",
+    );
 }
