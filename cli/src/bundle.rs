@@ -161,6 +161,7 @@ pub async fn import(ctx: &Ctx, args: ImportArgs) -> anyhow::Result<ExitCode> {
     }
     let applied = match ferry_service::bundle::apply(&ctx.js, &bundle).await {
         Ok(applied) => applied,
+        Err(e) if e.changes == 0 => bail!("import of {shown}: {e} (nothing was changed)"),
         Err(e) => {
             print_applied(ctx.json, &shown, &bundle, &e.done, false);
             bail!(

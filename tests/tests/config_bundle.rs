@@ -555,6 +555,31 @@ async fn a_standby_made_from_a_bundle_is_identical_and_bad_bundles_change_nothin
     );
     assert!(ok, "a GNU-tar copy of the bundle: {text}");
 
+    // Only the admin reads and writes what a bundle holds.
+    let viewer = keys.join("viewer.nk");
+    let by_viewer = d.join("viewer.bundle");
+    let (ok, text) = ferry(
+        &p,
+        &viewer,
+        &["config", "export", "--out", by_viewer.to_str().expect("utf-8")],
+    );
+    assert!(
+        !ok && !by_viewer.exists() && text.contains("permission denied"),
+        "a viewer exported a bundle: {text}"
+    );
+    let operator = keys.join("operator.nk");
+    let before = buckets(&s, &admin).await;
+    let (ok, text) = ferry(&s, &operator, &["config", "import", bundle_arg]);
+    assert!(
+        !ok && text.contains("permission denied") && text.contains("nothing was changed"),
+        "an operator imported a bundle: {text}"
+    );
+    assert_eq!(
+        buckets(&s, &admin).await,
+        before,
+        "an operator's import changed S"
+    );
+
     // On the active node: refused without --force (P unchanged), done with it (P back to the
     // bundle, so S and P are identical again).
     refused(&p, &admin, &bundle_path, "node p is active").await;

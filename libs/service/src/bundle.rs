@@ -9,31 +9,59 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Context;
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use ferry_wire::bundle::{self, Bundle, Part};
+use futures::TryFutureExt;
+
+/// `op`, or "permission denied" as soon as the server refuses one of this user's JetStream
+/// publishes (NATS says so only on the side; the request would otherwise just time out).
+async fn permitted<T, E: std::fmt::Display>(
+    what: impl FnOnce() -> String,
+    op: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<T> {
+    let mut denials = crate::nats::denials();
+    let refused = async move {
+        loop {
+            match denials.recv().await {
+                Ok(text) if text.contains("$JS.") || text.contains("$KV.") => return text,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+            }
+        }
+    };
+    tokio::select! {
+        result = op => result.map_err(|e| anyhow::anyhow!("{}: {e}", what())),
+        text = refused => Err(anyhow::anyhow!(
+            "{}: permission denied ({}): reading and writing what a bundle holds takes the admin role",
+            what(),
+            text.trim()
+        )),
+    }
+}
 
 /// The last value of every key of `bucket` a bundle holds, and the bucket's last sequence.
 pub async fn read_part(js: &jetstream::Context, bucket: &str) -> anyhow::Result<Part> {
-    let mut stream = js
-        .get_stream(format!("KV_{bucket}"))
-        .await
-        .with_context(|| format!("open bucket {bucket}"))?;
-    let mut revision = stream
-        .info()
-        .await
-        .with_context(|| format!("read bucket {bucket}'s state"))?
+    let mut stream = permitted(
+        || format!("open bucket {bucket}"),
+        js.get_stream(format!("KV_{bucket}")),
+    )
+    .await?;
+    let mut revision = permitted(|| format!("read bucket {bucket}'s state"), stream.info())
+        .await?
         .state
         .last_sequence;
     let prefix = format!("$KV.{bucket}.");
-    let stored = crate::streams::read_raw(
-        &stream,
-        &format!("{prefix}>"),
-        DeliverPolicy::LastPerSubject,
-        None,
+    let stored = permitted(
+        || format!("read bucket {bucket}"),
+        crate::streams::read_raw(
+            &stream,
+            &format!("{prefix}>"),
+            DeliverPolicy::LastPerSubject,
+            None,
+        )
+        .map_err(|e| format!("{e:#}")),
     )
-    .await
-    .with_context(|| format!("read bucket {bucket}"))?;
+    .await?;
     let mut entries = BTreeMap::new();
     for m in stored {
         revision = revision.max(m.seq);
@@ -77,43 +105,42 @@ pub struct Applied {
     pub unchanged: usize,
 }
 
-/// A write of [`apply`] failed: what was done before it.
+/// [`apply`] failed: where, and what was done before it.
 #[derive(Debug, thiserror::Error)]
-#[error("part {part}: {action} key {key:?}: {reason}; {changes} change(s) were made before it")]
+#[error("part {part}: {reason}; {changes} change(s) were made before it")]
 pub struct ApplyError {
     pub part: String,
-    pub action: &'static str,
-    pub key: String,
     pub reason: String,
+    /// Keys written or deleted before the failure (0: the node is as it was).
     pub changes: usize,
     /// The parts completed before the failure.
     pub done: Vec<Applied>,
 }
 
-/// Make the node's buckets equal to `bundle` (already verified), bucket by bucket in
-/// [`bundle::PARTS`] order (the configuration last): put every entry that is new or different,
-/// delete every kept key the bundle does not have. The configuration becomes a new revision of
-/// its bucket (so `ferry config rollback` can go back) only if it differs.
+/// Make the node's buckets equal to `bundle` (already verified): first read every bucket (so a
+/// node the user may not read, or cannot reach, fails with nothing changed), then bucket by
+/// bucket in [`bundle::PARTS`] order (the configuration last) put every entry that is new or
+/// different and delete every kept key the bundle does not have. The configuration becomes a
+/// new revision of its bucket (so `ferry config rollback` can go back) only if it differs.
 pub async fn apply(js: &jetstream::Context, bundle: &Bundle) -> Result<Vec<Applied>, ApplyError> {
+    let mut plan = Vec::new();
+    for bucket in bundle::PARTS {
+        let fail = |e: anyhow::Error| ApplyError {
+            part: bucket.to_string(),
+            reason: format!("{e:#}"),
+            changes: 0,
+            done: Vec::new(),
+        };
+        let kv = permitted(|| format!("open bucket {bucket}"), js.get_key_value(bucket))
+            .await
+            .map_err(fail)?;
+        let current = read_part(js, bucket).await.map_err(fail)?;
+        plan.push((bucket, kv, current));
+    }
     let mut done: Vec<Applied> = Vec::new();
     let mut changes = 0usize;
-    for bucket in bundle::PARTS {
-        let fail = |action, key: &str, reason: String, changes, done: &Vec<Applied>| ApplyError {
-            part: bucket.to_string(),
-            action,
-            key: key.to_string(),
-            reason,
-            changes,
-            done: done.clone(),
-        };
+    for (bucket, kv, current) in plan {
         let wanted = &bundle.parts[bucket];
-        let kv = js
-            .get_key_value(bucket)
-            .await
-            .map_err(|e| fail("open bucket for", "", e.to_string(), changes, &done))?;
-        let current = read_part(js, bucket)
-            .await
-            .map_err(|e| fail("read", "", format!("{e:#}"), changes, &done))?;
         let mut applied = Applied {
             part: bucket.to_string(),
             ..Applied::default()
@@ -123,9 +150,15 @@ pub async fn apply(js: &jetstream::Context, bundle: &Bundle) -> Result<Vec<Appli
                 applied.unchanged += 1;
                 continue;
             }
-            kv.put(key, value.clone().into())
-                .await
-                .map_err(|e| fail("put", key, e.to_string(), changes, &done))?;
+            if let Err(e) = permitted(|| format!("put key {key:?}"), kv.put(key, value.clone().into())).await
+            {
+                return Err(ApplyError {
+                    part: bucket.to_string(),
+                    reason: format!("{e:#}"),
+                    changes,
+                    done,
+                });
+            }
             applied.put += 1;
             changes += 1;
         }
@@ -134,9 +167,14 @@ pub async fn apply(js: &jetstream::Context, bundle: &Bundle) -> Result<Vec<Appli
             .keys()
             .filter(|k| !wanted.entries.contains_key(*k))
         {
-            kv.delete(key)
-                .await
-                .map_err(|e| fail("delete", key, e.to_string(), changes, &done))?;
+            if let Err(e) = permitted(|| format!("delete key {key:?}"), kv.delete(key)).await {
+                return Err(ApplyError {
+                    part: bucket.to_string(),
+                    reason: format!("{e:#}"),
+                    changes,
+                    done,
+                });
+            }
             applied.deleted += 1;
             changes += 1;
         }
