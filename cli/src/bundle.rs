@@ -49,15 +49,20 @@ pub struct VerifyArgs {
     /// The other side: a NATS URL (another node's servers) or a bundle file.
     #[arg(long)]
     against: String,
-    /// Credentials for the other side's NATS (default: the same as for this node).
+    /// The other side's NATS as the user whose nkey seed is in FILE (without any
+    /// --against-nats-* credential: the same credentials as for this node).
     #[arg(long, value_name = "FILE")]
     against_nats_nkey: Option<String>,
+    /// The other side's NATS with a `.creds` file (JWT + nkey seed).
     #[arg(long, value_name = "FILE")]
     against_nats_creds: Option<String>,
+    /// The other side's NATS as this user; its password from --against-nats-password-file.
     #[arg(long, requires = "against_nats_password_file")]
     against_nats_user: Option<String>,
+    /// The file holding --against-nats-user's password.
     #[arg(long, value_name = "FILE")]
     against_nats_password_file: Option<String>,
+    /// The other side's NATS with the token in FILE.
     #[arg(long, value_name = "FILE")]
     against_nats_token_file: Option<String>,
     /// CA bundle (PEM) the other side's NATS servers' certificates must chain to.
