@@ -4,6 +4,7 @@
 //! Exit codes: 0 success; 1 the command failed (rejected configuration, failed run, unreachable
 //! service); 2 usage errors (from clap).
 
+mod bundle;
 mod certs;
 mod health;
 mod keymat;
@@ -254,6 +255,19 @@ enum ConfigCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Write everything a standby needs to one bundle file: the configuration (secrets stay
+    /// sealed), new-files-only state, schedule state, certificate stores and PGP key rings,
+    /// with a manifest (versions, keymat id, each part's revision, size and SHA-256). Never the
+    /// keymat.
+    Export(bundle::ExportArgs),
+    /// Make this node's configuration, state, stores and key rings equal to a bundle's, after
+    /// checking it whole (manifest, SHA-256 of every part, the same Ferry version, this node's
+    /// keymat). Refused on the active node without --force.
+    Import(bundle::ImportArgs),
+    /// Compare this node with another node's NATS or a bundle: "identical" (exit status 0) or
+    /// every differing task, host, parameter, certificate, key, new-files-only and schedule
+    /// state (exit status 1).
+    Verify(bundle::VerifyArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -456,6 +470,9 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
 
     match cli.command {
         Command::Apply { file, dry_run, prune } => apply(&ctx, &file, dry_run, prune).await,
+        Command::Config {
+            command: ConfigCommand::Verify(args),
+        } => bundle::verify(&ctx, &settings, args).await,
         Command::Config { command } => config_command(&ctx, command).await,
         Command::Tasks {
             command: TasksCommand::List,
@@ -700,6 +717,9 @@ async fn config_command(ctx: &Ctx, command: ConfigCommand) -> anyhow::Result<Exi
             output::applied(ctx.json, &format!("revision {revision}"), &response);
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
+        ConfigCommand::Export(args) => bundle::export(ctx, args).await,
+        ConfigCommand::Import(args) => bundle::import(ctx, args).await,
+        ConfigCommand::Verify(_) => unreachable!("handled with the settings in execute"),
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod audit_seal;
+pub mod bundle;
 pub mod epoch;
 pub mod http;
 pub mod lease;

@@ -3,6 +3,7 @@
 //! Invariant: no other crate spells a subject, stream or bucket name inline; they all come from here,
 //! so a change of contract is a change of this crate.
 
+pub mod bundle;
 pub mod keys;
 pub mod messages;
 pub mod permissions;

@@ -8,18 +8,23 @@
 //! What the lists guarantee:
 //! - only the coordinator of node N answers `ferry.api.N.failover-coordinator.*` (a lease grant
 //!   cannot be forged by another user) and only coordinators write the lease bucket;
-//! - only the scheduler writes the configuration bucket (an apply goes through its validation);
+//! - of the services, only the scheduler writes the configuration bucket (an apply goes through
+//!   its validation);
 //! - a service reads and writes only the streams and buckets its work needs;
 //! - replies reach only the asker: each user subscribes to its own inbox prefix
 //!   (`_INBOX.<its public key>`) and publishes to an inbox only as a response
 //!   (`allow_responses`);
-//! - only the cert-handler reads or writes its stores (personal and other people's certificates,
-//!   PGP key rings); only the node's transfer and the admin call its key source (`keys.*`: the
+//! - of the services, only the cert-handler reads or writes its stores (personal and other
+//!   people's certificates, PGP key rings); only the node's transfer and the admin call its key source (`keys.*`: the
 //!   keys processes use, Certs Restore), and only the admin imports, removes, generates or
 //!   exports private material (`admin.*`, [`crate::keys`]);
 //! - *viewer* reads status, runs, the audit trail and the configuration, and lists and exports
 //!   public certificates and PGP public keys; *operator* also runs tasks and starts or stops
-//!   schedules; *admin* also applies configurations, changes roles and manages keys.
+//!   schedules; *admin* also applies configurations, changes roles and manages keys, and reads
+//!   and writes the buckets a configuration bundle holds (`ferry config export|import|verify`:
+//!   values copied as stored — secrets and private keys sealed to the keymat, which never
+//!   crosses the bus — so this gives the admin no plaintext it could not already import or
+//!   export through the cert-handler).
 
 use crate::keys::api as keys_api;
 use crate::subjects::{self, api, service};
@@ -296,6 +301,9 @@ pub fn for_role(role: Role) -> Permissions {
             cert_handler_group("*", keys_api::admin::GROUP),
             cert_handler_group("*", keys_api::keys::GROUP),
         ]);
+        for bucket in crate::bundle::PARTS {
+            p.write_bucket(bucket);
+        }
     }
     p
 }
@@ -450,6 +458,25 @@ mod tests {
             for subject in [&secret, &restore, &import, &pfx] {
                 assert_eq!(may(&p, subject), admin, "{role:?} {subject}");
             }
+        }
+    }
+
+    #[test]
+    fn only_the_admin_reads_and_writes_what_a_bundle_holds_and_nobody_the_lease() {
+        for role in Role::ALL {
+            let p = for_role(role);
+            for bucket in crate::bundle::PARTS {
+                let writes = p.publish.contains(&format!("$KV.{bucket}.>"));
+                assert_eq!(writes, role == Role::Admin, "{role:?} {bucket}");
+            }
+            let secret_ring = format!("$JS.API.DIRECT.GET.{}", kv_stream(topology::KV_PGP_SECRET));
+            assert_eq!(p.publish.contains(&secret_ring), role == Role::Admin, "{role:?}");
+            assert!(
+                !p.publish
+                    .iter()
+                    .any(|s| s.starts_with(&format!("$KV.{}", topology::KV_LEASE))),
+                "{role:?} may write the lease"
+            );
         }
     }
 
