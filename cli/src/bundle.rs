@@ -89,19 +89,7 @@ fn config_doc(parts: &BTreeMap<String, Part>) -> anyhow::Result<Option<ConfigDoc
 
 pub async fn export(ctx: &Ctx, args: ExportArgs) -> anyhow::Result<ExitCode> {
     let keymat = node_keymat(ctx).await?;
-    let parts = ferry_service::bundle::snapshot(&ctx.js).await?;
-    // The stores' private material is sealed to the node's keymat; the configuration's secrets
-    // to the one it names. A bundle states one keymat, so both must be the node's.
-    if let Some(doc) = config_doc(&parts)?
-        && let Some(sealed) = doc.keymat_id
-        && sealed != keymat
-    {
-        bail!(
-            "the stored configuration's secrets are sealed under keymat {sealed}, this node's keymat is {keymat}: \
-             apply the configuration again on this node (or import keymat {sealed}) before exporting"
-        );
-    }
-    let parts: Vec<Part> = parts.into_values().collect();
+    let parts = ferry_service::bundle::export_parts(&ctx.js, &keymat).await?;
     let manifest = bundle::write(&args.out, &ctx.node, FERRY_VERSION, &keymat, &parts)
         .with_context(|| format!("write bundle {}", args.out.display()))?;
     if ctx.json {

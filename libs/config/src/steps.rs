@@ -61,6 +61,7 @@ pub enum StepProcess {
     PgpVerify(PgpVerifyOptions),
     CertsBackup(CertsOptions),
     CertsRestore(CertsOptions),
+    ConfigBundle(ConfigBundleOptions),
 }
 
 /// Every process name, as `process = "..."` takes it.
@@ -77,6 +78,7 @@ pub const PROCESS_NAMES: &[&str] = &[
     "pgp-verify",
     "certs-backup",
     "certs-restore",
+    "config-bundle",
 ];
 
 impl StepProcess {
@@ -94,6 +96,7 @@ impl StepProcess {
             StepProcess::PgpVerify(_) => "pgp-verify",
             StepProcess::CertsBackup(_) => "certs-backup",
             StepProcess::CertsRestore(_) => "certs-restore",
+            StepProcess::ConfigBundle(_) => "config-bundle",
         }
     }
 }
@@ -103,7 +106,7 @@ fn scopes(process: &str) -> (StepScope, &'static [StepScope]) {
     use StepScope::*;
     match process {
         // Makes its files from the stores, not from inputs: once per run.
-        "certs-backup" => (PerTask, &[PerTask]),
+        "certs-backup" | "config-bundle" => (PerTask, &[PerTask]),
         // Restores each backup file it is given.
         "certs-restore" => (PerFile, &[PerFile]),
         _ => (PerFile, &[PerFile, PerTask]),
@@ -308,6 +311,21 @@ pub struct CertsOptions {
     pub other_name: String,
 }
 
+/// `config-bundle`: the node's configuration bundle (`ferry config export`: configuration,
+/// new-files-only and schedule state, certificate stores and PGP key rings, secrets sealed under
+/// the keymat) as one file, for a standby at another site (issue 12's file-based replication).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigBundleOptions {
+    /// The bundle's file name.
+    #[serde(default = "default_bundle_name")]
+    pub name: String,
+}
+
+fn default_bundle_name() -> String {
+    "FerryBundle.tar".into()
+}
+
 fn default_personal_name() -> String {
     "CertsPersonal.pfx".into()
 }
@@ -332,11 +350,15 @@ pub fn password_params(steps: &[Step]) -> Vec<(String, &str)> {
 }
 
 /// Whether `steps` lets a task have no source: a PER-TASK step that makes files from nothing
-/// (Certs Backup).
+/// (Certs Backup, a configuration bundle).
 pub fn may_have_no_source(steps: &[Step]) -> bool {
-    steps
-        .iter()
-        .any(|s| s.scope == StepScope::PerTask && matches!(s.process, StepProcess::CertsBackup(_)))
+    steps.iter().any(|s| {
+        s.scope == StepScope::PerTask
+            && matches!(
+                s.process,
+                StepProcess::CertsBackup(_) | StepProcess::ConfigBundle(_)
+            )
+    })
 }
 
 /// A problem the processes' constructors found in one step: the option and its value as written.
@@ -471,6 +493,7 @@ fn validate_step(value: &toml::Value, path: &str, check: &mut Checker<'_>) -> Op
         "pgp-verify" => deserialize_table(&options, path, check).map(StepProcess::PgpVerify),
         "certs-backup" => deserialize_table(&options, path, check).map(StepProcess::CertsBackup),
         "certs-restore" => deserialize_table(&options, path, check).map(StepProcess::CertsRestore),
+        "config-bundle" => deserialize_table(&options, path, check).map(StepProcess::ConfigBundle),
         _ => unreachable!("checked against PROCESS_NAMES"),
     }?;
     if let StepProcess::Command(c) = &process {

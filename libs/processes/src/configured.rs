@@ -11,6 +11,7 @@ use ferry_config::steps::{CertsOptions, CommandIo, StepProblem, StepProcess, Ste
 use ferry_config::{Step, Template};
 
 use crate::archive::{Unzip, UnzipLimits, Zip};
+use crate::bundle::{ConfigBundle, MakeBundle};
 use crate::certs::{CertSink, CertsBackup, CertsRestore};
 use crate::checksum::Checksum;
 use crate::command::{Command, Io};
@@ -29,6 +30,8 @@ pub struct Node<'a> {
     /// Looks up a parameter of the task's run, a secure one opened (Certs passwords); `Err`
     /// says why it has no value here.
     pub param: &'a (dyn Fn(&str) -> Result<String, String> + Sync),
+    /// Makes the node's configuration bundle (`config-bundle`; `None`: not available here).
+    pub bundle: Option<MakeBundle>,
 }
 
 /// Whether `step` can be built: everything its process's constructor checks. Secrets that live
@@ -38,6 +41,7 @@ pub fn check(step: &Step) -> Result<(), StepProblem> {
         certs: Some(Arc::new(crate::certs::MemoryCertStore::default())),
         env: &|_| Some("checked-at-apply".into()),
         param: &|_| Ok("checked-at-apply".into()),
+        bundle: Some(Arc::new(|| Ok(Vec::new()))),
     };
     build(step, &node).map(drop)
 }
@@ -168,6 +172,16 @@ pub fn build(step: &Step, node: &Node<'_>) -> Result<Box<dyn Process>, StepProbl
             b.personal_name = o.personal_name.clone();
             b.other_name = o.other_name.clone();
             Box::new(b)
+        }
+        StepProcess::ConfigBundle(o) => {
+            crate::file::check_name(&o.name).map_err(|e| problem("name", &o.name, e))?;
+            let Some(make) = node.bundle.clone() else {
+                return Err(problem("", "", "this node cannot make a configuration bundle"));
+            };
+            Box::new(ConfigBundle {
+                name: o.name.clone(),
+                make,
+            })
         }
         StepProcess::CertsRestore(o) => {
             let (.., password) = password(o, node)?;

@@ -51,6 +51,7 @@ use ferry_config::template::MacroContext;
 use serde::{Deserialize, Serialize};
 
 pub mod archive;
+pub mod bundle;
 pub mod certs;
 pub mod checksum;
 pub mod command;

@@ -57,6 +57,26 @@ impl NatsKeys {
         }
     }
 
+    /// The cert-handler's four stores as stored (values sealed), for a configuration bundle.
+    /// Called from async code (no `block_on`).
+    pub async fn stores(&self) -> Result<Vec<ferry_wire::bundle::Part>, String> {
+        let reply: KeyReply<Vec<ferry_wire::keys::StorePart>> = ferry_service::api::call_within(
+            &self.client,
+            &self.node,
+            CERT_HANDLER,
+            &api::in_group(api::keys::GROUP, api::keys::STORES),
+            &(),
+            self.timeout,
+        )
+        .await
+        .map_err(|e| format!("the cert-handler did not answer: {e:#}"))?;
+        let parts = reply.map_err(|e| format!("{:?}", key_error(e)))?;
+        parts
+            .into_iter()
+            .map(ferry_wire::bundle::Part::try_from)
+            .collect()
+    }
+
     /// Wait at most `timeout` for each answer.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;

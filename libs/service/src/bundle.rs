@@ -94,6 +94,34 @@ pub async fn snapshot(js: &jetstream::Context) -> anyhow::Result<BTreeMap<String
     Ok(parts)
 }
 
+/// The parts of a bundle of this node, whose keymat is `keymat_id`: [`snapshot`], refused when
+/// the stored configuration's secrets are sealed under another keymat (a bundle states one
+/// keymat: the stores' private material is always sealed to the node's).
+pub async fn export_parts(js: &jetstream::Context, keymat_id: &str) -> anyhow::Result<Vec<Part>> {
+    sealed_under(snapshot(js).await?, keymat_id)
+}
+
+/// `parts`, refused when the configuration among them is sealed under a keymat other than
+/// `keymat_id` (see [`export_parts`]).
+pub fn sealed_under(parts: BTreeMap<String, Part>, keymat_id: &str) -> anyhow::Result<Vec<Part>> {
+    let sealed = parts
+        .get(ferry_wire::topology::KV_CONFIG)
+        .and_then(|p| p.entries.get(ferry_wire::topology::CONFIG_KEY))
+        .map(|bytes| ferry_wire::decode::<ferry_wire::ConfigDocument>(bytes))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("the stored configuration cannot be read: {e}"))?
+        .and_then(|doc| doc.keymat_id);
+    if let Some(sealed) = sealed
+        && sealed != keymat_id
+    {
+        anyhow::bail!(
+            "the stored configuration's secrets are sealed under keymat {sealed}, this node's keymat is {keymat_id}: \
+             apply the configuration again on this node (or import keymat {sealed}) before exporting"
+        );
+    }
+    Ok(parts.into_values().collect())
+}
+
 /// What [`apply`] did to one bucket.
 #[derive(Debug, Clone, Default, serde::Serialize, PartialEq, Eq)]
 pub struct Applied {

@@ -60,6 +60,9 @@ pub mod api {
         pub const ADD_PERSONAL: &str = "add_personal";
         /// `String` (base64 DER) → `KeyReply<String>` (its fingerprint).
         pub const ADD_OTHER: &str = "add_other";
+        /// `()` → `KeyReply<Vec<`[`super::super::StorePart`]`>>`: the four stores as stored
+        /// (private material sealed to the keymat), for a configuration bundle.
+        pub const STORES: &str = "stores";
     }
 
     /// `group.endpoint`, the endpoint part of a subject.
@@ -318,4 +321,49 @@ pub struct CertHandlerStatus {
     pub other: usize,
     pub pgp_public: usize,
     pub pgp_secret: usize,
+}
+
+/// One of the cert-handler's stores as stored, for a configuration bundle
+/// ([`crate::bundle::Part`]): values base64, private material still sealed to the keymat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorePart {
+    pub bucket: String,
+    /// The bucket's last sequence when read.
+    pub revision: u64,
+    /// Key → value, base64.
+    pub entries: std::collections::BTreeMap<String, String>,
+}
+
+impl From<&crate::bundle::Part> for StorePart {
+    fn from(part: &crate::bundle::Part) -> Self {
+        use base64::Engine as _;
+        StorePart {
+            bucket: part.bucket.clone(),
+            revision: part.revision,
+            entries: part
+                .entries
+                .iter()
+                .map(|(k, v)| (k.clone(), base64::engine::general_purpose::STANDARD.encode(v)))
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<StorePart> for crate::bundle::Part {
+    type Error = String;
+    fn try_from(part: StorePart) -> Result<Self, String> {
+        use base64::Engine as _;
+        let mut entries = std::collections::BTreeMap::new();
+        for (k, v) in part.entries {
+            let value = base64::engine::general_purpose::STANDARD
+                .decode(&v)
+                .map_err(|e| format!("store {} key {k:?}: not base64: {e}", part.bucket))?;
+            entries.insert(k, value);
+        }
+        Ok(crate::bundle::Part {
+            bucket: part.bucket,
+            revision: part.revision,
+            entries,
+        })
+    }
 }

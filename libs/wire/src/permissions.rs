@@ -217,6 +217,9 @@ pub fn for_service(node: &str, service_name: &str) -> Permissions {
                 .read_bucket(topology::KV_CONFIG)
                 .write_bucket(topology::KV_STATE)
                 .write_bucket(topology::KV_RUNS)
+                // A `config-bundle` step reads the schedule state (the stores come from the
+                // cert-handler's `keys.stores`).
+                .read_bucket(topology::KV_SCHED)
                 .publish([subjects::BATCH_RESULTS.to_string(), subjects::audit_file("*")])
                 // Keys for process steps, from its own node's cert-handler only.
                 .publish([

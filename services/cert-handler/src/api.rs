@@ -21,6 +21,7 @@ use ferry_wire::keys::{
     PgpGenerateRequest, PgpKeyInfo, PgpList, PgpSecretRequest, PgpSelector, SealedPersonalCert, SealedReply,
     SealedReplyRequest, StoreFingerprints, api, binding,
 };
+use ferry_wire::topology;
 
 use crate::store::{self, Stores};
 use crate::{import, pem};
@@ -29,6 +30,8 @@ use crate::{import, pem};
 pub struct State {
     pub node: String,
     pub stores: Stores,
+    /// Reads the stores whole, for a configuration bundle.
+    pub js: async_nats::jetstream::Context,
     /// Told after every change of the certificate stores (the expiry metric follows).
     pub changed: tokio::sync::Notify,
 }
@@ -83,6 +86,7 @@ pub async fn serve(
     endpoint!(keys, api::keys::FINGERPRINTS, key_fingerprints);
     endpoint!(keys, api::keys::ADD_PERSONAL, key_add_personal);
     endpoint!(keys, api::keys::ADD_OTHER, key_add_other);
+    endpoint!(keys, api::keys::STORES, key_stores);
     Ok(handles)
 }
 
@@ -353,6 +357,23 @@ async fn key_personal(s: &State, r: SealedReplyRequest) -> Result<KeyReply<Vec<S
 async fn key_other(s: &State, (): ()) -> Result<KeyReply<Vec<String>>, String> {
     let certs = s.stores.other_certs().await.map_err(internal)?;
     Ok(Ok(certs.values().map(|d| B64.encode(d)).collect()))
+}
+
+/// The four stores as stored, for a `config-bundle` step (values still sealed).
+async fn key_stores(s: &State, (): ()) -> Result<KeyReply<Vec<wire::StorePart>>, String> {
+    let mut parts = Vec::new();
+    for bucket in [
+        topology::KV_CERTS_PERSONAL,
+        topology::KV_CERTS_OTHER,
+        topology::KV_PGP_PUBLIC,
+        topology::KV_PGP_SECRET,
+    ] {
+        let part = ferry_service::bundle::read_part(&s.js, bucket)
+            .await
+            .map_err(internal)?;
+        parts.push(wire::StorePart::from(&part));
+    }
+    Ok(Ok(parts))
 }
 
 async fn key_fingerprints(s: &State, (): ()) -> Result<KeyReply<StoreFingerprints>, String> {

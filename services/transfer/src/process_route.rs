@@ -31,7 +31,7 @@ use ferry_config::params::ParamValue;
 use ferry_config::{Config, LOCAL_HOST, Task};
 use ferry_processes::configured;
 use ferry_processes::{File, Process, Scope, StepOutcome, StepReport};
-use ferry_wire::{FileItem, FileResult, FileState, Outcome, SourceFile, StepRecord, WorkBatch};
+use ferry_wire::{FileItem, FileResult, FileState, Outcome, SourceFile, StepRecord, WorkBatch, topology};
 
 use crate::Transfer;
 use crate::inflight::InFlight;
@@ -139,10 +139,20 @@ impl Transfer {
         let mut per_task: Vec<(usize, Box<dyn Process>)> = Vec::new();
         let env = |name: &str| std::env::var(name).ok();
         let param = |name: &str| parameter(config, task, self.hosts.keymat(), name);
+        let bundle = match task
+            .steps
+            .iter()
+            .any(|s| matches!(s.process, ferry_config::StepProcess::ConfigBundle(_)))
+        {
+            true => Some(self.config_bundle().await),
+            false => None,
+        };
         let node = configured::Node {
             certs: Some(self.keys.clone()),
             env: &env,
             param: &param,
+            bundle: bundle
+                .map(|made| -> ferry_processes::bundle::MakeBundle { Arc::new(move || made.clone()) }),
         };
         let built: Vec<_> = task
             .steps
@@ -353,6 +363,39 @@ impl Transfer {
             .move_files(config, outputs, key, revision, &previously, epoch)
             .await?;
         Ok(moved.into_iter().map(|f| f.result(&self.node)).collect())
+    }
+
+    /// This node's configuration bundle (what `ferry config export` writes), for a
+    /// `config-bundle` step. `Err`: why not, for the step's record.
+    async fn config_bundle(&self) -> Result<Vec<u8>, String> {
+        let keymat_id = self
+            .hosts
+            .keymat()
+            .current()
+            .map_err(|e| format!("this node's keymat cannot be read: {e}"))?
+            .key_id()
+            .to_string();
+        let mut parts = std::collections::BTreeMap::new();
+        for bucket in [topology::KV_STATE, topology::KV_SCHED, topology::KV_CONFIG] {
+            let part = ferry_service::bundle::read_part(&self.js, bucket)
+                .await
+                .map_err(|e| format!("read {bucket}: {e:#}"))?;
+            parts.insert(bucket.to_string(), part);
+        }
+        // The certificate stores and key rings only through the cert-handler.
+        for part in self.keys.stores().await? {
+            parts.insert(part.bucket.clone(), part);
+        }
+        let parts = ferry_service::bundle::sealed_under(parts, &keymat_id).map_err(|e| format!("{e:#}"))?;
+        ferry_wire::bundle::encode(
+            &self.node,
+            env!("CARGO_PKG_VERSION"),
+            &keymat_id,
+            Utc::now(),
+            &parts,
+        )
+        .map(|(_, bytes)| bytes)
+        .map_err(|e| e.to_string())
     }
 
     /// Copy the source of `item` to `path`, hashing it. `Err`: why, for the file's result.
