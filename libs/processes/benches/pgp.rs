@@ -617,7 +617,10 @@ fn render(args: &Args, cold: bool, sm: &Samples, load: &(String, String)) -> Str
          compress (the input is random); both write to a new file in the same folder and neither \
          calls fsync. Ferry also hashes every output with SHA-256 for the step report (one more \
          pass over the data than GnuPG, on its writing thread): the last column takes off what one \
-         such pass costs, measured on Ferry's decrypted output (median {hash_cpu:.2} CPU s).\n",
+         such pass costs, measured on Ferry's decrypted output (median {hash_cpu:.2} CPU s). \
+         GnuPG runs on one thread; each Ferry step on three (reading, cipher, writing: \
+         `openpgp/seal.rs`, `openpgp/pipe.rs`), so its wall time can beat GnuPG's while it spends \
+         more CPU.\n",
     ));
     t.push_str(&format!(
         "- **Timing**: spawn to exit for both; CPU seconds are the child's user + system time \

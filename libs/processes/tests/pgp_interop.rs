@@ -549,3 +549,75 @@ fn rsa_keys_work_both_ways() {
     assert_eq!(files[0].name(), "b");
     assert_eq!(std::fs::read(files[0].path()).expect("read"), data);
 }
+
+/// Sizes at the edges of the framing Ferry writes itself (openpgp/seal.rs): the literal data
+/// packet in 1 MiB pieces, the first holding 6 bytes of literal header; the encrypted data packet
+/// in 1 MiB pieces, the first holding the version octet, 18 bytes of CFB prefix and, unsigned, a
+/// 12-byte literal packet header before the file. A file that fills its last piece exactly ends
+/// with a zero-length piece; a signature can push the end past a piece. GnuPG and rPGP must
+/// read every one, and the signature must check.
+#[test]
+fn messages_whose_size_meets_a_piece_edge_decrypt_in_gpg_and_ferry() {
+    let w = world();
+    let fx = Fixture::new();
+    let ctx = fx.ctx(&w.keys);
+    let mib = 1024 * 1024;
+    let sizes = [
+        0,
+        1,
+        // Unsigned, the first encrypted piece: filled by the file exactly (then the MDC goes
+        // alone in the last piece), or by the file and the MDC exactly (a zero-length last
+        // piece). Signed, the signature packet straddles the piece's edge.
+        mib - 31,
+        mib - 30,
+        mib - 29,
+        mib - 53,
+        mib - 52,
+        mib - 51,
+        // The first literal data piece filled exactly (a zero-length last literal piece).
+        mib - 7,
+        mib - 6,
+        mib - 5,
+        2 * mib - 6,
+    ];
+    for signed in [false, true] {
+        for &size in &sizes {
+            let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+            let enc = Encrypt {
+                recipients: vec!["partner@example.com".into(), "ferry@example.com".into()],
+                signer: signed.then(|| w.ferry.fpr.clone()),
+                armor: false,
+                name: None,
+            };
+            let files = run_steps(&[&enc], vec![fx.input("edge.bin", &data)], &ctx)
+                .files
+                .expect("encrypted");
+            let what = format!("{size} bytes, signed: {signed}");
+
+            let out = fx.src_path(&format!("gpg-{signed}-{size}"));
+            let (ok, status, stderr) = gpg_status(
+                &w,
+                &[
+                    "-o",
+                    out.to_str().expect("utf8"),
+                    "--decrypt",
+                    files[0].path().to_str().expect("utf8"),
+                ],
+            );
+            assert!(
+                ok && status.contains("DECRYPTION_OKAY"),
+                "{what}: {status}{stderr}"
+            );
+            assert_eq!(status.contains("GOODSIG"), signed, "{what}: {status}");
+            assert_eq!(std::fs::read(&out).expect("read"), data, "{what}");
+
+            let dec = Decrypt {
+                require_signer: signed.then(|| "ferry@example.com".into()),
+                name: None,
+                max_bytes: None,
+            };
+            let back = run_steps(&[&dec], files, &ctx).files.expect("decrypted by Ferry");
+            assert_eq!(std::fs::read(back[0].path()).expect("read"), data, "{what}");
+        }
+    }
+}

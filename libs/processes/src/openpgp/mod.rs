@@ -3,15 +3,19 @@
 //! (the cert-handler matches with it too).
 //!
 //! Everything streams: a message is written as the file is read (partial-length packets) and
-//! read as it arrives, so memory stays bounded whatever the file size. Encrypt and decrypt hand
-//! their output to a writing thread (which also hashes it for the step report) and decrypt reads
-//! its input on a thread of its own (`pipe.rs`), so disk and hashing overlap with the cipher: a
-//! step uses up to three threads and about 3 MiB of buffers more than a plain loop would.
+//! read as it arrives, so memory stays bounded whatever the file size. Each step runs as three
+//! threads, so reading, hashing and writing overlap with the cipher: a binary encrypt is
+//! `seal.rs` (a reading thread frames the file and computes the signature's hash and the MDC,
+//! the step's thread only runs AES-CFB, a writing thread writes and hashes the output for the
+//! step report); decrypt, verify and an armored encrypt read ahead and write behind around rPGP
+//! (`pipe.rs`). The threads are decoupled by about 32 MiB of chunks per step, allocated once, so
+//! that on a busy machine one descheduled thread does not stall the other two.
 
 mod decrypt;
 mod encrypt;
 mod keyring;
 mod pipe;
+mod seal;
 
 pub use decrypt::{Decrypt, Verify};
 pub use encrypt::{Encrypt, Sign};

@@ -9,9 +9,10 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 /// Bytes per chunk handed between threads.
-pub(crate) const CHUNK: usize = 256 * 1024;
-/// Chunks queued between the threads, per direction.
-const IN_FLIGHT: usize = 4;
+pub(crate) const CHUNK: usize = 1024 * 1024;
+/// Chunks queued between the threads, per direction: 16 MiB, tens of milliseconds of work, so a
+/// thread the scheduler sets aside for a time slice does not stall the others.
+const IN_FLIGHT: usize = 16;
 /// Chunks per side: those queued, the one being filled and the one being drained.
 const BUFFERS: usize = IN_FLIGHT + 2;
 
