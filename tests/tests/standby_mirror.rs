@@ -123,6 +123,67 @@ impl Sites {
         }
     }
 
+    fn other(node: &str) -> &'static str {
+        if node == ALPHA { BETA } else { ALPHA }
+    }
+
+    /// The site of `node` dies: its five processes and its NATS server are killed.
+    fn kill_site(&mut self, node: &str) -> ProcNode {
+        let (proc, nats) = if node == ALPHA {
+            (&mut self.alpha, &mut self.nats_p)
+        } else {
+            (&mut self.beta, &mut self.nats_s)
+        };
+        let mut proc = proc.take().expect("the node runs");
+        proc.kill_all();
+        nats.kill();
+        proc
+    }
+
+    /// The dead site of `node` comes back: its NATS on the same port and store, and its node
+    /// disabled (its role file said active: an operator resets it before starting the node,
+    /// so that it does not take its own site's lease).
+    async fn restart_site_disabled(&mut self, node: &str, dead: ProcNode) -> anyhow::Result<()> {
+        if node == ALPHA {
+            self.nats_p.restart()?;
+        } else {
+            self.nats_s.restart()?;
+        }
+        std::fs::remove_file(dead.setup.data_dir.join("failover-role.json"))?;
+        let mut setup = dead.setup.clone();
+        setup.initial_role = "disabled";
+        let extra_env = dead.extra_env.clone();
+        drop(dead);
+        let restarted = Some(ProcNode::start_with_env(
+            setup,
+            None,
+            &self
+                .work
+                .path()
+                .join(format!("logs-{node}-{}", uuid::Uuid::now_v7().simple())),
+            extra_env,
+        )?);
+        if node == ALPHA {
+            self.alpha = restarted;
+        } else {
+            self.beta = restarted;
+        }
+        self.wait_role(node, "disabled", |s| s.role == Role::Disabled)
+            .await?;
+        Ok(())
+    }
+
+    /// `ferry standby attach` on `node` to the other node's site, retried while the link
+    /// between the sites comes back.
+    async fn attach(&self, node: &str) -> anyhow::Result<StandbyStatus> {
+        let primary = self.url(Self::other(node));
+        eventually(Duration::from_secs(20), &format!("{node} attached"), || async {
+            self.try_json::<StandbyStatus>(node, &["standby", "attach", "--primary", &primary])
+        })
+        .await
+        .with_context(|| describe(&self.ferry(node, &["standby", "attach", "--primary", &primary])))
+    }
+
     fn ferry(&self, node: &str, args: &[&str]) -> Output {
         Command::new(bin_path("ferry"))
             .arg("--nats-url")
@@ -386,9 +447,7 @@ async fn a_mirrored_standby_follows_the_primary_refuses_writes_and_takes_over_wi
 
     // The primary's site dies. The standby is promoted: its copies become its own, and it runs
     // the primary's task without re-sending what the primary delivered.
-    let mut alpha = sites.alpha.take().expect("alpha runs");
-    alpha.kill_all();
-    sites.nats_p.kill();
+    let alpha = sites.kill_site(ALPHA);
     let promoted: FailoverStatus = sites.json(BETA, &["failover", "promote"]);
     assert_eq!(promoted.role, Role::Active);
     let after: StandbyStatus = sites.json(BETA, &["standby", "status"]);
@@ -412,29 +471,12 @@ async fn a_mirrored_standby_follows_the_primary_refuses_writes_and_takes_over_wi
 
     // The old primary comes back, disabled (its role file said active: an operator resets it
     // before starting the node), and is attached the other way round.
-    sites.nats_p.restart()?;
-    std::fs::remove_file(alpha.setup.data_dir.join("failover-role.json"))?;
-    let mut setup = alpha.setup.clone();
-    setup.initial_role = "disabled";
-    drop(alpha);
-    sites.alpha = Some(ProcNode::start(
-        setup,
-        None,
-        &sites.work.path().join("logs-alpha-2"),
-    )?);
-    sites
-        .wait_role(ALPHA, "disabled", |s| s.role == Role::Disabled)
-        .await?;
+    sites.restart_site_disabled(ALPHA, alpha).await?;
     let js_p = js(&sites.nats_p.url()).await?;
-    let back: StandbyStatus = eventually(Duration::from_secs(20), "alpha attached to beta", || async {
-        sites.try_json::<StandbyStatus>(ALPHA, &["standby", "attach", "--primary", &sites.nats_s.url()])
-    })
-    .await
-    .with_context(|| {
-        describe(&sites.ferry(ALPHA, &["standby", "attach", "--primary", &sites.nats_s.url()]))
-    })?;
+    let back = sites.attach(ALPHA).await?;
     assert_eq!(back.primary_domain.as_deref(), Some("site_s"));
     replicated(&js_s, &js_p, topology::KV_CONFIG).await?;
+    replicated(&js_s, &js_p, topology::KV_STATE).await?;
     assert_eq!(
         keys(&js_p, topology::KV_STATE).await?,
         keys(&js_s, topology::KV_STATE).await?
@@ -447,5 +489,165 @@ async fn a_mirrored_standby_follows_the_primary_refuses_writes_and_takes_over_wi
         )),
         "{err}"
     );
+    Ok(())
+}
+
+/// The report's section this bench rewrites (`make bench`), between these marker lines.
+const BENCH_BEGIN: &str = "<!-- standby-mirror:begin -->";
+const BENCH_END: &str = "<!-- standby-mirror:end -->";
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+fn summary(samples: &[Duration]) -> String {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    format!(
+        "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {}",
+        percentile(&sorted, 0.5).as_secs_f64() * 1e3,
+        percentile(&sorted, 0.99).as_secs_f64() * 1e3,
+        sorted.last().expect("samples").as_secs_f64() * 1e3,
+        sorted.len()
+    )
+}
+
+/// Mirror mode's figures: replication lag of configuration changes (applied on the primary;
+/// from the primary's commit to the change's arrival in the standby's mirror, both stamped by
+/// this machine's clock) and the RTO of a site failover (the active site killed → a script
+/// promotes the standby and runs the task → the file is delivered), alternating between the
+/// sites (the dead one comes back disabled and is attached to the new primary). 10 changes and
+/// 2 failovers as a test; `FERRY_STANDBY_BENCH_OUT=docs/BENCHMARKS.md` (`make bench`): 100 and
+/// 20, and the section between the report's markers is rewritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replication_lag_and_site_failover_rto() -> anyhow::Result<()> {
+    let out = std::env::var_os("FERRY_STANDBY_BENCH_OUT").map(PathBuf::from);
+    let (changes, failovers) = if out.is_some() { (100, 20) } else { (10, 2) };
+    let mut sites = Sites::start().await?;
+    sites.attach(BETA).await?;
+    let (src, dst, file) = sites.write_task("")?;
+    let applied = sites.ferry(ALPHA, &["apply", "-f", &file]);
+    assert!(applied.status.success(), "{}", describe(&applied));
+
+    // Every arrival in the standby's mirror, stamped as it comes.
+    let js_p = js(&sites.nats_p.url()).await?;
+    let js_s = js(&sites.nats_s.url()).await?;
+    let arrivals = std::sync::Arc::new(std::sync::Mutex::new(
+        BTreeMap::<u64, std::time::SystemTime>::new(),
+    ));
+    let mut watch = js_s
+        .get_key_value(topology::KV_CONFIG)
+        .await?
+        .watch(topology::CONFIG_KEY)
+        .await?;
+    let seen = arrivals.clone();
+    let watcher = tokio::spawn(async move {
+        while let Some(Ok(entry)) = watch.next().await {
+            seen.lock()
+                .expect("not poisoned")
+                .insert(entry.revision, std::time::SystemTime::now());
+        }
+    });
+    let client_p = async_nats::connect(sites.nats_p.url()).await?;
+    let kv_p = js_p.get_key_value(topology::KV_CONFIG).await?;
+    let task = local_task(TASK, &src, &dst, "new_files_only = true", "");
+    let mut lags = Vec::new();
+    for round in 0..changes {
+        let toml = format!("[parameters]\nround = \"{round}\"\n{task}");
+        let response = ferry_tests::apply_via(&client_p, ALPHA, &toml).await?;
+        let ferry_wire::ApplyResponse::Applied { revision, .. } = response else {
+            anyhow::bail!("round {round}: {response:?}");
+        };
+        let committed: std::time::SystemTime = kv_p
+            .entry_for_revision(topology::CONFIG_KEY, revision)
+            .await?
+            .context("the applied revision")?
+            .created
+            .into();
+        let arrived = eventually(
+            VISIBLE,
+            &format!("revision {revision} on the standby"),
+            || async { arrivals.lock().expect("not poisoned").get(&revision).copied() },
+        )
+        .await?;
+        lags.push(arrived.duration_since(committed).unwrap_or_default());
+    }
+    watcher.abort();
+    let lag = summary(&lags);
+    eprintln!("replication lag: {lag}");
+    let mut sorted = lags.clone();
+    sorted.sort();
+    assert!(
+        percentile(&sorted, 0.99) <= Duration::from_secs(1),
+        "replication lag {lag}"
+    );
+
+    // Site failovers, alternating: kill the active site, promote the other by script, deliver.
+    let mut rtos = Vec::new();
+    let mut active = ALPHA;
+    for trial in 0..failovers {
+        let standby = Sites::other(active);
+        let name = format!("rto-{trial}.txt");
+        std::fs::write(src.join(&name), format!("trial {trial}"))?;
+        let started = Instant::now();
+        let dead = sites.kill_site(active);
+        let promoted = sites.ferry(standby, &["failover", "promote"]);
+        assert!(
+            promoted.status.success(),
+            "trial {trial}: {}\n{}",
+            describe(&promoted),
+            sites.logs()
+        );
+        let run = sites.ferry(standby, &["task", "run", TASK, "--wait", "--timeout", "60s"]);
+        assert!(
+            run.status.success(),
+            "trial {trial}: {}\n{}",
+            describe(&run),
+            sites.logs()
+        );
+        assert!(dst.join(&name).exists(), "trial {trial}: {name} not delivered");
+        rtos.push(started.elapsed());
+        sites.restart_site_disabled(active, dead).await?;
+        sites.attach(active).await?;
+        // A standby promoted before its mirrors caught up would start from less: wait, as an
+        // operator would check `ferry standby status`.
+        eventually(VISIBLE * 5, "the re-attached site caught up", || async {
+            sites
+                .try_json::<StandbyStatus>(active, &["standby", "status"])
+                .filter(|s| {
+                    s.buckets
+                        .iter()
+                        .all(|b| b.lag_messages == Some(0) && b.primary_seq.is_some())
+                })
+        })
+        .await?;
+        let enabled = sites.ferry(active, &["failover", "enable"]);
+        assert!(enabled.status.success(), "{}", describe(&enabled));
+        active = standby;
+    }
+    let rto = summary(&rtos);
+    eprintln!("site failover RTO: {rto}");
+
+    if let Some(out) = out {
+        let block = format!(
+            "{BENCH_BEGIN}\n## Standby site in mirror mode\n\n\
+             `FERRY_STANDBY_BENCH_OUT=$PWD/docs/BENCHMARKS.md cargo nextest run -p ferry-tests --test standby_mirror replication_lag_and_site_failover_rto --no-capture` \
+             (run by `make bench`; debug builds; two nats-servers on loopback, each its own JetStream domain, joined by a leaf node).\n\n\
+             | measure | result |\n|---|---|\n\
+             | replication lag: `ferry apply` on the primary → the revision in the standby's mirror | {lag} |\n\
+             | site failover RTO: active site killed → `ferry failover promote` + `ferry task run --wait` on the standby → file delivered | {rto} |\n\
+             {BENCH_END}\n"
+        );
+        let doc = std::fs::read_to_string(&out).unwrap_or_default();
+        let doc = match (doc.find(BENCH_BEGIN), doc.find(BENCH_END)) {
+            (Some(b), Some(e)) if b < e => {
+                let end = e + BENCH_END.len() + doc[e + BENCH_END.len()..].find('\n').map_or(0, |n| n + 1);
+                format!("{}{block}{}", &doc[..b], &doc[end..])
+            }
+            (None, None) => format!("{}\n{block}", doc.trim_end_matches('\n').to_string() + "\n"),
+            _ => anyhow::bail!("{}: unmatched {BENCH_BEGIN} / {BENCH_END}", out.display()),
+        };
+        std::fs::write(&out, doc)?;
+    }
     Ok(())
 }

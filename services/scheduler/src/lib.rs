@@ -662,6 +662,17 @@ impl Scheduler {
         }
     }
 
+    /// Whether the configuration in force has `task`; if not, the stored one is read first (a
+    /// standby promoted a moment after its bucket was replaced by a mirror may not have read
+    /// it yet).
+    async fn knows(&self, task: &str) -> bool {
+        if self.config.borrow().config.tasks.contains_key(task) {
+            return true;
+        }
+        reread_config(&self.config_kv, &self.config).await;
+        self.config.borrow().config.tasks.contains_key(task)
+    }
+
     /// Request a run outside the schedule (manual or event). An event trigger's trace headers,
     /// if any, make the run part of the publisher's trace.
     async fn run_now(
@@ -670,7 +681,7 @@ impl Scheduler {
         trigger: Trigger,
         headers: Option<&async_nats::HeaderMap>,
     ) -> anyhow::Result<Uuid> {
-        if !self.config.borrow().config.tasks.contains_key(task) {
+        if !self.knows(task).await {
             anyhow::bail!("unknown task {task:?}");
         }
         let run_id = Uuid::now_v7();
@@ -689,6 +700,7 @@ impl Scheduler {
         trigger: Trigger,
         mut parameters: BTreeMap<String, ferry_config::ParamValue>,
     ) -> anyhow::Result<Uuid> {
+        self.knows(task).await;
         {
             let doc = self.config.borrow();
             let Some(declared) = doc.config.tasks.get(task) else {
