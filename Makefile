@@ -102,6 +102,7 @@ bench: peers build-release
 	target/release/ferry-bench --out docs/BENCHMARKS.md --failover-latency target/bench-failover.json \
 	  $$([ -f target/failover-suite.json ] && echo --fault-suite target/failover-suite.json)
 	cargo bench -p ferry-processes --bench pgp -- --out $(CURDIR)/docs/BENCHMARKS.md
+	FERRY_STANDBY_BENCH_OUT=$(CURDIR)/docs/BENCHMARKS.md cargo nextest run -p ferry-tests --test standby_mirror replication_lag_and_site_failover_rto --no-capture
 
 # The fault-injection suite at full length, then only the failover section of docs/BENCHMARKS.md
 # is rewritten (the transfer figures stay those of the last `make bench`). Debug builds, as in

@@ -11,6 +11,7 @@ mod keymat;
 mod nats_setup;
 mod output;
 mod pgp;
+mod standby;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -184,6 +185,11 @@ enum Command {
     Pgp {
         #[command(subcommand)]
         command: pgp::PgpCommand,
+    },
+    /// Mirror mode: this node's stores as continuous mirrors of a primary's at another site.
+    Standby {
+        #[command(subcommand)]
+        command: standby::StandbyCommand,
     },
     /// Remote hosts.
     Host {
@@ -534,6 +540,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         } => host_test(&ctx, &name, folder).await,
         Command::Certs { command } => certs::run(&ctx, command).await,
         Command::Pgp { command } => pgp::run(&ctx, command).await,
+        Command::Standby { command } => standby::run(&ctx, command).await,
         Command::Shutdown { drain } => failover(&ctx, FailoverCommand::Shutdown { drain }).await,
         Command::Nats { .. } | Command::Health(_) => unreachable!("handled before connecting"),
     }

@@ -104,11 +104,21 @@ pub struct ProcNode {
 impl ProcNode {
     /// Start every service (inside `netns` when given), logging under `log_dir`.
     pub fn start(setup: NodeSetup, netns: Option<Netns>, log_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with_env(setup, netns, log_dir, BTreeMap::new())
+    }
+
+    /// [`ProcNode::start`] with `extra_env` for every service from the first start on.
+    pub fn start_with_env(
+        setup: NodeSetup,
+        netns: Option<Netns>,
+        log_dir: &Path,
+        extra_env: BTreeMap<String, String>,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(log_dir)?;
         let mut node = Self {
             setup,
             netns,
-            extra_env: BTreeMap::new(),
+            extra_env,
             log_dir: log_dir.to_path_buf(),
             procs: BTreeMap::new(),
         };

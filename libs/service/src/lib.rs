@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod main_scaffold;
 pub mod nats;
 pub mod settings;
+pub mod standby;
 pub mod streams;
 pub mod trace;
 

@@ -94,12 +94,21 @@ pub async fn open_kv(
     bucket: &str,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<jetstream::kv::Store> {
-    retry(&format!("open bucket {bucket}"), shutdown, || async {
+    let mut store = retry(&format!("open bucket {bucket}"), shutdown, || async {
         js.get_key_value(bucket)
             .await
             .with_context(|| format!("open bucket {bucket}"))
     })
-    .await
+    .await?;
+    // On a standby in mirror mode the bucket is a mirror of the primary's, and the client would
+    // send puts to the primary's domain. This node writes only its own copy: refused while it
+    // is a mirror (it has no subjects), taken after `ferry standby detach` or a promotion — with
+    // this same handle.
+    if store.put_prefix.take().is_some() {
+        store.prefix = format!("$KV.{bucket}.");
+        store.use_jetstream_prefix = false;
+    }
+    Ok(store)
 }
 
 /// Connect options for `service` (`cli` for the command line) from the settings' `[nats]`

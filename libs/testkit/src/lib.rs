@@ -70,6 +70,8 @@ pub struct NatsServer {
     port: u16,
     /// Extra configuration lines (e.g. an `include` of an `authorization` block).
     extra: String,
+    /// The server's JetStream domain (a site of its own in mirror mode).
+    domain: Option<String>,
 }
 
 impl NatsServer {
@@ -85,6 +87,22 @@ impl NatsServer {
             dir,
             port: 0,
             extra: extra.to_string(),
+            domain: None,
+        };
+        server.spawn(0)?;
+        Ok(server)
+    }
+
+    /// A server of a site of its own: JetStream domain `domain`, and `extra` (e.g. a
+    /// `leafnodes` block).
+    pub fn start_site(domain: &str, extra: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("ferry-nats-").tempdir()?;
+        let mut server = Self {
+            child: None,
+            dir,
+            port: 0,
+            extra: extra.to_string(),
+            domain: Some(domain.to_string()),
         };
         server.spawn(0)?;
         Ok(server)
@@ -132,9 +150,13 @@ impl NatsServer {
         std::fs::write(
             &conf,
             format!(
-                "listen: \"127.0.0.1:{listen}\"\nmax_payload: 8MB\nports_file_dir: \"{}\"\njetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 20GB\n}}\n{}\n",
+                "listen: \"127.0.0.1:{listen}\"\nmax_payload: 8MB\nports_file_dir: \"{}\"\njetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 20GB\n{}}}\n{}\n",
                 ports_dir.display(),
                 store.display(),
+                self.domain
+                    .as_ref()
+                    .map(|d| format!("  domain: \"{d}\"\n"))
+                    .unwrap_or_default(),
                 self.extra
             ),
         )?;

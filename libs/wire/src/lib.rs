@@ -9,6 +9,7 @@ pub mod messages;
 pub mod permissions;
 pub mod plan;
 pub mod seal;
+pub mod standby;
 pub mod subjects;
 pub mod topology;
 

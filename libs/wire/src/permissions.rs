@@ -237,6 +237,21 @@ pub fn for_service(node: &str, service_name: &str) -> Permissions {
                 .write_bucket(topology::KV_PGP_SECRET);
         }
         service::FAILOVER_COORDINATOR => {
+            // Mirror mode (`ferry standby`): replace this node's copies of the mirrored buckets
+            // with mirrors and make them its own again, read the configuration's keymat id, ask
+            // the primary's JetStream domain through the link and probe that the link passes
+            // none of Ferry's subjects.
+            for bucket in topology::MIRRORED {
+                p.publish([
+                    format!("$JS.API.STREAM.DELETE.{}", kv_stream(bucket)),
+                    format!("$JS.API.STREAM.UPDATE.{}", kv_stream(bucket)),
+                ]);
+            }
+            p.read_bucket(topology::KV_CONFIG).publish([
+                "$JS.*.API.INFO".to_string(),
+                "ferry.standby.probe.*".to_string(),
+                "$KV.ferry_standby_probe.*".to_string(),
+            ]);
             p.write_bucket(topology::KV_LEASE)
                 .read_stream(topology::STREAM_EVENTS)
                 .read_stream(topology::STREAM_AUDIT)
@@ -277,6 +292,12 @@ pub fn for_role(role: Role) -> Permissions {
         .read_bucket(topology::KV_RUNS)
         .read_bucket(topology::KV_SCHED)
         .read_bucket(topology::KV_LEASE);
+    // `ferry standby status`.
+    p.publish([subjects::api(
+        "*",
+        service::FAILOVER_COORDINATOR,
+        api::STANDBY_STATUS,
+    )]);
     if role >= Role::Operator {
         p.publish([
             subjects::api("*", service::SCHEDULER, api::RUN),
@@ -297,6 +318,8 @@ pub fn for_role(role: Role) -> Permissions {
             api::DISABLE,
             api::ENABLE,
             api::SHUTDOWN,
+            api::STANDBY_ATTACH,
+            api::STANDBY_DETACH,
         ] {
             p.publish([subjects::api("*", service::FAILOVER_COORDINATOR, verb)]);
         }

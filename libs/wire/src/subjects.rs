@@ -151,4 +151,9 @@ pub mod api {
     pub const ENABLE: &str = "enable";
     /// failover-coordinator: "Shut Down Service": drain, release the lease, stop the node.
     pub const SHUTDOWN: &str = "shutdown";
+    /// failover-coordinator: mirror mode ([`crate::standby`]): make this node's stores mirrors
+    /// of a primary's, make them its own again, and how far behind they are.
+    pub const STANDBY_ATTACH: &str = "standby_attach";
+    pub const STANDBY_DETACH: &str = "standby_detach";
+    pub const STANDBY_STATUS: &str = "standby_status";
 }

@@ -54,6 +54,19 @@ pub const KV_CERTS_OTHER: &str = "ferry_certs_other";
 pub const KV_PGP_PUBLIC: &str = "ferry_pgp_public";
 /// PGP secret keys: key = primary fingerprint; the transferable secret key sealed to the keymat.
 pub const KV_PGP_SECRET: &str = "ferry_pgp_secret";
+/// The buckets a standby in mirror mode copies from its primary (`ferry standby attach`):
+/// configuration, new-files-only state, schedule state, certificate stores and key rings. Run
+/// bookkeeping and the lease stay each site's own.
+pub const MIRRORED: [&str; 7] = [
+    KV_CONFIG,
+    KV_STATE,
+    KV_SCHED,
+    KV_CERTS_PERSONAL,
+    KV_CERTS_OTHER,
+    KV_PGP_PUBLIC,
+    KV_PGP_SECRET,
+];
+
 pub fn node_key(node: &str) -> String {
     format!("node.{node}")
 }
@@ -161,6 +174,8 @@ pub async fn ensure(js: &jetstream::Context, options: Options) -> Result<(), asy
         (KV_PGP_SECRET, 1, Duration::ZERO),
     ];
     for (bucket, history, max_age) in buckets {
+        // A bucket that exists is left alone, whatever it is: on a standby in mirror mode it is
+        // a mirror of the primary's (no subjects of its own) and must stay one.
         if js.get_key_value(bucket).await.is_ok() {
             continue;
         }

@@ -14,14 +14,13 @@ use tokio_util::sync::CancellationToken;
 use ferry_keymat::Zeroizing;
 use ferry_processes::keys::{PersonalCert, Secret};
 use ferry_service::api::serve_json;
-use ferry_wire::KeymatInfo;
 use ferry_wire::keys::{
     self as wire, CertExport, CertExportRequest, CertHandlerStatus, CertImportReport, CertInfo, CertList,
     CertRemoveRequest, ImportRequest, KeyFailure, KeyReply, MAX_IMPORT_BYTES, PfxExportRequest, PgpArmored,
     PgpGenerateRequest, PgpKeyInfo, PgpList, PgpSecretRequest, PgpSelector, SealedPersonalCert, SealedReply,
     SealedReplyRequest, StoreFingerprints, api, binding,
 };
-use ferry_wire::topology;
+use ferry_wire::{KeymatInfo, topology};
 
 use crate::store::{self, Stores};
 use crate::{import, pem};
@@ -30,8 +29,6 @@ use crate::{import, pem};
 pub struct State {
     pub node: String,
     pub stores: Stores,
-    /// Reads the stores whole, for a configuration bundle.
-    pub js: async_nats::jetstream::Context,
     /// Told after every change of the certificate stores (the expiry metric follows).
     pub changed: tokio::sync::Notify,
 }
@@ -158,6 +155,7 @@ fn open_import(s: &State, r: &ImportRequest) -> Result<(Zeroizing<Vec<u8>>, Opti
 }
 
 async fn certs_import(s: &State, r: ImportRequest) -> Result<CertImportReport, String> {
+    s.stores.writable(topology::KV_CERTS_PERSONAL).await?;
     let (bytes, password) = open_import(s, &r)?;
     let file = import::cert_file(&bytes, password.as_ref(), r.other)?;
     let report = s.stores.import_certs(file).await?;
@@ -171,6 +169,7 @@ async fn certs_import(s: &State, r: ImportRequest) -> Result<CertImportReport, S
 }
 
 async fn certs_remove(s: &State, r: CertRemoveRequest) -> Result<CertInfo, String> {
+    s.stores.writable(topology::KV_CERTS_PERSONAL).await?;
     let info = s.stores.remove_cert(&r.fingerprint).await?;
     tracing::info!(fingerprint = %info.fingerprint, store = info.store.name(), "certificate removed");
     s.changed.notify_one();
@@ -237,6 +236,7 @@ async fn pgp_export(s: &State, r: PgpSelector) -> Result<PgpArmored, String> {
 }
 
 async fn pgp_import(s: &State, r: ImportRequest) -> Result<PgpKeyInfo, String> {
+    s.stores.writable(topology::KV_PGP_PUBLIC).await?;
     let (bytes, passphrase) = open_import(s, &r)?;
     let file = import::pgp_file(&bytes)?;
     if let import::PgpFile::Secret(key) = &file {
@@ -252,6 +252,7 @@ async fn pgp_import(s: &State, r: ImportRequest) -> Result<PgpKeyInfo, String> {
 }
 
 async fn pgp_remove(s: &State, r: PgpSelector) -> Result<PgpKeyInfo, String> {
+    s.stores.writable(topology::KV_PGP_PUBLIC).await?;
     check_selector(&r.selector)?;
     let info = s.stores.remove_pgp(&r.selector).await?;
     tracing::info!(fingerprint = %info.fingerprint, "PGP key removed");
@@ -276,6 +277,7 @@ async fn pgp_export_secret(s: &State, r: PgpSecretRequest) -> Result<SealedReply
 }
 
 async fn pgp_generate(s: &State, r: PgpGenerateRequest) -> Result<PgpKeyInfo, String> {
+    s.stores.writable(topology::KV_PGP_PUBLIC).await?;
     for (field, value) in [("name", &r.name), ("email", &r.email)] {
         if value.trim().is_empty()
             || value.len() > MAX_TEXT
@@ -368,7 +370,7 @@ async fn key_stores(s: &State, (): ()) -> Result<KeyReply<Vec<wire::StorePart>>,
         topology::KV_PGP_PUBLIC,
         topology::KV_PGP_SECRET,
     ] {
-        let part = ferry_service::bundle::read_part(&s.js, bucket)
+        let part = ferry_service::bundle::read_part(s.stores.js(), bucket)
             .await
             .map_err(internal)?;
         parts.push(wire::StorePart::from(&part));
@@ -412,6 +414,7 @@ async fn key_add_personal(s: &State, r: SealedPersonalCert) -> Result<KeyReply<S
 
 /// Store one restored certificate: its fingerprint (added or already present).
 async fn restore_one(s: &State, file: import::CertFile) -> Result<KeyReply<String>, String> {
+    s.stores.writable(topology::KV_CERTS_PERSONAL).await?;
     let report = s.stores.import_certs(file).await?;
     s.changed.notify_one();
     let fp = (report.added.iter().chain(&report.already_present))

@@ -45,7 +45,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let state = Arc::new(api::State {
         node: settings.node_id.clone(),
         stores: store::Stores::open(&js, keymat, &shutdown).await?,
-        js: js.clone(),
         changed: tokio::sync::Notify::new(),
     });
     let certificates = {

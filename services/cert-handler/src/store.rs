@@ -67,6 +67,7 @@ pub struct OpenedSecret {
 }
 
 pub struct Stores {
+    js: async_nats::jetstream::Context,
     personal: kv::Store,
     other: kv::Store,
     pgp_public: kv::Store,
@@ -156,12 +157,28 @@ impl Stores {
     ) -> anyhow::Result<Self> {
         let open = |bucket| ferry_service::nats::open_kv(js, bucket, shutdown);
         Ok(Self {
+            js: js.clone(),
             personal: open(topology::KV_CERTS_PERSONAL).await?,
             other: open(topology::KV_CERTS_OTHER).await?,
             pgp_public: open(topology::KV_PGP_PUBLIC).await?,
             pgp_secret: open(topology::KV_PGP_SECRET).await?,
             keymat,
         })
+    }
+
+    /// Refuse a change while this node's stores are mirrors of a primary's (a standby in mirror
+    /// mode): `bucket` is the store the change writes.
+    pub async fn writable(&self, bucket: &str) -> Result<(), String> {
+        let what = match bucket {
+            topology::KV_PGP_PUBLIC | topology::KV_PGP_SECRET => "PGP key ring store",
+            _ => "certificate store",
+        };
+        ferry_service::standby::refuse_if_mirror(&self.js, bucket, what, "make this change").await
+    }
+
+    /// The node's JetStream, which the stores live in (a configuration bundle reads them whole).
+    pub fn js(&self) -> &async_nats::jetstream::Context {
+        &self.js
     }
 
     pub fn keymat_public(&self) -> anyhow::Result<ferry_keymat::PublicKey> {

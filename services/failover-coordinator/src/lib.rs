@@ -21,6 +21,7 @@
 
 mod metrics;
 mod role;
+mod standby;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -140,6 +141,8 @@ struct Coordinator {
     /// Serializes every write of the lease key by this coordinator (driver, promote, release).
     writes: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
+    /// Mirror mode: this node's stores as mirrors of a primary's at another site.
+    standby: standby::Standby,
 }
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -181,7 +184,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         mode: settings.failover_coordinator.mode,
         ttl,
         margin,
-        js,
+        js: js.clone(),
         client: client.clone(),
         kv,
         store,
@@ -203,6 +206,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         }),
         writes: tokio::sync::Mutex::new(()),
         shutdown: shutdown.clone(),
+        standby: standby::Standby::new(&settings, client.clone(), js.clone()),
     });
 
     let (service, group) =
@@ -250,6 +254,61 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         )
         .await?,
     );
+    let c = coordinator.clone();
+    endpoints.push(
+        api::serve_json(
+            &group,
+            subjects::api::STANDBY_ATTACH,
+            shutdown.child_token(),
+            move |req: ferry_wire::standby::AttachRequest| {
+                let c = c.clone();
+                async move { c.standby_attach(req).await.map_err(|e| format!("{e:#}")) }
+            },
+        )
+        .await?,
+    );
+    let c = coordinator.clone();
+    endpoints.push(
+        api::serve_json(
+            &group,
+            subjects::api::STANDBY_DETACH,
+            shutdown.child_token(),
+            move |req: ferry_wire::standby::DetachRequest| {
+                let c = c.clone();
+                async move {
+                    let _writes = c.writes.lock().await;
+                    c.standby.detach(&req.by).await.map_err(|e| format!("{e:#}"))?;
+                    Ok(c.standby_status().await)
+                }
+            },
+        )
+        .await?,
+    );
+    let c = coordinator.clone();
+    endpoints.push(
+        api::serve_json(
+            &group,
+            subjects::api::STANDBY_STATUS,
+            shutdown.child_token(),
+            move |(): ()| {
+                let c = c.clone();
+                async move { Ok(c.standby_status().await) }
+            },
+        )
+        .await?,
+    );
+    // Mirror mode's lag metrics.
+    let c = coordinator.clone();
+    let stop = shutdown.child_token();
+    tokio::spawn(async move {
+        loop {
+            c.standby.export(&c.metrics).await;
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(standby::REFRESH) => {}
+            }
+        }
+    });
     for endpoint in [
         subjects::api::DEMOTE,
         subjects::api::DISABLE,
@@ -843,6 +902,14 @@ impl Coordinator {
                     Role::Active if valid => return Ok(self.status().await),
                     _ => {}
                 }
+                // A standby in mirror mode takes its copies of the primary's stores for its own
+                // first: the same contents, now writable.
+                if self.standby.attached() {
+                    self.standby
+                        .detach(&req.by)
+                        .await
+                        .context("detach the mirrors before promoting")?;
+                }
                 match self.acquire().await? {
                     Acquire::Held(epoch) => {
                         let reason = format!("promoted by {}", req.by);
@@ -1032,6 +1099,28 @@ impl Coordinator {
         }
         self.shared().drop_lease();
         self.announce().await;
+    }
+
+    /// `ferry standby attach`: refused on an active node, whose stores would be replaced.
+    async fn standby_attach(
+        &self,
+        req: ferry_wire::standby::AttachRequest,
+    ) -> anyhow::Result<ferry_wire::standby::StandbyStatus> {
+        let _writes = self.writes.lock().await;
+        let role = self.shared().role;
+        if role == Role::Active {
+            anyhow::bail!(
+                "node {} is active: attaching would replace its stores with the primary's; demote it first (`ferry failover demote`)",
+                self.node
+            );
+        }
+        self.standby.attach(req).await?;
+        Ok(self.standby_status().await)
+    }
+
+    async fn standby_status(&self) -> ferry_wire::standby::StandbyStatus {
+        let shared_cluster = !self.status().await.other_nodes.is_empty();
+        self.standby.status(shared_cluster).await
     }
 
     async fn status(&self) -> FailoverStatus {

@@ -1,7 +1,7 @@
 //! Failover metrics (`ferry_failover_*`).
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 use ferry_wire::Role;
@@ -17,6 +17,9 @@ pub struct Metrics {
     pub renewal_failures: IntCounter,
     pub fence_events: IntCounter,
     pub transitions: IntCounterVec,
+    /// Mirror mode only (a standby attached to a primary at another site), per mirrored bucket.
+    pub standby_lag_seconds: GaugeVec,
+    pub standby_lag_messages: GaugeVec,
 }
 
 impl Metrics {
@@ -58,6 +61,22 @@ impl Metrics {
             ),
             &["from", "to"],
         )?;
+        let standby_lag_seconds = GaugeVec::new(
+            Opts::new(
+                "ferry_standby_replication_lag_seconds",
+                "Mirror mode: how long the oldest change on the primary not yet copied to this standby has been waiting (0 when caught up)",
+            ),
+            &["bucket"],
+        )?;
+        let standby_lag_messages = GaugeVec::new(
+            Opts::new(
+                "ferry_standby_replication_lag_messages",
+                "Mirror mode: changes on the primary not yet copied to this standby",
+            ),
+            &["bucket"],
+        )?;
+        registry.register(Box::new(standby_lag_seconds.clone()))?;
+        registry.register(Box::new(standby_lag_messages.clone()))?;
         registry.register(Box::new(role.clone()))?;
         registry.register(Box::new(epoch.clone()))?;
         registry.register(Box::new(lease_valid.clone()))?;
@@ -74,6 +93,8 @@ impl Metrics {
             renewal_failures,
             fence_events,
             transitions,
+            standby_lag_seconds,
+            standby_lag_messages,
         })
     }
 

@@ -282,11 +282,17 @@ async fn watch_config(
     })
     .await?;
     let watcher_tx = tx.clone();
+    let config_kv = config_kv.clone();
     tokio::spawn(async move {
+        let mut reread = tokio::time::interval(CONFIG_REREAD);
         loop {
             let entry = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 e = updates.next() => e,
+                _ = reread.tick() => {
+                    reread_config(&config_kv, &watcher_tx).await;
+                    continue;
+                }
             };
             match entry {
                 Some(Ok(entry)) => match ferry_wire::decode::<ConfigDocument>(&entry.value) {
@@ -308,6 +314,37 @@ async fn watch_config(
         }
     });
     Ok(tx)
+}
+
+/// How often the stored configuration is read besides the watch.
+const CONFIG_REREAD: Duration = Duration::from_secs(1);
+
+/// The watch's backstop: the bucket itself can be replaced under it (`ferry standby attach`
+/// deletes this node's copy and creates a mirror of the primary's, whose consumer the watch
+/// loses), and then only a read sees the new document. A revision that differs from the one in
+/// force replaces it (a replaced bucket's history can be shorter); should this overtake a newer
+/// revision the watch just installed, the next read puts that back.
+async fn reread_config(config_kv: &kv::Store, tx: &watch::Sender<Arc<Loaded>>) {
+    let Ok(Some(entry)) = config_kv.entry(topology::CONFIG_KEY).await else {
+        return;
+    };
+    if entry.operation != kv::Operation::Put || entry.revision == tx.borrow().revision {
+        return;
+    }
+    match ferry_wire::decode::<ConfigDocument>(&entry.value) {
+        Ok(doc) => {
+            tracing::info!(
+                revision = entry.revision,
+                tasks = doc.config.tasks.len(),
+                "configuration changed (read)"
+            );
+            tx.send_replace(Arc::new(Loaded {
+                revision: entry.revision,
+                config: doc.config,
+            }));
+        }
+        Err(e) => tracing::error!(error = %e, "stored configuration unreadable; keeping the previous one"),
+    }
 }
 
 /// Every secret of `config` that this node's keymat cannot open (sealed under another keymat, or
@@ -479,6 +516,12 @@ impl Scheduler {
 
     /// Store a validated configuration, all or nothing, and say what it changed.
     async fn store(&self, mut config: Config, how: Store) -> anyhow::Result<ApplyResponse> {
+        // A standby in mirror mode holds a read-only copy of the primary's configuration.
+        if !how.dry_run {
+            ferry_service::standby::refuse_if_mirror(&self.js, topology::KV_CONFIG, "configuration", "apply")
+                .await
+                .map_err(anyhow::Error::msg)?;
+        }
         let keymat = self.keymat.current().context("read the node's keymat")?;
         let unopened = unopenable_secrets(&config, &keymat);
         if !unopened.is_empty() {
@@ -619,6 +662,17 @@ impl Scheduler {
         }
     }
 
+    /// Whether the configuration in force has `task`; if not, the stored one is read first (a
+    /// standby promoted a moment after its bucket was replaced by a mirror may not have read
+    /// it yet).
+    async fn knows(&self, task: &str) -> bool {
+        if self.config.borrow().config.tasks.contains_key(task) {
+            return true;
+        }
+        reread_config(&self.config_kv, &self.config).await;
+        self.config.borrow().config.tasks.contains_key(task)
+    }
+
     /// Request a run outside the schedule (manual or event). An event trigger's trace headers,
     /// if any, make the run part of the publisher's trace.
     async fn run_now(
@@ -627,7 +681,7 @@ impl Scheduler {
         trigger: Trigger,
         headers: Option<&async_nats::HeaderMap>,
     ) -> anyhow::Result<Uuid> {
-        if !self.config.borrow().config.tasks.contains_key(task) {
+        if !self.knows(task).await {
             anyhow::bail!("unknown task {task:?}");
         }
         let run_id = Uuid::now_v7();
@@ -646,6 +700,7 @@ impl Scheduler {
         trigger: Trigger,
         mut parameters: BTreeMap<String, ferry_config::ParamValue>,
     ) -> anyhow::Result<Uuid> {
+        self.knows(task).await;
         {
             let doc = self.config.borrow();
             let Some(declared) = doc.config.tasks.get(task) else {
