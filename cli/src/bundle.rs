@@ -122,19 +122,9 @@ pub async fn export(ctx: &Ctx, args: ExportArgs) -> anyhow::Result<ExitCode> {
 pub async fn import(ctx: &Ctx, args: ImportArgs) -> anyhow::Result<ExitCode> {
     let shown = args.file.display().to_string();
     let bundle = bundle::read(&args.file).with_context(|| format!("bundle {shown}"))?;
-    bundle
-        .manifest
-        .check_version(FERRY_VERSION)
-        .with_context(|| format!("bundle {shown}"))?;
     let ours = node_keymat(ctx).await?;
-    if bundle.manifest.keymat_id != ours {
-        bail!(
-            "bundle {shown} was made under keymat {}, this node's is {ours}: `ferry keymat import` the primary's keymat first \
-             (nothing was changed)",
-            bundle.manifest.keymat_id
-        );
-    }
-    bundle::check_entries(&bundle).with_context(|| format!("bundle {shown} (nothing was changed)"))?;
+    ferry_service::bundle::refusal(&bundle, FERRY_VERSION, &ours)
+        .with_context(|| format!("bundle {shown} (nothing was changed)"))?;
     let status: FailoverStatus = ctx
         .call(
             subjects::service::FAILOVER_COORDINATOR,

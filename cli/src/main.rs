@@ -330,11 +330,17 @@ enum SchedulerCommand {
 enum FailoverCommand {
     /// This node's role, mode, epoch, the lease holder and age, the scheduler, other nodes.
     Status,
-    /// Make this node active. Refused while another node holds a live lease.
+    /// Make this node active. Refused while another node holds a live lease. A standby in
+    /// file-based replication (`failover_coordinator.import_folder`) first imports the newest
+    /// complete bundle of its import folder, and is refused if there is none it may import.
     Promote {
         /// Wait for another node's lease to lapse instead of refusing.
         #[arg(long)]
         after_expiry: bool,
+        /// File-based replication: promote with the configuration this node holds, without
+        /// importing a bundle first.
+        #[arg(long)]
+        skip_import: bool,
         /// How long --after-expiry waits.
         #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
         wait: Duration,
@@ -575,17 +581,23 @@ async fn failover(ctx: &Ctx, command: FailoverCommand) -> anyhow::Result<ExitCod
             output::role_history(ctx.json, &changes);
             return Ok(ExitCode::SUCCESS);
         }
-        FailoverCommand::Promote { after_expiry, wait } => {
+        FailoverCommand::Promote {
+            after_expiry,
+            wait,
+            skip_import,
+        } => {
             let wait = if after_expiry { wait } else { Duration::ZERO };
             let request = PromoteRequest {
                 after_expiry,
                 wait_ms: wait.as_millis() as u64,
                 by: by.clone(),
+                skip_import,
             };
+            // Importing a bundle first reads and writes every store once.
             (
                 subjects::api::PROMOTE,
                 serde_json::to_value(request)?,
-                wait + ANSWER,
+                wait + ANSWER + Duration::from_secs(120),
             )
         }
         FailoverCommand::Demote { drain } => role_change(subjects::api::DEMOTE, drain.drain_timeout)?,
@@ -627,11 +639,22 @@ async fn send_apply(
     dry_run: bool,
     prune: bool,
 ) -> anyhow::Result<Option<ApplyResponse>> {
+    send_apply_as(ctx, file, &file.display().to_string(), dry_run, prune).await
+}
+
+/// [`send_apply`] of `file`, shown and recorded as `source_name`.
+async fn send_apply_as(
+    ctx: &Ctx,
+    file: &std::path::Path,
+    source_name: &str,
+    dry_run: bool,
+    prune: bool,
+) -> anyhow::Result<Option<ApplyResponse>> {
     let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
     let mut raw = match ferry_config::parse_toml(&text) {
         Ok(raw) => raw,
         Err(errors) => {
-            output::rejected(ctx.json, &file.display().to_string(), &errors.0);
+            output::rejected(ctx.json, source_name, &errors.0);
             return Ok(None);
         }
     };
@@ -640,14 +663,14 @@ async fn send_apply(
     match ferry_service::api::seal_for_apply(&ctx.client, &ctx.node, &mut raw).await {
         Ok(()) => {}
         Err(Ok(errors)) => {
-            output::rejected(ctx.json, &file.display().to_string(), &errors.0);
+            output::rejected(ctx.json, source_name, &errors.0);
             return Ok(None);
         }
         Err(Err(e)) => return Err(e.context("ask the node for its keymat to seal secrets")),
     }
     let request = ApplyRequest {
         config: raw,
-        source_name: file.display().to_string(),
+        source_name: source_name.to_string(),
         applied_by: operator(),
         dry_run,
         prune,

@@ -3,7 +3,7 @@
 //! failover-coordinator, `ferry_wire::standby`). Credentials for the primary are sealed to the
 //! node's keymat here, before they leave this machine.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -27,14 +27,58 @@ pub enum StandbyCommand {
         #[command(flatten)]
         credentials: PrimaryFlags,
     },
+    /// File-based replication (the reference procedure): write into the configuration file
+    /// FILE, and apply, the primary's replication task — a configuration bundle and a Certs
+    /// Backup delivered to the standby's folder on a schedule — and the unscheduled Certs
+    /// Restore task run on the standby after a failover. Run it again to change them: it
+    /// rewrites its own block of FILE and nothing else. On the standby, set
+    /// `failover_coordinator.import_folder` (docs/standby.md).
+    Setup(SetupArgs),
     /// Make the mirrored stores this node's own again (the same contents, now writable),
     /// without changing its role.
     Detach,
-    /// Mode (shared cluster, mirror, none), the primary, per store the last replicated revision
-    /// and the primary's, the lag in changes and seconds, and whether this node's keymat opens
-    /// the mirrored configuration.
+    /// Mode (shared cluster, mirror, files, none), the primary, per store the last replicated
+    /// revision and the primary's, the lag in changes and seconds (mirror), the newest complete
+    /// bundle in the import folder and its age, the last import (files), and whether this
+    /// node's keymat opens the replicated configuration.
     Status,
 }
+
+#[derive(Debug, clap::Args)]
+pub struct SetupArgs {
+    /// The primary's configuration file (the one `ferry apply` applies): the tasks are written
+    /// into it, so the next `ferry apply` of it keeps them.
+    file: PathBuf,
+    /// The host the bundles travel over: the standby's SMB share, SFTP or FTP server, or
+    /// `local` (a mounted share).
+    #[arg(long)]
+    host: String,
+    /// The folder on that host: the standby's import folder as the primary reaches it.
+    #[arg(long)]
+    folder: String,
+    /// How often a bundle is shipped (whole minutes, 1 minute to 24 hours).
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    every: Duration,
+    /// The same folder as the standby sees it on its own disk (its
+    /// `failover_coordinator.import_folder`; the Certs Restore task's source). Default:
+    /// --folder, when --host is `local`.
+    #[arg(long)]
+    import_folder: Option<String>,
+    /// The Certs Backup / Restore password, as `env:VAR` or `file:PATH` (read and sealed by
+    /// `ferry apply`; never written into FILE in clear).
+    #[arg(long, default_value = "env:FERRY_CERTS_PASSWORD")]
+    certs_password: String,
+    /// Show the block and check it against the node; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// The first and last line of the block `ferry standby setup` owns in a configuration file.
+const BLOCK_BEGIN: &str = "# >>> ferry standby setup: generated, `ferry standby setup` rewrites this block";
+const BLOCK_END: &str = "# <<< ferry standby setup";
+/// The names of the two tasks it writes.
+pub const REPLICATE_TASK: &str = "standby-replicate";
+pub const RESTORE_TASK: &str = "standby-certs-restore";
 
 /// How the node reaches the primary's NATS (read now, sealed before sending).
 #[derive(Debug, clap::Args)]
@@ -58,6 +102,7 @@ const ATTACH: Duration = Duration::from_secs(60);
 pub async fn run(ctx: &Ctx, command: StandbyCommand) -> anyhow::Result<ExitCode> {
     let by = crate::operator();
     let status: StandbyStatus = match command {
+        StandbyCommand::Setup(args) => return setup(ctx, args).await,
         StandbyCommand::Attach { primary, credentials } => {
             let credentials = seal(ctx, credentials).await?;
             let request = AttachRequest {
@@ -87,6 +132,161 @@ pub async fn run(ctx: &Ctx, command: StandbyCommand) -> anyhow::Result<ExitCode>
         }
     };
     print(ctx.json, &status);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The block of the two tasks.
+fn setup_block(args: &SetupArgs) -> anyhow::Result<String> {
+    let minutes = args.every.as_secs() / 60;
+    anyhow::ensure!(
+        args.every.as_secs().is_multiple_of(60) && (1..=1440).contains(&minutes),
+        "--every {}: whole minutes from 1m to 24h",
+        humantime::format_duration(args.every)
+    );
+    anyhow::ensure!(
+        args.certs_password.starts_with("env:") || args.certs_password.starts_with("file:"),
+        "--certs-password: `env:VAR` or `file:PATH`, so that the password is not written into {} in clear",
+        args.file.display()
+    );
+    let import_folder = match (&args.import_folder, args.host.as_str()) {
+        (Some(folder), _) => folder.clone(),
+        (None, "local") => args.folder.clone(),
+        (None, host) => anyhow::bail!(
+            "--import-folder: the standby's own path of the folder host {host:?} writes to (its failover_coordinator.import_folder)"
+        ),
+    };
+    anyhow::ensure!(
+        Path::new(&import_folder).is_absolute(),
+        "--import-folder {import_folder}: an absolute path on the standby"
+    );
+    let q = |v: &str| toml::Value::String(v.to_string()).to_string();
+    let restored = Path::new(&import_folder).join("restored");
+    let password = format!("CertsPassword = {{ secure = {} }}", q(&args.certs_password));
+    Ok(format!(
+        "{BLOCK_BEGIN}\n\
+         # On the primary: ship a configuration bundle and a Certs Backup to the standby every {minutes} min.\n\
+         [[task]]\n\
+         name = {replicate}\n\
+         description = \"File-based replication to the standby (ferry standby setup)\"\n\n\
+         [task.parameters]\n\
+         {password}\n\n\
+         [[task.schedule]]\n\
+         every_minutes = {minutes}\n\n\
+         [[task.destination]]\n\
+         host = {host}\n\
+         folder = {folder}\n\
+         overwrite = \"overwrite\"\n\n\
+         [[task.steps]]\n\
+         process = \"config-bundle\"\n\n\
+         [[task.steps]]\n\
+         process = \"certs-backup\"\n\
+         password_param = \"CertsPassword\"\n\n\
+         # On the standby after a failover, by hand (never scheduled): restore the Certs Backup.\n\
+         [[task]]\n\
+         name = {restore}\n\
+         description = \"Certs Restore after a failover, run by hand on the promoted standby (ferry standby setup)\"\n\n\
+         [task.parameters]\n\
+         {password}\n\n\
+         [[task.source]]\n\
+         host = \"local\"\n\
+         folder = {import_folder}\n\
+         masks = \"Certs*.pfx;Certs*.p7b\"\n\n\
+         [[task.destination]]\n\
+         host = \"local\"\n\
+         folder = {restored}\n\
+         overwrite = \"overwrite\"\n\n\
+         [[task.steps]]\n\
+         process = \"certs-restore\"\n\
+         password_param = \"CertsPassword\"\n\
+         {BLOCK_END}\n",
+        replicate = q(REPLICATE_TASK),
+        restore = q(RESTORE_TASK),
+        host = q(&args.host),
+        folder = q(&args.folder),
+        import_folder = q(&import_folder),
+        restored = q(&restored.display().to_string()),
+    ))
+}
+
+/// `text` with the block replaced by `block` (appended when there is none yet).
+fn with_block(text: &str, block: &str) -> anyhow::Result<String> {
+    let begin = text.find(BLOCK_BEGIN);
+    let end = text.find(BLOCK_END);
+    match (begin, end) {
+        (None, None) => {
+            let mut out = text.to_string();
+            if !out.is_empty() && !out.ends_with('\n') {
+                out.push('\n');
+            }
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(block);
+            Ok(out)
+        }
+        (Some(b), Some(e)) if b < e => {
+            let after = text[e..].find('\n').map(|n| e + n + 1).unwrap_or(text.len());
+            Ok(format!("{}{block}{}", &text[..b], &text[after..]))
+        }
+        _ => anyhow::bail!(
+            "the file has a damaged `ferry standby setup` block (one of its marker lines is missing): remove what is left of it and run setup again"
+        ),
+    }
+}
+
+async fn setup(ctx: &Ctx, args: SetupArgs) -> anyhow::Result<ExitCode> {
+    let text = match std::fs::read_to_string(&args.file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("read {}", args.file.display())),
+    };
+    let block = setup_block(&args)?;
+    let updated = with_block(&text, &block)?;
+    // The new text is applied from a file beside FILE, which replaces FILE only once the node
+    // took it: a refused setup leaves FILE as it was.
+    let dir = args
+        .file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut staged = tempfile::Builder::new()
+        .prefix(".ferry-standby-setup")
+        .suffix(".toml")
+        .tempfile_in(dir)
+        .with_context(|| format!("create a file in {}", dir.display()))?;
+    std::io::Write::write_all(&mut staged, updated.as_bytes())?;
+    let shown = args.file.display().to_string();
+    let Some(response) = crate::send_apply_as(ctx, staged.path(), &shown, args.dry_run, false).await? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let ok = !matches!(response, ferry_wire::ApplyResponse::Rejected { .. });
+    crate::output::applied(ctx.json, &shown, &response);
+    if !ok {
+        eprintln!("{shown} was not changed");
+        return Ok(ExitCode::FAILURE);
+    }
+    if args.dry_run {
+        if !ctx.json {
+            println!("dry run: {shown} was not changed; the block it would hold:\n\n{block}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    staged.as_file().sync_all()?;
+    staged
+        .persist(&args.file)
+        .with_context(|| format!("replace {shown}"))?;
+    if !ctx.json {
+        println!(
+            "{shown}: tasks {REPLICATE_TASK:?} (every {} min to {} {}) and {RESTORE_TASK:?} (unscheduled) written and applied.\n\
+             On the standby: its own NATS, this node's keymat (`ferry keymat export` here, `ferry keymat import` there, once),\n\
+             failover_coordinator.import_folder = the folder the bundles arrive in, mode = \"manual\",\n\
+             scheduler.start_with_scheduler_disabled = true. After a failover: `ferry failover promote` there (imports the newest\n\
+             bundle), `ferry task run {RESTORE_TASK}`, `ferry config verify --against <bundle>`, `ferry scheduler start`.",
+            args.every.as_secs() / 60,
+            args.host,
+            args.folder
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -167,6 +367,41 @@ fn print(as_json: bool, s: &StandbyStatus) {
             "keymat: {} (no configuration sealed yet)",
             s.keymat_id.as_deref().unwrap_or("unreadable")
         ),
+    }
+    if let Some(folder) = &s.import_folder {
+        println!("import folder: {folder}");
+        match &s.newest_bundle {
+            Some(b) => println!(
+                "newest complete bundle: {} from node {}, written {} ({:.0} s ago){}",
+                b.file,
+                b.source_node,
+                b.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                b.age_seconds,
+                b.refused
+                    .as_ref()
+                    .map(|why| format!("; would be REFUSED: {why}"))
+                    .unwrap_or_default()
+            ),
+            None => println!(
+                "newest complete bundle: none (a promotion would be refused; --skip-import overrides)"
+            ),
+        }
+        for why in &s.unusable_bundles {
+            println!("passed over: {why}");
+        }
+        if let Some(i) = &s.imported {
+            println!(
+                "last imported: {} from node {} (written {}), at {} by {}: {} written, {} deleted, {} unchanged",
+                i.file,
+                i.source_node,
+                i.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                i.imported_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                i.by,
+                i.written,
+                i.deleted,
+                i.unchanged
+            );
+        }
     }
     if s.buckets.is_empty() {
         return;

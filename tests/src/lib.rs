@@ -444,6 +444,58 @@ pub async fn services_answer(client: &async_nats::Client) {
     }
 }
 
+/// Run `program` with `args` in `dir` (openssl, gpg, tar: the standard tools the tests check
+/// Ferry against); panics with its stderr if it fails. Its stdout.
+pub fn run_tool(program: &str, args: &[&str], dir: &Path) -> Vec<u8> {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// A self-signed RSA certificate made by openssl in `dir`: `<name>.key` and `<name>.pem`,
+/// subject `CN=<cn>`, valid for `days`.
+pub fn openssl_self_signed(dir: &Path, name: &str, cn: &str, days: u32) {
+    let (key, pem, subject, days) = (
+        format!("{name}.key"),
+        format!("{name}.pem"),
+        format!("/CN={cn}"),
+        days.to_string(),
+    );
+    run_tool(
+        "openssl",
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &pem, "-days", &days,
+            "-subj", &subject,
+        ],
+        dir,
+    );
+}
+
+/// `<name>.pfx` in `dir`, made by openssl of `<name>.key` and `<name>.pem`, under `password`.
+pub fn openssl_pfx(dir: &Path, name: &str, password: &str) {
+    let (key, pem, pfx, pass) = (
+        format!("{name}.key"),
+        format!("{name}.pem"),
+        format!("{name}.pfx"),
+        format!("pass:{password}"),
+    );
+    run_tool(
+        "openssl",
+        &[
+            "pkcs12", "-export", "-inkey", &key, "-in", &pem, "-out", &pfx, "-passout", &pass,
+        ],
+        dir,
+    );
+}
+
 /// Run the `ferry` CLI against `nats_url`.
 pub fn ferry_cli(nats_url: &str, args: &[&str], cwd: &Path) -> Output {
     Command::new(bin_path("ferry"))

@@ -6,7 +6,6 @@
 //! `NatsKeys`; a viewer is refused what only the admin may do.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
@@ -24,17 +23,7 @@ fn ferry(url: &str, nkey: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, 
 }
 
 fn run(program: &str, args: &[&str], dir: &Path) -> Vec<u8> {
-    let out = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("run {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    ferry_tests::run_tool(program, args, dir)
 }
 
 /// `openssl x509 -fingerprint -sha256` of a PEM file, as Ferry writes fingerprints.
@@ -115,41 +104,8 @@ async fn certificates_and_pgp_keys_round_trip_through_the_stores_sealed_and_perm
     let (admin, viewer) = (keys.join("admin.nk"), keys.join("viewer.nk"));
 
     // Fixtures made by the standard tools.
-    run(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "me.key",
-            "-out",
-            "me.pem",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=ferry-personal",
-        ],
-        d,
-    );
-    run(
-        "openssl",
-        &[
-            "pkcs12",
-            "-export",
-            "-inkey",
-            "me.key",
-            "-in",
-            "me.pem",
-            "-out",
-            "me.pfx",
-            "-passout",
-            "pass:pfx-secret",
-        ],
-        d,
-    );
+    ferry_tests::openssl_self_signed(d, "me", "ferry-personal", 30);
+    ferry_tests::openssl_pfx(d, "me", "pfx-secret");
     run(
         "openssl",
         &[

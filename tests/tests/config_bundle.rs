@@ -170,16 +170,7 @@ async fn refused(site: &Site, admin: &Path, file: &Path, expected: &str) {
 }
 
 fn run(program: &str, args: &[&str], dir: &Path) {
-    let out = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("run {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ferry_tests::run_tool(program, args, dir);
 }
 
 /// The bundle `good` unpacked with GNU tar, its manifest changed by `change`, packed again.
@@ -255,41 +246,8 @@ async fn a_standby_made_from_a_bundle_is_identical_and_bad_bundles_change_nothin
         &["pgp", "generate", "--name", "Ferry P", "--email", "p@example.com"],
     );
     assert!(ok, "pgp generate: {text}");
-    run(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "me.key",
-            "-out",
-            "me.pem",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=ferry-bundle",
-        ],
-        d,
-    );
-    run(
-        "openssl",
-        &[
-            "pkcs12",
-            "-export",
-            "-inkey",
-            "me.key",
-            "-in",
-            "me.pem",
-            "-out",
-            "me.pfx",
-            "-passout",
-            "pass:pfx-pw",
-        ],
-        d,
-    );
+    ferry_tests::openssl_self_signed(d, "me", "ferry-bundle", 30);
+    ferry_tests::openssl_pfx(d, "me", "pfx-pw");
     std::fs::write(d.join("pfx.pw"), "pfx-pw\n").expect("write");
     let (ok, text) = ferry(
         &p,

@@ -504,47 +504,10 @@ async fn certs_backup_on_one_node_is_restored_on_another() -> anyhow::Result<()>
     let work = tempfile::tempdir()?;
     let w = work.path();
     let (share, restored) = (w.join("share"), w.join("restored"));
-    let openssl = |args: &[&str]| -> anyhow::Result<()> {
-        let out = std::process::Command::new("openssl")
-            .current_dir(w)
-            .args(args)
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
-    };
-    for (name, days) in [("me", "30"), ("bank", "20"), ("partner", "10")] {
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-            "-subj",
-            &format!("/CN={name}"),
-            "-days",
-            days,
-        ])?;
+    for (name, days) in [("me", 30), ("bank", 20), ("partner", 10)] {
+        ferry_tests::openssl_self_signed(w, name, name, days);
     }
-    openssl(&[
-        "pkcs12",
-        "-export",
-        "-inkey",
-        "me.key",
-        "-in",
-        "me.pem",
-        "-out",
-        "me.pfx",
-        "-passout",
-        "pass:import-pw",
-    ])?;
+    ferry_tests::openssl_pfx(w, "me", "import-pw");
 
     let (nats_p, nats_q) = (NatsServer::start()?, NatsServer::start()?);
     let p = Node::start(settings(&nats_p.url())).await?;
@@ -634,16 +597,20 @@ async fn certs_backup_on_one_node_is_restored_on_another() -> anyhow::Result<()>
         "the record names each output's SHA-256"
     );
     // openssl reads the PFX under the parameter's password.
-    openssl(&[
-        "pkcs12",
-        "-in",
-        share.join("CertsPersonal.pfx").to_str().expect("utf-8"),
-        "-passin",
-        "pass:backup-pw-4711",
-        "-nodes",
-        "-out",
-        "check.pem",
-    ])?;
+    ferry_tests::run_tool(
+        "openssl",
+        &[
+            "pkcs12",
+            "-in",
+            share.join("CertsPersonal.pfx").to_str().expect("utf-8"),
+            "-passin",
+            "pass:backup-pw-4711",
+            "-nodes",
+            "-out",
+            "check.pem",
+        ],
+        w,
+    );
     assert!(
         !format!("{run:?}").contains("backup-pw-4711"),
         "the password is in no record"

@@ -231,6 +231,7 @@ cron = "*/2 * * * * *"
                 after_expiry: true,
                 wait_ms: 15_000,
                 by: "prometheus test".into(),
+                skip_import: false,
             },
         )
         .await?;

@@ -34,38 +34,8 @@ async fn a_bundle_shipped_over_sftp_and_smb_makes_the_standby_identical() -> any
     let p = Node::start(settings(&nats_p.url())).await?;
     // P's state: a host secret, a secure parameter, a certificate, a PGP key, new-files-only
     // state of a delivered file.
-    let out = std::process::Command::new("openssl")
-        .current_dir(w)
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "me.key", "-out", "me.pem", "-subj",
-            "/CN=me", "-days", "30",
-        ])
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = std::process::Command::new("openssl")
-        .current_dir(w)
-        .args([
-            "pkcs12",
-            "-export",
-            "-inkey",
-            "me.key",
-            "-in",
-            "me.pem",
-            "-out",
-            "me.pfx",
-            "-passout",
-            "pass:import-pw",
-        ])
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ferry_tests::openssl_self_signed(w, "me", "me", 30);
+    ferry_tests::openssl_pfx(w, "me", "import-pw");
     cli(
         &nats_p.url(),
         &["certs", "import", "me.pfx", "--password-env", "PFX_PW"],

@@ -322,6 +322,40 @@ async fn replicated(
     Ok(started.elapsed())
 }
 
+/// Automatic failover between two sites is refused: each site has its own NATS and its own
+/// lease, so a standby that took its own site's lease when the link broke would be active beside
+/// the primary. An attached standby's coordinator restarted in automatic mode refuses to start
+/// (saying why), and the primary stays the only active node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn automatic_failover_across_sites_is_refused_at_start_up() -> anyhow::Result<()> {
+    let mut sites = Sites::start().await?;
+    sites.attach(BETA).await?;
+    let mut beta = sites.beta.take().expect("beta runs");
+    beta.kill_all();
+    let mut env = beta.setup.env();
+    env.extend(beta.extra_env.clone());
+    env.insert("FERRY_FAILOVER_COORDINATOR__MODE".into(), "automatic".into());
+    let logs = sites.work.path().join("logs-beta-automatic");
+    std::fs::create_dir_all(&logs)?;
+    let mut coordinator = ferry_tests::ServiceProcess::start("failover-coordinator", &env, &logs)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while coordinator.is_running() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(&coordinator.log)?;
+    assert!(
+        !coordinator.is_running(),
+        "the coordinator must refuse to start: {log}"
+    );
+    assert!(
+        log.contains("runs in automatic failover mode") && log.contains("Set failover_coordinator.mode"),
+        "{log}"
+    );
+    let status: FailoverStatus = sites.json(ALPHA, &["failover", "status"]);
+    assert_eq!(status.role, Role::Active, "the primary stays active: {status:?}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_mirrored_standby_follows_the_primary_refuses_writes_and_takes_over_without_resending()
 -> anyhow::Result<()> {

@@ -39,6 +39,21 @@ async fn permitted<T, E: std::fmt::Display>(
     }
 }
 
+/// Why a node running Ferry `version` under keymat `keymat_id` must not import `bundle`
+/// (checked before anything changes): another Ferry version, another keymat, an entry that does
+/// not decode. `ferry config import` and the promotion of a file-based standby both ask.
+pub fn refusal(bundle: &Bundle, version: &str, keymat_id: &str) -> anyhow::Result<()> {
+    bundle.manifest.check_version(version)?;
+    if bundle.manifest.keymat_id != keymat_id {
+        anyhow::bail!(
+            "made under keymat {}, this node's is {keymat_id}: `ferry keymat import` the primary's keymat first",
+            bundle.manifest.keymat_id
+        );
+    }
+    bundle::check_entries(bundle)?;
+    Ok(())
+}
+
 /// The last value of every key of `bucket` a bundle holds, and the bucket's last sequence.
 pub async fn read_part(js: &jetstream::Context, bucket: &str) -> anyhow::Result<Part> {
     let mut stream = permitted(

@@ -339,6 +339,10 @@ pub struct FailoverSettings {
     pub lease_ttl_ms: u64,
     /// The holder fences itself this long before its lease can lapse.
     pub fence_margin_ms: u64,
+    /// File-based replication (a standby at another site): the folder the primary's
+    /// `config-bundle` task delivers bundles to. When promoted, this node imports the newest
+    /// complete bundle there first. Manual mode only.
+    pub import_folder: Option<PathBuf>,
 }
 
 impl Default for FailoverSettings {
@@ -349,6 +353,7 @@ impl Default for FailoverSettings {
             initial_role: ferry_wire::Role::Active,
             lease_ttl_ms: 10_000,
             fence_margin_ms: 2_000,
+            import_folder: None,
         }
     }
 }
@@ -595,6 +600,22 @@ impl Settings {
                 "failover_coordinator.fence_margin_ms: {margin} must be between 100 and half the lease TTL ({})",
                 ttl / 2
             );
+        }
+        if let Some(folder) = &self.failover_coordinator.import_folder {
+            if !folder.is_absolute() {
+                bail!(
+                    "failover_coordinator.import_folder: {} must be an absolute path",
+                    folder.display()
+                );
+            }
+            if self.failover_coordinator.mode == ferry_wire::FailoverMode::Automatic {
+                bail!(
+                    "failover_coordinator.import_folder is set (file-based replication from a primary at another site) \
+                     and failover_coordinator.mode is \"automatic\": this node has its own NATS and its own lease, so it \
+                     cannot tell a dead primary from an unreachable one and would make itself active beside it. Use \
+                     mode = \"manual\" and promote it by hand (`ferry failover promote`)"
+                );
+            }
         }
         Ok(())
     }

@@ -909,6 +909,10 @@ pub struct PromoteRequest {
     /// How long to wait with `after_expiry`.
     pub wait_ms: u64,
     pub by: String,
+    /// File-based replication: promote without importing the newest bundle of the import
+    /// folder first.
+    #[serde(default)]
+    pub skip_import: bool,
 }
 
 /// `ferry failover demote|disable|enable` and `ferry shutdown`.

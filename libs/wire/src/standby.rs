@@ -51,6 +51,9 @@ pub enum ReplicationMode {
     SharedCluster,
     /// This node's stores are JetStream mirrors of the primary's.
     Mirror,
+    /// The primary ships configuration bundles to this node's import folder; this node imports
+    /// the newest complete one when it is promoted (`failover_coordinator.import_folder`).
+    Files,
     /// Neither: a node on its own.
     None,
 }
@@ -60,6 +63,7 @@ impl ReplicationMode {
         match self {
             ReplicationMode::SharedCluster => "shared cluster",
             ReplicationMode::Mirror => "mirror",
+            ReplicationMode::Files => "files",
             ReplicationMode::None => "none",
         }
     }
@@ -102,4 +106,45 @@ pub struct StandbyStatus {
     pub config_keymat_id: Option<String>,
     /// `Some(true)` when the two match (this node can open the mirrored secrets after promotion).
     pub keymat_matches: Option<bool>,
+    /// Mode `files`: the folder bundles are delivered to.
+    #[serde(default)]
+    pub import_folder: Option<String>,
+    /// Mode `files`: the newest complete bundle there (`None`: none yet).
+    #[serde(default)]
+    pub newest_bundle: Option<BundleSeen>,
+    /// Mode `files`: bundles there that are not whole or not readable, with why.
+    #[serde(default)]
+    pub unusable_bundles: Vec<String>,
+    /// Mode `files`: the last bundle this node imported when promoted.
+    #[serde(default)]
+    pub imported: Option<BundleImported>,
+}
+
+/// A configuration bundle in the import folder, read whole and checked against its manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BundleSeen {
+    pub file: String,
+    pub source_node: String,
+    pub ferry_version: String,
+    pub keymat_id: String,
+    /// When the primary wrote it.
+    pub created_at: DateTime<Utc>,
+    /// Seconds since then: how much the standby would lose if promoted now.
+    pub age_seconds: f64,
+    /// Why this node would refuse it (another Ferry version, another keymat), if it would.
+    pub refused: Option<String>,
+}
+
+/// The bundle imported on the last promotion (`<data_dir>/standby-import.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BundleImported {
+    pub file: String,
+    pub source_node: String,
+    pub created_at: DateTime<Utc>,
+    pub imported_at: DateTime<Utc>,
+    pub by: String,
+    /// Entries written, deleted and unchanged, over every part.
+    pub written: u64,
+    pub deleted: u64,
+    pub unchanged: u64,
 }

@@ -19,6 +19,7 @@
 //!   none, or after the fence deadline passed.
 //! - The role is persisted before it takes effect; a disabled node never acquires.
 
+mod files;
 mod metrics;
 mod role;
 mod standby;
@@ -143,6 +144,8 @@ struct Coordinator {
     shutdown: CancellationToken,
     /// Mirror mode: this node's stores as mirrors of a primary's at another site.
     standby: standby::Standby,
+    /// File-based replication: the import folder the primary ships bundles to.
+    files: Option<Arc<files::Files>>,
 }
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -166,6 +169,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         uuid::Uuid::new_v4().simple()
     );
     refuse_a_twin(&js, &settings.node_id, &instance, ttl, &shutdown).await?;
+    // Mirror mode and automatic failover exclude each other (see the constant's text).
+    if settings.failover_coordinator.mode == FailoverMode::Automatic
+        && standby::Standby::new(&settings, client.clone(), js.clone()).attached()
+    {
+        anyhow::bail!("{}", standby::AUTOMATIC_ACROSS_SITES);
+    }
     let margin = Duration::from_millis(settings.failover_coordinator.fence_margin_ms).min(ttl / 2);
     let store = RoleStore::new(&settings.data_dir);
     let role = match store.load()? {
@@ -207,6 +216,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         writes: tokio::sync::Mutex::new(()),
         shutdown: shutdown.clone(),
         standby: standby::Standby::new(&settings, client.clone(), js.clone()),
+        files: files::Files::new(&settings).map(Arc::new),
     });
 
     let (service, group) =
@@ -297,12 +307,16 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         )
         .await?,
     );
-    // Mirror mode's lag metrics.
+    // Mirror mode's lag metrics, file-based replication's bundle age.
     let c = coordinator.clone();
     let stop = shutdown.child_token();
     tokio::spawn(async move {
         loop {
             c.standby.export(&c.metrics).await;
+            if let Some(files) = c.files.clone() {
+                let metrics = c.metrics.clone();
+                let _ = tokio::task::spawn_blocking(move || files.export(&metrics)).await;
+            }
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(standby::REFRESH) => {}
@@ -887,6 +901,7 @@ impl Coordinator {
 
     async fn promote(&self, req: PromoteRequest) -> anyhow::Result<FailoverStatus> {
         let deadline = Instant::now() + Duration::from_millis(req.wait_ms);
+        let mut imported = false;
         loop {
             {
                 let _writes = self.writes.lock().await;
@@ -901,6 +916,17 @@ impl Coordinator {
                     ),
                     Role::Active if valid => return Ok(self.status().await),
                     _ => {}
+                }
+                // A file-based standby imports the newest complete bundle first, once.
+                if let Some(files) = &self.files
+                    && !req.skip_import
+                    && !imported
+                {
+                    files
+                        .import_newest(&self.js, &req.by)
+                        .await
+                        .context("import the newest bundle before promoting")?;
+                    imported = true;
                 }
                 // A standby in mirror mode takes its copies of the primary's stores for its own
                 // first: the same contents, now writable.
@@ -1114,13 +1140,31 @@ impl Coordinator {
                 self.node
             );
         }
+        if let Some(files) = &self.files {
+            anyhow::bail!(
+                "node {} is a file-based standby (failover_coordinator.import_folder = {}): mirror mode and file-based \
+                 replication exclude each other; remove import_folder from its settings first",
+                self.node,
+                files.folder().display()
+            );
+        }
         self.standby.attach(req).await?;
         Ok(self.standby_status().await)
     }
 
     async fn standby_status(&self) -> ferry_wire::standby::StandbyStatus {
         let shared_cluster = !self.status().await.other_nodes.is_empty();
-        self.standby.status(shared_cluster).await
+        let mut status = self.standby.status(shared_cluster).await;
+        if let Some(files) = self.files.clone() {
+            status.mode = ferry_wire::standby::ReplicationMode::Files;
+            status.import_folder = Some(files.folder().display().to_string());
+            status.imported = files.imported();
+            if let Ok((newest, unusable)) = tokio::task::spawn_blocking(move || files.seen()).await {
+                status.newest_bundle = newest;
+                status.unusable_bundles = unusable;
+            }
+        }
+        status
     }
 
     async fn status(&self) -> FailoverStatus {

@@ -6,6 +6,7 @@ use prometheus::{
 
 use ferry_wire::Role;
 
+#[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
     /// 1 for the node's current role, 0 for the others.
@@ -20,6 +21,8 @@ pub struct Metrics {
     /// Mirror mode only (a standby attached to a primary at another site), per mirrored bucket.
     pub standby_lag_seconds: GaugeVec,
     pub standby_lag_messages: GaugeVec,
+    /// File-based replication only: age of the newest complete bundle in the import folder.
+    pub standby_bundle_age_seconds: GaugeVec,
 }
 
 impl Metrics {
@@ -75,6 +78,14 @@ impl Metrics {
             ),
             &["bucket"],
         )?;
+        let standby_bundle_age_seconds = GaugeVec::new(
+            Opts::new(
+                "ferry_standby_bundle_age_seconds",
+                "File-based replication: seconds since the primary wrote the newest complete configuration bundle in this standby's import folder (what a promotion now would lose)",
+            ),
+            &["source_node"],
+        )?;
+        registry.register(Box::new(standby_bundle_age_seconds.clone()))?;
         registry.register(Box::new(standby_lag_seconds.clone()))?;
         registry.register(Box::new(standby_lag_messages.clone()))?;
         registry.register(Box::new(role.clone()))?;
@@ -95,6 +106,7 @@ impl Metrics {
             transitions,
             standby_lag_seconds,
             standby_lag_messages,
+            standby_bundle_age_seconds,
         })
     }
 

@@ -65,6 +65,13 @@ pub struct Standby {
     primary: tokio::sync::Mutex<Option<(String, async_nats::Client)>>,
 }
 
+/// Why a node whose stores mirror another site's may not run in automatic failover mode.
+pub const AUTOMATIC_ACROSS_SITES: &str = "this node's stores mirror a primary at another site, and it runs in automatic failover mode: \
+    each site has its own NATS and its own failover lease, so across a partition this node could not tell a dead \
+    primary from an unreachable one and would make itself active beside it (two sites without a shared quorum \
+    witness cannot decide that safely). Set failover_coordinator.mode = \"manual\" on this node; an operator \
+    promotes it (`ferry failover promote`), or use the shared-cluster mode with a witness server for automatic failover";
+
 impl Standby {
     pub fn new(settings: &Settings, client: async_nats::Client, js: jetstream::Context) -> Self {
         Self {
@@ -163,6 +170,9 @@ impl Standby {
 
     /// `ferry standby attach`: make every mirrored bucket of this node a mirror of the primary's.
     pub async fn attach(&self, req: AttachRequest) -> anyhow::Result<()> {
+        if self.settings.failover_coordinator.mode == ferry_wire::FailoverMode::Automatic {
+            bail!("{AUTOMATIC_ACROSS_SITES}");
+        }
         let primary = self.connect(&req.primary, &req.credentials).await?;
         let primary_js = jetstream::new(primary.clone());
         let shown = ferry_service::nats::shown_urls(&req.primary);
@@ -355,6 +365,10 @@ impl Standby {
             },
             keymat_id,
             config_keymat_id,
+            import_folder: None,
+            newest_bundle: None,
+            unusable_bundles: Vec::new(),
+            imported: None,
         }
     }
 
@@ -532,7 +546,7 @@ fn mirror_config(
 }
 
 /// Replace `path` atomically (temp file, fsync, rename, directory fsync), mode 0600.
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().expect("the attachment file sits in the data dir");
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
