@@ -190,7 +190,8 @@ fn setup_block(args: &SetupArgs) -> anyhow::Result<String> {
          [[task.source]]\n\
          host = \"local\"\n\
          folder = {import_folder}\n\
-         masks = \"Certs*.pfx;Certs*.p7b\"\n\n\
+         masks = \"Certs*.pfx;Certs*.p7b\"\n\
+         new_files_only = false   # restore whatever backup is there, every time it runs\n\n\
          [[task.destination]]\n\
          host = \"local\"\n\
          folder = {restored}\n\

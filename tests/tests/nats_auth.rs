@@ -1,7 +1,9 @@
 //! Zero trust on the bus (ADR 007): a nats-server configured with `ferry nats setup`'s
 //! `authorization` block. Each service runs as its own nkey user and a task runs end to end; each
 //! service is refused one thing outside its permissions; each CLI role is refused the next role's
-//! verbs with a clear message; an unauthenticated client is refused.
+//! verbs with a clear message; an unauthenticated client is refused. The node is also a
+//! file-based standby (`import_folder`): its promotion imports a bundle within the
+//! coordinator's permissions.
 
 use std::path::Path;
 use std::time::Duration;
@@ -78,7 +80,10 @@ async fn every_service_runs_as_its_own_user_and_each_role_is_refused_the_next_ro
     assert!(!ok && text.contains("refused these credentials"), "{text}");
 
     // Every service as its own user; the test's own client is the node's `cli` user (admin).
-    let node_settings = authed_settings(&url, &keys);
+    let mut node_settings = authed_settings(&url, &keys);
+    let import = dir.path().join("import");
+    std::fs::create_dir_all(&import)?;
+    node_settings.failover_coordinator.import_folder = Some(import.clone());
     let node = Node::start(node_settings.clone()).await?;
     let (src, dst) = (dir.path().join("in"), dir.path().join("out"));
     std::fs::create_dir_all(&src)?;
@@ -128,7 +133,10 @@ async fn every_service_runs_as_its_own_user_and_each_role_is_refused_the_next_ro
         ("file-collector", Op::Publish("$KV.ferry_config.current")),
         ("transfer", Op::Publish("$KV.ferry_lease.active")),
         ("cert-handler", Op::Publish("$JS.API.CONSUMER.CREATE.FERRY_FILEQ")),
-        ("failover-coordinator", Op::Publish("$KV.ferry_config.current")),
+        (
+            "failover-coordinator",
+            Op::Publish("$JS.API.STREAM.PURGE.FERRY_FILEQ"),
+        ),
     ];
     for (service, op) in outside {
         let text = refused(&node_settings, service, op).await?;
@@ -179,6 +187,32 @@ async fn every_service_runs_as_its_own_user_and_each_role_is_refused_the_next_ro
             "operator may not {args:?}: {text}"
         );
     }
+    // The admin exports a bundle into the import folder, then adds a task; the promotion
+    // imports the bundle, which takes the task away again.
+    let bundle = import.join("FerryBundle.tar");
+    let (ok, text) = cli(
+        &url,
+        Some(&admin),
+        &["config", "export", "--out", bundle.to_str().expect("utf-8")],
+        dir.path(),
+    );
+    assert!(ok, "{text}");
+    let extra = dir.path().join("extra.toml");
+    std::fs::write(
+        &extra,
+        format!(
+            "{}{}",
+            local_task("demo", &src, &dst, "", ""),
+            local_task("extra", &src, &dst, "", "")
+        ),
+    )?;
+    let (ok, text) = cli(
+        &url,
+        Some(&admin),
+        &["apply", "-f", extra.to_str().expect("utf-8")],
+        dir.path(),
+    );
+    assert!(ok, "{text}");
     for args in [
         &["failover", "demote", "--drain-timeout", "10s"][..],
         &["failover", "promote"],
@@ -186,6 +220,15 @@ async fn every_service_runs_as_its_own_user_and_each_role_is_refused_the_next_ro
         let (ok, text) = cli(&url, Some(&admin), args, dir.path());
         assert!(ok, "admin may {args:?}: {text}");
     }
+    let (ok, text) = cli(&url, Some(&viewer), &["--json", "standby", "status"], dir.path());
+    assert!(ok, "{text}");
+    let status: ferry_wire::standby::StandbyStatus = serde_json::from_str(&text)?;
+    assert!(
+        status.imported.as_ref().is_some_and(|i| i.written == 1),
+        "promotion imported the bundle, writing the configuration: {status:?}"
+    );
+    let (ok, text) = cli(&url, Some(&viewer), &["tasks", "list"], dir.path());
+    assert!(ok && !text.contains("extra"), "{text}");
     std::fs::write(src.join("after.txt"), "after the role change")?;
     let again = node.run_task("demo", Duration::from_secs(60)).await?;
     assert_eq!(again.files_delivered, 1, "{:?}", again.error);

@@ -43,8 +43,9 @@ const PROMTOOL: &str = "/usr/bin/promtool";
 /// - retries and resumed bytes: only after a transient failure in the middle of a file (the
 ///   remote-hosts tests cause those);
 /// - standby replication lag: only a standby site in mirror mode serves it (these two nodes
-///   share one NATS server; `standby_mirror.rs` reads it from an attached standby).
-const EMPTY_WHEN_HEALTHY: [&str; 8] = [
+///   share one NATS server; `standby_mirror.rs` reads it from an attached standby);
+/// - standby bundle age: only a file-based standby serves it (`standby_files.rs` reads it).
+const EMPTY_WHEN_HEALTHY: [&str; 10] = [
     "FerryNoActiveNode",
     "FerryMultipleActiveNodes",
     "FerryBacklogGrowing",
@@ -53,12 +54,16 @@ const EMPTY_WHEN_HEALTHY: [&str; 8] = [
     "FerryStandbyReplicationLagging",
     "failover.json: Standby replication lag",
     "failover.json: Standby changes not yet copied",
+    "FerryStandbyBundleStale",
+    "failover.json: Standby bundle age",
 ];
 
-/// Metrics only a standby in mirror mode serves (see [`EMPTY_WHEN_HEALTHY`]).
-const MIRROR_ONLY: [&str; 2] = [
+/// Metrics only a standby at another site serves, in mirror mode or file-based (see
+/// [`EMPTY_WHEN_HEALTHY`]).
+const STANDBY_ONLY: [&str; 3] = [
     "ferry_standby_replication_lag_seconds",
     "ferry_standby_replication_lag_messages",
+    "ferry_standby_bundle_age_seconds",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -317,7 +322,7 @@ cron = "*/2 * * * * *"
     // silent for good).
     for (name, expr) in &alerts {
         for metric in grafana::ferry_series(expr) {
-            if MIRROR_ONLY.contains(&metric.as_str()) {
+            if STANDBY_ONLY.contains(&metric.as_str()) {
                 continue;
             }
             let series = prometheus.query(&format!("count({metric})")).await?;
@@ -383,7 +388,7 @@ cron = "*/2 * * * * *"
         "ferry_transfer_retries_total".to_string(),
         "ferry_transfer_resumed_bytes_total".to_string(),
     ]);
-    fault_only.extend(MIRROR_ONLY.map(str::to_string));
+    fault_only.extend(STANDBY_ONLY.map(str::to_string));
     let not_served: Vec<&String> = shown
         .iter()
         .filter(|m| !served_families.contains(*m) && !fault_only.contains(*m))

@@ -9,13 +9,15 @@
 //! - only the coordinator of node N answers `ferry.api.N.failover-coordinator.*` (a lease grant
 //!   cannot be forged by another user) and only coordinators write the lease bucket;
 //! - of the services, only the scheduler writes the configuration bucket (an apply goes through
-//!   its validation);
+//!   its validation), and the coordinator when a file-based standby imports a bundle on
+//!   promotion (the bundle's values as stored, as `ferry config import` writes them);
 //! - a service reads and writes only the streams and buckets its work needs;
 //! - replies reach only the asker: each user subscribes to its own inbox prefix
 //!   (`_INBOX.<its public key>`) and publishes to an inbox only as a response
 //!   (`allow_responses`);
 //! - of the services, only the cert-handler reads or writes its stores (personal and other
-//!   people's certificates, PGP key rings); only the node's transfer and the admin call its key source (`keys.*`: the
+//!   people's certificates, PGP key rings), and the coordinator, which replaces them with a
+//!   standby's mirrors or a bundle's copies (sealed values; it never opens one); only the node's transfer and the admin call its key source (`keys.*`: the
 //!   keys processes use, Certs Restore), and only the admin imports, removes, generates or
 //!   exports private material (`admin.*`, [`crate::keys`]);
 //! - *viewer* reads status, runs, the audit trail and the configuration, and lists and exports
@@ -240,12 +242,14 @@ pub fn for_service(node: &str, service_name: &str) -> Permissions {
             // Mirror mode (`ferry standby`): replace this node's copies of the mirrored buckets
             // with mirrors and make them its own again, read the configuration's keymat id, ask
             // the primary's JetStream domain through the link and probe that the link passes
-            // none of Ferry's subjects.
+            // none of Ferry's subjects. File-based replication: import a bundle into the same
+            // buckets when promoted (values as stored, sealed: no plaintext).
             for bucket in topology::MIRRORED {
                 p.publish([
                     format!("$JS.API.STREAM.DELETE.{}", kv_stream(bucket)),
                     format!("$JS.API.STREAM.UPDATE.{}", kv_stream(bucket)),
                 ]);
+                p.write_bucket(bucket);
             }
             p.read_bucket(topology::KV_CONFIG).publish([
                 "$JS.*.API.INFO".to_string(),
@@ -405,7 +409,12 @@ mod tests {
             let coordinator = service_name == service::FAILOVER_COORDINATOR;
             assert_eq!((answers, writes), (coordinator, coordinator), "{service_name}");
             let config = p.publish.iter().any(|s| s.starts_with("$KV.ferry_config"));
-            assert_eq!(config, service_name == service::SCHEDULER, "{service_name}");
+            // The coordinator too: a file-based standby imports a bundle when promoted.
+            assert_eq!(
+                config,
+                service_name == service::SCHEDULER || coordinator,
+                "{service_name}"
+            );
             // No service may forge replies: publishing to an inbox is only a response.
             assert!(
                 !p.publish.iter().any(|s| s.starts_with("_INBOX")),
@@ -460,7 +469,8 @@ mod tests {
                 !may(&for_service("node2", service_name), &secret),
                 "{service_name}"
             );
-            // Only the cert-handler touches the stores.
+            // Only the cert-handler touches the stores, and the coordinator, which imports a
+            // bundle (values as stored, sealed) when a file-based standby is promoted.
             let stores = [
                 topology::KV_CERTS_PERSONAL,
                 topology::KV_CERTS_OTHER,
@@ -473,7 +483,8 @@ mod tests {
                     .iter()
                     .any(|s| s.contains(&kv_stream(bucket)) && s.contains("GET"));
                 let writes = p.publish.iter().any(|s| s.starts_with(&format!("$KV.{bucket}.")));
-                let owner = service_name == service::CERT_HANDLER;
+                let owner =
+                    service_name == service::CERT_HANDLER || service_name == service::FAILOVER_COORDINATOR;
                 assert_eq!((reads, writes), (owner, owner), "{service_name} {bucket}");
             }
         }
