@@ -452,6 +452,19 @@ async fn a_file_based_standby_refuses_promotion_without_a_bundle_it_may_import()
     let url = nats.url();
     let text = refused(&url, &["failover", "promote"], w);
     assert!(text.contains("no complete configuration bundle"), "{text}");
+    // Junk named like a bundle is passed over, naming why; a hidden file is not looked at.
+    let junk: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(folder.join("junk.tar"), &junk)?;
+    std::fs::write(folder.join(".upload-in-progress.tar"), &junk)?;
+    let text = refused(&url, &["failover", "promote"], w);
+    assert!(
+        text.contains("no complete configuration bundle")
+            && text.contains("junk.tar")
+            && !text.contains("upload-in-progress"),
+        "{text}"
+    );
     // A bundle from a node under another keymat (another node's own export).
     let other_nats = NatsServer::start()?;
     let other = Node::start(settings(&other_nats.url())).await?;

@@ -43,14 +43,20 @@ async fn permitted<T, E: std::fmt::Display>(
 /// (checked before anything changes): another Ferry version, another keymat, an entry that does
 /// not decode. `ferry config import` and the promotion of a file-based standby both ask.
 pub fn refusal(bundle: &Bundle, version: &str, keymat_id: &str) -> anyhow::Result<()> {
-    bundle.manifest.check_version(version)?;
-    if bundle.manifest.keymat_id != keymat_id {
+    manifest_refusal(&bundle.manifest, version, keymat_id)?;
+    bundle::check_entries(bundle)?;
+    Ok(())
+}
+
+/// [`refusal`]'s checks that need only the manifest: the version and the keymat.
+pub fn manifest_refusal(manifest: &bundle::Manifest, version: &str, keymat_id: &str) -> anyhow::Result<()> {
+    manifest.check_version(version)?;
+    if manifest.keymat_id != keymat_id {
         anyhow::bail!(
             "made under keymat {}, this node's is {keymat_id}: `ferry keymat import` the primary's keymat first",
-            bundle.manifest.keymat_id
+            manifest.keymat_id
         );
     }
-    bundle::check_entries(bundle)?;
     Ok(())
 }
 

@@ -387,6 +387,45 @@ fn parse_octal(field: &[u8], what: &str) -> Result<u64, BundleError> {
         .map_err(|_| invalid(format!("a header's {what} is out of range")))
 }
 
+/// A ustar header's name and size, checked: its checksum, ustar magic, a regular file, a
+/// UTF-8 name without a prefix. `at`: its offset, for messages.
+fn parse_header(header: &[u8], at: usize) -> Result<(String, u64), BundleError> {
+    let stored = parse_octal(&header[148..156], "checksum")?;
+    let sum: u64 = header
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                b' ' as u64
+            } else {
+                *b as u64
+            }
+        })
+        .sum();
+    if stored != sum {
+        return Err(invalid(format!("the header at byte {at} fails its checksum")));
+    }
+    if &header[257..263] != b"ustar\0" {
+        return Err(invalid(format!("the header at byte {at} is not ustar")));
+    }
+    if !matches!(header[156], b'0' | 0) {
+        return Err(invalid(format!(
+            "the entry at byte {at} is not a regular file (type {:?})",
+            header[156] as char
+        )));
+    }
+    let name_field = &header[..100];
+    let end = name_field.iter().position(|b| *b == 0).unwrap_or(100);
+    let name = std::str::from_utf8(&name_field[..end])
+        .map_err(|_| invalid(format!("the entry at byte {at} has a name that is not UTF-8")))?
+        .to_string();
+    if header[345..500].iter().any(|b| *b != 0) {
+        return Err(invalid(format!("entry {name:?}: a name prefix is not allowed")));
+    }
+    let size = parse_octal(&header[124..136], "size")?;
+    Ok((name, size))
+}
+
 /// The archive's files, in order, each checked: a valid ustar header of a regular file with a
 /// plain name, its data inside the file, the end-of-archive marker after the last.
 fn entries(bytes: &[u8]) -> Result<Vec<(String, &[u8])>, BundleError> {
@@ -411,39 +450,7 @@ fn entries(bytes: &[u8]) -> Result<Vec<(String, &[u8])>, BundleError> {
             }
             return Ok(out);
         }
-        let stored = parse_octal(&header[148..156], "checksum")?;
-        let sum: u64 = header
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                if (148..156).contains(&i) {
-                    b' ' as u64
-                } else {
-                    *b as u64
-                }
-            })
-            .sum();
-        if stored != sum {
-            return Err(invalid(format!("the header at byte {at} fails its checksum")));
-        }
-        if &header[257..263] != b"ustar\0" {
-            return Err(invalid(format!("the header at byte {at} is not ustar")));
-        }
-        if !matches!(header[156], b'0' | 0) {
-            return Err(invalid(format!(
-                "the entry at byte {at} is not a regular file (type {:?})",
-                header[156] as char
-            )));
-        }
-        let name_field = &header[..100];
-        let end = name_field.iter().position(|b| *b == 0).unwrap_or(100);
-        let name = std::str::from_utf8(&name_field[..end])
-            .map_err(|_| invalid(format!("the entry at byte {at} has a name that is not UTF-8")))?
-            .to_string();
-        if header[345..500].iter().any(|b| *b != 0) {
-            return Err(invalid(format!("entry {name:?}: a name prefix is not allowed")));
-        }
-        let size = parse_octal(&header[124..136], "size")?;
+        let (name, size) = parse_header(header, at)?;
         let data_at = at + BLOCK;
         let left = (bytes.len() - data_at) as u64;
         if size > left {
@@ -492,6 +499,47 @@ pub fn verify(bytes: &[u8]) -> Result<Bundle, BundleError> {
             "the last file is {last:?}, not {MANIFEST_NAME} (a bundle ends with its manifest)"
         )));
     }
+    let manifest = check_manifest(manifest_text)?;
+    let mut seen = BTreeSet::new();
+    for (name, _) in &files[..files.len() - 1] {
+        let known = PARTS.iter().any(|p| part_path(p) == *name);
+        if !known {
+            return Err(invalid(format!("file {name:?} is not part of a bundle")));
+        }
+        if !seen.insert(name.as_str()) {
+            return Err(invalid(format!("file {name:?} is in the archive twice")));
+        }
+    }
+    let mut parts = BTreeMap::new();
+    for info in &manifest.parts {
+        let path = part_path(&info.name);
+        let Some((_, data)) = files.iter().find(|(n, _)| *n == path) else {
+            return Err(BundleError::Mismatch {
+                part: info.name.clone(),
+                what: format!("{path} is missing"),
+            });
+        };
+        if data.len() as u64 != info.bytes {
+            return Err(BundleError::Mismatch {
+                part: info.name.clone(),
+                what: format!("{} bytes, the manifest says {}", data.len(), info.bytes),
+            });
+        }
+        let digest = sha256_hex(data);
+        if digest != info.sha256 {
+            return Err(BundleError::Mismatch {
+                part: info.name.clone(),
+                what: format!("SHA-256 {digest}, the manifest says {}", info.sha256),
+            });
+        }
+        parts.insert(info.name.clone(), decode_part(info, data)?);
+    }
+    Ok(Bundle { manifest, parts })
+}
+
+/// The manifest read and checked on its own: its size, format, every part of [`PARTS`] named
+/// once and nothing else, no part over the limit.
+fn check_manifest(manifest_text: &[u8]) -> Result<Manifest, BundleError> {
     if manifest_text.len() as u64 > MAX_MANIFEST_BYTES {
         return Err(invalid(format!(
             "{MANIFEST_NAME}: {} bytes, at most {MAX_MANIFEST_BYTES}",
@@ -530,41 +578,131 @@ pub fn verify(bytes: &[u8]) -> Result<Bundle, BundleError> {
     if let Some(missing) = PARTS.iter().find(|p| !named.contains(*p)) {
         return Err(invalid(format!("{MANIFEST_NAME} does not name part {missing:?}")));
     }
-    let mut seen = BTreeSet::new();
-    for (name, _) in &files[..files.len() - 1] {
-        let known = PARTS.iter().any(|p| part_path(p) == *name);
-        if !known {
-            return Err(invalid(format!("file {name:?} is not part of a bundle")));
-        }
-        if !seen.insert(name.as_str()) {
-            return Err(invalid(format!("file {name:?} is in the archive twice")));
-        }
+    Ok(manifest)
+}
+
+/// Check the bundle at `path` without holding it in memory (only its manifest): the archive is
+/// whole, its parts are exactly the manifest's with its sizes and SHA-256, the manifest last.
+/// What [`read`] checks except decoding the entries; for looking at many or large files (a
+/// standby's import folder) before reading one whole.
+pub fn check_file(path: &Path) -> Result<Manifest, BundleError> {
+    use std::io::Read;
+    let io = |action: &'static str| {
+        let path = path.to_path_buf();
+        move |source| BundleError::Io { path, action, source }
+    };
+    let mut file = std::fs::File::open(path).map_err(io("read"))?;
+    let len = file.metadata().map_err(io("read"))?.len();
+    let limit = MAX_PART_BYTES * PARTS.len() as u64 + MAX_MANIFEST_BYTES;
+    if len > limit {
+        return Err(invalid(format!("{len} bytes, a bundle has at most {limit}")));
     }
-    let mut parts = BTreeMap::new();
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, &mut file);
+    let mut fill = |buf: &mut [u8], what: &str| -> Result<(), BundleError> {
+        reader.read_exact(buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => {
+                BundleError::Truncated(format!("the file ends inside {what}"))
+            }
+            _ => BundleError::Io {
+                path: path.to_path_buf(),
+                action: "read",
+                source: e,
+            },
+        })
+    };
+    let mut at = 0usize;
+    let mut header = [0u8; BLOCK];
+    let mut chunk = vec![0u8; 1 << 16];
+    let mut found: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    let mut manifest_text: Option<Vec<u8>> = None;
+    let mut last = String::new();
+    loop {
+        fill(&mut header, "a header")?;
+        if header.iter().all(|b| *b == 0) {
+            // The end-of-archive marker: a second zero block, then only zeros.
+            fill(&mut header, "the end-of-archive marker")?;
+            if header.iter().any(|b| *b != 0) {
+                return Err(invalid("data after the end-of-archive marker"));
+            }
+            let mut rest = at as u64 + 2 * BLOCK as u64;
+            while rest < len {
+                let n = ((len - rest) as usize).min(chunk.len());
+                fill(&mut chunk[..n], "the end-of-archive marker")?;
+                if chunk[..n].iter().any(|b| *b != 0) {
+                    return Err(invalid("data after the end-of-archive marker"));
+                }
+                rest += n as u64;
+            }
+            break;
+        }
+        let (name, size) = parse_header(&header, at)?;
+        if size > len {
+            return Err(BundleError::Truncated(format!(
+                "entry {name:?} says {size} bytes, the file has {len}"
+            )));
+        }
+        let padded = size.div_ceil(BLOCK as u64) * BLOCK as u64;
+        if name == MANIFEST_NAME {
+            if size > MAX_MANIFEST_BYTES {
+                return Err(invalid(format!(
+                    "{MANIFEST_NAME}: {size} bytes, at most {MAX_MANIFEST_BYTES}"
+                )));
+            }
+            let mut text = vec![0u8; padded as usize];
+            fill(&mut text, MANIFEST_NAME)?;
+            text.truncate(size as usize);
+            manifest_text = Some(text);
+        } else {
+            if !PARTS.iter().any(|p| part_path(p) == name) {
+                return Err(invalid(format!("file {name:?} is not part of a bundle")));
+            }
+            if found.contains_key(&name) {
+                return Err(invalid(format!("file {name:?} is in the archive twice")));
+            }
+            let mut hasher = Sha256::new();
+            let mut left = padded;
+            let mut data_left = size;
+            while left > 0 {
+                let n = (left as usize).min(chunk.len());
+                fill(&mut chunk[..n], &format!("entry {name:?}"))?;
+                let data = (data_left as usize).min(n);
+                hasher.update(&chunk[..data]);
+                data_left -= data as u64;
+                left -= n as u64;
+            }
+            found.insert(name.clone(), (size, hex::encode(hasher.finalize())));
+        }
+        at += BLOCK + padded as usize;
+        last = name;
+    }
+    if last != MANIFEST_NAME {
+        return Err(BundleError::Truncated(format!(
+            "the last file is {last:?}, not {MANIFEST_NAME} (a bundle ends with its manifest)"
+        )));
+    }
+    let manifest = check_manifest(&manifest_text.expect("the last file is the manifest"))?;
     for info in &manifest.parts {
         let path = part_path(&info.name);
-        let Some((_, data)) = files.iter().find(|(n, _)| *n == path) else {
+        let Some((size, digest)) = found.get(&path) else {
             return Err(BundleError::Mismatch {
                 part: info.name.clone(),
                 what: format!("{path} is missing"),
             });
         };
-        if data.len() as u64 != info.bytes {
+        if *size != info.bytes {
             return Err(BundleError::Mismatch {
                 part: info.name.clone(),
-                what: format!("{} bytes, the manifest says {}", data.len(), info.bytes),
+                what: format!("{size} bytes, the manifest says {}", info.bytes),
             });
         }
-        let digest = sha256_hex(data);
-        if digest != info.sha256 {
+        if *digest != info.sha256 {
             return Err(BundleError::Mismatch {
                 part: info.name.clone(),
                 what: format!("SHA-256 {digest}, the manifest says {}", info.sha256),
             });
         }
-        parts.insert(info.name.clone(), decode_part(info, data)?);
     }
-    Ok(Bundle { manifest, parts })
+    Ok(manifest)
 }
 
 /// Every entry of `bundle` decodes as what its bucket holds — the configuration document (its

@@ -159,7 +159,7 @@ impl Files {
             let seen = match cache.get(&path) {
                 Some((cached, seen)) if *cached == stamp => seen.clone(),
                 _ => {
-                    let seen = read(&path, &keymat_id).map(|(_, seen)| seen);
+                    let seen = look(&path, &keymat_id);
                     cache.insert(path.clone(), (stamp, seen.clone()));
                     seen
                 }
@@ -224,35 +224,51 @@ fn candidates(folder: &Path) -> anyhow::Result<Vec<(PathBuf, Stamp)>> {
     Ok(out)
 }
 
-/// Read `path` whole and check it against its manifest; `refused` says whether a node under
-/// keymat `keymat_id` may import it.
-fn read(path: &Path, keymat_id: &str) -> Result<(Bundle, BundleSeen), String> {
-    let bundle = bundle::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let refused = ferry_service::bundle::refusal(&bundle, ferry_service::VERSION, keymat_id)
+/// Check `path` against its manifest without holding it in memory
+/// ([`bundle::check_file`]); `refused` says whether a node under keymat `keymat_id` may import
+/// it by its manifest (version, keymat). A junk or huge file costs one pass over it, no memory.
+fn look(path: &Path, keymat_id: &str) -> Result<BundleSeen, String> {
+    let manifest = bundle::check_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let refused = ferry_service::bundle::manifest_refusal(&manifest, ferry_service::VERSION, keymat_id)
         .err()
         .map(|e| format!("{e:#}"));
-    let seen = BundleSeen {
+    Ok(BundleSeen {
         file: path.display().to_string(),
-        source_node: bundle.manifest.source_node.clone(),
-        ferry_version: bundle.manifest.ferry_version.clone(),
-        keymat_id: bundle.manifest.keymat_id.clone(),
-        created_at: bundle.manifest.created_at,
+        source_node: manifest.source_node,
+        ferry_version: manifest.ferry_version,
+        keymat_id: manifest.keymat_id,
+        created_at: manifest.created_at,
         age_seconds: 0.0,
         refused,
-    };
-    Ok((bundle, seen))
+    })
 }
 
 /// The newest complete bundle (read whole, and its summary), and the newer files passed over.
 type Newest = (Option<(Bundle, BundleSeen)>, Vec<String>);
 
-/// The newest complete bundle in `folder` and the newer files passed over (with why).
+/// The newest complete bundle in `folder`, read whole, and the newer files passed over (with
+/// why). Each file is checked as it streams past first; only the one chosen is held in memory.
 fn newest(folder: &Path, keymat_id: &str) -> anyhow::Result<Newest> {
     let mut passed_over = Vec::new();
     for (path, _) in candidates(folder)? {
-        match read(&path, keymat_id) {
-            Ok(found) => return Ok((Some(found), passed_over)),
-            Err(why) => passed_over.push(why),
+        let mut seen = match look(&path, keymat_id) {
+            Ok(seen) => seen,
+            Err(why) => {
+                passed_over.push(why);
+                continue;
+            }
+        };
+        match bundle::read(&path) {
+            Ok(bundle) => {
+                if seen.refused.is_none() {
+                    seen.refused = ferry_service::bundle::refusal(&bundle, ferry_service::VERSION, keymat_id)
+                        .err()
+                        .map(|e| format!("{e:#}"));
+                }
+                return Ok((Some((bundle, seen)), passed_over));
+            }
+            // Changed between the two reads (replaced by a newer copy, cut short).
+            Err(e) => passed_over.push(format!("{}: {e}", path.display())),
         }
     }
     Ok((None, passed_over))

@@ -323,3 +323,44 @@ fn entries_must_decode_as_what_their_bucket_holds() {
         "sealed under keymat km-2, the manifest says km-1",
     );
 }
+
+/// The streaming check (`check_file`, used on a standby's import folder) accepts exactly what
+/// `verify` accepts, for every cut, many changed bytes and data after the end marker.
+#[test]
+fn check_file_agrees_with_verify_on_every_cut_and_changed_byte() {
+    let bytes = bundle_bytes();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("b.tar");
+    let agree = |b: &[u8], what: &str| {
+        std::fs::write(&path, b).expect("write");
+        let (streamed, whole) = (check_file(&path), verify(b));
+        assert_eq!(
+            streamed.as_ref().map(|_| ()).map_err(|e| e.to_string()).is_ok(),
+            whole.is_ok(),
+            "{what}: check_file {:?}, verify {:?}",
+            streamed.as_ref().err().map(|e| e.to_string()),
+            whole.as_ref().err().map(|e| e.to_string())
+        );
+        if let (Ok(m), Ok(b)) = (streamed, whole) {
+            assert_eq!(m, b.manifest, "{what}");
+        }
+    };
+    agree(&bytes, "whole");
+    for len in (0..bytes.len())
+        .step_by(97)
+        .chain([bytes.len() - 1, bytes.len() - BLOCK])
+    {
+        agree(&bytes[..len], &format!("cut at {len}"));
+    }
+    for i in (0..bytes.len()).step_by(61) {
+        let mut changed = bytes.clone();
+        changed[i] ^= 0x20;
+        agree(&changed, &format!("byte {i} changed"));
+    }
+    let mut longer = bytes.clone();
+    longer.push(1);
+    agree(&longer, "data after the end marker");
+    let mut zeros = bytes.clone();
+    zeros.extend_from_slice(&[0; 3 * BLOCK]);
+    agree(&zeros, "more zero blocks");
+}
