@@ -370,6 +370,11 @@ async fn a_mirrored_standby_follows_the_primary_refuses_writes_and_takes_over_wi
     assert_eq!(attached.mode, ReplicationMode::Mirror, "{attached:?}");
     assert_eq!(attached.primary_domain.as_deref(), Some("site_p"));
     assert_eq!(attached.buckets.len(), topology::MIRRORED.len());
+    // Attach answers once the stores are copied, not merely created.
+    for b in &attached.buckets {
+        assert_eq!(b.lag_messages, Some(0), "{b:?}");
+        assert_eq!(Some(b.replicated_seq), b.primary_seq, "{b:?}");
+    }
 
     // A configuration applied on the primary is on the standby within two seconds, and the
     // standby's CLI shows its task.

@@ -42,6 +42,8 @@ use crate::metrics::Metrics;
 
 /// How long a request to the primary (or through the link) may take.
 const ASK: Duration = Duration::from_secs(3);
+/// How long attach waits for the new mirrors to copy what the primary holds.
+const CATCH_UP: Duration = Duration::from_secs(30);
 /// How often the lag metrics are refreshed.
 pub const REFRESH: Duration = Duration::from_secs(1);
 
@@ -207,6 +209,7 @@ impl Standby {
             })?;
         self.refuse_a_leaking_link(&primary).await?;
         let mut wanted = Vec::new();
+        let mut primary_last = Vec::new();
         for bucket in topology::MIRRORED {
             let name = format!("KV_{bucket}");
             let info = primary_js
@@ -219,6 +222,7 @@ impl Standby {
                 .await
                 .with_context(|| format!("read the primary's bucket {bucket}"))?
                 .clone();
+            primary_last.push((format!("KV_{bucket}"), info.state.last_sequence));
             wanted.push(mirror_config(
                 bucket,
                 &info.config,
@@ -249,8 +253,32 @@ impl Standby {
         };
         self.save(Some(&attachment))?;
         *self.primary.lock().await = Some((req.primary.clone(), primary));
+        self.wait_caught_up(&primary_last).await;
         tracing::info!(primary = %shown, %domain, by = %req.by, "stores attached as mirrors of the primary's");
         Ok(())
+    }
+
+    /// Wait (up to [`CATCH_UP`]) until every mirror holds what its primary held when attach
+    /// read it, so that attach answers with the stores copied, not merely created. Past the
+    /// limit it answers anyway: the status it returns shows the lag.
+    async fn wait_caught_up(&self, primary_last: &[(String, u64)]) {
+        let deadline = tokio::time::Instant::now() + CATCH_UP;
+        for (name, last) in primary_last {
+            loop {
+                let ours = match self.js.get_stream(name).await {
+                    Ok(mut stream) => stream.info().await.map(|i| i.state.last_sequence).unwrap_or(0),
+                    Err(_) => 0,
+                };
+                if ours >= *last {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(stream = %name, copied = ours, primary = last, "attached, but the mirror has not caught up yet");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 
     /// The link between the sites must pass JetStream's API and nothing of Ferry's: a run
