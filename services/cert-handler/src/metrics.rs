@@ -60,8 +60,13 @@ impl Metrics {
         state: &crate::api::State,
         shutdown: CancellationToken,
     ) {
-        let mut changes = config.watch(topology::CONFIG_KEY).await.ok();
+        let mut changes = None;
         loop {
+            // A watch ends when its stream is replaced (a standby attached as a mirror, or
+            // detached): watch the new one.
+            if changes.is_none() {
+                changes = config.watch(topology::CONFIG_KEY).await.ok();
+            }
             let hosts = match config.entry(topology::CONFIG_KEY).await {
                 Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
                     match ferry_wire::decode::<ferry_wire::ConfigDocument>(&entry.value) {
@@ -82,17 +87,20 @@ impl Metrics {
             self.refresh(&certificate_files(&settings, &hosts), &stored);
             let changed = async {
                 match changes.as_mut() {
-                    Some(watch) => {
-                        watch.next().await;
-                    }
+                    Some(watch) => watch.next().await.is_none(),
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
+            let ended = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(REFRESH_EVERY) => {}
-                _ = changed => {}
-                _ = state.changed.notified() => {}
+                _ = tokio::time::sleep(REFRESH_EVERY) => false,
+                ended = changed => ended,
+                _ = state.changed.notified() => false,
+            };
+            if ended {
+                // Not in a tight loop: at most one new watch a second.
+                changes = None;
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
