@@ -321,7 +321,8 @@ pub fn task(as_json: bool, task: &Task) {
             Action::Event(e) => format!("event ferry.event.task.{}.{}", task.name, e.name),
             Action::RunTask(r) => format!("run task {}", r.task),
         };
-        println!("  next_action[{i}] on {}: {what}", next.on.as_str());
+        let per_file = if next.per_file { " (per file)" } else { "" };
+        println!("  next_action[{i}] on {}{per_file}: {what}", next.on.as_str());
     }
 }
 

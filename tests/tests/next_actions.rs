@@ -267,3 +267,130 @@ async fn apply_refuses_a_cycle_of_chained_tasks() -> anyhow::Result<()> {
     node.shutdown().await;
     Ok(())
 }
+
+/// Per-file next actions (`per_file = true`): an email for each failed file and an event for
+/// each delivered one, with `[OrigName]` the file's name, as each batch's results come in; the
+/// run-level action still fires once; every outcome names its file in the run record and the
+/// audit trail; `ferry apply` refuses `per_file` with `on = "no-files"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_file_actions_fire_for_each_file_with_its_name() -> anyhow::Result<()> {
+    let smtp = Smtp::start("ferry", "smtp-pass-7731")?;
+    let nats = NatsServer::start()?;
+    let node = Node::start(settings(&nats.url())).await?;
+    let work = tempfile::tempdir()?;
+    let (src, out) = (work.path().join("in"), work.path().join("out"));
+    std::fs::create_dir_all(&src)?;
+    std::fs::create_dir_all(&out)?;
+    for name in ["a.csv", "b.csv", "c.csv"] {
+        std::fs::write(src.join(name), format!("{name}\n"))?;
+    }
+    // c.csv is already at the destination, which refuses to overwrite: it fails.
+    std::fs::write(out.join("c.csv"), "older\n")?;
+    let config = format!(
+        r#"
+[[task]]
+name = "perfile"
+[[task.source]]
+host = "local"
+folder = "{src}"
+size_stable_ms = 0
+[[task.destination]]
+host = "local"
+folder = "{out}"
+overwrite = "fail"
+[[task.next_action]]
+on = "failure"
+per_file = true
+kind = "email"
+host = "127.0.0.1"
+port = {port}
+tls = "starttls"
+ca_file = "{ca}"
+user = "{user}"
+password = "{password}"
+from = "ferry@example.com"
+to = ["oncall@example.com"]
+subject = "[OrigName] failed in [TaskName] code [ErrorCode]"
+body = "[ErrorDescription]"
+[[task.next_action]]
+on = "success"
+per_file = true
+kind = "event"
+name = "file-done"
+[[task.next_action]]
+on = "always"
+kind = "event"
+name = "run-done"
+"#,
+        src = src.display(),
+        out = out.display(),
+        port = smtp.port,
+        ca = smtp.ca_file.display(),
+        user = smtp.user,
+        password = smtp.password,
+    );
+    node.apply(&config).await?;
+    let run = node.run_task("perfile", Duration::from_secs(60)).await?;
+    assert_eq!(run.status, RunStatus::Failed, "{run:#?}");
+    assert_eq!((run.files_delivered, run.files_failed), (2, 1));
+
+    let mails = smtp.wait_for(1, Duration::from_secs(30))?;
+    assert!(
+        mails[0].contains("Subject: c.csv failed in perfile code 1"),
+        "{}",
+        mails[0]
+    );
+    let events: Vec<ferry_wire::TaskEvent> = ferry_service::streams::read(
+        &node.js,
+        ferry_wire::topology::STREAM_EVENTS,
+        &ferry_wire::subjects::task_event("perfile", "file-done"),
+        None,
+    )
+    .await?;
+    let mut files: Vec<String> = events
+        .iter()
+        .map(|e| {
+            let f = e.file.as_ref().expect("a per-file event names its file");
+            assert!(f.sha256.is_some(), "{e:?}");
+            f.source_path.rsplit('/').next().unwrap_or_default().to_string()
+        })
+        .collect();
+    files.sort();
+    assert_eq!(files, ["a.csv", "b.csv"]);
+
+    // One run-level action and three per-file ones, each naming its file.
+    let per_file: Vec<_> = run.actions.iter().filter(|a| a.file.is_some()).collect();
+    let run_level: Vec<_> = run.actions.iter().filter(|a| a.file.is_none()).collect();
+    assert_eq!(run_level.len(), 1, "{:?}", run.actions);
+    assert_eq!(per_file.len(), 3, "{:?}", run.actions);
+    assert!(per_file.iter().all(|a| a.succeeded), "{per_file:?}");
+    let emailed: Vec<_> = per_file.iter().filter(|a| a.kind == "email").collect();
+    assert_eq!(emailed.len(), 1);
+    assert!(emailed[0].file.as_deref().is_some_and(|f| f.ends_with("c.csv")));
+    let audit = ferry_cli(
+        &nats.url(),
+        &["--json", "audit", "--task", "perfile"],
+        work.path(),
+    );
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    assert_eq!(audit.matches("next_action:event").count(), 3, "{audit}");
+    assert_eq!(audit.matches("next_action:email").count(), 1, "{audit}");
+
+    // `no-files` means nothing for one file.
+    std::fs::write(
+        work.path().join("bad.toml"),
+        config.replace(
+            "on = \"success\"\nper_file = true",
+            "on = \"no-files\"\nper_file = true",
+        ),
+    )?;
+    let refused = ferry_cli(&nats.url(), &["apply", "-f", "bad.toml"], work.path());
+    let text =
+        String::from_utf8_lossy(&refused.stderr).into_owned() + &String::from_utf8_lossy(&refused.stdout);
+    assert!(
+        !refused.status.success() && text.contains("does not apply with per_file = true"),
+        "{text}"
+    );
+    node.shutdown().await;
+    Ok(())
+}

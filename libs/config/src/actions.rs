@@ -75,6 +75,11 @@ impl When {
 pub struct NextAction {
     pub on: When,
     pub action: Action,
+    /// Per file (`per_file = true`): fires for each file of the run as its result comes in —
+    /// `success` a delivered file, `failure` a failed one, `always` either — with `[OrigName]`
+    /// the file's name. Otherwise once per run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_file: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,6 +169,10 @@ struct RawHead {
     on: When,
     /// `email`, `event` or `run-task`.
     kind: String,
+    /// Fire for each file (a delivered one on `success`, a failed one on `failure`) instead of
+    /// once per run.
+    #[serde(default)]
+    per_file: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -239,7 +248,7 @@ pub(crate) fn validate_action(
     };
     let (mut head, mut own) = (toml::Table::new(), toml::Table::new());
     for (k, v) in table {
-        if matches!(k.as_str(), "on" | "kind") {
+        if matches!(k.as_str(), "on" | "kind" | "per_file") {
             head.insert(k.clone(), v.clone());
         } else {
             own.insert(k.clone(), v.clone());
@@ -298,7 +307,19 @@ pub(crate) fn validate_action(
             None
         }
     }?;
-    Some(NextAction { on: head.on, action })
+    if head.per_file && head.on == When::NoFiles {
+        check.error(
+            format!("{path}.on"),
+            "no-files",
+            "does not apply with per_file = true: a per-file action fires for a file (success: delivered, failure: failed, always: either)",
+        );
+        return None;
+    }
+    Some(NextAction {
+        on: head.on,
+        action,
+        per_file: head.per_file,
+    })
 }
 
 fn validate_email(raw: RawEmail, path: &str, check: &mut Checker<'_>) -> Option<Email> {

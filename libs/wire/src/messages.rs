@@ -335,6 +335,9 @@ pub struct TaskEvent {
     /// The run's parameters, secure values masked.
     pub parameters: BTreeMap<String, String>,
     pub finished_at: DateTime<Utc>,
+    /// A per-file action's event: the file (its source path), its outcome and SHA-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileEvent>,
 }
 
 /// The outcome of one next action of a run (`ferry_config::actions`).
@@ -351,6 +354,19 @@ pub struct ActionOutcome {
     pub succeeded: bool,
     pub error: Option<String>,
     pub finished_at: DateTime<Utc>,
+    /// A per-file action: the file it fired for (its source path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+/// The file a per-file event is about.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileEvent {
+    pub source_path: String,
+    pub size: u64,
+    pub sha256: Option<String>,
+    pub outcome: Outcome,
+    pub error: Option<String>,
 }
 
 /// Published when a run starts (after its source listing).

@@ -27,7 +27,8 @@ use ferry_config::actions::{Action, Email, NextAction, SmtpTls};
 use ferry_config::params::{self, ParamValue};
 use ferry_config::{Config, MacroContext, Task};
 use ferry_wire::{
-    ActionOutcome, AuditRecord, Outcome, RunRequested, RunStatus, TaskEvent, Trigger, subjects,
+    ActionOutcome, AuditRecord, FileEvent, FileResult, Outcome, RunRequested, RunStatus, TaskEvent, Trigger,
+    subjects,
 };
 
 /// How a run ended, as next actions see it.
@@ -107,16 +108,51 @@ impl Actions<'_> {
             .next_actions
             .iter()
             .enumerate()
-            .filter(|(_, n)| n.on.fires(end.failed(), end.files()))
+            .filter(|(_, n)| !n.per_file && n.on.fires(end.failed(), end.files()))
             .collect();
         if firing.is_empty() {
             return report;
         }
-        // Secure values are opened only here, for macros; one that cannot be opened is left out
-        // and an action using it fails naming it.
+        let values = self.opened(task, &effective);
+        let description = end.error_description();
+        let run_id = request.run_id.to_string();
+        let macros = MacroContext {
+            orig_name: "",
+            task: &task.name,
+            run_id: &run_id,
+            time: end.started_at.with_timezone(&chrono::Local),
+            params: &values,
+            error: end.failed().then_some((end.error_code(), description.as_str())),
+        };
+        for (index, next) in firing {
+            let outcome = self
+                .once(
+                    task,
+                    request,
+                    end,
+                    (index, next),
+                    None,
+                    &macros,
+                    &report.parameters,
+                    config,
+                )
+                .await;
+            if outcome.succeeded {
+                tracing::info!(task = %task.name, run_id = %request.run_id, action = index, kind = %outcome.kind, target = %outcome.target, "next action done");
+            } else {
+                tracing::warn!(task = %task.name, run_id = %request.run_id, action = index, kind = %outcome.kind, target = %outcome.target, error = outcome.error.as_deref().unwrap_or(""), "next action failed");
+            }
+            report.actions.push(outcome);
+        }
+        report
+    }
+
+    /// The run's parameter values for macros: secure ones opened here (one that cannot be
+    /// opened is left out, and an action using it fails naming it).
+    fn opened(&self, task: &Task, effective: &[params::Effective<'_>]) -> BTreeMap<String, String> {
         let mut values = BTreeMap::new();
         let keymat = self.keymat.current();
-        for e in &effective {
+        for e in effective {
             match e.value {
                 ParamValue::Plain(v) => {
                     values.insert(e.name.to_string(), v.clone());
@@ -134,53 +170,110 @@ impl Actions<'_> {
                 },
             }
         }
-        let description = end.error_description();
-        let run_id = request.run_id.to_string();
-        let macros = MacroContext {
-            orig_name: "",
-            task: &task.name,
-            run_id: &run_id,
-            time: end.started_at.with_timezone(&chrono::Local),
-            params: &values,
-            error: end.failed().then_some((end.error_code(), description.as_str())),
-        };
-        for (index, next) in firing {
-            let outcome = self
-                .once(
-                    task,
-                    request,
-                    end,
-                    index,
-                    next,
-                    &macros,
-                    &report.parameters,
-                    config,
-                )
-                .await;
-            if outcome.succeeded {
-                tracing::info!(task = %task.name, run_id = %request.run_id, action = index, kind = %outcome.kind, target = %outcome.target, "next action done");
-            } else {
-                tracing::warn!(task = %task.name, run_id = %request.run_id, action = index, kind = %outcome.kind, target = %outcome.target, error = outcome.error.as_deref().unwrap_or(""), "next action failed");
-            }
-            report.actions.push(outcome);
-        }
-        report
+        values
     }
 
-    /// Claim, carry out and record action `index`, or report what an earlier attempt stored.
+    /// The per-file next actions (`per_file = true`) of `request`'s task for the `files` of one
+    /// batch result, as it comes in: `success` for a delivered file, `failure` for a failed one,
+    /// `always` for either (a skipped file fires none), `[OrigName]` the file's name. Each is
+    /// claimed per file, like a run's actions, so a resumed run does not fire it twice.
+    pub async fn per_file(
+        &self,
+        config: Option<&Config>,
+        request: &RunRequested,
+        files: &[FileResult],
+    ) -> Vec<ActionOutcome> {
+        let Some(task) = config.and_then(|c| c.tasks.get(&request.task)) else {
+            return Vec::new();
+        };
+        let config = config.expect("a task came from it");
+        let actions: Vec<(usize, &NextAction)> = task
+            .next_actions
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.per_file)
+            .collect();
+        if actions.is_empty() {
+            return Vec::new();
+        }
+        let effective = params::effective(&config.parameters, &task.parameters, &request.parameters);
+        let shown = params::shown(&effective);
+        let values = self.opened(task, &effective);
+        let run_id = request.run_id.to_string();
+        let mut out = Vec::new();
+        for file in files {
+            let failed = match file.outcome {
+                Outcome::Delivered => false,
+                Outcome::Failed => true,
+                _ => continue,
+            };
+            let end = RunEnd {
+                status: if failed {
+                    RunStatus::Failed
+                } else {
+                    RunStatus::Succeeded
+                },
+                error: file.error.as_deref(),
+                delivered: u64::from(!failed),
+                skipped: 0,
+                failed: u64::from(failed),
+                bytes: if failed { 0 } else { file.size },
+                started_at: file.started_at,
+            };
+            let name = file.source_path.rsplit(['/', '\\']).next().unwrap_or_default();
+            let description = end.error_description();
+            let macros = MacroContext {
+                orig_name: name,
+                task: &task.name,
+                run_id: &run_id,
+                time: file.started_at.with_timezone(&chrono::Local),
+                params: &values,
+                error: failed.then_some((end.error_code(), description.as_str())),
+            };
+            for &(index, next) in &actions {
+                if !next.on.fires(failed, 1) {
+                    continue;
+                }
+                let outcome = self
+                    .once(
+                        task,
+                        request,
+                        &end,
+                        (index, next),
+                        Some(file),
+                        &macros,
+                        &shown,
+                        config,
+                    )
+                    .await;
+                if !outcome.succeeded {
+                    tracing::warn!(task = %task.name, run_id = %request.run_id, action = index, kind = %outcome.kind, file = %file.source_path, error = outcome.error.as_deref().unwrap_or(""), "per-file next action failed");
+                }
+                out.push(outcome);
+            }
+        }
+        out
+    }
+
+    /// Claim, carry out and record action `index` (for `file`, a per-file action), or report
+    /// what an earlier attempt stored.
     #[allow(clippy::too_many_arguments)]
     async fn once(
         &self,
         task: &Task,
         request: &RunRequested,
         end: &RunEnd<'_>,
-        index: usize,
-        next: &NextAction,
+        (index, next): (usize, &NextAction),
+        file: Option<&FileResult>,
         macros: &MacroContext<'_>,
         shown: &BTreeMap<String, String>,
         config: &Config,
     ) -> ActionOutcome {
-        let key = format!("action.{}.{index}", request.run_id);
+        // A per-file action's claim, message ids and audit record carry the file's item.
+        let suffix = file
+            .map(|f| format!(".{}", item_digest(&f.item_id)))
+            .unwrap_or_default();
+        let key = format!("action.{}.{index}{suffix}", request.run_id);
         let started_at = Utc::now();
         let outcome = |target: String, result: Result<String, String>| {
             let (target, error) = match result {
@@ -195,6 +288,7 @@ impl Actions<'_> {
                 succeeded: error.is_none(),
                 error,
                 finished_at: Utc::now(),
+                file: file.map(|f| f.source_path.clone()),
             }
         };
         let target = describe(task, &next.action);
@@ -215,9 +309,13 @@ impl Actions<'_> {
         }
         let result = match &next.action {
             Action::Email(email) => send_email(task, index, email, macros, self.keymat).await,
-            Action::Event(event) => self.publish_event(request, end, &event.name, shown).await,
+            Action::Event(event) => {
+                self.publish_event(request, end, &event.name, shown, file, &suffix)
+                    .await
+            }
             Action::RunTask(run) => {
-                self.chain(request, index, &run.task, &run.parameters, macros, config)
+                let id = format!("{index}{suffix}");
+                self.chain(request, &id, &run.task, &run.parameters, macros, config)
                     .await
             }
         };
@@ -225,7 +323,7 @@ impl Actions<'_> {
         if let Err(e) = self.runs_kv.put(&key, ferry_wire::encode(&outcome)).await {
             tracing::warn!(run_id = %request.run_id, action = index, error = %e, "cannot store a next action's outcome");
         }
-        self.audit(request, started_at, &outcome).await;
+        self.audit(request, started_at, &outcome, &suffix).await;
         outcome
     }
 
@@ -235,6 +333,8 @@ impl Actions<'_> {
         end: &RunEnd<'_>,
         name: &str,
         shown: &BTreeMap<String, String>,
+        file: Option<&FileResult>,
+        suffix: &str,
     ) -> Result<String, String> {
         let event = TaskEvent {
             task: request.task.clone(),
@@ -249,12 +349,19 @@ impl Actions<'_> {
             error: end.error.map(str::to_string),
             parameters: shown.clone(),
             finished_at: Utc::now(),
+            file: file.map(|f| FileEvent {
+                source_path: f.source_path.clone(),
+                size: f.size,
+                sha256: f.sha256.clone(),
+                outcome: f.outcome,
+                error: f.error.clone(),
+            }),
         };
         let subject = subjects::task_event(&request.task, name);
         ferry_service::streams::store(
             self.js,
             subject.clone(),
-            format!("task-event:{}:{name}", request.run_id),
+            format!("task-event:{}:{name}{suffix}", request.run_id),
             &event,
             "task event",
         )
@@ -268,7 +375,7 @@ impl Actions<'_> {
     async fn chain(
         &self,
         request: &RunRequested,
-        index: usize,
+        index: &str,
         target: &str,
         parameters: &BTreeMap<String, ferry_config::Template>,
         macros: &MacroContext<'_>,
@@ -347,7 +454,13 @@ impl Actions<'_> {
     }
 
     /// One audit record per action, beside the task's file movements.
-    async fn audit(&self, request: &RunRequested, started_at: DateTime<Utc>, outcome: &ActionOutcome) {
+    async fn audit(
+        &self,
+        request: &RunRequested,
+        started_at: DateTime<Utc>,
+        outcome: &ActionOutcome,
+        suffix: &str,
+    ) {
         let record = AuditRecord {
             task: request.task.clone(),
             run_id: request.run_id,
@@ -373,7 +486,7 @@ impl Actions<'_> {
         if let Err(e) = ferry_service::streams::store(
             self.js,
             subjects::audit_file(&request.task),
-            format!("action:{}:{}", request.run_id, outcome.index),
+            format!("action:{}:{}{suffix}", request.run_id, outcome.index),
             &record,
             "next action audit record",
         )
@@ -382,6 +495,12 @@ impl Actions<'_> {
             tracing::warn!(run_id = %request.run_id, action = outcome.index, error = format!("{e:#}"), "cannot write a next action's audit record");
         }
     }
+}
+
+/// A file's work item id as a KV key and message id token (ids are free text).
+fn item_digest(item_id: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(item_id.as_bytes())[..12])
 }
 
 /// What an action is about, for the record: never a secret.

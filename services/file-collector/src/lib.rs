@@ -308,7 +308,7 @@ impl Collector {
         self.metrics.running.inc();
         let result = self.collect(request).await;
         self.metrics.running.dec();
-        let (status, error, tally, started_at) = match result {
+        let (status, error, mut tally, started_at) = match result {
             Ok((tally, started_at)) => {
                 let status = if tally.failed > 0 {
                     RunStatus::Failed
@@ -334,7 +334,7 @@ impl Collector {
             started_at,
         };
         let config = actions::current_config(&self.config_kv).await;
-        let report = actions::Actions {
+        let mut report = actions::Actions {
             js: &self.js,
             runs_kv: &self.runs_kv,
             keymat: self.hosts.keymat(),
@@ -342,6 +342,7 @@ impl Collector {
         }
         .run(config.as_ref(), request, &end)
         .await;
+        report.actions.append(&mut tally.file_actions);
         self.finish(request, started_at, status, error, tally, report)
             .await
     }
@@ -657,6 +658,16 @@ impl Collector {
             .map(|b| (b.batch_id.as_str(), b.items))
             .collect();
         let mut tally = Tally::new(record);
+        // Per-file next actions fire as each batch's results come in.
+        let config = if planned.is_empty() {
+            None
+        } else {
+            actions::current_config(&self.config_kv).await
+        };
+        let per_file = config
+            .as_ref()
+            .and_then(|c| c.tasks.get(&request.task))
+            .is_some_and(|t| t.next_actions.iter().any(|n| n.per_file));
         if !planned.is_empty() {
             let stream = self
                 .js
@@ -756,6 +767,17 @@ impl Collector {
                     continue;
                 }
                 seen.insert(batch.batch_id.clone());
+                if per_file {
+                    let outcomes = actions::Actions {
+                        js: &self.js,
+                        runs_kv: &self.runs_kv,
+                        keymat: self.hosts.keymat(),
+                        node: &self.node,
+                    }
+                    .per_file(config.as_ref(), request, &batch.results)
+                    .await;
+                    tally.file_actions(outcomes);
+                }
                 tally.add(batch);
             }
         }
@@ -1027,7 +1049,14 @@ struct Tally {
     /// Files given up at the run's deadline of `max_run_secs` (counted by their results).
     given_up: u64,
     max_run_secs: u64,
+    /// Outcomes of per-file next actions for the run's record (the first
+    /// [`FILE_ACTIONS_IN_RUN_FINISHED`]; every one is in the audit trail).
+    file_actions: Vec<ferry_wire::ActionOutcome>,
 }
+
+/// How many per-file next actions' outcomes a run's record lists (a run of many files keeps one
+/// NATS message; the audit trail has every one).
+const FILE_ACTIONS_IN_RUN_FINISHED: usize = 200;
 
 impl Tally {
     fn new(record: &RunRecord) -> Tally {
@@ -1041,6 +1070,11 @@ impl Tally {
             },
             ..Tally::default()
         }
+    }
+
+    fn file_actions(&mut self, outcomes: Vec<ferry_wire::ActionOutcome>) {
+        let room = FILE_ACTIONS_IN_RUN_FINISHED.saturating_sub(self.file_actions.len());
+        self.file_actions.extend(outcomes.into_iter().take(room));
     }
 
     fn add(&mut self, batch: BatchResult) {
