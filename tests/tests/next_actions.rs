@@ -31,8 +31,31 @@ folder = "{missing}"
 [[task.destination]]
 host = "local"
 folder = "{out}"
+{email}
 [[task.next_action]]
+on = "success"
+kind = "event"
+name = "never"
+"#,
+        missing = work.join("no-such-folder").display(),
+        out = work.join("out").display(),
+        email = email_action(
+            smtp,
+            "",
+            "[\"oncall@example.com\", \"ops@example.com\"]",
+            "[TaskName] failed at [Parm:site] code [ErrorCode]",
+            "Run [RunID]: [ErrorDescription]"
+        ),
+    )
+}
+
+/// A `[[task.next_action]]` mailing on failure through `smtp` (STARTTLS, AUTH); `extra`: more
+/// lines of the table (`per_file = true`).
+fn email_action(smtp: &Smtp, extra: &str, to: &str, subject: &str, body: &str) -> String {
+    format!(
+        r#"[[task.next_action]]
 on = "failure"
+{extra}
 kind = "email"
 host = "127.0.0.1"
 port = {port}
@@ -41,16 +64,9 @@ ca_file = "{ca}"
 user = "{user}"
 password = "{password}"
 from = "ferry@example.com"
-to = ["oncall@example.com", "ops@example.com"]
-subject = "[TaskName] failed at [Parm:site] code [ErrorCode]"
-body = "Run [RunID]: [ErrorDescription]"
-[[task.next_action]]
-on = "success"
-kind = "event"
-name = "never"
-"#,
-        missing = work.join("no-such-folder").display(),
-        out = work.join("out").display(),
+to = {to}
+subject = "{subject}"
+body = "{body}""#,
         port = smtp.port,
         ca = smtp.ca_file.display(),
         user = smtp.user,
@@ -298,20 +314,7 @@ size_stable_ms = 0
 host = "local"
 folder = "{out}"
 overwrite = "fail"
-[[task.next_action]]
-on = "failure"
-per_file = true
-kind = "email"
-host = "127.0.0.1"
-port = {port}
-tls = "starttls"
-ca_file = "{ca}"
-user = "{user}"
-password = "{password}"
-from = "ferry@example.com"
-to = ["oncall@example.com"]
-subject = "[OrigName] failed in [TaskName] code [ErrorCode]"
-body = "[ErrorDescription]"
+{email}
 [[task.next_action]]
 on = "success"
 per_file = true
@@ -324,10 +327,13 @@ name = "run-done"
 "#,
         src = src.display(),
         out = out.display(),
-        port = smtp.port,
-        ca = smtp.ca_file.display(),
-        user = smtp.user,
-        password = smtp.password,
+        email = email_action(
+            &smtp,
+            "per_file = true",
+            "[\"oncall@example.com\"]",
+            "[OrigName] failed in [TaskName] code [ErrorCode]",
+            "[ErrorDescription]"
+        ),
     );
     node.apply(&config).await?;
     let run = node.run_task("perfile", Duration::from_secs(60)).await?;

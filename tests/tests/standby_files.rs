@@ -34,6 +34,27 @@ fn cli(url: &str, args: &[&str], dir: &Path) -> String {
     text
 }
 
+/// Primary P on its own NATS, holding a personal certificate `CN=<cn>` (imported from an
+/// openssl-made PFX) and a generated PGP key.
+async fn primary_with_keys(w: &Path, cn: &str) -> anyhow::Result<(NatsServer, Node)> {
+    let nats_p = NatsServer::start()?;
+    let p = Node::start(settings(&nats_p.url())).await?;
+    ferry_tests::openssl_self_signed(w, cn, cn, 30);
+    ferry_tests::openssl_pfx(w, cn, "import-pw");
+    let pfx = format!("{cn}.pfx");
+    cli(
+        &nats_p.url(),
+        &["certs", "import", &pfx, "--password-env", "PFX_PW"],
+        w,
+    );
+    cli(
+        &nats_p.url(),
+        &["pgp", "generate", "--name", "Primary", "--email", "p@example.com"],
+        w,
+    );
+    Ok((nats_p, p))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_bundle_shipped_over_sftp_and_smb_makes_the_standby_identical() -> anyhow::Result<()> {
     let (sftp, smb) = (Remote::sftp()?, Remote::smb()?);
@@ -43,22 +64,9 @@ async fn a_bundle_shipped_over_sftp_and_smb_makes_the_standby_identical() -> any
     std::fs::create_dir_all(&inbox)?;
     std::fs::write(inbox.join("invoice-1.csv"), "1\n")?;
 
-    let nats_p = NatsServer::start()?;
-    let p = Node::start(settings(&nats_p.url())).await?;
     // P's state: a host secret, a secure parameter, a certificate, a PGP key, new-files-only
     // state of a delivered file.
-    ferry_tests::openssl_self_signed(w, "me", "me", 30);
-    ferry_tests::openssl_pfx(w, "me", "import-pw");
-    cli(
-        &nats_p.url(),
-        &["certs", "import", "me.pfx", "--password-env", "PFX_PW"],
-        w,
-    );
-    cli(
-        &nats_p.url(),
-        &["pgp", "generate", "--name", "Primary", "--email", "p@example.com"],
-        w,
-    );
+    let (nats_p, p) = primary_with_keys(w, "me").await?;
     let config = format!(
         "{}{}\
          [[task]]\nname = \"invoices\"\n\
@@ -194,20 +202,7 @@ async fn reference_procedure(via: Via) -> anyhow::Result<()> {
         .expect("a local backing folder");
 
     // P: its own NATS, a certificate and a PGP key, and its configuration file.
-    let nats_p = NatsServer::start()?;
-    let p = Node::start(settings(&nats_p.url())).await?;
-    ferry_tests::openssl_self_signed(w, "partner", "partner", 30);
-    ferry_tests::openssl_pfx(w, "partner", "import-pw");
-    cli(
-        &nats_p.url(),
-        &["certs", "import", "partner.pfx", "--password-env", "PFX_PW"],
-        w,
-    );
-    cli(
-        &nats_p.url(),
-        &["pgp", "generate", "--name", "Primary", "--email", "p@example.com"],
-        w,
-    );
+    let (nats_p, p) = primary_with_keys(w, "partner").await?;
     let config = w.join("primary.toml");
     std::fs::write(
         &config,
