@@ -203,6 +203,11 @@ enum Command {
     Shutdown {
         #[command(flatten)]
         drain: Drain,
+        /// Also disable the node, so that it never becomes active again — not after a restart
+        /// either — until `ferry failover enable` (the reference's "stop the service and set it
+        /// to disabled", before a standby at another site is promoted).
+        #[arg(long)]
+        disable: bool,
     },
 }
 
@@ -361,6 +366,9 @@ enum FailoverCommand {
     Shutdown {
         #[command(flatten)]
         drain: Drain,
+        /// As `ferry shutdown --disable`.
+        #[arg(long)]
+        disable: bool,
     },
     /// Role changes of every node, from the audit trail.
     History {
@@ -547,7 +555,9 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Certs { command } => certs::run(&ctx, command).await,
         Command::Pgp { command } => pgp::run(&ctx, command).await,
         Command::Standby { command } => standby::run(&ctx, command).await,
-        Command::Shutdown { drain } => failover(&ctx, FailoverCommand::Shutdown { drain }).await,
+        Command::Shutdown { drain, disable } => {
+            failover(&ctx, FailoverCommand::Shutdown { drain, disable }).await
+        }
         Command::Nats { .. } | Command::Health(_) => unreachable!("handled before connecting"),
     }
 }
@@ -557,10 +567,11 @@ async fn failover(ctx: &Ctx, command: FailoverCommand) -> anyhow::Result<ExitCod
     const ANSWER: Duration = Duration::from_secs(30);
     let by = operator();
     // A role change waits for its drain and then the release (at most one lease TTL).
-    let role_change = |endpoint: &'static str, drain: Duration| -> anyhow::Result<_> {
+    let role_change = |endpoint: &'static str, drain: Duration, disable: bool| -> anyhow::Result<_> {
         let request = RoleRequest {
             drain_timeout_ms: drain.as_millis() as u64,
             by: by.clone(),
+            disable,
         };
         Ok((
             endpoint,
@@ -600,10 +611,14 @@ async fn failover(ctx: &Ctx, command: FailoverCommand) -> anyhow::Result<ExitCod
                 wait + ANSWER + Duration::from_secs(120),
             )
         }
-        FailoverCommand::Demote { drain } => role_change(subjects::api::DEMOTE, drain.drain_timeout)?,
-        FailoverCommand::Disable { drain } => role_change(subjects::api::DISABLE, drain.drain_timeout)?,
-        FailoverCommand::Shutdown { drain } => role_change(subjects::api::SHUTDOWN, drain.drain_timeout)?,
-        FailoverCommand::Enable => role_change(subjects::api::ENABLE, Duration::ZERO)?,
+        FailoverCommand::Demote { drain } => role_change(subjects::api::DEMOTE, drain.drain_timeout, false)?,
+        FailoverCommand::Disable { drain } => {
+            role_change(subjects::api::DISABLE, drain.drain_timeout, false)?
+        }
+        FailoverCommand::Shutdown { drain, disable } => {
+            role_change(subjects::api::SHUTDOWN, drain.drain_timeout, disable)?
+        }
+        FailoverCommand::Enable => role_change(subjects::api::ENABLE, Duration::ZERO, false)?,
     };
     let status: FailoverStatus =
         ferry_service::api::call_within(&ctx.client, &ctx.node, COORDINATOR, endpoint, &body, limit).await?;

@@ -321,8 +321,16 @@ async fn reference_procedure(via: Via) -> anyhow::Result<()> {
     assert!(bundle.exists() && import_folder.join("CertsPersonal.pfx").exists());
     std::fs::write(inbox.join("b1.csv"), "b1 arrived after the last replication\n")?;
     let p_runs = p.finished_runs(Some("invoices")).await?;
+    let p_settings = p.settings.clone();
     let p_keymat = p.settings.keymat_path();
-    cli(&nats_p.url(), &["shutdown", "--drain-timeout", "10s"], w);
+    // Over SMB the reference's "stop the service and set it to disabled" (`--disable`): P, started
+    // again later, must stay out of the way. Over SFTP a plain shutdown.
+    let disable = matches!(via, Via::Smb);
+    let mut shutdown = vec!["shutdown", "--drain-timeout", "10s"];
+    if disable {
+        shutdown.push("--disable");
+    }
+    cli(&nats_p.url(), &shutdown, w);
     assert!(
         p.current_epoch().await.is_err(),
         "P released its lease when it shut down"
@@ -426,6 +434,20 @@ async fn reference_procedure(via: Via) -> anyhow::Result<()> {
         got.keys().map(String::as_str).collect::<Vec<_>>(),
         ["a1.csv", "a2.csv", "b1.csv"]
     );
+    if disable {
+        // P comes back (its site recovered, someone starts the service): disabled, it sends
+        // nothing — b1, which S delivered, is new to P's state and would go again.
+        let p = Node::start(p_settings).await?;
+        let status: FailoverStatus = json(&nats_p.url(), &["failover", "status"], w);
+        assert_eq!(status.role, Role::Disabled, "{status:?}");
+        let text = refused(&nats_p.url(), &["task", "run", "invoices"], w);
+        assert!(text.contains("not active"), "{text}");
+        let before = p.finished_runs(Some("invoices")).await?.len();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let after = p.finished_runs(Some("invoices")).await?;
+        assert_eq!(after.len(), before, "a disabled P runs nothing: {after:#?}");
+        p.shutdown().await;
+    }
     s.shutdown().await;
     Ok(())
 }

@@ -937,6 +937,9 @@ pub struct RoleRequest {
     /// How long work in flight may take to finish before the lease is released anyway.
     pub drain_timeout_ms: u64,
     pub by: String,
+    /// `shutdown` only: also disable the node (recorded, so it stays disabled after a restart).
+    #[serde(default)]
+    pub disable: bool,
 }
 
 /// Error reply of any API endpoint (also sent as the NATS service error header).

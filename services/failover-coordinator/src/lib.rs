@@ -1005,8 +1005,18 @@ impl Coordinator {
                     self.drain(drain).await;
                     self.revoke_and_release(self.ttl).await;
                 }
-                self.publish_role(role, role, 0, &format!("service shut down by {}", req.by))
+                if req.disable && role != Role::Disabled {
+                    self.set_role(
+                        role,
+                        Role::Disabled,
+                        0,
+                        &format!("disabled and shut down by {}", req.by),
+                    )
                     .await;
+                } else {
+                    self.publish_role(role, role, 0, &format!("service shut down by {}", req.by))
+                        .await;
+                }
                 let status = self.status().await;
                 // Reply first, then stop every service of the node (this one included).
                 let client = self.client.clone();
