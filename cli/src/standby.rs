@@ -272,6 +272,10 @@ async fn setup(ctx: &Ctx, args: SetupArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    // The file keeps its permissions (a temp file is created private).
+    if let Ok(meta) = std::fs::metadata(&args.file) {
+        staged.as_file().set_permissions(meta.permissions())?;
+    }
     staged.as_file().sync_all()?;
     staged
         .persist(&args.file)

@@ -247,6 +247,8 @@ async fn reference_procedure(via: Via) -> anyhow::Result<()> {
         args
     };
     // A refused setup leaves the file as it was; a dry run changes nothing.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o640))?;
     let before = std::fs::read_to_string(&config)?;
     let text = refused(
         &nats_p.url(),
@@ -302,6 +304,8 @@ async fn reference_procedure(via: Via) -> anyhow::Result<()> {
         !written.contains("backup-pw"),
         "no password in the file: {written}"
     );
+    let mode = std::fs::metadata(&config)?.permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640, "setup keeps the file's permissions");
 
     // P's scheduler delivers the first files.
     for name in ["a1.csv", "a2.csv"] {
