@@ -663,3 +663,71 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Each delivered file of `runs` (by file name) and how many times it was delivered: what an
+/// exactly-once check across a failover counts.
+pub fn deliveries(runs: &[RunFinished]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for run in runs {
+        for file in &run.files {
+            if file.outcome == ferry_wire::Outcome::Delivered {
+                let name = file
+                    .source_path
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                *out.entry(name).or_default() += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The primary's configuration for the reference procedure's end-to-end tests: `host` (a
+/// `[[host]]` table named `partner`), task `task` moving new files of `inbox` to `partner`'s
+/// `out` every two seconds, a `certs-backup` task writing the Certs Backup to `certs`, and the
+/// unscheduled `certs-restore` task restoring it from there (its files kept in `restored`), the
+/// password a secure parameter.
+pub fn procedure_config(
+    host: &str,
+    task: &str,
+    inbox: &Path,
+    out: &str,
+    certs: &Path,
+    restored: &Path,
+) -> String {
+    format!(
+        "{host}\
+         [[task]]\nname = \"{task}\"\n\
+         [[task.source]]\nhost = \"local\"\nfolder = \"{inbox}\"\nnew_files_only = true\nsize_stable_ms = 0\n\
+         [[task.destination]]\nhost = \"partner\"\nfolder = \"{out}\"\n\
+         [[task.schedule]]\ncron = \"*/2 * * * * *\"\n\
+         [[task]]\nname = \"certs-backup\"\n\
+         [task.parameters]\nCertsPassword = {{ secure = \"backup-pw\" }}\n\
+         [[task.destination]]\nhost = \"local\"\nfolder = \"{certs}\"\noverwrite = \"overwrite\"\n\
+         [[task.steps]]\nprocess = \"certs-backup\"\npassword_param = \"CertsPassword\"\n\
+         [[task]]\nname = \"certs-restore\"\n\
+         [task.parameters]\nCertsPassword = {{ secure = \"backup-pw\" }}\n\
+         [[task.source]]\nhost = \"local\"\nfolder = \"{certs}\"\nmasks = \"Certs*.pfx;Certs*.p7b\"\nnew_files_only = false\n\
+         [[task.destination]]\nhost = \"local\"\nfolder = \"{restored}\"\noverwrite = \"overwrite\"\n\
+         [[task.steps]]\nprocess = \"certs-restore\"\npassword_param = \"CertsPassword\"\n",
+        inbox = inbox.display(),
+        certs = certs.display(),
+        restored = restored.display(),
+    )
+}
+
+/// Every finished run of `task` in the events stream behind `js`, with its files.
+pub async fn finished_runs(
+    js: &async_nats::jetstream::Context,
+    task: &str,
+) -> anyhow::Result<Vec<RunFinished>> {
+    ferry_service::streams::read(
+        js,
+        ferry_wire::topology::STREAM_EVENTS,
+        &subjects::run_finished_filter(Some(task)),
+        None,
+    )
+    .await
+}

@@ -3,7 +3,8 @@
 //! after `ferry shutdown` released it, waits for a dead node's lease to lapse with
 //! `--after-expiry`; a disabled node stays disabled across a restart (even in automatic mode);
 //! `ferry failover demote` drains and releases the lease; a trigger request is answered by the
-//! active node, not a standby.
+//! active node, not a standby; and the reference hot-standby procedure on the shared cluster
+//! (`the_reference_procedure_on_a_shared_cluster`).
 //!
 //! Each node is five real service processes (`ProcNode`, no network namespace) against one real
 //! nats-server, with its own data dir. `node1` starts active, `node2` standby; lease TTL 3 s,
@@ -15,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::de::DeserializeOwned;
+
+mod remote;
 
 use ferry_tests::pair::{NodeSetup, ProcNode};
 use ferry_tests::{NatsServer, bin_path, eventually, local_task};
@@ -69,6 +72,11 @@ impl Pair {
 
     /// `ferry --nats-url URL --node NODE ARGS`, in the operator's working directory.
     fn ferry(&self, node: &str, args: &[&str]) -> Output {
+        self.ferry_env(node, args, &[])
+    }
+
+    /// [`Pair::ferry`] with `env` added.
+    fn ferry_env(&self, node: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(bin_path("ferry"))
             .arg("--nats-url")
             .arg(self.nats.url())
@@ -77,6 +85,7 @@ impl Pair {
             .args(args)
             .current_dir(self.work.path())
             .env_remove("FERRY_CONFIG")
+            .envs(env.iter().copied())
             .output()
             .expect("run the ferry CLI")
     }
@@ -707,6 +716,136 @@ async fn a_trigger_is_answered_by_the_active_node_and_refused_clearly_without_on
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_secs(5),
         "a standby answers after its grace of a second, took {took:?}"
+    );
+    Ok(())
+}
+
+/// The reference procedure (section 7) on one NATS cluster (replication mode 1: one set of
+/// stores, nothing to copy): node1 runs a scheduled new-files-only task to a real sshd and keeps
+/// a Certs Backup; node2 (standby, the same keymat, its scheduler disabled at start) waits; a
+/// file arrives; node1 is stopped with `ferry shutdown`; node2 is promoted, its scheduler still
+/// stopped; Certs Restore runs there; `ferry config verify` says identical; `ferry scheduler
+/// start`; node2 delivers the late file once and none of node1's again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_reference_procedure_on_a_shared_cluster() -> anyhow::Result<()> {
+    let dest = remote::Remote::sftp()?;
+    let mut pair = Pair::start(|node2| {
+        node2.start_with_scheduler_disabled = true;
+        // One keymat, as after `ferry keymat import` on the standby.
+        let work = node2.data_dir.parent().expect("the work dir").to_path_buf();
+        node2.keymat = Some(work.join(format!("data-{NODE1}")).join("keymat"));
+    })?;
+    pair.wait_started().await?;
+    let w = pair.work.path().to_path_buf();
+    let (inbox, certs) = (w.join("inbox"), w.join("certs"));
+    std::fs::create_dir_all(&inbox)?;
+    std::fs::create_dir_all(&certs)?;
+    ferry_tests::openssl_self_signed(&w, "partner", "partner", 30);
+    ferry_tests::openssl_pfx(&w, "partner", "import-pw");
+    let imported = pair.ferry_env(
+        NODE1,
+        &["certs", "import", "partner.pfx", "--password-env", "PFX_PW"],
+        &[("PFX_PW", "import-pw")],
+    );
+    assert!(imported.status.success(), "{}", describe(&imported));
+    let config = w.join("primary.toml");
+    std::fs::write(
+        &config,
+        ferry_tests::procedure_config(
+            &dest.host("partner", true),
+            "payroll",
+            &inbox,
+            &dest.folder("out"),
+            &certs,
+            &w.join("restored"),
+        ),
+    )?;
+    let applied = pair.ferry(NODE1, &["apply", "-f", &config.to_string_lossy()]);
+    assert!(
+        applied.status.success(),
+        "{}\n{}",
+        describe(&applied),
+        pair.logs()
+    );
+
+    for name in ["a1.csv", "a2.csv"] {
+        std::fs::write(inbox.join(name), format!("{name} before the failure\n"))?;
+    }
+    eventually(Duration::from_secs(30), "node1 to deliver a1 and a2", || async {
+        (dest.hashes("out").await.len() == 2).then_some(())
+    })
+    .await?;
+    let backup: RunFinished = pair.json(
+        NODE1,
+        &["task", "run", "certs-backup", "--wait", "--timeout", "60s"],
+    );
+    assert_eq!(backup.status, RunStatus::Succeeded, "{backup:?}");
+    // node1's scheduler stops, so that b1 is certainly not delivered by it; node1 shuts down.
+    let stopped = pair.ferry(NODE1, &["scheduler", "stop"]);
+    assert!(stopped.status.success(), "{}", describe(&stopped));
+    std::fs::write(inbox.join("b1.csv"), "b1 after node1's last run\n")?;
+    let js = async_nats::jetstream::new(async_nats::connect(pair.nats.url()).await?);
+    let node1_runs = ferry_tests::finished_runs(&js, "payroll").await?;
+    let out = pair.ferry(NODE1, &["shutdown", "--drain-timeout", "10s"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    if let Err(running) = wait_exited(&mut pair.node1, Duration::from_secs(10)).await {
+        panic!("node1 still runs {running:?}\n{}", pair.logs());
+    }
+
+    // node2: promoted with its scheduler stopped; Certs Restore; verify; scheduler start.
+    let (promoted, _) = pair.promote(NODE2, &[]);
+    assert_eq!(promoted.role, Role::Active, "{promoted:?}");
+    let scheduler: SchedulerStatus = pair.json(NODE2, &["scheduler", "status"]);
+    assert!(!scheduler.enabled, "{scheduler:?}");
+    let restore: RunFinished = eventually(Duration::from_secs(30), "Certs Restore on node2", || async {
+        let out = pair.ferry(
+            NODE2,
+            &[
+                "--json",
+                "task",
+                "run",
+                "certs-restore",
+                "--wait",
+                "--timeout",
+                "60s",
+            ],
+        );
+        serde_json::from_slice(&out.stdout).ok()
+    })
+    .await?;
+    assert_eq!(
+        (restore.status, restore.files_delivered, restore.node.as_str()),
+        (RunStatus::Succeeded, 2, NODE2),
+        "{restore:?}"
+    );
+    let verified = pair.ferry(NODE2, &["config", "verify", "--against", &pair.nats.url()]);
+    assert!(
+        verified.status.success() && String::from_utf8_lossy(&verified.stdout).starts_with("identical:"),
+        "{}",
+        describe(&verified)
+    );
+    let started = pair.ferry(NODE2, &["scheduler", "start"]);
+    assert!(started.status.success(), "{}", describe(&started));
+    eventually(Duration::from_secs(30), "node2 to deliver b1", || async {
+        (dest.hashes("out").await.len() == 3).then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let all = ferry_tests::finished_runs(&js, "payroll").await?;
+    let on_node2: Vec<RunFinished> = all.into_iter().filter(|r| r.node == NODE2).collect();
+    assert_eq!(
+        ferry_tests::deliveries(&on_node2),
+        std::collections::BTreeMap::from([("b1.csv".to_string(), 1)]),
+        "node2: only b1, once"
+    );
+    assert_eq!(
+        ferry_tests::deliveries(&node1_runs),
+        std::collections::BTreeMap::from([("a1.csv".to_string(), 1), ("a2.csv".to_string(), 1)]),
+    );
+    let got = dest.hashes("out").await;
+    assert_eq!(
+        got.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["a1.csv", "a2.csv", "b1.csv"]
     );
     Ok(())
 }

@@ -20,6 +20,8 @@ use anyhow::Context;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 
+mod remote;
+
 use ferry_tests::pair::{NodeSetup, ProcNode};
 use ferry_tests::{NatsServer, bin_path, eventually, free_port, http_get, local_task, metric_sum};
 use ferry_wire::standby::{ReplicationMode, StandbyStatus};
@@ -55,6 +57,16 @@ struct Sites {
 
 impl Sites {
     fn setup(work: &Path, id: &str, nats_url: String, initial_role: &'static str) -> NodeSetup {
+        Self::setup_with(work, id, nats_url, initial_role, false)
+    }
+
+    fn setup_with(
+        work: &Path,
+        id: &str,
+        nats_url: String,
+        initial_role: &'static str,
+        start_with_scheduler_disabled: bool,
+    ) -> NodeSetup {
         NodeSetup {
             id: id.to_string(),
             nats_url,
@@ -65,7 +77,7 @@ impl Sites {
             lease_ttl_ms: 3000,
             fence_margin_ms: 600,
             replicas: 1,
-            start_with_scheduler_disabled: false,
+            start_with_scheduler_disabled,
             // One keymat for both, as after `ferry keymat import` on the standby.
             keymat: Some(work.join("keymat")),
             nats_keys: None,
@@ -73,6 +85,11 @@ impl Sites {
     }
 
     async fn start() -> anyhow::Result<Self> {
+        Self::start_with(false).await
+    }
+
+    /// The two sites; `beta_scheduler_disabled`: beta starts with its scheduler disabled.
+    async fn start_with(beta_scheduler_disabled: bool) -> anyhow::Result<Self> {
         let work = tempfile::Builder::new().prefix("ferry-mirror-").tempdir()?;
         let leaf = free_port();
         let nats_p =
@@ -101,7 +118,13 @@ impl Sites {
             .await?;
         // beta starts once alpha has created the shared keymat.
         sites.beta = Some(ProcNode::start_with_env(
-            Self::setup(sites.work.path(), BETA, sites.nats_s.url(), "standby"),
+            Self::setup_with(
+                sites.work.path(),
+                BETA,
+                sites.nats_s.url(),
+                "standby",
+                beta_scheduler_disabled,
+            ),
             None,
             &sites.work.path().join("logs-beta"),
             BTreeMap::from([(
@@ -185,6 +208,11 @@ impl Sites {
     }
 
     fn ferry(&self, node: &str, args: &[&str]) -> Output {
+        self.ferry_env(node, args, &[])
+    }
+
+    /// [`Sites::ferry`] with `env` added.
+    fn ferry_env(&self, node: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(bin_path("ferry"))
             .arg("--nats-url")
             .arg(self.url(node))
@@ -193,6 +221,7 @@ impl Sites {
             .args(args)
             .current_dir(self.work.path())
             .env_remove("FERRY_CONFIG")
+            .envs(env.iter().copied())
             .output()
             .expect("run the ferry CLI")
     }
@@ -403,7 +432,9 @@ async fn a_mirrored_standby_follows_the_primary_refuses_writes_and_takes_over_wi
             "payroll@example.com",
         ],
     );
+    // (Both rings: the public key and the secret key are two stores, copied each on its own.)
     replicated(&js_p, &js_s, topology::KV_PGP_SECRET).await?;
+    replicated(&js_p, &js_s, topology::KV_PGP_PUBLIC).await?;
     let ring: Vec<ferry_wire::keys::PgpKeyInfo> = sites.json(BETA, &["pgp", "list"]);
     assert!(
         ring.iter()
@@ -528,6 +559,140 @@ async fn a_mirrored_standby_follows_the_primary_refuses_writes_and_takes_over_wi
         )),
         "{err}"
     );
+    Ok(())
+}
+
+/// The reference procedure (section 7) in mirror mode: the primary runs a scheduled
+/// new-files-only task to a real sshd, keeps a Certs Backup, and its stores are mirrored to the
+/// standby site (beta: manual mode, its scheduler disabled at start); a file arrives after the
+/// last change copied; alpha is stopped with `ferry shutdown`; beta is promoted, its scheduler
+/// still stopped; Certs Restore runs there; `ferry config verify` against the primary's NATS says
+/// identical; `ferry scheduler start`; beta delivers the late file once and none of alpha's again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_reference_procedure_over_mirrors() -> anyhow::Result<()> {
+    let dest = remote::Remote::sftp()?;
+    let mut sites = Sites::start_with(true).await?;
+    let (js_p, js_s) = (js(&sites.nats_p.url()).await?, js(&sites.nats_s.url()).await?);
+    let w = sites.work.path().to_path_buf();
+    let (inbox, certs) = (w.join("inbox"), w.join("certs"));
+    std::fs::create_dir_all(&inbox)?;
+    std::fs::create_dir_all(&certs)?;
+    ferry_tests::openssl_self_signed(&w, "partner", "partner", 30);
+    ferry_tests::openssl_pfx(&w, "partner", "import-pw");
+    let imported = sites.ferry_env(
+        ALPHA,
+        &["certs", "import", "partner.pfx", "--password-env", "PFX_PW"],
+        &[("PFX_PW", "import-pw")],
+    );
+    assert!(imported.status.success(), "{}", describe(&imported));
+    let config = w.join("primary.toml");
+    std::fs::write(
+        &config,
+        ferry_tests::procedure_config(
+            &dest.host("partner", true),
+            TASK,
+            &inbox,
+            &dest.folder("out"),
+            &certs,
+            &w.join("restored"),
+        ),
+    )?;
+    let applied = sites.ferry(ALPHA, &["apply", "-f", &config.to_string_lossy()]);
+    assert!(
+        applied.status.success(),
+        "{}\n{}",
+        describe(&applied),
+        sites.logs()
+    );
+    sites.attach(BETA).await?;
+
+    // alpha delivers a1 and a2 on its schedule and keeps a Certs Backup.
+    for name in ["a1.csv", "a2.csv"] {
+        std::fs::write(inbox.join(name), format!("{name} before the failure\n"))?;
+    }
+    eventually(Duration::from_secs(30), "alpha to deliver a1 and a2", || async {
+        (dest.hashes("out").await.len() == 2).then_some(())
+    })
+    .await?;
+    let backup: RunFinished = sites.json(
+        ALPHA,
+        &["task", "run", "certs-backup", "--wait", "--timeout", "60s"],
+    );
+    assert_eq!(backup.status, RunStatus::Succeeded, "{backup:?}");
+    // alpha's scheduler stops (so nothing more is certain to be delivered by it), every change
+    // is copied, then b1 arrives and alpha is shut down.
+    let stopped = sites.ferry(ALPHA, &["scheduler", "stop"]);
+    assert!(stopped.status.success(), "{}", describe(&stopped));
+    for bucket in topology::MIRRORED {
+        replicated(&js_p, &js_s, bucket).await?;
+    }
+    std::fs::write(inbox.join("b1.csv"), "b1 after the last change copied\n")?;
+    let alpha_runs = ferry_tests::finished_runs(&js_p, TASK).await?;
+    let _: FailoverStatus = sites.json(ALPHA, &["shutdown", "--drain-timeout", "10s"]);
+    let mut alpha = sites.alpha.take().expect("alpha runs");
+    eventually(Duration::from_secs(20), "alpha's services to stop", || {
+        let running = alpha.running().is_empty();
+        async move { running.then_some(()) }
+    })
+    .await?;
+
+    // beta: promoted, its scheduler still stopped; Certs Restore; verify; scheduler start.
+    let promoted: FailoverStatus = sites.json(BETA, &["failover", "promote"]);
+    assert_eq!(promoted.role, Role::Active, "{promoted:?}");
+    let scheduler: ferry_wire::SchedulerStatus = sites.json(BETA, &["scheduler", "status"]);
+    assert!(
+        !scheduler.enabled,
+        "beta starts with its scheduler disabled: {scheduler:?}"
+    );
+    let restore: RunFinished = sites.json(
+        BETA,
+        &["task", "run", "certs-restore", "--wait", "--timeout", "60s"],
+    );
+    assert_eq!(
+        (restore.status, restore.files_delivered),
+        (RunStatus::Succeeded, 2),
+        "{restore:?}"
+    );
+    let listed = sites.ferry(BETA, &["certs", "list"]);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("CN=partner"),
+        "{}",
+        describe(&listed)
+    );
+    let verified = sites.ferry(BETA, &["config", "verify", "--against", &sites.nats_p.url()]);
+    assert!(
+        verified.status.success() && String::from_utf8_lossy(&verified.stdout).starts_with("identical:"),
+        "{}",
+        describe(&verified)
+    );
+    let started = sites.ferry(BETA, &["scheduler", "start"]);
+    assert!(started.status.success(), "{}", describe(&started));
+    eventually(Duration::from_secs(30), "beta to deliver b1", || async {
+        (dest.hashes("out").await.len() == 3).then_some(())
+    })
+    .await?;
+    // Two more slots: a re-send would show now.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (on_alpha, on_beta) = (
+        ferry_tests::deliveries(&alpha_runs),
+        ferry_tests::deliveries(&ferry_tests::finished_runs(&js_s, TASK).await?),
+    );
+    assert_eq!(
+        on_beta,
+        BTreeMap::from([("b1.csv".to_string(), 1)]),
+        "beta: only b1, once"
+    );
+    assert_eq!(
+        on_alpha,
+        BTreeMap::from([("a1.csv".to_string(), 1), ("a2.csv".to_string(), 1)]),
+        "alpha"
+    );
+    let got = dest.hashes("out").await;
+    assert_eq!(
+        got.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["a1.csv", "a2.csv", "b1.csv"]
+    );
+    alpha.kill_all();
     Ok(())
 }
 
