@@ -53,6 +53,9 @@ struct Sites {
     alpha: Option<ProcNode>,
     beta: Option<ProcNode>,
     beta_metrics: u16,
+    /// With [`Sites::start_linked`]: the leaf-node connection and beta's direct connection to
+    /// alpha's NATS go through these, so that the test can cut the sites apart.
+    links: Option<(ferry_testkit::Link, ferry_testkit::Link)>,
 }
 
 impl Sites {
@@ -85,19 +88,39 @@ impl Sites {
     }
 
     async fn start() -> anyhow::Result<Self> {
-        Self::start_with(false).await
+        Self::start_with(false, false).await
     }
 
-    /// The two sites; `beta_scheduler_disabled`: beta starts with its scheduler disabled.
-    async fn start_with(beta_scheduler_disabled: bool) -> anyhow::Result<Self> {
+    /// The two sites joined through links the test can cut ([`Sites::cut`]).
+    async fn start_linked() -> anyhow::Result<Self> {
+        Self::start_with(false, true).await
+    }
+
+    /// The two sites; `beta_scheduler_disabled`: beta starts with its scheduler disabled;
+    /// `linked`: the sites are joined through [`ferry_testkit::Link`]s.
+    async fn start_with(beta_scheduler_disabled: bool, linked: bool) -> anyhow::Result<Self> {
         let work = tempfile::Builder::new().prefix("ferry-mirror-").tempdir()?;
         let leaf = free_port();
-        let nats_p =
-            NatsServer::start_site("site_p", &format!("leafnodes {{ listen: \"127.0.0.1:{leaf}\" }}"))?;
+        // `no_advertise`: the standby site's server dials only the URL it is given (else it
+        // learns the primary's real leaf address and would go round a link the test cuts).
+        let nats_p = NatsServer::start_site(
+            "site_p",
+            &format!("leafnodes {{ listen: \"127.0.0.1:{leaf}\", no_advertise: true }}"),
+        )?;
+        let links = if linked {
+            let client: std::net::SocketAddr = nats_p.url().trim_start_matches("nats://").parse()?;
+            Some((
+                ferry_testkit::Link::start(format!("127.0.0.1:{leaf}").parse()?).await?,
+                ferry_testkit::Link::start(client).await?,
+            ))
+        } else {
+            None
+        };
+        let leaf_port = links.as_ref().map(|(l, _)| l.port()).unwrap_or(leaf);
         let nats_s = NatsServer::start_site(
             "site_s",
             &format!(
-                "leafnodes {{ remotes: [ {{ url: \"nats-leaf://127.0.0.1:{leaf}\", deny_imports: {DENY}, deny_exports: {DENY} }} ] }}"
+                "leafnodes {{ remotes: [ {{ url: \"nats-leaf://127.0.0.1:{leaf_port}\", deny_imports: {DENY}, deny_exports: {DENY} }} ] }}"
             ),
         )?;
         let alpha = ProcNode::start(
@@ -109,6 +132,7 @@ impl Sites {
             alpha: Some(alpha),
             beta: None,
             beta_metrics: free_port(),
+            links,
             work,
             nats_p,
             nats_s,
@@ -143,6 +167,22 @@ impl Sites {
             self.nats_p.url()
         } else {
             self.nats_s.url()
+        }
+    }
+
+    /// The primary's NATS URL as `node` reaches it from its site (through the link, if any).
+    fn primary_url_for(&self, node: &str) -> String {
+        match (&self.links, node) {
+            (Some((_, client)), BETA) => format!("nats://127.0.0.1:{}", client.port()),
+            _ => self.url(Self::other(node)),
+        }
+    }
+
+    /// Cut (`true`) or heal the links between the sites.
+    fn partition(&self, cut: bool) {
+        let (leaf, client) = self.links.as_ref().expect("the sites are linked");
+        for link in [leaf, client] {
+            if cut { link.cut() } else { link.heal() }
         }
     }
 
@@ -199,7 +239,7 @@ impl Sites {
     /// `ferry standby attach` on `node` to the other node's site, retried while the link
     /// between the sites comes back.
     async fn attach(&self, node: &str) -> anyhow::Result<StandbyStatus> {
-        let primary = self.url(Self::other(node));
+        let primary = self.primary_url_for(node);
         eventually(Duration::from_secs(20), &format!("{node} attached"), || async {
             self.try_json::<StandbyStatus>(node, &["standby", "attach", "--primary", &primary])
         })
@@ -571,7 +611,7 @@ async fn a_mirrored_standby_follows_the_primary_refuses_writes_and_takes_over_wi
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_reference_procedure_over_mirrors() -> anyhow::Result<()> {
     let dest = remote::Remote::sftp()?;
-    let mut sites = Sites::start_with(true).await?;
+    let mut sites = Sites::start_with(true, false).await?;
     let (js_p, js_s) = (js(&sites.nats_p.url()).await?, js(&sites.nats_s.url()).await?);
     let w = sites.work.path().to_path_buf();
     let (inbox, certs) = (w.join("inbox"), w.join("certs"));
@@ -693,6 +733,88 @@ async fn the_reference_procedure_over_mirrors() -> anyhow::Result<()> {
         ["a1.csv", "a2.csv", "b1.csv"]
     );
     alpha.kill_all();
+    Ok(())
+}
+
+/// A partition between the sites while the primary is active (manual mode): the leaf-node
+/// connection and beta's direct connection to alpha's NATS go through links the test cuts for
+/// over three lease TTLs. beta stays standby the whole time and says the primary cannot be
+/// reached; alpha stays active and keeps delivering and taking changes; once the link heals,
+/// what alpha changed meanwhile is on beta.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_between_the_sites_does_not_make_the_standby_active() -> anyhow::Result<()> {
+    let sites = Sites::start_linked().await?;
+    let (js_p, js_s) = (js(&sites.nats_p.url()).await?, js(&sites.nats_s.url()).await?);
+    let (src, dst, file) = sites.write_task("")?;
+    let applied = sites.ferry(ALPHA, &["apply", "-f", &file]);
+    assert!(applied.status.success(), "{}", describe(&applied));
+    sites.attach(BETA).await?;
+    replicated(&js_p, &js_s, topology::KV_CONFIG).await?;
+    let before = last_seq(&js_s, topology::KV_CONFIG).await?;
+
+    sites.partition(true);
+    let cut_at = Instant::now();
+    let started = Instant::now();
+    // alpha goes on: a change and a delivery during the partition.
+    let other = local_task(
+        "other",
+        &sites.work.path().join("other-in"),
+        &sites.work.path().join("other-out"),
+        "",
+        "",
+    );
+    let (_, _, changed) = sites.write_task(&other)?;
+    let applied = sites.ferry(ALPHA, &["apply", "-f", &changed]);
+    assert!(applied.status.success(), "{}", describe(&applied));
+    std::fs::write(src.join("during.txt"), b"sent while the sites are apart")?;
+    let run: RunFinished = sites.json(ALPHA, &["task", "run", TASK, "--wait", "--timeout", "60s"]);
+    assert_eq!(
+        (run.status, run.files_delivered),
+        (RunStatus::Succeeded, 1),
+        "{run:?}"
+    );
+    assert!(dst.join("during.txt").exists());
+    eprintln!(
+        "alpha applied and delivered during the partition in {:?}",
+        started.elapsed()
+    );
+    // Over three lease TTLs (3 s each): beta never becomes active, alpha stays active.
+    while cut_at.elapsed() < Duration::from_secs(10) {
+        let beta: FailoverStatus = sites.json(BETA, &["failover", "status"]);
+        assert_eq!(beta.role, Role::Standby, "beta during the partition: {beta:?}");
+        assert!(!beta.lease_valid, "{beta:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let alpha: FailoverStatus = sites.json(ALPHA, &["failover", "status"]);
+    assert!(alpha.role == Role::Active && alpha.lease_valid, "{alpha:?}");
+    let status: StandbyStatus = sites.json(BETA, &["standby", "status"]);
+    assert!(
+        status.primary_error.is_some() || status.buckets.iter().any(|b| b.error.is_some()),
+        "beta says the primary cannot be reached: {status:?}"
+    );
+    assert_eq!(
+        last_seq(&js_s, topology::KV_CONFIG).await?,
+        before,
+        "nothing crossed the cut link"
+    );
+
+    // Healed: what alpha changed meanwhile is copied.
+    eprintln!("partition held for {:?}", cut_at.elapsed());
+    sites.partition(false);
+    let healed_at = Instant::now();
+    let want = last_seq(&js_p, topology::KV_CONFIG).await?;
+    assert!(want > before);
+    // (The server retries a mirror whose origin went away with a back-off of tens of seconds.)
+    eventually(
+        Duration::from_secs(90),
+        "beta to catch up after the partition",
+        || async { (last_seq(&js_s, topology::KV_CONFIG).await.ok()? >= want).then_some(()) },
+    )
+    .await
+    .with_context(|| sites.logs())?;
+    eprintln!("caught up {:?} after the link healed", healed_at.elapsed());
+    let beta: FailoverStatus = sites.json(BETA, &["failover", "status"]);
+    assert_eq!(beta.role, Role::Standby, "{beta:?}");
     Ok(())
 }
 

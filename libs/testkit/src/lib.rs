@@ -3,7 +3,7 @@
 //! [`NatsServer`] is one server; [`NatsCluster`] is a three-server JetStream cluster whose
 //! servers can be killed and started again; [`Netns`] is a network namespace for one simulated
 //! host that can be cut off from the root namespace (needs root, see [`netns_available`]);
-//! [`Throttle`] puts a server behind a slow link.
+//! [`Throttle`] puts a server behind a slow link; [`Link`] is a link a test cuts and heals.
 //!
 //! `nats-server` is found at `$FERRY_NATS_SERVER`, else `<workspace>/.ferry/tools/bin/nats-server`
 //! (where `make` installs the pinned PyPI build), else on `PATH`.
@@ -15,11 +15,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 mod cluster;
+mod link;
 mod netns;
 pub mod peers;
 mod throttle;
 
 pub use cluster::NatsCluster;
+pub use link::Link;
 pub use netns::{Netns, netns_available};
 pub use throttle::Throttle;
 

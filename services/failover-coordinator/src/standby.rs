@@ -408,7 +408,7 @@ impl Standby {
 
     /// Per mirrored bucket: this node's copy against the primary's.
     async fn replication(&self, attachment: &Attachment) -> (Vec<BucketReplication>, Option<String>) {
-        let primary = match self.primary_client(attachment).await {
+        let mut primary = match self.primary_client(attachment).await {
             Ok(client) => Ok(jetstream::new(client)),
             Err(e) => Err(format!("{e:#}")),
         };
@@ -469,7 +469,11 @@ impl Standby {
                         });
                     }
                     Err(e) => {
-                        primary_error.get_or_insert_with(|| format!("{e:#}"));
+                        // One store the primary did not answer for: do not wait on it for each
+                        // of the others (a status during a partition answers at once).
+                        let e = format!("{e:#}");
+                        primary_error.get_or_insert_with(|| e.clone());
+                        primary = Err(e);
                     }
                 }
             }
