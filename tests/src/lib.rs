@@ -684,6 +684,39 @@ pub fn deliveries(runs: &[RunFinished]) -> BTreeMap<String, usize> {
     out
 }
 
+/// The primary's side of the reference procedure tests (replication modes 1 and 2) in `work`:
+/// an inbox, a personal certificate `CN=partner` imported with `ferry` (which runs the CLI
+/// against the primary, with environment added), and the configuration file of
+/// [`procedure_config`] (the inbox's files to `out` on `host`); the inbox and the file.
+pub fn procedure_primary(
+    work: &Path,
+    host: &str,
+    out: &str,
+    task: &str,
+    ferry: impl Fn(&[&str], &[(&str, &str)]) -> std::process::Output,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let (inbox, certs) = (work.join("inbox"), work.join("certs"));
+    std::fs::create_dir_all(&inbox)?;
+    std::fs::create_dir_all(&certs)?;
+    openssl_self_signed(work, "partner", "partner", 30);
+    openssl_pfx(work, "partner", "import-pw");
+    let imported = ferry(
+        &["certs", "import", "partner.pfx", "--password-env", "PFX_PW"],
+        &[("PFX_PW", "import-pw")],
+    );
+    anyhow::ensure!(
+        imported.status.success(),
+        "ferry certs import: {}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    let config = work.join("primary.toml");
+    std::fs::write(
+        &config,
+        procedure_config(host, task, &inbox, out, &certs, &work.join("restored")),
+    )?;
+    Ok((inbox, config))
+}
+
 /// The primary's configuration for the reference procedure's end-to-end tests: `host` (a
 /// `[[host]]` table named `partner`), task `task` moving new files of `inbox` to `partner`'s
 /// `out` every two seconds, a `certs-backup` task writing the Certs Backup to `certs`, and the

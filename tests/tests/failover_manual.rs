@@ -737,28 +737,12 @@ async fn the_reference_procedure_on_a_shared_cluster() -> anyhow::Result<()> {
     })?;
     pair.wait_started().await?;
     let w = pair.work.path().to_path_buf();
-    let (inbox, certs) = (w.join("inbox"), w.join("certs"));
-    std::fs::create_dir_all(&inbox)?;
-    std::fs::create_dir_all(&certs)?;
-    ferry_tests::openssl_self_signed(&w, "partner", "partner", 30);
-    ferry_tests::openssl_pfx(&w, "partner", "import-pw");
-    let imported = pair.ferry_env(
-        NODE1,
-        &["certs", "import", "partner.pfx", "--password-env", "PFX_PW"],
-        &[("PFX_PW", "import-pw")],
-    );
-    assert!(imported.status.success(), "{}", describe(&imported));
-    let config = w.join("primary.toml");
-    std::fs::write(
-        &config,
-        ferry_tests::procedure_config(
-            &dest.host("partner", true),
-            "payroll",
-            &inbox,
-            &dest.folder("out"),
-            &certs,
-            &w.join("restored"),
-        ),
+    let (inbox, config) = ferry_tests::procedure_primary(
+        &w,
+        &dest.host("partner", true),
+        &dest.folder("out"),
+        "payroll",
+        |args, env| pair.ferry_env(NODE1, args, env),
     )?;
     let applied = pair.ferry(NODE1, &["apply", "-f", &config.to_string_lossy()]);
     assert!(

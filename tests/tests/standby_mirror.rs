@@ -614,28 +614,12 @@ async fn the_reference_procedure_over_mirrors() -> anyhow::Result<()> {
     let mut sites = Sites::start_with(true, false).await?;
     let (js_p, js_s) = (js(&sites.nats_p.url()).await?, js(&sites.nats_s.url()).await?);
     let w = sites.work.path().to_path_buf();
-    let (inbox, certs) = (w.join("inbox"), w.join("certs"));
-    std::fs::create_dir_all(&inbox)?;
-    std::fs::create_dir_all(&certs)?;
-    ferry_tests::openssl_self_signed(&w, "partner", "partner", 30);
-    ferry_tests::openssl_pfx(&w, "partner", "import-pw");
-    let imported = sites.ferry_env(
-        ALPHA,
-        &["certs", "import", "partner.pfx", "--password-env", "PFX_PW"],
-        &[("PFX_PW", "import-pw")],
-    );
-    assert!(imported.status.success(), "{}", describe(&imported));
-    let config = w.join("primary.toml");
-    std::fs::write(
-        &config,
-        ferry_tests::procedure_config(
-            &dest.host("partner", true),
-            TASK,
-            &inbox,
-            &dest.folder("out"),
-            &certs,
-            &w.join("restored"),
-        ),
+    let (inbox, config) = ferry_tests::procedure_primary(
+        &w,
+        &dest.host("partner", true),
+        &dest.folder("out"),
+        TASK,
+        |args, env| sites.ferry_env(ALPHA, args, env),
     )?;
     let applied = sites.ferry(ALPHA, &["apply", "-f", &config.to_string_lossy()]);
     assert!(
