@@ -165,13 +165,28 @@ impl OutputFile {
 
     /// Completes the file and hands it back under its logical `name`.
     pub fn finish(self, name: impl Into<String>) -> io::Result<File> {
-        let name = name.into();
+        self.complete(name.into(), None)
+    }
+
+    /// Stops hashing what is written here: a writer in front of this file hashes the same bytes
+    /// on another thread, and [`OutputFile::finish_hashed`] takes its digest.
+    pub(crate) fn hashed_elsewhere(&mut self) {
+        self.hasher = None;
+    }
+
+    /// [`OutputFile::finish`] with the SHA-256 of every byte written, computed by the writer.
+    pub(crate) fn finish_hashed(self, name: impl Into<String>, sha256: [u8; 32]) -> io::Result<File> {
+        self.complete(name.into(), Some(sha256))
+    }
+
+    fn complete(self, name: String, sha256: Option<[u8; 32]>) -> io::Result<File> {
         check_name(&name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let tmp = self.inner.into_inner().map_err(|e| e.into_error())?;
         let path = tmp.into_temp_path();
-        let sha256 = match self.hasher {
-            Some(h) => h.finalize().into(),
-            None => sha256_file(&path)?,
+        let sha256 = match (sha256, self.hasher) {
+            (Some(given), _) => given,
+            (None, Some(h)) => h.finalize().into(),
+            (None, None) => sha256_file(&path)?,
         };
         let bytes = fs::metadata(&path)?.len();
         Ok(File {

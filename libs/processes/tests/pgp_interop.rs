@@ -113,14 +113,29 @@ fn ferry_encrypts_and_signs_and_gpg_decrypts_and_verifies() {
 
 #[test]
 fn gpg_encrypts_and_signs_and_ferry_decrypts_and_verifies() {
+    // GnuPG's default cipher (AES-256 with these keys) and AES are decrypted by Ferry's own
+    // thread (openpgp/open.rs), the other ciphers by rPGP: both paths, armored or not,
+    // compressed or not.
     let w = world();
     let data = content();
     let fx = Fixture::new();
     let plain = fx.src_path("plain.bin");
     std::fs::write(&plain, &data).expect("write");
-    for (armor, name) in [(false, "report.bin.gpg"), (true, "report.bin.asc")] {
+    let cases = [
+        (false, None, "report.bin.gpg"),
+        (true, None, "report.bin.asc"),
+        (false, Some("AES"), "aes128.bin.gpg"),
+        (false, Some("AES192"), "aes192.bin.gpg"),
+        (false, Some("CAMELLIA256"), "camellia.bin.gpg"),
+        (false, Some("TWOFISH"), "twofish.bin.gpg"),
+        (false, Some("3DES"), "3des.bin.gpg"),
+        (false, Some("CAST5"), "cast5.bin.gpg"),
+    ];
+    for (i, (armor, cipher, name)) in cases.into_iter().enumerate() {
         let msg = fx.src_path(name);
         let mut args = vec![
+            "-z",
+            if i % 2 == 0 { "0" } else { "6" },
             "-o",
             msg.to_str().expect("utf8"),
             "-r",
@@ -130,6 +145,9 @@ fn gpg_encrypts_and_signs_and_ferry_decrypts_and_verifies() {
         ];
         if armor {
             args.push("--armor");
+        }
+        if let Some(cipher) = cipher {
+            args.extend(["--cipher-algo", cipher]);
         }
         args.extend(["--encrypt", "--sign", plain.to_str().expect("utf8")]);
         w.gpg.ok(&args);
@@ -141,9 +159,18 @@ fn gpg_encrypts_and_signs_and_ferry_decrypts_and_verifies() {
             max_bytes: None,
         };
         let run = run_steps(&[&dec], vec![File::borrowed(&msg, name).expect("file")], &ctx);
-        let files = run.files.expect("decrypted and verified");
-        assert_eq!(files[0].name(), "report.bin");
-        assert_eq!(std::fs::read(files[0].path()).expect("read"), data);
+        let files = run.files.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            files[0].name(),
+            name.trim_end_matches(".gpg").trim_end_matches(".asc")
+        );
+        assert_eq!(std::fs::read(files[0].path()).expect("read"), data, "{name}");
+        // The step's hash (computed on the step's thread, not by the file) is the content's.
+        assert_eq!(
+            files[0].known_sha256().expect("the step reports it"),
+            ferry_processes::file::sha256_file(files[0].path()).expect("read"),
+            "{name}"
+        );
         assert_eq!(
             run.reports[0].log,
             "good signature from \"partner@example.com\"\n"
@@ -270,25 +297,40 @@ fn a_tampered_message_fails_its_integrity_check_and_leaves_no_output() {
         "--encrypt",
         plain.to_str().expect("utf8"),
     ]);
-    let mut bytes = std::fs::read(&msg).expect("read");
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x01;
-    std::fs::write(&msg, &bytes).expect("write");
-    let ctx = fx.ctx(&w.keys);
-    let e = Decrypt::default()
-        .run(vec![File::borrowed(&msg, "msg.gpg").expect("file")], &ctx)
-        .expect_err("tampered");
-    assert_eq!(e.class(), ErrorClass::BadInput, "{e}");
-    assert!(
-        e.to_string()
-            .starts_with("pgp-decrypt \"msg.gpg\": could not be decrypted: "),
-        "{e}"
-    );
-    assert!(
-        fx.work_entries().is_empty(),
-        "no unauthenticated plaintext left: {:?}",
-        fx.work_entries()
-    );
+    let good = std::fs::read(&msg).expect("read");
+    let n = good.len();
+    let mut damaged = Vec::new();
+    // A byte changed in the first chunk of plaintext, the middle, the last plaintext byte, the
+    // MDC's tag and its hash (the message is 3 MB: several of the decrypting thread's chunks).
+    for at in [600, n / 2, n - 23, n - 22, n - 21, n - 1] {
+        let mut bytes = good.clone();
+        bytes[at] ^= 0x01;
+        damaged.push((format!("byte {at} changed"), bytes));
+    }
+    // Cut short, and with bytes after the encrypted packet.
+    damaged.push(("cut short".into(), good[..n - 10].to_vec()));
+    damaged.push((
+        "bytes after it".into(),
+        [good.as_slice(), &[0xD3, 0x01, 0x00]].concat(),
+    ));
+    for (what, bytes) in damaged {
+        std::fs::write(&msg, &bytes).expect("write");
+        let ctx = fx.ctx(&w.keys);
+        let e = Decrypt::default()
+            .run(vec![File::borrowed(&msg, "msg.gpg").expect("file")], &ctx)
+            .expect_err(&what);
+        assert_eq!(e.class(), ErrorClass::BadInput, "{what}: {e}");
+        assert!(
+            e.to_string()
+                .starts_with("pgp-decrypt \"msg.gpg\": could not be decrypted: "),
+            "{what}: {e}"
+        );
+        assert!(
+            fx.work_entries().is_empty(),
+            "{what}: no unauthenticated plaintext left: {:?}",
+            fx.work_entries()
+        );
+    }
 }
 
 #[test]

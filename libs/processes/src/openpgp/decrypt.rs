@@ -1,8 +1,15 @@
 //! Decrypt (optionally requiring a signature) and verify.
 
-use pgp::composed::{DecryptionOptions, Message, SignedPublicKey, TheRing};
-use pgp::types::{Password, Seipdv1ReadMode};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use pgp::composed::{
+    DecryptionOptions, Edata, Esk, Message, PlainSessionKey, SignedPublicKey, SignedSecretKey, TheRing,
+};
+use pgp::packet::{ProtectedDataConfig, SymEncryptedProtectedDataConfig};
+use pgp::types::{DecryptionKey, EskType, Password, PkeskVersion, Seipdv1ReadMode};
+
+use super::open::{open, opens};
 use super::pipe::{Failed, ReadAhead, WriteBehind};
 use super::{parse_public_key, public_key, render_name, secret_key, strip_pgp_ext};
 use crate::error::Blame;
@@ -67,20 +74,68 @@ fn signer_ids(msg: &Message<'_>) -> Vec<String> {
     ids
 }
 
+/// The session key of a message addressed (by one of `esk`) to `key`'s primary key or a subkey,
+/// as rPGP's `TheRing` finds it (which keeps that search to itself).
+fn session_key(esk: &[Esk], key: &SignedSecretKey, pw: &Password) -> Result<PlainSessionKey, String> {
+    let mut last = "no session key packet is addressed to the key".to_string();
+    for e in esk {
+        let Esk::PublicKeyEncryptedSessionKey(p) = e else {
+            continue;
+        };
+        let typ = match p.version() {
+            PkeskVersion::V3 => EskType::V3_4,
+            PkeskVersion::V6 => EskType::V6,
+            _ => continue,
+        };
+        let Ok(values) = p.values() else {
+            continue;
+        };
+        let mut attempt = |k: &dyn DecryptionKey, locked: bool| {
+            let empty = Password::empty();
+            match k.decrypt(if locked { pw } else { &empty }, values, typ) {
+                Ok(Ok(session)) => Some(session),
+                Ok(Err(e)) | Err(e) => {
+                    last = e.to_string();
+                    None
+                }
+            }
+        };
+        let primary = &key.primary_key;
+        if p.match_identity(primary.public_key())
+            && let Some(s) = attempt(primary, primary.secret_params().is_encrypted())
+        {
+            return Ok(s);
+        }
+        for sub in &key.secret_subkeys {
+            if p.match_identity(sub.key.public_key())
+                && let Some(s) = attempt(&sub.key, sub.key.secret_params().is_encrypted())
+            {
+                return Ok(s);
+            }
+        }
+    }
+    Err(last)
+}
+
 /// Copies a message's plaintext to a new output in the work folder, read straight into the
-/// chunks a writing thread writes (and hashes) behind: read errors are the message's fault (bad
-/// input), write errors Ferry's.
+/// chunks a writing thread writes behind (hashed on this thread, so that the writing thread,
+/// which also pays for the new file's pages, only writes): read errors are the message's fault
+/// (bad input), write errors Ferry's. The output is finished with [`OutputFile::finish_hashed`].
 fn copy_plaintext(
     msg: &mut Message<'_>,
     ctx: &Context<'_>,
     blame: &Blame,
     what: &str,
     limit: Option<u64>,
-) -> Result<OutputFile, ProcessError> {
-    let out = OutputFile::create(ctx.work_dir).map_err(blame.io("create the output"))?;
-    let mut out = WriteBehind::new(out).map_err(blame.io("start writing the output"))?;
+) -> Result<(OutputFile, [u8; 32]), ProcessError> {
+    let mut out = OutputFile::create(ctx.work_dir).map_err(blame.io("create the output"))?;
+    out.hashed_elsewhere();
+    let mut out = WriteBehind::hashing(out).map_err(blame.io("start writing the output"))?;
     let mut n = 0u64;
     loop {
+        if ctx.is_cancelled() {
+            return Err(blame.internal("cancelled"));
+        }
         let k = match out.read_from(msg) {
             Ok(0) => break,
             Ok(k) => k,
@@ -97,7 +152,7 @@ fn copy_plaintext(
             return Err(blame.limit(format!("expands to more than the limit of {limit} bytes")));
         }
     }
-    out.finish().map_err(blame.io("write the output"))
+    out.finish_hashed().map_err(blame.io("write the output"))
 }
 
 /// Checks the signature of a message read to its end: against `required` (which must have
@@ -159,15 +214,21 @@ impl Process for Decrypt {
         for input in inputs {
             let blame = Blame::new(self.name(), input.name());
             let name = render_name(&self.name, strip_pgp_ext, &input, ctx, &blame)?;
-            let src = ReadAhead::new(open_input(&input, &blame)?, ctx.cancel)
+            // No cancel here: the plaintext's reader checks it (the file's is read through it).
+            let src = ReadAhead::new(open_input(&input, &blame)?, None)
                 .map_err(blame.io("start reading the input"))?;
             let (msg, _) = Message::from_reader(src)
                 .map_err(|e| blame.bad_input(format!("is not an OpenPGP message: {e}")))?;
-            let Message::Encrypted { esk, .. } = &msg else {
+            let Message::Encrypted {
+                esk,
+                edata,
+                is_nested,
+            } = msg
+            else {
                 return Err(blame.bad_input("is not an encrypted OpenPGP message"));
             };
             let mut wanted = Vec::new();
-            for e in esk {
+            for e in &esk {
                 if let pgp::composed::Esk::PublicKeyEncryptedSessionKey(p) = e {
                     match (p.id(), p.fingerprint()) {
                         (Ok(id), _) => wanted.push(id.to_string().to_ascii_uppercase()),
@@ -198,28 +259,76 @@ impl Process for Decrypt {
                 )));
             };
             let pw = Password::from(pw.expose());
-            let ring = TheRing {
-                secret_keys: vec![&key],
-                key_passwords: vec![&pw],
-                decrypt_options: DecryptionOptions::new().set_seipdv1_read_mode(Seipdv1ReadMode::Streaming),
-                ..Default::default()
-            };
-            let (mut msg, _) = msg
-                .decrypt_the_ring(ring, true)
+            let session = session_key(&esk, &key, &pw)
                 .map_err(|e| blame.bad_input(format!("could not be decrypted: {e}")))?;
+            let (mut msg, verified) = match edata {
+                // SEIPDv1 with AES (GnuPG's default): decrypted on a thread of its own.
+                Edata::SymEncryptedProtectedData { reader }
+                    if matches!(
+                        reader.config(),
+                        ProtectedDataConfig::Seipd(SymEncryptedProtectedDataConfig::V1)
+                    ) && matches!(&session, PlainSessionKey::V3_4 { sym_alg, .. } if opens(*sym_alg)) =>
+                {
+                    let PlainSessionKey::V3_4 { sym_alg, key: raw } = &session else {
+                        unreachable!("matched above")
+                    };
+                    let verified = Arc::new(AtomicBool::new(false));
+                    let plain = open(
+                        reader.into_inner(),
+                        *sym_alg,
+                        raw.as_ref(),
+                        verified.clone(),
+                        ctx.cancel,
+                    )
+                    .map_err(|e| blame.bad_input(format!("could not be decrypted: {e}")))?;
+                    let inner = Message::from_bytes(plain)
+                        .map_err(|e| blame.bad_input(format!("could not be decrypted: {e}")))?;
+                    if inner.is_encrypted() {
+                        return Err(blame.bad_input("holds another encrypted message inside its encryption"));
+                    }
+                    (inner, Some(verified))
+                }
+                // Everything else (SEIPDv2, other ciphers): rPGP, streaming.
+                edata => {
+                    let ring = TheRing {
+                        session_keys: vec![session],
+                        decrypt_options: DecryptionOptions::new()
+                            .set_seipdv1_read_mode(Seipdv1ReadMode::Streaming),
+                        ..Default::default()
+                    };
+                    let (msg, _) = Message::Encrypted {
+                        esk,
+                        edata,
+                        is_nested,
+                    }
+                    .decrypt_the_ring(ring, true)
+                    .map_err(|e| blame.bad_input(format!("could not be decrypted: {e}")))?;
+                    (msg, None)
+                }
+            };
             while msg.is_compressed() {
                 msg = msg
                     .decompress()
                     .map_err(|e| blame.bad_input(format!("could not be decompressed: {e}")))?;
             }
-            let out = copy_plaintext(&mut msg, ctx, &blame, "decrypted", self.max_bytes)?;
+            let (out, sha256) = copy_plaintext(&mut msg, ctx, &blame, "decrypted", self.max_bytes)?;
+            // rPGP reads a message to its end (no trailing packets), so the MDC was checked; a
+            // second lock on that door costs nothing.
+            if verified.is_some_and(|v| !v.load(Ordering::Acquire)) {
+                return Err(
+                    blame.bad_input("could not be decrypted: the message ended before its integrity check")
+                );
+            }
             log.push_str(&check_signature(
                 &msg,
                 self.require_signer.as_deref(),
                 ctx.keys,
                 &blame,
             )?);
-            files.push(out.finish(name).map_err(blame.io("finish the output"))?);
+            files.push(
+                out.finish_hashed(name, sha256)
+                    .map_err(blame.io("finish the output"))?,
+            );
         }
         Ok(StepOutput { files, log })
     }
@@ -248,7 +357,7 @@ impl Process for Verify {
                     .decompress()
                     .map_err(|e| blame.bad_input(format!("could not be decompressed: {e}")))?;
             }
-            let out = copy_plaintext(&mut msg, ctx, &blame, "read", self.max_bytes)?;
+            let (out, sha256) = copy_plaintext(&mut msg, ctx, &blame, "read", self.max_bytes)?;
             if !msg.is_signed() {
                 return Err(blame.bad_input("is not signed"));
             }
@@ -257,7 +366,10 @@ impl Process for Verify {
                 return Err(blame.bad_input(line.trim_end().replace("signed by", "is signed by")));
             }
             log.push_str(&line);
-            files.push(out.finish(name).map_err(blame.io("finish the output"))?);
+            files.push(
+                out.finish_hashed(name, sha256)
+                    .map_err(blame.io("finish the output"))?,
+            );
         }
         Ok(StepOutput { files, log })
     }

@@ -3,17 +3,20 @@
 //! (the cert-handler matches with it too).
 //!
 //! Everything streams: a message is written as the file is read (partial-length packets) and
-//! read as it arrives, so memory stays bounded whatever the file size. Each step runs as three
+//! read as it arrives, so memory stays bounded whatever the file size. Each step runs on several
 //! threads, so reading, hashing and writing overlap with the cipher: a binary encrypt is
 //! `seal.rs` (a reading thread frames the file and computes the signature's hash and the MDC,
 //! the step's thread only runs AES-CFB, a writing thread writes and hashes the output for the
-//! step report); decrypt, verify and an armored encrypt read ahead and write behind around rPGP
-//! (`pipe.rs`). The threads are decoupled by about 32 MiB of chunks per step, allocated once, so
-//! that on a busy machine one descheduled thread does not stall the other two.
+//! step report); a decrypt of SEIPDv1 under AES is `open.rs` (a thread decrypts the encrypted
+//! packet's body and checks its MDC, rPGP parses the plaintext on the step's thread); decrypt,
+//! verify and an armored encrypt read ahead and write behind around rPGP (`pipe.rs`). The
+//! threads are decoupled by about 16 MiB of chunks per pair, allocated once, so that on a busy
+//! machine one descheduled thread does not stall the others.
 
 mod decrypt;
 mod encrypt;
 mod keyring;
+mod open;
 mod pipe;
 mod seal;
 

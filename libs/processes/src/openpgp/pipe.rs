@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
+use sha2::{Digest, Sha256};
+
 /// Bytes per chunk handed between threads.
 pub(crate) const CHUNK: usize = 1024 * 1024;
 /// Chunks queued between the threads, per direction: 16 MiB, tens of milliseconds of work, so a
@@ -45,6 +47,24 @@ impl<'a> ReadAhead<'a> {
         mut inner: R,
         cancel: Option<&'a AtomicBool>,
     ) -> io::Result<ReadAhead<'a>> {
+        ReadAhead::filled_by(
+            move |buf: &mut Vec<u8>| {
+                buf.resize(CHUNK, 0);
+                let filled = read_full(&mut inner, buf)?;
+                buf.truncate(filled);
+                Ok(())
+            },
+            cancel,
+        )
+    }
+
+    /// A reader of the chunks `fill` makes on a thread of its own: `fill` gets a chunk of
+    /// capacity [`CHUNK`] and leaves in it the next bytes (as many as it likes up to the
+    /// capacity; none: the end). An error ends the reading; the reader returns it.
+    pub(crate) fn filled_by<F>(mut fill: F, cancel: Option<&'a AtomicBool>) -> io::Result<ReadAhead<'a>>
+    where
+        F: FnMut(&mut Vec<u8>) -> io::Result<()> + Send + 'static,
+    {
         let (tx, chunks) = sync_channel::<io::Result<Vec<u8>>>(IN_FLIGHT);
         let (back, spare) = pool();
         let thread = std::thread::Builder::new()
@@ -52,33 +72,18 @@ impl<'a> ReadAhead<'a> {
             .spawn(move || {
                 // Ends when the reader is dropped (no chunk comes back, none can be sent).
                 while let Ok(mut buf) = spare.recv() {
-                    buf.resize(CHUNK, 0);
-                    let mut filled = 0;
-                    let result = loop {
-                        match inner.read(&mut buf[filled..]) {
-                            Ok(0) => break Ok(()),
-                            Ok(n) => {
-                                filled += n;
-                                if filled == CHUNK {
-                                    break Ok(());
-                                }
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => break Err(e),
-                        }
-                    };
-                    buf.truncate(filled);
-                    let last = filled == 0;
-                    let sent = match result {
+                    match fill(&mut buf) {
                         // An empty chunk says: end of input.
-                        Ok(()) => tx.send(Ok(buf)),
+                        Ok(()) => {
+                            let last = buf.is_empty();
+                            if tx.send(Ok(buf)).is_err() || last {
+                                return;
+                            }
+                        }
                         Err(e) => {
                             let _ = tx.send(Err(e));
                             return;
                         }
-                    };
-                    if sent.is_err() || last {
-                        return;
                     }
                 }
             })?;
@@ -92,6 +97,20 @@ impl<'a> ReadAhead<'a> {
             thread: Some(thread),
         })
     }
+}
+
+/// Reads until `buf` is full or `r` ends; how many bytes were read.
+pub(crate) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 impl std::fmt::Debug for ReadAhead<'_> {
@@ -164,6 +183,8 @@ pub(crate) struct WriteBehind<W: Write + Send + 'static> {
     /// Always `CHUNK` bytes long; the first `filled` are to be written.
     buf: Vec<u8>,
     filled: usize,
+    /// Set by [`WriteBehind::hashing`]: the bytes sent, hashed on the caller's thread.
+    hasher: Option<Sha256>,
     thread: Option<JoinHandle<(W, io::Result<()>)>>,
 }
 
@@ -189,8 +210,18 @@ impl<W: Write + Send + 'static> WriteBehind<W> {
             spare,
             buf: first,
             filled: 0,
+            hasher: None,
             thread: Some(thread),
         })
+    }
+
+    /// As [`WriteBehind::new`], and the bytes are hashed (SHA-256) on the caller's thread as
+    /// they are sent, so that the writing thread only writes; [`WriteBehind::finish_hashed`]
+    /// returns the digest.
+    pub(crate) fn hashing(inner: W) -> io::Result<WriteBehind<W>> {
+        let mut w = WriteBehind::new(inner)?;
+        w.hasher = Some(Sha256::new());
+        Ok(w)
     }
 
     /// After a failed send there is no chunk to fill: the thread stopped.
@@ -205,6 +236,9 @@ impl<W: Write + Send + 'static> WriteBehind<W> {
     fn send(&mut self) -> io::Result<()> {
         let stopped = || io::Error::other("the writing thread stopped");
         let len = std::mem::take(&mut self.filled);
+        if let Some(h) = &mut self.hasher {
+            h.update(&self.buf[..len]);
+        }
         // Sent before a free chunk is awaited: the pool may have none until the thread writes.
         let full = std::mem::take(&mut self.buf);
         self.chunks
@@ -230,6 +264,18 @@ impl<W: Write + Send + 'static> WriteBehind<W> {
             self.send().map_err(Failed::Write)?;
         }
         Ok(n)
+    }
+
+    /// [`WriteBehind::finish`] for a writer made by [`WriteBehind::hashing`]: `W` and the
+    /// SHA-256 of every byte written to it.
+    pub(crate) fn finish_hashed(mut self) -> io::Result<(W, [u8; 32])> {
+        let mut hasher = self.hasher.take().expect("made by WriteBehind::hashing");
+        if self.filled > 0 {
+            hasher.update(&self.buf[..self.filled]);
+        }
+        // `finish` sends the last part unhashed (the hasher is taken): hashed just above.
+        let inner = self.finish()?;
+        Ok((inner, hasher.finalize().into()))
     }
 
     /// Writes what is left, waits for the thread, and hands back `W` (or the first write error).
@@ -332,6 +378,18 @@ mod tests {
         let mut w = WriteBehind::new(Vec::new()).expect("spawn the thread");
         while w.read_from(&mut src).expect("a cursor reads, a Vec writes") > 0 {}
         assert_eq!(w.finish().expect("a Vec takes every byte"), data);
+    }
+
+    #[test]
+    fn a_hashing_write_behind_hashes_every_byte_it_writes() {
+        let data: Vec<u8> = (0..2 * CHUNK + 4321).map(|i| (i * 11 % 241) as u8).collect();
+        let mut src = io::Cursor::new(data.clone());
+        let mut w = WriteBehind::hashing(Vec::new()).expect("spawn the thread");
+        while w.read_from(&mut src).expect("a cursor reads, a Vec writes") > 0 {}
+        w.write_all(b"tail").expect("a Vec takes every byte");
+        let (written, digest) = w.finish_hashed().expect("a Vec takes every byte");
+        assert_eq!(written, [data.as_slice(), b"tail"].concat());
+        assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&written)));
     }
 
     #[test]
