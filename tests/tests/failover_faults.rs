@@ -174,18 +174,21 @@ impl Pair {
                 nats_keys: Some(keys.clone()),
             };
             let logs = dir.path().join(format!("logs-{id}"));
-            let node = if i == 0 && !alpha_env.is_empty() {
-                // Started by hand so the failpoint is there from the first process on.
-                let mut node = ProcNode::start(setup, Some(netns), &logs)?;
-                node.kill_all();
-                for (k, v) in alpha_env {
-                    node.extra_env.insert(k.to_string(), v.to_string());
-                }
-                node.start_missing()?;
-                node
-            } else {
-                ProcNode::start(setup, Some(netns), &logs)?
-            };
+            // A run whose work batches were lost with a NATS server (published just before it
+            // went) finishes after two lost-batch checks, its files failed, and the next run takes
+            // them: at the default 60 s that is up to two minutes, longer than the drain below
+            // waits. 10 s keeps that recovery inside it (a batch counts as lost only when it was
+            // missing from the queue, without a result, at two checks in a row).
+            let mut env: BTreeMap<String, String> = [(
+                "FERRY_FILE_COLLECTOR__LOST_BATCH_CHECK_SECS".to_string(),
+                "10".to_string(),
+            )]
+            .into();
+            if i == 0 {
+                // Alpha's failpoints are there from the first process on.
+                env.extend(alpha_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            }
+            let node = ProcNode::start_with_env(setup, Some(netns), &logs, env)?;
             nodes.push(node);
             if i == 0 {
                 // The first node creates the topology and takes the lease before the second starts.
